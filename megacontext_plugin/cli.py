@@ -1,0 +1,51 @@
+"""The ``megacontext`` command.
+
+- ``megacontext config [--mc ...]``: validate MegaContext flags and print the resolved knobs.
+- ``megacontext demo``: the offline end-to-end run of tree, working context and allocator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from megacontext_plugin.config import config_from_args, register_arguments
+
+
+def _cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    cfg = config_from_args(args, parser)
+    values = cfg.as_dict()
+    if args.json:
+        print(json.dumps(values, indent=2))
+    else:
+        width = max(len(k) for k in values)
+        for key, value in values.items():
+            print(f"{key.ljust(width)}  {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megacontext", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_config = sub.add_parser("config", help="validate MegaContext flags and print the resolved knobs")
+    p_config.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    register_arguments(p_config)
+    p_config.set_defaults(func=lambda a: _cmd_config(a, p_config))
+
+    from megacontext_plugin.demo import add_demo_parser
+
+    add_demo_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""MCConfig: every MegaContext knob, its default, its validation and its command-line flags.
+
+One table (the dataclass fields below) is the single source of truth: argparse registration,
+validation messages, ``megacontext config`` and the README's knob table all read it.
+
+Flags are accepted with underscores or dashes (``--mc_tree`` and ``--mc-tree``); knobs whose
+documented name has no ``mc_`` prefix (``--block_size``, ``--allocator_*``, ``--gistnet_*``,
+``--lensnet_*``) are also accepted with it (``--mc_block_size``). ``--mc`` alone enables
+MegaContext; without it nothing changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake. The message names the flag and what is allowed."""
+
+
+def _knob(
+    default: Any,
+    help: str,
+    *,
+    choices: Sequence[Any] | None = None,
+    check: Callable[[Any], bool] | None = None,
+    allowed: str = "",
+    flags: Sequence[str] = (),
+    group: str = "MegaContext",
+) -> Any:
+    """A dataclass field with its flag metadata.
+
+    ``check(value) -> bool`` and ``allowed`` (the human description of the allowed values) drive
+    validation; ``flags`` are extra documented names (without dashes) besides the field's own.
+    """
+    meta = {"help": help, "choices": choices, "check": check, "allowed": allowed, "flags": tuple(flags),
+            "group": group}
+    return field(default=default, metadata=meta)
+
+
+def _is_power_of_two(v: int) -> bool:
+    return v >= 2 and (v & (v - 1)) == 0
+
+
+def _unit(v: float) -> bool:
+    return 0.0 <= v <= 1.0
+
+
+def _open_unit(v: float) -> bool:
+    return 0.0 < v <= 1.0
+
+
+def _beta(v: float) -> bool:
+    return 0.0 <= v < 1.0
+
+
+def _nonneg(v: float) -> bool:
+    return v >= 0
+
+
+def _pos(v: float) -> bool:
+    return v > 0
+
+
+ALLOC = "Focus allocator"
+NETS = "GistNet / LensNet"
+LENS = "LensNet loss"
+
+
+@dataclass(frozen=True)
+class MCConfig:
+    """Every MegaContext knob. Field name = flag name (``--<name>``), see the module docstring."""
+
+    mc: bool = _knob(False, "enable MegaContext (tree, working context, controller)")
+
+    # ---- tree and working context -------------------------------------------------------
+    block_size: int = _knob(32, "K: tokens per LOD1 gist, gists per LOD2 gist, ... (8|32|128 in the recipes)",
+                            check=_is_power_of_two, allowed="a power of two >= 2", flags=("mc_block_size",))
+    mc_tree: str = _knob("ram", "where the MegaContext tree lives", choices=("ram", "disk"))
+    mc_tree_dir: str = _knob("", "directory of disk trees (default: $NANOCHAT_BASE_DIR/megacontext/trees)")
+    mc_tree_fsync: str = _knob("never", "disk tree fsync policy: 'always' survives power loss, 'never' "
+                               "survives process kills", choices=("always", "never"))
+    mc_wc_budget: int = _knob(0, "W_max: working-context entries the base model attends to "
+                              "(0 = the model's sequence length)", check=_nonneg, allowed="an integer >= 0")
+    mc_seed: int = _knob(1337, "seed of the controller's and allocator's random choices")
+
+    # ---- training controller ------------------------------------------------------------
+    mc_num_random_variants: int = _knob(4, "random working-context variants trained per sequence",
+                                        check=_pos, allowed="an integer >= 1")
+    mc_max_counterfactuals: int = _knob(8, "cap on variants per sequence (random + baseline)",
+                                        check=lambda v: v >= 2, allowed="an integer >= 2")
+    mc_train_wc_length: float = _knob(0.2, "final working-context length as a fraction of the sequence "
+                                      "length (curriculum anneals from 0.8 down to this)",
+                                      check=_open_unit, allowed="a fraction in (0, 1]")
+    mc_horizon: int = _knob(64, "H: tail tokens (raw in every variant) on which ΔNLL@H is measured",
+                            check=_pos, allowed="an integer >= 1")
+    mc_auto_batch: int = _knob(1, "scale device batch and iterations so MC keeps vanilla's token budget",
+                               choices=(0, 1))
+    mc_aux_dtype: str = _knob("auto", "dtype of GistNet/LensNet (auto: bf16 where native, else fp32)",
+                              choices=("auto", "fp32", "bf16"))
+
+    # ---- LensNet preference loss --------------------------------------------------------
+    mc_lens_loss_weight: float = _knob(0.1, "weight of the LensNet loss added to the training loss",
+                                       check=_nonneg, allowed="a number >= 0", group=LENS)
+    mc_lens_temperature: float = _knob(1.0, "Bradley–Terry temperature (lower = sharper)",
+                                       check=_pos, allowed="a number > 0", group=LENS)
+    mc_lens_adv_norm_beta: float = _knob(0.9, "EMA beta of the advantage normaliser",
+                                         check=_beta, allowed="a number in [0, 1)", group=LENS)
+    mc_lens_kl_weight: float = _knob(0.01, "weight of the KL term to the previous step's scores",
+                                     check=_nonneg, allowed="a number >= 0", group=LENS)
+    mc_lens_budget_smooth_weight: float = _knob(0.01, "weight of the budget-smoothing penalty",
+                                                check=_nonneg, allowed="a number >= 0", group=LENS)
+    mc_lens_budget_smooth_beta: float = _knob(0.9, "EMA beta of the budget-smoothing target",
+                                              check=_beta, allowed="a number in [0, 1)", group=LENS)
+    mc_lens_hard_negative_ratio: float = _knob(1.0, "fraction of preference pairs kept, largest "
+                                               "|advantage| first (1.0 keeps all)",
+                                               check=_open_unit, allowed="a fraction in (0, 1]", group=LENS)
+
+    # ---- focus allocator ----------------------------------------------------------------
+    allocator_type: str = _knob("greedy", "focus allocator", choices=("greedy", "stochastic_greedy"),
+                                group=ALLOC)
+    allocator_sample_top_k: int = _knob(8, "stochastic_greedy: sample among the top-k by |utility|",
+                                        check=_pos, allowed="an integer >= 1", group=ALLOC)
+    allocator_sample_temperature: float = _knob(0.5, "stochastic_greedy: softmax temperature over |utility|",
+                                                check=_pos, allowed="a number > 0", group=ALLOC)
+    allocator_soft_max_length: int = _knob(0, "target working-context length; collapses come first above "
+                                           "it (0 = the budget)", check=_nonneg,
+                                           allowed="an integer >= 0", group=ALLOC)
+    allocator_recent_tokens: int = _knob(64, "protected recent tail kept raw and never edited",
+                                         check=_nonneg, allowed="an integer >= 0", group=ALLOC)
+    allocator_expand_threshold: float = _knob(0.1, "expand an entry when its utility exceeds this",
+                                              check=_unit, allowed="a number in [0, 1]", group=ALLOC)
+    allocator_collapse_threshold: float = _knob(0.1, "collapse siblings when their mean utility is below "
+                                                "minus this", check=_unit, allowed="a number in [0, 1]",
+                                                group=ALLOC)
+    allocator_max_replacements: int = _knob(8, "edits per allocator iteration", check=_pos,
+                                            allowed="an integer >= 1", group=ALLOC)
+    allocator_iterations: int = _knob(1, "allocator rounds per refocus, re-scoring between rounds",
+                                      check=_pos, allowed="an integer >= 1", group=ALLOC)
+    allocator_cooldown: int = _knob(2, "refocuses before an edited node may flip back (hysteresis)",
+                                    check=_nonneg, allowed="an integer >= 0", group=ALLOC)
+
+    # ---- nets ---------------------------------------------------------------------------
+    gistnet_layers: int = _knob(2, "GistNet transformer layers inside a block", check=_pos,
+                                allowed="an integer >= 1", group=NETS)
+    gistnet_heads: int = _knob(4, "GistNet attention heads (must divide the model width)", check=_pos,
+                               allowed="an integer >= 1", group=NETS)
+    gistnet_pooling: str = _knob("attention", "how GistNet pools a block into one vector",
+                                 choices=("attention", "mean", "first"), group=NETS)
+    gistnet_head: str = _knob("mlp", "GistNet output head", choices=("linear", "mlp"), group=NETS)
+    lensnet_layers: int = _knob(2, "LensNet layers", check=_pos, allowed="an integer >= 1", group=NETS)
+    lensnet_heads: int = _knob(4, "LensNet attention heads", check=_pos, allowed="an integer >= 1",
+                               group=NETS)
+    lensnet_dim: int = _knob(128, "LensNet hidden width", check=_pos, allowed="an integer >= 1", group=NETS)
+    lensnet_context: str = _knob("bidirectional", "what LensNet attends to: all entries both ways, or "
+                                 "cross-attention from entries to the recent tail",
+                                 choices=("bidirectional", "cross"), group=NETS)
+
+    # ---------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_value(f, getattr(self, f.name))
+        if self.allocator_soft_max_length and self.mc_wc_budget and \
+                self.allocator_soft_max_length > self.mc_wc_budget:
+            raise ConfigError(
+                f"--allocator_soft_max_length ({self.allocator_soft_max_length}) is larger than "
+                f"--mc_wc_budget ({self.mc_wc_budget}); allowed: 0 (= the budget) or a length <= the budget")
+        if self.mc_wc_budget and self.allocator_recent_tokens >= self.mc_wc_budget:
+            raise ConfigError(
+                f"--allocator_recent_tokens ({self.allocator_recent_tokens}) must be smaller than "
+                f"--mc_wc_budget ({self.mc_wc_budget}): the protected tail has to fit in the working context")
+
+    @property
+    def num_variants(self) -> int:
+        """Variants per sequence actually trained: the random ones plus the recency baseline, capped."""
+        return min(self.mc_num_random_variants + 1, self.mc_max_counterfactuals)
+
+    def wc_budget(self, sequence_len: int) -> int:
+        """W_max for a base model trained at ``sequence_len``."""
+        return self.mc_wc_budget or sequence_len
+
+    def soft_max_length(self, sequence_len: int) -> int:
+        return self.allocator_soft_max_length or self.wc_budget(sequence_len)
+
+    def validate_for_model(self, sequence_len: int) -> None:
+        """Checks that need the base model's sequence length (called once the model is known)."""
+        budget = self.wc_budget(sequence_len)
+        if budget > sequence_len:
+            raise ConfigError(
+                f"--mc_wc_budget ({budget}) exceeds the model's sequence length ({sequence_len}); "
+                f"the base model must never attend beyond what it was trained on")
+        if self.allocator_recent_tokens >= budget:
+            raise ConfigError(
+                f"--allocator_recent_tokens ({self.allocator_recent_tokens}) must be smaller than the "
+                f"working-context budget ({budget})")
+        if self.mc_horizon > self.allocator_recent_tokens and self.allocator_recent_tokens:
+            raise ConfigError(
+                f"--mc_horizon ({self.mc_horizon}) must not exceed --allocator_recent_tokens "
+                f"({self.allocator_recent_tokens}): ΔNLL@H is measured on tokens that are raw in every variant")
+        if self.block_size > sequence_len:
+            raise ConfigError(f"--block_size ({self.block_size}) exceeds the sequence length ({sequence_len})")
+        final = math.floor(self.mc_train_wc_length * sequence_len)
+        if final <= self.allocator_recent_tokens:
+            raise ConfigError(
+                f"--mc_train_wc_length ({self.mc_train_wc_length}) gives {final} entries at sequence length "
+                f"{sequence_len}, not more than the protected tail (--allocator_recent_tokens "
+                f"{self.allocator_recent_tokens}); raise the fraction or lower the tail")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_TYPES: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str}
+
+
+def _check_value(f: dataclasses.Field[Any], value: Any) -> None:
+    meta = f.metadata
+    flag = f"--{f.name}"
+    expected = _TYPES[str(f.type)]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{flag}: expected {expected.__name__}, got {value!r}")
+    if expected is float and not math.isfinite(value):
+        raise ConfigError(f"{flag}: got {value!r}; allowed: {meta['allowed'] or 'a finite number'}")
+    if meta["choices"] is not None and value not in meta["choices"]:
+        allowed = "|".join(str(c) for c in meta["choices"])
+        raise ConfigError(f"{flag}: got {value!r}; allowed: {allowed}")
+    if meta["check"] is not None and not meta["check"](value):
+        raise ConfigError(f"{flag}: got {value!r}; allowed: {meta['allowed']}")
+
+
+def knob_fields() -> Iterator[dataclasses.Field[Any]]:
+    yield from dataclasses.fields(MCConfig)
+
+
+def flag_names(f: dataclasses.Field[Any]) -> list[str]:
+    """Every accepted spelling of a knob's flag, documented name first."""
+    names = [f.name, *f.metadata["flags"]]
+    if f.name != "mc" and not f.name.startswith("mc_"):
+        names.append("mc_" + f.name)
+    spelled: list[str] = []
+    for name in dict.fromkeys(names):
+        for variant in (name, name.replace("_", "-")):
+            if f"--{variant}" not in spelled:
+                spelled.append(f"--{variant}")
+    return spelled
+
+
+def _parse_bool_int(text: str) -> int:
+    if text in ("0", "1"):
+        return int(text)
+    raise argparse.ArgumentTypeError(f"got {text!r}; allowed: 1|0")
+
+
+def _arg_type(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
+    base = _TYPES[str(f.type)]
+    meta = f.metadata
+
+    def convert(text: str) -> Any:
+        try:
+            value = base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}; expected {base.__name__}") from None
+        try:
+            _check_value(f, value)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+        return value
+
+    convert.__name__ = meta["allowed"] or base.__name__
+    return convert
+
+
+def register_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--mc`` and every knob to ``parser`` (both ``--mc_foo`` and ``--mc-foo`` spellings).
+
+    Parsed values land on the namespace under the field names; use :func:`config_from_args`.
+    """
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in knob_fields():
+        group = groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
+        names = flag_names(f)
+        default = f.default
+        help_text = f"{f.metadata['help']} (default: {default})"
+        if str(f.type) == "bool":
+            group.add_argument(*names, dest=f.name, action="store_true", default=default, help=help_text)
+        elif f.metadata["choices"] is not None and str(f.type) == "int":
+            group.add_argument(*names, dest=f.name, type=_parse_bool_int, default=default,
+                               metavar="|".join(str(c) for c in f.metadata["choices"]), help=help_text)
+        elif f.metadata["choices"] is not None:
+            group.add_argument(*names, dest=f.name, type=str, choices=f.metadata["choices"], default=default,
+                               metavar="|".join(f.metadata["choices"]), help=help_text)
+        else:
+            group.add_argument(*names, dest=f.name, type=_arg_type(f), default=default, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> MCConfig:
+    """Build the validated config from parsed arguments.
+
+    With ``parser`` given, a cross-flag mistake ends the program through ``parser.error`` (one
+    clear line, exit status 2, no traceback); otherwise :class:`ConfigError` is raised.
+    """
+    values = {f.name: getattr(args, f.name) for f in knob_fields() if hasattr(args, f.name)}
+    try:
+        return MCConfig(**values)
+    except ConfigError as e:
+        if parser is None:
+            raise
+        parser.error(str(e))
+
+
+def parse_config(argv: Sequence[str]) -> MCConfig:
+    """Parse MegaContext flags alone (used by tests and ``megacontext config``)."""
+    parser = argparse.ArgumentParser(prog="megacontext config")
+    register_arguments(parser)
+    return config_from_args(parser.parse_args(list(argv)), parser)
