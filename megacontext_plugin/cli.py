@@ -11,10 +11,13 @@ import json
 import sys
 from collections.abc import Sequence
 
-from megacontext_plugin.config import config_from_args, register_arguments
+from megacontext_plugin.config import config_from_args, knobs_markdown, register_arguments
 
 
 def _cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.markdown:
+        print(knobs_markdown(), end="")
+        return 0
     cfg = config_from_args(args, parser)
     values = cfg.as_dict()
     if args.json:
@@ -32,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_config = sub.add_parser("config", help="validate MegaContext flags and print the resolved knobs")
     p_config.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p_config.add_argument("--markdown", action="store_true", help="print the knob reference as a Markdown table")
     register_arguments(p_config)
     p_config.set_defaults(func=lambda a: _cmd_config(a, p_config))
 

@@ -320,3 +320,22 @@ def parse_config(argv: Sequence[str]) -> MCConfig:
     parser = argparse.ArgumentParser(prog="megacontext config")
     register_arguments(parser)
     return config_from_args(parser.parse_args(list(argv)), parser)
+
+
+def knobs_markdown() -> str:
+    """The README's knob table, generated from the fields so the two cannot drift apart."""
+    lines = ["| flag | default | allowed | what it does |", "| --- | --- | --- | --- |"]
+    for f in knob_fields():
+        meta = f.metadata
+        if meta["choices"] is not None:
+            allowed = "|".join(str(c) for c in meta["choices"])
+        elif str(f.type) == "bool":
+            allowed = "flag"
+        else:
+            allowed = meta["allowed"] or str(f.type)
+        extra = [n for n in flag_names(f)[1:] if "-" not in n[2:]]
+        flag = f"`--{f.name}`" + (" (" + ", ".join(f"`{n}`" for n in extra) + ")" if extra else "")
+        default = f"`{f.default}`" if f.default != "" else "(empty)"
+        cells = [flag, default, allowed, meta["help"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
