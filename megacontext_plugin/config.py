@@ -83,8 +83,9 @@ class MCConfig:
                             check=_is_power_of_two, allowed="a power of two >= 2", flags=("mc_block_size",))
     mc_tree: str = _knob("ram", "where the MegaContext tree lives", choices=("ram", "disk"))
     mc_tree_dir: str = _knob("", "directory of disk trees (default: $NANOCHAT_BASE_DIR/megacontext/trees)")
-    mc_tree_fsync: str = _knob("never", "disk tree fsync policy: 'always' survives power loss, 'never' "
-                               "survives process kills", choices=("always", "never"))
+    mc_tree_fsync: str = _knob("interval", "disk tree fsync policy: every policy survives a killed process; "
+                               "'always' also survives power loss, 'interval' loses at most ~1 s of appends to it",
+                               choices=("always", "interval", "never"))
     mc_wc_budget: int = _knob(0, "W_max: working-context entries the base model attends to "
                               "(0 = the model's sequence length)", check=_nonneg, allowed="an integer >= 0")
     mc_seed: int = _knob(1337, "seed of the controller's and allocator's random choices")
@@ -99,6 +100,15 @@ class MCConfig:
                                       check=_open_unit, allowed="a fraction in (0, 1]")
     mc_horizon: int = _knob(64, "H: tail tokens (raw in every variant) on which ΔNLL@H is measured",
                             check=_pos, allowed="an integer >= 1")
+    mc_gist_loss_weight: float = _knob(1.0, "weight of the gist substitutability loss (tail NLL of the random "
+                                       "variants relative to the recency baseline)", check=_nonneg,
+                                       allowed="a number >= 0")
+    mc_position_scheme: str = _knob("ordinal", "positions the base model sees for working-context entries "
+                                    "(never beyond its trained range)", choices=("ordinal", "span_center_scaled"))
+    mc_rope_gist_sigma: float = _knob(0.0, "Gaussian RoPE damping of gist entries: sigma = this x the node's span "
+                                      "in tokens (0 = off; 0.2887 = a position uniform over the span)",
+                                      check=_nonneg, allowed="a number >= 0")
+    mc_aux_lr: float = _knob(1e-3, "AdamW learning rate of GistNet and LensNet", check=_pos, allowed="a number > 0")
     mc_auto_batch: int = _knob(1, "scale device batch and iterations so MC keeps vanilla's token budget",
                                choices=(0, 1))
     mc_aux_dtype: str = _knob("auto", "dtype of GistNet/LensNet (auto: bf16 where native, else fp32)",
@@ -150,6 +160,8 @@ class MCConfig:
                                 allowed="an integer >= 1", group=NETS)
     gistnet_heads: int = _knob(4, "GistNet attention heads (must divide the model width)", check=_pos,
                                allowed="an integer >= 1", group=NETS)
+    gistnet_width: int = _knob(0, "GistNet internal width (0 = half the model width, a few % of base FLOPs)",
+                               check=_nonneg, allowed="an integer >= 0", group=NETS)
     gistnet_pooling: str = _knob("attention", "how GistNet pools a block into one vector",
                                  choices=("attention", "mean", "first"), group=NETS)
     gistnet_head: str = _knob("mlp", "GistNet output head", choices=("linear", "mlp"), group=NETS)

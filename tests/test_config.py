@@ -123,7 +123,7 @@ def test_bad_values_give_one_clear_error(argv: list[str], needle: str, capsys: p
 
 
 def test_direct_construction_raises_config_error_naming_the_flag() -> None:
-    with pytest.raises(ConfigError, match="--mc_tree.*ram|disk"):
+    with pytest.raises(ConfigError, match=r"--mc_tree.*ram\|disk"):
         MCConfig(mc_tree="s3")
     with pytest.raises(ConfigError, match="--block_size"):
         MCConfig(block_size=48)

@@ -170,6 +170,29 @@ class WorkingContext:
         )
 
     @classmethod
+    def coarsest(cls, num_tokens: int, block_size: int, recent_tokens: int = 0) -> WorkingContext:
+        """The shortest legal layout: the last ``recent_tokens`` raw, everything older in the
+        largest aligned complete nodes (greedy from old to new; unaligned leftovers raw)."""
+        block_size = _check_block_size(block_size)
+        num_tokens = _check_count("num_tokens", num_tokens)
+        boundary = num_tokens - min(_check_count("recent_tokens", recent_tokens), num_tokens)
+        widths = _width_table(block_size)
+        levels: list[np.ndarray] = []
+        indices: list[np.ndarray] = []
+        pos = 0
+        for level in range(len(widths) - 1, 0, -1):
+            width = int(widths[level])
+            end = (boundary // width) * width
+            if end > pos:
+                idx = np.arange(pos // width, end // width, dtype=INDEX_DTYPE)
+                levels.append(np.full(idx.shape, level, dtype=LEVEL_DTYPE))
+                indices.append(idx)
+                pos = end
+        levels.append(np.zeros(num_tokens - pos, dtype=LEVEL_DTYPE))
+        indices.append(np.arange(pos, num_tokens, dtype=INDEX_DTYPE))
+        return cls._trusted(np.concatenate(levels), np.concatenate(indices), block_size, num_tokens)
+
+    @classmethod
     def recency(
         cls,
         num_tokens: int,

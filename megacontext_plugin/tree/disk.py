@@ -1,0 +1,434 @@
+"""The ``disk`` tree backend: one append-only file per level and an atomically replaced manifest.
+
+A tree directory holds (format version 1, little-endian; see docs/tree.md)::
+
+    manifest.json   the commit record: num_tokens, block_size, dim, dtype, gist_version, checksum
+    lod0.ids        64-byte header, then one int32 token id per token
+    lod{k}.gists    64-byte header, then one [D] gist row per level-k node (k >= 1)
+
+An append writes the new records of every level at their committed offsets, fsyncs per policy,
+then commits by replacing the manifest (temp file + ``os.replace``). Only what the manifest
+commits is data: on open, bytes beyond the committed count are a torn tail and are truncated.
+Reads use ``preadv`` straight into the result (a query reads only its records). One writer at a time,
+enforced with ``flock`` on the directory. POSIX only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import struct
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .building import GIST_DTYPES, TreeBase, dtype_name
+from .protocol import EmbedFn, GistFn, TreeError
+
+FsyncPolicy = Literal["always", "interval", "never"]
+FSYNC_POLICIES: tuple[str, ...] = ("always", "interval", "never")
+
+FORMAT_VERSION = 1
+MANIFEST_FORMAT = "megacontext-tree"
+MANIFEST_NAME = "manifest.json"
+MANIFEST_TMP_NAME = "manifest.json.tmp"
+LEVEL_MAGIC = b"MCTLEVEL"
+HEADER = struct.Struct("<8sHHIIB")
+"""magic, format version, level, block size K, dim D, record dtype code; zero-padded to 64 bytes."""
+HEADER_SIZE = 64
+RECORD_CODES: dict[str, int] = {"int32": 1, "float32": 2, "bfloat16": 3, "float16": 4}
+STORAGE_NUMPY: dict[str, np.dtype[Any]] = {
+    "int32": np.dtype("<i4"),
+    "float32": np.dtype("<f4"),
+    "bfloat16": np.dtype("<i2"),  # numpy has no bfloat16: raw 2-byte words, reinterpreted by torch
+    "float16": np.dtype("<f2"),
+}
+
+
+def level_file_name(level: int) -> str:
+    return "lod0.ids" if level == 0 else f"lod{level}.gists"
+
+
+# ---- manifest ----------------------------------------------------------------------------------
+def _manifest_checksum(fields: dict[str, Any]) -> str:
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    return f"crc32:{zlib.crc32(canonical):08x}"
+
+
+def encode_manifest(fields: dict[str, Any]) -> bytes:
+    """One JSON line: ``fields`` plus ``format``, ``format_version`` and a checksum of the rest."""
+    record = {"format": MANIFEST_FORMAT, "format_version": FORMAT_VERSION, **fields}
+    record["checksum"] = _manifest_checksum(record)
+    return (json.dumps(record, sort_keys=True) + "\n").encode()
+
+
+def decode_manifest(raw: bytes, where: Path) -> dict[str, Any]:
+    """Validate a manifest's format, version, checksum and field types; ``TreeError`` if bad."""
+    try:
+        record = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TreeError(f"{where} is corrupted: {MANIFEST_NAME} is not valid JSON ({exc})") from exc
+    if not isinstance(record, dict) or record.get("format") != MANIFEST_FORMAT:
+        raise TreeError(f"{where} is not a MegaContext tree: {MANIFEST_NAME} lacks format={MANIFEST_FORMAT!r}")
+    stored = record.pop("checksum", None)
+    computed = _manifest_checksum(record)
+    if stored != computed:
+        raise TreeError(
+            f"{where} is corrupted: {MANIFEST_NAME} checksum mismatch (stored {stored}, computed {computed})"
+        )
+    if record.get("format_version") != FORMAT_VERSION:
+        raise TreeError(
+            f"{where} has tree format version {record.get('format_version')!r}; "
+            f"this megacontext_plugin reads version {FORMAT_VERSION}"
+        )
+    for key in ("num_tokens", "block_size", "dim", "gist_version"):
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise TreeError(f"{where} is corrupted: {MANIFEST_NAME} field {key}={value!r}")
+    if record.get("dtype") not in GIST_DTYPES:
+        raise TreeError(f"{where} is corrupted: {MANIFEST_NAME} field dtype={record.get('dtype')!r}")
+    return record
+
+
+# ---- one level file ----------------------------------------------------------------------------
+def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
+    if data.size == 0:
+        return
+    view = memoryview(np.ascontiguousarray(data)).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+class LevelFile:
+    """One level's file: a fixed header, then fixed-size records ``[width]`` of ``kind``.
+
+    Writes use ``pwrite`` and reads ``preadv`` at explicit offsets (never the file position),
+    so junk left by a failed append is simply overwritten by the next one, and a query reads
+    only the records it returns.
+    """
+
+    def __init__(self, path: Path, fd: int, kind: str, width: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.np_dtype = STORAGE_NUMPY[kind]
+        self.width = width
+        self.record_bytes = self.np_dtype.itemsize * width
+
+    @classmethod
+    def create(cls, path: Path, level: int, block_size: int, dim: int, kind: str) -> LevelFile:
+        """A new, empty level file (truncating any uncommitted leftover of that name)."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        header = HEADER.pack(LEVEL_MAGIC, FORMAT_VERSION, level, block_size, dim, RECORD_CODES[kind])
+        _pwrite_all(fd, np.frombuffer(header.ljust(HEADER_SIZE, b"\0"), dtype=np.uint8), 0)
+        return cls(path, fd, kind, 1 if level == 0 else dim)
+
+    @classmethod
+    def open(
+        cls, path: Path, level: int, block_size: int, dim: int, kind: str, committed: int
+    ) -> tuple[LevelFile, int]:
+        """Open and validate a level holding ``committed`` records; truncate any torn tail.
+
+        Returns the file and the number of torn bytes dropped.
+        """
+        where, name = path.parent, path.name
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            raise TreeError(f"{where} is corrupted: {name} is missing, manifest commits {committed} records") from None
+        try:
+            level_file = cls(path, fd, kind, 1 if level == 0 else dim)
+            level_file._validate_header(level, block_size, dim, kind)
+            size = os.fstat(fd).st_size
+            wanted = HEADER_SIZE + committed * level_file.record_bytes
+            if size < wanted:
+                held = (size - HEADER_SIZE) // level_file.record_bytes
+                raise TreeError(f"{where} is corrupted: {name} holds {held} records, manifest commits {committed}")
+            if size > wanted:
+                os.ftruncate(fd, wanted)
+        except BaseException:
+            os.close(fd)
+            raise
+        return level_file, size - wanted
+
+    def _validate_header(self, level: int, block_size: int, dim: int, kind: str) -> None:
+        where, name = self.path.parent, self.path.name
+        raw = os.pread(self.fd, HEADER_SIZE, 0)
+        if len(raw) < HEADER_SIZE:
+            raise TreeError(f"{where} is corrupted: {name} has a {len(raw)}-byte header, expected {HEADER_SIZE}")
+        magic, version, got_level, got_k, got_dim, code = HEADER.unpack_from(raw)
+        if magic != LEVEL_MAGIC:
+            raise TreeError(
+                f"{where} is corrupted: {name} starts with {magic!r}, not {LEVEL_MAGIC!r}; "
+                "it is not a MegaContext tree level file"
+            )
+        expected = (FORMAT_VERSION, level, block_size, dim, RECORD_CODES[kind])
+        if (version, got_level, got_k, got_dim, code) != expected:
+            raise TreeError(
+                f"{where} is corrupted: {name} header says (format_version, level, K, D, dtype code) = "
+                f"{(version, got_level, got_k, got_dim, code)}, manifest implies {expected}"
+            )
+
+    def write(self, index: int, rows: np.ndarray) -> None:
+        """Write ``rows[m, width]`` (or ``[m]`` ids) as records ``index .. index + m``."""
+        _pwrite_all(self.fd, rows, HEADER_SIZE + index * self.record_bytes)
+
+    def _pread_into(self, rows: np.ndarray, index: int) -> None:
+        """Fill ``rows`` (a C-contiguous block of records) from record ``index`` on."""
+        if rows.size == 0:
+            return
+        view = memoryview(rows).cast("B")
+        offset = HEADER_SIZE + index * self.record_bytes
+        while view:
+            got = os.preadv(self.fd, [view], offset)
+            if got == 0:
+                raise TreeError(f"{self.path} shrank while open (another writer?)")
+            view = view[got:]
+            offset += got
+
+    def read(self, start: int, end: int) -> np.ndarray:
+        """Records ``[start, end)`` as a new array ``[end - start, width]`` (one syscall)."""
+        rows = np.empty((end - start, self.width), dtype=self.np_dtype)
+        self._pread_into(rows, start)
+        return rows
+
+    def gather(self, indices: np.ndarray) -> np.ndarray:
+        """Records at ``indices[n]`` (checked, int64) as a new array ``[n, width]``.
+
+        One ``preadv`` per run of consecutive distinct indices, so a gather touches only the
+        records it returns (a memory map would fault in whole large folios of page cache).
+        """
+        unique, inverse = np.unique(indices, return_inverse=True)
+        rows = np.empty((unique.shape[0], self.width), dtype=self.np_dtype)
+        breaks = (np.flatnonzero(np.diff(unique) != 1) + 1).tolist()
+        for run_start, run_end in zip([0, *breaks], [*breaks, unique.shape[0]], strict=True):
+            self._pread_into(rows[run_start:run_end], int(unique[run_start]))
+        return rows if np.array_equal(unique, indices) else rows[inverse]
+
+    def fsync(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# ---- the backend -------------------------------------------------------------------------------
+class DiskTree(TreeBase):
+    """MegaContext tree in a directory (created if missing or empty, else opened and checked).
+
+    ``fsync`` policy: ``"always"`` makes every append durable before it returns (power-loss
+    safe); ``"interval"`` does so at most every ``fsync_interval_s`` seconds and on ``flush``;
+    ``"never"`` leaves write-back to the OS. A killed process (even SIGKILL) never loses a
+    committed append under any policy: the data is in the kernel page cache.
+
+    ``gist_version``: ``None`` takes the stored one (0 for a new tree); an int must match it.
+    After ``open``, ``recovered_bytes`` is the size of the torn tails that were dropped.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        block_size: int,
+        dim: int,
+        embed_fn: EmbedFn,
+        gist_fn: GistFn,
+        *,
+        dtype: torch.dtype = torch.float32,
+        gist_version: int | None = None,
+        fsync: FsyncPolicy = "always",
+        fsync_interval_s: float = 1.0,
+    ) -> None:
+        super().__init__(
+            block_size=block_size,
+            dim=dim,
+            embed_fn=embed_fn,
+            gist_fn=gist_fn,
+            dtype=dtype,
+            gist_version=0 if gist_version is None else gist_version,
+        )
+        if fsync not in FSYNC_POLICIES:
+            raise TreeError(f"unknown fsync policy {fsync!r}: expected one of {', '.join(FSYNC_POLICIES)}")
+        if not fsync_interval_s >= 0:
+            raise TreeError(f"fsync_interval_s must be >= 0, got {fsync_interval_s}")
+        self.path = Path(path)
+        self.fsync_policy: FsyncPolicy = fsync
+        self.fsync_interval_s = float(fsync_interval_s)
+        self.recovered_bytes = 0
+        self._kind = dtype_name(dtype)
+        self._files: list[LevelFile] = []
+        self._dir_fd = -1
+        self._dirty = False  # committed appends not yet made durable (policy "interval")
+        self._new_files = False  # level files created since the last directory fsync
+        self._last_sync = time.monotonic()
+        try:
+            self._lock_dir()
+            if (self.path / MANIFEST_NAME).exists():
+                self._open_existing(gist_version)
+            else:
+                self._create()
+            self._restore_tails()
+        except BaseException:
+            self._release()
+            raise
+
+    # ---- opening -----------------------------------------------------------------------------
+    def _lock_dir(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise TreeError(f"{self.path} is not a directory, so it is not a MegaContext tree")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self._dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TreeError(f"{self.path} is already open by another DiskTree (one writer at a time)") from None
+
+    def _create(self) -> None:
+        foreign = sorted(set(os.listdir(self.path)) - {MANIFEST_TMP_NAME})
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise TreeError(f"{self.path} is not a MegaContext tree: no {MANIFEST_NAME}, and it holds {shown}")
+        durable = self.fsync_policy != "never"
+        self._commit(0, durable=durable)
+        if durable:  # the tree directory's own entry (mkdir) in its parent
+            parent_fd = os.open(self.path.resolve().parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(parent_fd)
+            finally:
+                os.close(parent_fd)
+
+    def _open_existing(self, gist_version: int | None) -> None:
+        tmp = self.path / MANIFEST_TMP_NAME
+        if tmp.exists():  # an interrupted commit: never part of the tree
+            tmp.unlink()
+        manifest = decode_manifest((self.path / MANIFEST_NAME).read_bytes(), self.path)
+        asked = {"block_size": self.block_size, "dim": self.dim, "dtype": self._kind}
+        for key, value in asked.items():
+            if manifest[key] != value:
+                raise TreeError(f"{self.path} holds a tree with {key}={manifest[key]}, asked for {value}")
+        if gist_version is not None and manifest["gist_version"] != gist_version:
+            raise TreeError(
+                f"{self.path} holds gists of GistNet version {manifest['gist_version']}, asked for "
+                f"{gist_version}: rebuild the tree, or open it with gist_version=None"
+            )
+        self.gist_version = manifest["gist_version"]
+        self._num_tokens = manifest["num_tokens"]
+        for level in range(self.num_levels):
+            kind = "int32" if level == 0 else self._kind
+            level_file, torn = LevelFile.open(
+                self.path / level_file_name(level),
+                level,
+                self.block_size,
+                self.dim,
+                kind,
+                self.level_size(level),
+            )
+            self._files.append(level_file)
+            self.recovered_bytes += torn
+
+    # ---- storage hooks -------------------------------------------------------------------------
+    def _store(self, ids_N: torch.Tensor, new_gists: list[torch.Tensor], num_tokens: int) -> None:
+        blocks = [ids_N.numpy(), *(_gists_to_numpy(g) for g in new_gists)]
+        for level, rows in enumerate(blocks):
+            if level == len(self._files):
+                kind = "int32" if level == 0 else self._kind
+                path = self.path / level_file_name(level)
+                self._files.append(LevelFile.create(path, level, self.block_size, self.dim, kind))
+                self._new_files = True
+            self._files[level].write(self.level_size(level), rows)
+        durable = self.fsync_policy == "always" or (
+            self.fsync_policy == "interval" and time.monotonic() - self._last_sync >= self.fsync_interval_s
+        )
+        if durable:
+            self._sync_levels()
+        self._commit(num_tokens, durable=durable)
+        self._dirty = self.fsync_policy == "interval" and not durable
+
+    def _commit(self, num_tokens: int, *, durable: bool) -> None:
+        """Atomically replace the manifest: temp file, (fsync), ``os.replace``, (fsync dir)."""
+        fields = {
+            "num_tokens": num_tokens,
+            "block_size": self.block_size,
+            "dim": self.dim,
+            "dtype": self._kind,
+            "gist_version": self.gist_version,
+        }
+        tmp = self.path / MANIFEST_TMP_NAME
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _pwrite_all(fd, np.frombuffer(encode_manifest(fields), dtype=np.uint8), 0)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path / MANIFEST_NAME)
+        if durable:
+            os.fsync(self._dir_fd)
+            self._last_sync = time.monotonic()
+
+    def _read_ids(self, start: int, end: int) -> torch.Tensor:
+        if start == end:
+            return torch.empty(0, dtype=torch.int64)
+        return torch.from_numpy(self._files[0].read(start, end)[:, 0].astype(np.int64))
+
+    def _gather_ids(self, indices_N: torch.Tensor) -> torch.Tensor:
+        if indices_N.numel() == 0:
+            return torch.empty(0, dtype=torch.int64)
+        return torch.from_numpy(self._files[0].gather(indices_N.numpy())[:, 0].astype(np.int64))
+
+    def _read_gists(self, level: int, start: int, end: int) -> torch.Tensor:
+        return _numpy_to_gists(self._files[level].read(start, end), self.dtype)
+
+    def _gather_gists(self, level: int, indices_N: torch.Tensor) -> torch.Tensor:
+        return _numpy_to_gists(self._files[level].gather(indices_N.numpy()), self.dtype)
+
+    def _sync_levels(self) -> None:
+        """fsync every level file, and the directory if a level file was created since."""
+        for level_file in self._files:
+            level_file.fsync()
+        if self._new_files:  # the new files' entries before the manifest that counts their records
+            os.fsync(self._dir_fd)
+            self._new_files = False
+
+    def _sync(self) -> None:
+        if not self._dirty:
+            return
+        self._sync_levels()
+        fd = os.open(self.path / MANIFEST_NAME, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.fsync(self._dir_fd)
+        self._dirty = False
+        self._last_sync = time.monotonic()
+
+    def __del__(self) -> None:
+        # A tree dropped without close(): release fds and the lock (no fsync; kill-safe anyway).
+        if getattr(self, "_dir_fd", -1) >= 0:
+            self._release()
+
+    def _release(self) -> None:
+        for level_file in self._files:
+            level_file.close()
+        self._files = []
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)  # releases the flock
+            self._dir_fd = -1
+
+
+def _gists_to_numpy(gists_MD: torch.Tensor) -> np.ndarray:
+    gists_MD = gists_MD.contiguous()
+    if gists_MD.dtype == torch.bfloat16:
+        gists_MD = gists_MD.view(torch.int16)
+    return gists_MD.numpy()
+
+
+def _numpy_to_gists(rows_MD: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    gists_MD = torch.from_numpy(rows_MD)
+    return gists_MD.view(torch.bfloat16) if dtype == torch.bfloat16 else gists_MD
