@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megacontext", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p_config = sub.add_parser("config", help="validate MegaContext flags and print the resolved knobs")
+    p_config = sub.add_parser("config", help="validate MegaContext flags and print the resolved knobs",
+                              usage="megacontext config [--json | --markdown] [--mc] [--KNOB VALUE ...]")
     p_config.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p_config.add_argument("--markdown", action="store_true", help="print the knob reference as a Markdown table")
     register_arguments(p_config)

@@ -329,7 +329,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser |
 
 def parse_config(argv: Sequence[str]) -> MCConfig:
     """Parse MegaContext flags alone (used by tests and ``megacontext config``)."""
-    parser = argparse.ArgumentParser(prog="megacontext config")
+    parser = argparse.ArgumentParser(prog="megacontext config", usage="megacontext config [--mc] [--KNOB VALUE ...]")
     register_arguments(parser)
     return config_from_args(parser.parse_args(list(argv)), parser)
 

@@ -184,3 +184,14 @@ def test_cli_reports_a_user_mistake_without_traceback() -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "--mc_tree" in proc.stderr and "ram" in proc.stderr
+
+
+def test_readme_knob_table_is_generated_from_the_config() -> None:
+    from pathlib import Path
+
+    from megacontext_plugin.config import knobs_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    begin, end = "<!-- knobs:begin -->\n", "<!-- knobs:end -->"
+    table = readme[readme.index(begin) + len(begin): readme.index(end)]
+    assert table == knobs_markdown(), "README knob table is stale: paste `megacontext config --markdown`"
