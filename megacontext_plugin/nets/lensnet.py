@@ -10,9 +10,11 @@ Two non-causal layouts, ``context``:
 - ``cross``: each entry attends to the tail only (no entry-entry attention). Cost ``W R``.
 
 Per-entry inputs: the entry's vector (token embedding or gist, RMS-normalised then projected),
-a learned embedding of its level (LOD), and two scalar features ``log2(span) / 16`` and
+a learned embedding of its level (LOD), and four scalar features: ``log2(span) / 16``,
 ``log2(1 + tokens after the entry) / 16`` (recency: the tokens covered by the entries after it,
-so entries must be in order and tile the history, the WC invariant). The tail is the last R
+so entries must be in order and tile the history, the WC invariant), and the mean and max
+cosine of the entry with the tail tokens (relevance to what it serves: a direct input, so the
+preference loss does not have to discover it through attention alone). The tail is the last R
 tokens of the history (normally also the WC's last R raw entries): level 0, span 1, recency
 ``R - 1 - r``, plus a learned "tail" type vector.
 """
@@ -30,13 +32,22 @@ LensContext = Literal["bidirectional", "cross"]
 CONTEXTS: tuple[str, ...] = get_args(LensContext)
 FEATURE_SCALE = 1.0 / 16.0
 """Multiplies the log2 features so spans and distances up to 2^16 tokens map into [0, 1]."""
-NUM_FEATURES = 2
+NUM_FEATURES = 4
 
 
-def _log2_features(spans_BW: torch.Tensor, after_BW: torch.Tensor) -> torch.Tensor:
+def _features(spans_BW: torch.Tensor, after_BW: torch.Tensor, sim_BWR: torch.Tensor) -> torch.Tensor:
+    """``[B, W, 4]``: log2 span, log2 recency (scaled), mean and max cosine with the tail tokens."""
     spans = spans_BW.to(torch.float32).clamp_min(1.0)
     after = after_BW.to(torch.float32).clamp_min(0.0)
-    return torch.stack([spans.log2(), (1.0 + after).log2()], dim=-1) * FEATURE_SCALE
+    sim = sim_BWR.to(torch.float32)
+    return torch.stack(
+        [spans.log2() * FEATURE_SCALE, (1.0 + after).log2() * FEATURE_SCALE, sim.mean(-1), sim.amax(-1)], dim=-1
+    )
+
+
+def _cosine(a_BXD: torch.Tensor, b_BRD: torch.Tensor) -> torch.Tensor:
+    """``[B, X, R]`` cosine similarities (rows RMS-normalised, so the dot product / D is the cosine)."""
+    return torch.einsum("bxd,brd->bxr", rms_norm(a_BXD), rms_norm(b_BRD)) / a_BXD.shape[-1]
 
 
 class LensNet(nn.Module):
@@ -104,14 +115,15 @@ class LensNet(nn.Module):
         x_BWH = (
             self.proj_in(rms_norm(entries_BWD))
             + self.level_emb(levels_BW).to(dtype)
-            + self.features(_log2_features(spans_BW, after_BW).to(dtype))
+            + self.features(_features(spans_BW, after_BW, _cosine(entries_BWD, tail_BRD)).to(dtype))
         )
-        ones_R = torch.ones(R, device=device)
-        tail_features_RF = _log2_features(ones_R, torch.arange(R - 1, -1, -1, device=device))
-        tail_extra_RH = self.features(tail_features_RF.to(dtype)) + (self.level_emb.weight[0] + self.tail_type_H).to(
-            dtype
-        )
-        t_BRH = self.proj_in(rms_norm(tail_BRD)) + tail_extra_RH
+        ones_BR = torch.ones(B, R, device=device)
+        after_BR = torch.arange(R - 1, -1, -1, device=device).expand(B, R)
+        tail_features_BRF = _features(ones_BR, after_BR, _cosine(tail_BRD, tail_BRD))
+        tail_extra_BRH = self.features(tail_features_BRF.to(dtype)) + (
+            self.level_emb.weight[0] + self.tail_type_H
+        ).to(dtype)
+        t_BRH = self.proj_in(rms_norm(tail_BRD)) + tail_extra_BRH
 
         if self.context == "bidirectional":
             h_BLH = torch.cat([x_BWH, t_BRH], dim=1)
@@ -129,14 +141,14 @@ class LensNet(nn.Module):
     def flops(self, W: int, R: int, batch: int = 1) -> int:
         """Exact forward matmul FLOPs of ``batch`` rows of W entries and R tail tokens (2 per multiply-add).
 
-        Per row: inputs ``2 (W+R) D H + 4 W H``; score head ``2 W H``; per layer, ``bidirectional``
-        (L = W + R) ``24 L H^2 + 4 L^2 H``, ``cross`` ``20 W H^2 + 4 R H^2 + 4 W R H``. Once per
-        call: the tail's features ``4 R H`` (the same for every row).
+        Per row: inputs ``2 (W+R) D H``, features ``2 (W+R) 4 H``, tail cosines ``2 (W+R) R D``;
+        score head ``2 W H``; per layer, ``bidirectional`` (L = W + R) ``24 L H^2 + 4 L^2 H``,
+        ``cross`` ``20 W H^2 + 4 R H^2 + 4 W R H``.
         """
         D, H = self.dim, self.hidden
-        row = 2 * (W + R) * D * H + 2 * W * NUM_FEATURES * H + 2 * W * H
+        row = 2 * (W + R) * D * H + 2 * (W + R) * NUM_FEATURES * H + 2 * W * H + 2 * (W + R) * R * D
         if self.context == "bidirectional":
             row += self.layers * Block.flops(W + R, None, H)
         else:
             row += self.layers * Block.flops(W, R, H)
-        return batch * row + 2 * R * NUM_FEATURES * H
+        return batch * row

@@ -1,0 +1,275 @@
+"""MCController: trains MegaContext inside the base model's own training loop.
+
+Per micro-batch ``x[B, T]``, ``y[B, T]`` (``y`` is ``x`` shifted by one):
+
+1. ``process_batch``: LOD0 embeddings from the base model's ``wte``; every row's tree at once
+   (``build_levels``: one GistNet call per level); ``V`` layouts per row (the recency baseline and
+   ``V-1`` random working contexts at the curriculum budget, sampled ahead on a background
+   thread); the packed inputs ``[B*V, W, D]``, targets and positions by one gather each; LensNet
+   scores of every entry.
+2. The base model runs forward on the packed inputs and returns per-entry NLL ``[B*V, W]``.
+3. ``compute_losses``: the token loss over all variants (the model learns to read gists), the
+   gist substitutability loss (tail NLL of random variants relative to the baseline; trains
+   GistNet through the gists) and the LensNet preference loss (see ``losses``).
+4. ``step_aux``: all-reduce the aux nets' gradients under DDP, snapshot LensNet (the KL anchor
+   for the next step: the policy before this update), step their optimizer, advance the EMAs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..config import MCConfig
+from ..nets import allreduce_gradients, build_gistnet, build_lensnet, resolve_aux_dtype
+from ..tree.building import build_levels
+from . import losses as L
+from .layouts import LayoutPrefetcher, VariantLayouts, max_tree_level, minimal_length
+from .packing import PackIndex, build_index, pack_inputs, pack_rotary, pack_targets
+
+
+@dataclass
+class MCBatch:
+    """What the base model's forward needs for one micro-batch, plus what the losses need after."""
+
+    inputs_RWD: torch.Tensor
+    """Packed input embeddings, ``R = B * V`` rows of ``W`` entries, the base model's dtype."""
+    targets_RW: torch.Tensor
+    """Next token after each entry's span; -1 on padding."""
+    cos_sin: tuple[torch.Tensor, torch.Tensor] | None
+    """Per-row rotary tables ``[R, W, 1, head_dim/2]``, or None = the model's own table."""
+    layouts: VariantLayouts
+    index: PackIndex
+    scores_RW: torch.Tensor
+    """LensNet utilities of every entry (0 on padding), with grad into LensNet."""
+    prev_scores_RW: torch.Tensor
+    """Utilities from the previous step's LensNet on the same inputs (no grad), for the KL term."""
+    budget: int
+    num_levels: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return int(self.inputs_RWD.shape[0])
+
+
+@dataclass
+class MCLosses:
+    """``total`` is what to backpropagate; ``terms`` are its parts; ``metrics`` are detached scalars;
+    ``pairs`` holds the detached per-pair tensors (``margin`` = LensNet's "i is better" margin,
+    ``adv`` = dnll_j - dnll_i, the truth) and ``dnll`` ``[B, V-1]``."""
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    metrics: dict[str, torch.Tensor]
+    pairs: dict[str, torch.Tensor]
+
+
+class MCController(nn.Module):
+    """Owns GistNet, LensNet, their optimizer and the controller state (EMAs, layout generator).
+
+    ``dim``/``head_dim``/``sequence_len`` describe the base model. ``total_steps`` drives the
+    curriculum (budget annealed from 80% of T to ``--mc_train_wc_length``).
+    """
+
+    def __init__(self, cfg: MCConfig, *, dim: int, head_dim: int, sequence_len: int, total_steps: int,
+                 device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        cfg.validate_for_model(sequence_len)
+        self.cfg = cfg
+        self.dim, self.head_dim, self.sequence_len = dim, head_dim, sequence_len
+        self.total_steps = max(1, total_steps)
+        self.device_ = torch.device(device)
+        self.aux_dtype = resolve_aux_dtype(cfg.mc_aux_dtype, self.device_)
+        width = cfg.gistnet_width or max(cfg.gistnet_heads, dim // 2)
+        torch.manual_seed(cfg.mc_seed)  # aux-net init is part of the seeded run
+        self.gistnet = build_gistnet(cfg, dim, width=width).to(self.device_, self.aux_dtype)
+        self.lensnet = build_lensnet(cfg, dim).to(self.device_, self.aux_dtype)
+        self.lens_prev = copy.deepcopy(self.lensnet).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.aux_parameters(), lr=cfg.mc_aux_lr, weight_decay=0.0)
+        self.layouts = LayoutPrefetcher(cfg.mc_seed)
+        self.num_levels = max_tree_level(sequence_len, cfg.block_size) + 1
+        self.recent = max(cfg.allocator_recent_tokens, cfg.mc_horizon)
+        self.min_budget = minimal_length(sequence_len, cfg.block_size, self.recent)
+        # EMA state of the stability helpers (None until the first step has been seen)
+        self.adv_var_ema: float | None = None
+        self.budget_ema: float | None = None
+        self.steps_done = 0
+        self._pending_ema: tuple[float, float] | None = None
+
+    # ---- parameters and state --------------------------------------------------------------
+    def aux_parameters(self) -> list[nn.Parameter]:
+        return [*self.gistnet.parameters(), *self.lensnet.parameters()]
+
+    def controller_state(self) -> dict[str, Any]:
+        return {
+            "gistnet": self.gistnet.state_dict(),
+            "lensnet": self.lensnet.state_dict(),
+            "lens_prev": self.lens_prev.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "adv_var_ema": self.adv_var_ema,
+            "budget_ema": self.budget_ema,
+            "steps_done": self.steps_done,
+            "layout_rng": self.layouts.state(),
+        }
+
+    def load_controller_state(self, state: dict[str, Any]) -> None:
+        self.gistnet.load_state_dict(state["gistnet"])
+        self.lensnet.load_state_dict(state["lensnet"])
+        self.lens_prev.load_state_dict(state["lens_prev"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.adv_var_ema = state["adv_var_ema"]
+        self.budget_ema = state["budget_ema"]
+        self.steps_done = state["steps_done"]
+        self.layouts.set_state(state["layout_rng"])
+
+    # ---- curriculum ---------------------------------------------------------------------------
+    def budget_at(self, step: int) -> int:
+        """Working-context entries per variant at ``step``: linear from 80% of T down to
+        ``--mc_train_wc_length``, rounded down to a multiple of ``max(K, T/16)`` so the packed
+        shape changes a handful of times per run (each shape compiles once), never per step."""
+        T = self.sequence_len
+        final = self.cfg.mc_train_wc_length
+        start = max(0.8, final)
+        frac = start + (final - start) * min(1.0, step / max(1, self.total_steps - 1))
+        if self.cfg.mc_wc_budget:
+            frac = min(frac, self.cfg.mc_wc_budget / T)
+        quantum = max(self.cfg.block_size, T // 16)
+        budget = max(quantum, math.floor(frac * T) // quantum * quantum)
+        # room for at least two expansions, so random variants can differ from each other
+        return min(T, max(budget, self.min_budget + 2 * (self.cfg.block_size - 1)))
+
+    # ---- step ---------------------------------------------------------------------------------
+    def process_batch(self, x_BT: torch.Tensor, y_BT: torch.Tensor, wte: nn.Module, step: int) -> MCBatch:
+        """Trees, variants, packed inputs/targets/positions and LensNet scores for one micro-batch."""
+        cfg = self.cfg
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        B, T = x_BT.shape
+        if self.sequence_len != T:
+            raise ValueError(f"controller built for sequence length {self.sequence_len}, got a batch of {T}")
+        budget = self.budget_at(step)
+        V = cfg.num_variants
+        layouts = self.layouts.get(B, V, T, cfg.block_size, budget, self.recent,
+                                   next_budget=self.budget_at(step + 1))
+        index = build_index(layouts, T, cfg.block_size, self.num_levels, cfg.mc_horizon, x_BT.device)
+        timings["layouts_ms"] = _ms(t0)
+
+        t1 = time.perf_counter()
+        lod0_BTD = wte(x_BT)
+        levels = build_levels(lod0_BTD.to(self.aux_dtype), cfg.block_size, self.gistnet,
+                              max_level=self.num_levels - 1)
+        levels[0] = lod0_BTD
+        timings["build_ms"] = _ms(t1)
+
+        t2 = time.perf_counter()
+        inputs_RWD = pack_inputs(levels, index)
+        targets_RW = pack_targets(y_BT, index)
+        timings["packing_ms"] = _ms(t2)
+
+        t3 = time.perf_counter()
+        cos_sin = pack_rotary(layouts, index, cfg.mc_position_scheme, self.head_dim, T, cfg.mc_rope_gist_sigma,
+                              dtype=torch.bfloat16 if x_BT.is_cuda else torch.float32)
+        timings["positional_ms"] = _ms(t3)
+
+        t4 = time.perf_counter()
+        entries = inputs_RWD.detach().to(self.aux_dtype)
+        tail_RHD = lod0_BTD[:, T - cfg.mc_horizon:].detach().to(self.aux_dtype).repeat_interleave(V, dim=0)
+        lens_args = (entries, index.levels_RW, index.spans_RW, tail_RHD, index.valid_RW)
+        scores_RW = self.lensnet(*lens_args).float()
+        with torch.no_grad():
+            prev_RW = self.lens_prev(*lens_args).float()
+        timings["lens_ms"] = _ms(t4)
+        timings["controller_ms"] = _ms(t0)
+        return MCBatch(inputs_RWD, targets_RW, cos_sin, layouts, index, scores_RW, prev_RW, budget,
+                       len(levels), timings)
+
+    def compute_losses(self, batch: MCBatch, nll_RW: torch.Tensor) -> MCLosses:
+        """All losses from the base model's per-entry NLL ``[R, W]`` (0 on padding)."""
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        index, V = batch.index, batch.layouts.variants
+        B = batch.rows // V
+        valid = index.valid_RW
+        nll_RW = nll_RW.float()
+        token_loss = L.mean_over(nll_RW, valid)
+
+        tail_BV = L.tail_nll(nll_RW, index.tail_RH).view(B, V)
+        dnll_BN = tail_BV[:, 1:] - tail_BV[:, :1].detach()
+        gist_loss = dnll_BN.mean()
+
+        gist_RW = valid & (index.levels_RW > 0)
+        margin_BP = L.pair_margins(batch.scores_RW.view(B, V, -1)[:, 1:], index.refined_BPW, index.coarser_BPW)
+        adv_BP = L.preference_advantages(dnll_BN.detach())
+        batch_var = float(adv_BP.square().mean()) if adv_BP.numel() else 0.0
+        beta = cfg.mc_lens_adv_norm_beta
+        adv_var = batch_var if self.adv_var_ema is None else beta * self.adv_var_ema + (1 - beta) * batch_var
+        adv_norm_BP = adv_BP / math.sqrt(adv_var + 1e-12)
+        if adv_BP.numel():
+            keep_BP = L.hard_negative_mask(adv_norm_BP, cfg.mc_lens_hard_negative_ratio)
+            bt = L.bradley_terry_loss(margin_BP, adv_norm_BP, keep_BP, cfg.mc_lens_temperature)
+        else:  # one random variant per sequence: no pairs to rank
+            keep_BP = torch.zeros_like(adv_BP, dtype=torch.bool)
+            bt = batch.scores_RW.sum() * 0.0
+        kl = L.bernoulli_kl(batch.prev_scores_RW, batch.scores_RW, valid)
+        pressure = L.mean_over(batch.scores_RW, gist_RW)
+        budget_target = pressure.detach() if self.budget_ema is None else torch.tensor(self.budget_ema)
+        budget_pen = (pressure - budget_target).square()
+        lens_loss = bt + cfg.mc_lens_kl_weight * kl + cfg.mc_lens_budget_smooth_weight * budget_pen
+        total = token_loss + cfg.mc_gist_loss_weight * gist_loss + cfg.mc_lens_loss_weight * lens_loss
+
+        self._pending_ema = (adv_var, float(pressure.detach()))
+        with torch.no_grad():
+            adv_delta = (tail_BV[:, :1] - tail_BV[:, 1:]).reshape(-1)
+            metrics: dict[str, torch.Tensor] = {
+                "token_loss": token_loss.detach(),
+                "gist_loss": gist_loss.detach(),
+                "lens_loss": lens_loss.detach(),
+                "lens_bt_loss": bt.detach(),
+                "lens_kl": kl.detach(),
+                "lens_budget_penalty": budget_pen.detach(),
+                "delta_nll_h": dnll_BN.detach().mean(),
+                "adv_delta_mean": adv_delta.mean(),
+                "adv_delta_p95": torch.quantile(adv_delta, 0.95),
+                # margin says "i better"; dnll_i - dnll_j = -adv is negative when i is better
+                "preference_corr_mean": L.correlation(margin_BP.detach(), -adv_BP),
+                "pairs_kept": keep_BP.sum().float(),
+                "variants_total": torch.tensor(float(batch.rows)),
+                "wc_budget": torch.tensor(float(batch.budget)),
+            }
+            for level, value in L.level_losses(nll_RW, index.levels_RW, batch.num_levels).items():
+                metrics[f"lod{level}_loss"] = value
+        batch.timings_ms["losses_ms"] = _ms(t0)
+        terms = {"token_loss": token_loss, "gist_loss": gist_loss, "lens_loss": lens_loss, "lens_bt": bt,
+                 "lens_kl": kl, "lens_budget": budget_pen}
+        pairs = {"margin": margin_BP.detach(), "adv": adv_BP, "dnll": dnll_BN.detach()}
+        return MCLosses(total, terms, metrics, pairs)
+
+    def step_aux(self) -> None:
+        """After ``total.backward()``: all-reduce aux grads (DDP), step, refresh the KL snapshot and EMAs."""
+        allreduce_gradients(self.aux_parameters())
+        # The KL anchor is the policy *before* this update: next step's scores are compared with it.
+        self.lens_prev.load_state_dict(self.lensnet.state_dict())
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        pending = self._pending_ema
+        if pending is not None:
+            self.adv_var_ema = pending[0]
+            beta = self.cfg.mc_lens_budget_smooth_beta
+            prev = self.budget_ema
+            self.budget_ema = pending[1] if prev is None else beta * prev + (1 - beta) * pending[1]
+            self._pending_ema = None
+        self.steps_done += 1
+
+    def close(self) -> None:
+        self.layouts.close()
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e3

@@ -1,0 +1,183 @@
+"""Working-context variants for training: the layouts (which nodes each variant shows).
+
+A layout depends on the sequence length, block size, budget and the random generator only,
+never on the tokens, so the layouts of step ``s+1`` can be sampled on a background thread while
+step ``s`` runs (``LayoutPrefetcher``): the controller's numpy work stays off the critical path.
+
+Rows of a :class:`VariantLayouts` are ordered ``r = b * V + v``; variant ``v = 0`` of every
+sequence is the recency baseline (the last ``budget`` raw tokens: what vanilla attends to at
+that budget), variants ``1..V-1`` are random legal working contexts that tile the whole
+sequence: gists block-aligned, the protected recent tail raw, at most ``budget`` entries,
+distinct within a sequence whenever the layout space allows.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..context.working_context import WorkingContext
+
+PAD_LEVEL = -1
+"""Level of a padding entry (after a variant's last real entry; target -1, never attended to by a real entry)."""
+
+
+@dataclass(frozen=True)
+class VariantLayouts:
+    """Layouts of ``R = B * V`` variant rows padded to ``W`` entries. Arrays are int64 ``[R, W]``."""
+
+    levels_RW: np.ndarray
+    """Entry level; ``PAD_LEVEL`` for padding."""
+    indices_RW: np.ndarray
+    """Node index within its level (0 for padding)."""
+    starts_RW: np.ndarray
+    ends_RW: np.ndarray
+    """Token span ``[start, end)`` of each entry (0, 0 for padding)."""
+    lengths_R: np.ndarray
+    """Real entries per row."""
+    batch: int
+    variants: int
+    duplicates: int
+    """Random variants that repeat another of the same sequence (only when the layout space is too small)."""
+
+    @property
+    def width(self) -> int:
+        return int(self.levels_RW.shape[1])
+
+    @property
+    def valid_RW(self) -> np.ndarray:
+        return self.levels_RW != PAD_LEVEL
+
+
+def max_tree_level(sequence_len: int, block_size: int) -> int:
+    """Highest level with at least one node in a sequence of ``sequence_len`` tokens."""
+    level = 0
+    while block_size ** (level + 1) <= sequence_len:
+        level += 1
+    return level
+
+
+def minimal_length(sequence_len: int, block_size: int, recent_tokens: int) -> int:
+    """Entries of the coarsest legal working context (the smallest budget that can hold a variant)."""
+    return len(WorkingContext.coarsest(sequence_len, block_size, recent_tokens))
+
+
+def random_variant(
+    sequence_len: int, block_size: int, budget: int, recent_tokens: int, rng: np.random.Generator
+) -> WorkingContext:
+    """One random legal working context of at most ``budget`` entries tiling the sequence.
+
+    From the coarsest covering, expand random gists (any level) in a few vectorised rounds until
+    no further expansion fits: a variant is at most ``K - 2`` entries short of the budget, so
+    padding wastes little, and variants differ in which history they keep detailed.
+    """
+    K = block_size
+    wc = WorkingContext.coarsest(sequence_len, K, recent_tokens)
+    if len(wc) > budget:
+        raise ValueError(
+            f"budget {budget} cannot hold a working context of {sequence_len} tokens with a raw tail of "
+            f"{recent_tokens} (the coarsest needs {len(wc)} entries)"
+        )
+    while True:
+        room = (budget - len(wc)) // (K - 1)
+        candidates = np.flatnonzero(wc.expandable_mask(recent_tokens))
+        if room <= 0 or candidates.size == 0:
+            return wc
+        take = min(room, candidates.size, int(rng.integers(1, room + 1)))
+        chosen = rng.choice(candidates, size=take, replace=False)
+        wc = wc.expand(np.sort(chosen))
+
+
+def sample_layouts(
+    batch: int,
+    variants: int,
+    sequence_len: int,
+    block_size: int,
+    budget: int,
+    recent_tokens: int,
+    rng: np.random.Generator,
+    max_tries: int = 8,
+) -> VariantLayouts:
+    """Layouts for ``batch`` sequences x ``variants`` (baseline first), padded to ``budget``."""
+    if variants < 2:
+        raise ValueError(f"need at least 2 variants (the baseline and one random), got {variants}")
+    if not 0 < budget <= sequence_len:
+        raise ValueError(f"budget must be in [1, {sequence_len}], got {budget}")
+    R, W = batch * variants, budget
+    levels = np.full((R, W), PAD_LEVEL, dtype=np.int64)
+    indices = np.zeros((R, W), dtype=np.int64)
+    starts = np.zeros((R, W), dtype=np.int64)
+    ends = np.zeros((R, W), dtype=np.int64)
+    lengths = np.zeros(R, dtype=np.int64)
+    duplicates = 0
+    baseline = np.arange(sequence_len - budget, sequence_len, dtype=np.int64)
+    for b in range(batch):
+        seen: set[bytes] = set()
+        for v in range(variants):
+            r = b * variants + v
+            if v == 0:
+                lv, ix, st, en = np.zeros(W, dtype=np.int64), baseline, baseline, baseline + 1
+            else:
+                for _ in range(max_tries):
+                    wc = random_variant(sequence_len, block_size, budget, recent_tokens, rng)
+                    key = wc.levels.tobytes() + wc.indices.tobytes()
+                    if key not in seen:
+                        break
+                else:
+                    duplicates += 1
+                seen.add(key)
+                lv, ix, st, en = wc.levels, wc.indices, wc.starts, wc.ends
+            n = len(lv)
+            levels[r, :n], indices[r, :n], starts[r, :n], ends[r, :n] = lv, ix, st, en
+            lengths[r] = n
+    return VariantLayouts(levels, indices, starts, ends, lengths, batch, variants, duplicates)
+
+
+class LayoutPrefetcher:
+    """Samples the next step's layouts on one background thread (layouts never depend on data).
+
+    Deterministic: requests are served in order from one seeded generator, so a run with the
+    same seed and the same sequence of requests gets the same layouts, prefetched or not.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mc-layouts")
+        self._pending: tuple[tuple[int, ...], concurrent.futures.Future[VariantLayouts]] | None = None
+
+    def _submit(self, key: tuple[int, ...]) -> concurrent.futures.Future[VariantLayouts]:
+        return self._pool.submit(sample_layouts, *key, self.rng)
+
+    def get(self, batch: int, variants: int, sequence_len: int, block_size: int, budget: int,
+            recent_tokens: int, next_budget: int | None = None) -> VariantLayouts:
+        """Layouts for this request; starts sampling the next one (``next_budget``) in the background."""
+        key = (batch, variants, sequence_len, block_size, budget, recent_tokens)
+        if self._pending is not None and self._pending[0] == key:
+            layouts = self._pending[1].result()
+        else:
+            if self._pending is not None:
+                self._pending[1].result()  # keep the generator's sequence of draws well defined
+            layouts = self._submit(key).result()
+        self._pending = None
+        if next_budget is not None:
+            next_key = (batch, variants, sequence_len, block_size, next_budget, recent_tokens)
+            self._pending = (next_key, self._submit(next_key))
+        return layouts
+
+    def state(self) -> dict:
+        """Generator state (for checkpoints); waits for any sample in flight first."""
+        if self._pending is not None:
+            self._pending[1].result()
+            self._pending = None
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        if self._pending is not None:
+            self._pending[1].result()
+            self._pending = None
+        self.rng.bit_generator.state = state
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

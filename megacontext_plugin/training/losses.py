@@ -1,0 +1,107 @@
+"""The controller's losses, as pure functions of per-entry NLL and LensNet scores.
+
+Sign conventions (used by the metrics too):
+
+- ``dnll[B, V-1]``: tail NLL (mean over the last H tokens, raw in every variant) of each random
+  variant minus that of the recency baseline. Negative = the variant's gists help.
+- LensNet utility ``u`` of an entry in [-1, 1]: positive = worth expanding (compressing it
+  hurts), negative = cheap to keep collapsed.
+- Preference pairs ``(i, j)`` of random variants of one sequence: advantage
+  ``adv = dnll_j - dnll_i`` (positive = i is better), normalised by an EMA of its scale. Only the
+  entries where the variants differ enter the comparison: the gists of ``j`` that ``i`` shows in
+  finer detail (``refined``) and the gists of ``i`` that ``j`` shows finer (``coarser``).
+  LensNet's predicted margin is ``m_ij = sum(u_j over refined) - sum(u_i over coarser)``: i is
+  better when what only j keeps compressed was worth expanding. The Bradley–Terry model
+  ``P(i > j) = sigmoid(m_ij / temperature)`` is fitted to the soft target
+  ``sigmoid(adv_normalised)``. Shared entries, and the finer children that an expansion adds,
+  never enter, so the margin has no bias towards variants with more or fewer gists.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def mean_over(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask``; 0 (keeping the graph) when the mask is empty."""
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp_min(1.0)
+
+
+def tail_nll(nll_RW: torch.Tensor, tail_RH: torch.Tensor) -> torch.Tensor:
+    """``[R]``: mean NLL of each row's last H real entries."""
+    return nll_RW.gather(1, tail_RH).mean(dim=1)
+
+
+def level_losses(nll_RW: torch.Tensor, levels_RW: torch.Tensor, num_levels: int) -> dict[int, torch.Tensor]:
+    """Mean NLL of the entries of each level (detached; empty levels are left out)."""
+    out: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for level in range(num_levels):
+            mask = levels_RW == level
+            if bool(mask.any()):
+                out[level] = mean_over(nll_RW, mask)
+    return out
+
+
+def pair_margins(scores_BNW: torch.Tensor, refined_BPW: torch.Tensor, coarser_BPW: torch.Tensor) -> torch.Tensor:
+    """``m[B, P]``: LensNet's margin for "i is better than j" on the entries where they differ.
+
+    ``scores_BNW`` are the utilities of the random variants (``N = V - 1``) of each sequence.
+    """
+    i, j = pair_indices(scores_BNW.shape[1], scores_BNW.device)
+    gain_j = (scores_BNW[:, j] * refined_BPW.to(scores_BNW.dtype)).sum(-1)
+    gain_i = (scores_BNW[:, i] * coarser_BPW.to(scores_BNW.dtype)).sum(-1)
+    return gain_j - gain_i
+
+
+def pair_indices(num_random: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """All pairs ``i < j`` among ``num_random`` random variants (columns of ``dnll``)."""
+    i, j = torch.triu_indices(num_random, num_random, offset=1, device=device)
+    return i, j
+
+
+def preference_advantages(dnll_BN: torch.Tensor) -> torch.Tensor:
+    """``adv[B, P] = dnll[:, j] - dnll[:, i]`` over all pairs (positive = i is the better variant)."""
+    i, j = pair_indices(dnll_BN.shape[1], dnll_BN.device)
+    return dnll_BN[:, j] - dnll_BN[:, i]
+
+
+def hard_negative_mask(adv_BP: torch.Tensor, keep_ratio: float) -> torch.Tensor:
+    """Keep the ``keep_ratio`` fraction of pairs with the largest ``|adv|`` (at least one)."""
+    flat = adv_BP.abs().reshape(-1)
+    keep = max(1, round(keep_ratio * flat.numel()))
+    if keep >= flat.numel():
+        return torch.ones_like(adv_BP, dtype=torch.bool)
+    threshold = flat.topk(keep).values[-1]
+    return adv_BP.abs() >= threshold
+
+
+def bradley_terry_loss(
+    margin_BP: torch.Tensor, adv_norm_BP: torch.Tensor, keep_BP: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """BCE between ``sigmoid(margin / T)`` and the soft target ``sigmoid(adv_norm)`` over kept pairs."""
+    logits_BP = margin_BP / temperature
+    target_BP = torch.sigmoid(adv_norm_BP.detach())
+    loss_BP = F.binary_cross_entropy_with_logits(logits_BP, target_BP, reduction="none")
+    return mean_over(loss_BP, keep_BP)
+
+
+def bernoulli_kl(prev_RW: torch.Tensor, now_RW: torch.Tensor, mask_RW: torch.Tensor) -> torch.Tensor:
+    """Mean ``KL(Bern(p_prev) || Bern(p_now))`` with ``p = (u + 1) / 2``, over masked entries."""
+    eps = 1e-4
+    p = ((prev_RW.detach() + 1) / 2).clamp(eps, 1 - eps)
+    q = ((now_RW + 1) / 2).clamp(eps, 1 - eps)
+    kl = p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
+    return mean_over(kl, mask_RW)
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of two equally shaped tensors (NaN when either has no spread)."""
+    a = a.reshape(-1).float() - a.float().mean()
+    b = b.reshape(-1).float() - b.float().mean()
+    den = (a.square().sum() * b.square().sum()).sqrt()
+    if float(den) <= 1e-12:
+        return torch.tensor(float("nan"))
+    return (a * b).sum() / den

@@ -1,0 +1,116 @@
+"""A small nanochat-shaped GPT for CPU tests, benchmarks and the tiny quality models.
+
+Written here (not imported from nanochat) so the plugin's tests run without upstream. It has
+the features that matter to MegaContext: token embedding followed by an RMS norm, rotary
+positions with QK norm, causal attention, relu² MLP, untied lm_head with a logit softcap, and
+the two inputs the patched nanochat ``GPT.forward`` takes from the hooks: input embeddings
+instead of ids, and per-row rotary tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..context.positions import rotary_cos_sin
+
+
+@dataclass(frozen=True)
+class TinyGPTConfig:
+    vocab_size: int = 256
+    sequence_len: int = 256
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+
+
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def _rotate(x_BTHC: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x_BTHC.shape[-1] // 2
+    x1, x2 = x_BTHC[..., :half], x_BTHC[..., half:]
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+class _Block(nn.Module):
+    def __init__(self, cfg: TinyGPTConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False)
+        self.fc_out = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False)
+
+    def forward(self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, D = x_BTD.shape
+        q, k, v = self.qkv(_norm(x_BTD)).view(B, T, 3, self.n_head, D // self.n_head).unbind(2)
+        q, k = _norm(_rotate(q, cos, sin)), _norm(_rotate(k, cos, sin))
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        x_BTD = x_BTD + self.proj(y.transpose(1, 2).reshape(B, T, D))
+        return x_BTD + self.fc_out(F.relu(self.fc(_norm(x_BTD))).square())
+
+
+class TinyGPT(nn.Module):
+    """``forward(idx[B, T] | inputs_embeds[B, T, D], targets, cos_sin, loss_reduction)``."""
+
+    def __init__(self, cfg: TinyGPTConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.n_layer))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        head_dim = cfg.n_embd // cfg.n_head
+        cos, sin = rotary_cos_sin(torch.arange(cfg.sequence_len, dtype=torch.float32)[None], head_dim,
+                                  dtype=torch.float32)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.wte.weight, std=1.0)
+        nn.init.normal_(self.lm_head.weight, std=0.02)
+        bound = 3**0.5 * self.config.n_embd**-0.5
+        for block in self.blocks:
+            for lin in (block.qkv, block.fc):
+                nn.init.uniform_(lin.weight, -bound, bound)
+            for lin in (block.proj, block.fc_out):
+                nn.init.zeros_(lin.weight)
+
+    @property
+    def head_dim(self) -> int:
+        return self.config.n_embd // self.config.n_head
+
+    def flops_per_token(self, context: int) -> int:
+        """Forward+backward matmul FLOPs per token at attention length ``context`` (nanochat's formula)."""
+        params = sum(p.numel() for b in self.blocks for p in b.parameters()) + self.lm_head.weight.numel()
+        return 6 * params + 12 * self.config.n_layer * self.config.n_embd * context
+
+    def forward(
+        self,
+        idx: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None,
+        loss_reduction: str = "mean",
+    ) -> torch.Tensor:
+        x = self.wte(idx) if inputs_embeds is None else inputs_embeds
+        T = x.shape[1]
+        if self.config.sequence_len < T:
+            raise ValueError(f"sequence of {T} entries exceeds the model's sequence_len {self.config.sequence_len}")
+        cos, sin = cos_sin if cos_sin is not None else (self.cos[:, :T], self.sin[:, :T])
+        x = _norm(x)
+        for block in self.blocks:
+            x = block(x, cos.to(x.dtype), sin.to(x.dtype))
+        logits = self.lm_head(_norm(x)).float()
+        logits = 15 * torch.tanh(logits / 15)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                               reduction=loss_reduction)
