@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,8 @@ from ..config import MCConfig
 from ..nets import allreduce_gradients, build_gistnet, build_lensnet, resolve_aux_dtype
 from ..tree.building import build_levels
 from . import losses as L
+from .curriculum import curriculum_budget
+from .flops import StepFlops, mc_step_flops
 from .layouts import LayoutPrefetcher, VariantLayouts, max_tree_level, minimal_length
 from .packing import PackIndex, build_index, pack_inputs, pack_rotary, pack_targets
 
@@ -131,19 +134,15 @@ class MCController(nn.Module):
 
     # ---- curriculum ---------------------------------------------------------------------------
     def budget_at(self, step: int) -> int:
-        """Working-context entries per variant at ``step``: linear from 80% of T down to
-        ``--mc_train_wc_length``, rounded down to a multiple of ``max(K, T/16)`` so the packed
-        shape changes a handful of times per run (each shape compiles once), never per step."""
-        T = self.sequence_len
-        final = self.cfg.mc_train_wc_length
-        start = max(0.8, final)
-        frac = start + (final - start) * min(1.0, step / max(1, self.total_steps - 1))
-        if self.cfg.mc_wc_budget:
-            frac = min(frac, self.cfg.mc_wc_budget / T)
-        quantum = max(self.cfg.block_size, T // 16)
-        budget = max(quantum, math.floor(frac * T) // quantum * quantum)
-        # room for at least two expansions, so random variants can differ from each other
-        return min(T, max(budget, self.min_budget + 2 * (self.cfg.block_size - 1)))
+        """Working-context entries per variant at ``step`` (see ``curriculum.curriculum_budget``)."""
+        return curriculum_budget(self.cfg, step, self.total_steps, self.sequence_len, self.recent)
+
+    def step_flops(self, base_flops_per_token: Callable[[int], int], batch: int, step: int) -> StepFlops:
+        """Honest FLOPs of one micro-batch of ``batch`` sequences at ``step`` (``flops.mc_step_flops``)."""
+        return mc_step_flops(base_flops_per_token, self.gistnet, self.lensnet, batch=batch,
+                             variants=self.cfg.num_variants, width=self.budget_at(step),
+                             sequence_len=self.sequence_len, block_size=self.cfg.block_size,
+                             horizon=self.cfg.mc_horizon)
 
     # ---- step ---------------------------------------------------------------------------------
     def process_batch(self, x_BT: torch.Tensor, y_BT: torch.Tensor, wte: nn.Module, step: int) -> MCBatch:

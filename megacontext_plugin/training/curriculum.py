@@ -1,0 +1,75 @@
+"""The working-context budget schedule and auto-batch: how much work a ``--mc`` step does.
+
+``curriculum_budget`` anneals the entries per variant linearly from 80% of the sequence length
+down to ``--mc_train_wc_length`` over training, rounded down to a multiple of ``max(K, T/16)``
+(a handful of distinct shapes per run, each compiled once) and never below the smallest budget
+that leaves random variants a choice.
+
+``auto_batch`` (``--mc_auto_batch 1``): a ``--mc`` step feeds the base model ``V`` rows of up to
+``W`` entries per sequence instead of one row of ``T`` tokens. The multiplier
+``m = V * W / T`` says how much more the base model processes. Auto-batch divides the device
+batch by the peak multiplier (the first steps, ``W`` = 80% of T: memory stays that of vanilla)
+and the iterations by the mean multiplier over the schedule, so that an MC run processes the
+same number of base-model positions as vanilla. The data each step consumes
+(``--total-batch-size``) is unchanged; gradient accumulation grows with the smaller device batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..config import MCConfig
+from .layouts import minimal_length
+
+
+def smallest_useful_budget(sequence_len: int, block_size: int, recent_tokens: int) -> int:
+    """The coarsest layout plus room for two expansions (so random variants can differ)."""
+    return min(sequence_len, minimal_length(sequence_len, block_size, recent_tokens) + 2 * (block_size - 1))
+
+
+def curriculum_budget(cfg: MCConfig, step: int, total_steps: int, sequence_len: int, recent_tokens: int) -> int:
+    """Working-context entries per variant at ``step`` of ``total_steps``."""
+    T = sequence_len
+    final = cfg.mc_train_wc_length
+    start = max(0.8, final)
+    frac = start + (final - start) * min(1.0, step / max(1, total_steps - 1))
+    if cfg.mc_wc_budget:
+        frac = min(frac, cfg.mc_wc_budget / T)
+    quantum = max(cfg.block_size, T // 16)
+    budget = max(quantum, math.floor(frac * T) // quantum * quantum)
+    return min(T, max(budget, smallest_useful_budget(T, cfg.block_size, recent_tokens)))
+
+
+@dataclass(frozen=True)
+class AutoBatchPlan:
+    device_batch_size: int
+    num_iterations: int
+    peak_multiplier: float
+    """Base-model positions per sequence relative to vanilla at the widest budget."""
+    mean_multiplier: float
+    """The same, averaged over the schedule."""
+    applied: bool
+
+    def describe(self) -> str:
+        verb = "auto-batch" if self.applied else "auto-batch off"
+        return (f"{verb}: device batch {self.device_batch_size}, {self.num_iterations} iterations "
+                f"(MC processes {self.mean_multiplier:.2f}x vanilla's positions per sequence on average, "
+                f"{self.peak_multiplier:.2f}x at the widest budget)")
+
+
+def auto_batch(cfg: MCConfig, device_batch_size: int, num_iterations: int, sequence_len: int) -> AutoBatchPlan:
+    """Device batch and iterations for a ``--mc`` run (unchanged when ``--mc_auto_batch 0``)."""
+    if device_batch_size < 1 or num_iterations < 1:
+        raise ValueError("device_batch_size and num_iterations must be >= 1")
+    recent = max(cfg.allocator_recent_tokens, cfg.mc_horizon)
+    grid = 1000
+    budgets = [curriculum_budget(cfg, s, grid, sequence_len, recent) for s in range(grid)]
+    V, T = cfg.num_variants, sequence_len
+    peak = V * max(budgets) / T
+    mean = V * sum(budgets) / len(budgets) / T
+    if not cfg.mc_auto_batch:
+        return AutoBatchPlan(device_batch_size, num_iterations, peak, mean, applied=False)
+    batch = max(1, math.floor(device_batch_size / peak))
+    iterations = max(1, round(num_iterations / mean))
+    return AutoBatchPlan(batch, iterations, peak, mean, applied=True)

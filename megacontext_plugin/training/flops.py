@@ -1,0 +1,52 @@
+"""Honest FLOPs of a ``--mc`` training step: the work actually executed, no fixed multiplier.
+
+Forward+backward = 3x the forward matmul FLOPs (the usual 2 + 4 per multiply-add, as in
+nanochat's ``estimate_flops``). A step of ``B`` sequences of length ``T`` with ``V`` variants of
+``W`` entries (padding included: it is computed) costs:
+
+- base model: ``B * V * W * base_flops_per_token(W)`` (attention at length ``W``);
+- GistNet: ``3 * flops_per_gist * B * sum_{l >= 1} T // K**l`` (every level is built);
+- LensNet: ``3 * lensnet.flops(W, H, B*V)`` plus one forward of the KL anchor (``1x``).
+
+Vanilla: ``B * T * base_flops_per_token(T)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..nets import GistNet, LensNet
+
+
+@dataclass(frozen=True)
+class StepFlops:
+    base: int
+    gistnet: int
+    lensnet: int
+
+    @property
+    def total(self) -> int:
+        return self.base + self.gistnet + self.lensnet
+
+
+def gists_per_sequence(sequence_len: int, block_size: int) -> int:
+    total, width = 0, block_size
+    while width <= sequence_len:
+        total += sequence_len // width
+        width *= block_size
+    return total
+
+
+def mc_step_flops(base_flops_per_token: Callable[[int], int], gistnet: GistNet, lensnet: LensNet, *, batch: int,
+                  variants: int, width: int, sequence_len: int, block_size: int, horizon: int) -> StepFlops:
+    """FLOPs of one MC micro-batch (see the module docstring for the formula)."""
+    rows = batch * variants
+    base = rows * width * base_flops_per_token(width)
+    gist = 3 * gistnet.flops_per_gist() * batch * gists_per_sequence(sequence_len, block_size)
+    lens = 4 * lensnet.flops(width, horizon, rows)
+    return StepFlops(base, gist, lens)
+
+
+def vanilla_step_flops(base_flops_per_token: Callable[[int], int], *, batch: int, sequence_len: int) -> int:
+    return batch * sequence_len * base_flops_per_token(sequence_len)

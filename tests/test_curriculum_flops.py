@@ -1,0 +1,61 @@
+"""Auto-batch keeps vanilla's processed positions; FLOPs count the work actually executed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from megacontext_plugin.config import MCConfig
+from megacontext_plugin.nets import build_gistnet, build_lensnet
+from megacontext_plugin.training.curriculum import auto_batch, curriculum_budget
+from megacontext_plugin.training.flops import gists_per_sequence, mc_step_flops, vanilla_step_flops
+from megacontext_plugin.tree import build_levels
+
+
+def test_auto_batch_scales_batch_by_peak_and_iterations_by_mean_multiplier() -> None:
+    cfg = MCConfig(mc=True, mc_num_random_variants=3)  # V = 4
+    plan = auto_batch(cfg, device_batch_size=32, num_iterations=1000, sequence_len=2048)
+    assert plan.applied
+    assert plan.peak_multiplier == pytest.approx(4 * 1536 / 2048)  # 80% of 2048, rounded down to 128s
+    assert plan.device_batch_size == int(32 / plan.peak_multiplier)
+    assert plan.num_iterations == round(1000 / plan.mean_multiplier)
+    # same base-model positions as vanilla (up to rounding of the iteration count)
+    assert plan.num_iterations * plan.mean_multiplier == pytest.approx(1000, rel=1e-3)
+    assert 1 < plan.mean_multiplier < plan.peak_multiplier
+    assert "device batch" in plan.describe()
+
+
+def test_auto_batch_off_changes_nothing_but_reports() -> None:
+    plan = auto_batch(MCConfig(mc=True, mc_auto_batch=0), 32, 1000, 2048)
+    assert (plan.device_batch_size, plan.num_iterations, plan.applied) == (32, 1000, False)
+    assert plan.peak_multiplier > 1
+
+
+def test_curriculum_respects_the_inference_budget_cap() -> None:
+    cfg = MCConfig(mc=True, mc_wc_budget=512)
+    assert curriculum_budget(cfg, 0, 100, 2048, 64) == 512
+    assert curriculum_budget(cfg, 99, 100, 2048, 64) == 384
+
+
+def test_step_flops_by_hand_and_measured_for_the_aux_nets() -> None:
+    cfg = MCConfig(mc=True, block_size=8, gistnet_heads=2, gistnet_layers=1, lensnet_dim=32, lensnet_heads=2,
+                   lensnet_layers=1)
+    D, T, B, V, W, H = 64, 128, 2, 4, 48, 8
+    gist, lens = build_gistnet(cfg, D, width=32), build_lensnet(cfg, D)
+    assert gists_per_sequence(T, 8) == 16 + 2
+
+    def fpt(context: int) -> int:
+        return 6 * 1000 + 12 * 2 * D * context
+
+    flops = mc_step_flops(fpt, gist, lens, batch=B, variants=V, width=W, sequence_len=T, block_size=8, horizon=H)
+    assert flops.base == B * V * W * (6000 + 24 * D * W)
+    assert flops.gistnet == 3 * gist.flops_per_gist() * B * 18
+    assert flops.lensnet == 4 * lens.flops(W, H, B * V)
+    assert flops.total == flops.base + flops.gistnet + flops.lensnet
+    assert vanilla_step_flops(fpt, batch=B, sequence_len=T) == B * T * fpt(T)
+
+    # the GistNet term is what build_levels really runs (forward; math attention so it is counted)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+        build_levels(torch.randn(B, T, D), 8, gist)
+    assert fc.get_total_flops() == gist.flops_per_gist() * B * 18
