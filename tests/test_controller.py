@@ -159,6 +159,18 @@ def test_gaussian_damping_follows_each_entrys_span() -> None:
     assert make_controller(small_cfg()).process_batch(*data(4), nn.Embedding(VOCAB, D), 5).cos_sin is None
 
 
+def test_positional_caches_keep_every_rows_own_layout_by_session() -> None:
+    c = make_controller(small_cfg(mc_position_scheme="span_center_scaled"))
+    b = c.process_batch(*data(6, batch=2), nn.Embedding(VOCAB, D), step=4, session_ids=["alice", "bob"])
+    assert b.cos_sin is not None
+    V = b.layouts.variants
+    cos, sin = c.positional_caches.stack([("bob", 1), ("alice", 2)])
+    assert torch.equal(cos, b.cos_sin[0][[V + 1, 2]]) and torch.equal(sin, b.cos_sin[1][[V + 1, 2]])
+    assert not torch.equal(b.cos_sin[0][1], b.cos_sin[0][2])  # different layouts, different tables
+    with pytest.raises(ValueError, match="session_ids"):
+        c.process_batch(*data(6, batch=2), nn.Embedding(VOCAB, D), step=4, session_ids=["solo"])
+
+
 # ---- losses and their knobs --------------------------------------------------------------------
 
 def test_aux_nets_get_gradients_and_change_after_a_step() -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..config import MCConfig
+from ..context.positions import PositionalCache
 from ..nets import allreduce_gradients, build_gistnet, build_lensnet, resolve_aux_dtype
 from ..tree.building import build_levels
 from . import losses as L
@@ -105,6 +106,7 @@ class MCController(nn.Module):
         self.budget_ema: float | None = None
         self.steps_done = 0
         self._pending_ema: tuple[float, float] | None = None
+        self.positional_caches = PositionalCache()
 
     # ---- parameters and state --------------------------------------------------------------
     def aux_parameters(self) -> list[nn.Parameter]:
@@ -145,8 +147,14 @@ class MCController(nn.Module):
                              horizon=self.cfg.mc_horizon)
 
     # ---- step ---------------------------------------------------------------------------------
-    def process_batch(self, x_BT: torch.Tensor, y_BT: torch.Tensor, wte: nn.Module, step: int) -> MCBatch:
-        """Trees, variants, packed inputs/targets/positions and LensNet scores for one micro-batch."""
+    def process_batch(self, x_BT: torch.Tensor, y_BT: torch.Tensor, wte: nn.Module, step: int,
+                      session_ids: Sequence[Hashable] | None = None) -> MCBatch:
+        """Trees, variants, packed inputs/targets/positions and LensNet scores for one micro-batch.
+
+        With ``session_ids`` (one per sequence) and per-row positions in use, each packed row's
+        rotary table is also kept in ``positional_caches`` under ``(session_id, variant)``, so a
+        caller can stitch batched overrides (B > 1, every row its own layout) from it.
+        """
         cfg = self.cfg
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -175,6 +183,11 @@ class MCController(nn.Module):
         t3 = time.perf_counter()
         cos_sin = pack_rotary(layouts, index, cfg.mc_position_scheme, self.head_dim, T, cfg.mc_rope_gist_sigma,
                               dtype=torch.bfloat16 if x_BT.is_cuda else torch.float32)
+        if cos_sin is not None and session_ids is not None:
+            if len(session_ids) != B:
+                raise ValueError(f"session_ids has {len(session_ids)} ids for a batch of {B} sequences")
+            for r in range(B * V):
+                self.positional_caches.put((session_ids[r // V], r % V), cos_sin[0][r], cos_sin[1][r])
         timings["positional_ms"] = _ms(t3)
 
         t4 = time.perf_counter()
