@@ -171,6 +171,17 @@ def test_positional_caches_keep_every_rows_own_layout_by_session() -> None:
         c.process_batch(*data(6, batch=2), nn.Embedding(VOCAB, D), step=4, session_ids=["solo"])
 
 
+def test_lensnet_scores_only_random_variants_and_skips_the_anchor_when_kl_is_off() -> None:
+    c = make_controller(small_cfg(mc_lens_kl_weight=0.0))
+    b = c.process_batch(*data(7), nn.Embedding(VOCAB, D), step=2)
+    V = b.layouts.variants
+    assert bool((b.scores_RW.view(2, V, -1)[:, 0] == 0).all())
+    assert bool(b.scores_RW.view(2, V, -1)[:, 1:].abs().sum() > 0)
+    assert bool((b.prev_scores_RW == 0).all())
+    on = make_controller(small_cfg()).process_batch(*data(7), nn.Embedding(VOCAB, D), step=2)
+    assert bool(on.prev_scores_RW.abs().sum() > 0)
+
+
 # ---- losses and their knobs --------------------------------------------------------------------
 
 def test_aux_nets_get_gradients_and_change_after_a_step() -> None:

@@ -51,9 +51,11 @@ class MCBatch:
     layouts: VariantLayouts
     index: PackIndex
     scores_RW: torch.Tensor
-    """LensNet utilities of every entry (0 on padding), with grad into LensNet."""
+    """LensNet utilities of every entry of the random variants (0 on padding and on the baseline
+    rows, which LensNet does not score), with grad into LensNet."""
     prev_scores_RW: torch.Tensor
-    """Utilities from the previous step's LensNet on the same inputs (no grad), for the KL term."""
+    """Utilities from the previous step's LensNet on the same inputs (no grad), for the KL term
+    (zeros when ``--mc_lens_kl_weight`` is 0: the anchor's forward is skipped)."""
     budget: int
     num_levels: int
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -191,12 +193,17 @@ class MCController(nn.Module):
         timings["positional_ms"] = _ms(t3)
 
         t4 = time.perf_counter()
-        entries = inputs_RWD.detach().to(self.aux_dtype)
-        tail_RHD = lod0_BTD[:, T - cfg.mc_horizon:].detach().to(self.aux_dtype).repeat_interleave(V, dim=0)
-        lens_args = (entries, index.levels_RW, index.spans_RW, tail_RHD, index.valid_RW)
-        scores_RW = self.lensnet(*lens_args).float()
-        with torch.no_grad():
-            prev_RW = self.lens_prev(*lens_args).float()
+        # LensNet scores the random variants only: the baseline rows hold no gist to rank.
+        R, W = targets_RW.shape
+        rand_N = torch.arange(R, device=x_BT.device).view(B, V)[:, 1:].reshape(-1)
+        entries = inputs_RWD.detach().index_select(0, rand_N).to(self.aux_dtype)
+        tail_NHD = lod0_BTD[:, T - cfg.mc_horizon:].detach().to(self.aux_dtype).repeat_interleave(V - 1, dim=0)
+        lens_args = (entries, index.levels_RW[rand_N], index.spans_RW[rand_N], tail_NHD, index.valid_RW[rand_N])
+        scores_RW = torch.zeros(R, W, device=x_BT.device).index_copy(0, rand_N, self.lensnet(*lens_args).float())
+        prev_RW = torch.zeros(R, W, device=x_BT.device)
+        if cfg.mc_lens_kl_weight > 0:  # the KL anchor costs a forward; skip it when the term is off
+            with torch.no_grad():
+                prev_RW.index_copy_(0, rand_N, self.lens_prev(*lens_args).float())
         timings["lens_ms"] = _ms(t4)
         timings["controller_ms"] = _ms(t0)
         return MCBatch(inputs_RWD, targets_RW, cos_sin, layouts, index, scores_RW, prev_RW, budget,
@@ -229,7 +236,9 @@ class MCController(nn.Module):
         else:  # one random variant per sequence: no pairs to rank
             keep_BP = torch.zeros_like(adv_BP, dtype=torch.bool)
             bt = batch.scores_RW.sum() * 0.0
-        kl = L.bernoulli_kl(batch.prev_scores_RW, batch.scores_RW, valid)
+        scored_RW = valid.clone()
+        scored_RW.view(B, V, -1)[:, 0] = False  # baseline rows are not scored
+        kl = L.bernoulli_kl(batch.prev_scores_RW, batch.scores_RW, scored_RW)
         pressure = L.mean_over(batch.scores_RW, gist_RW)
         budget_target = pressure.detach() if self.budget_ema is None else torch.tensor(self.budget_ema)
         budget_pen = (pressure - budget_target).square()
