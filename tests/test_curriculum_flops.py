@@ -51,7 +51,10 @@ def test_step_flops_by_hand_and_measured_for_the_aux_nets() -> None:
     flops = mc_step_flops(fpt, gist, lens, batch=B, variants=V, width=W, sequence_len=T, block_size=8, horizon=H)
     assert flops.base == B * V * W * (6000 + 24 * D * W)
     assert flops.gistnet == 3 * gist.flops_per_gist() * B * 18
-    assert flops.lensnet == 4 * lens.flops(W, H, B * V)
+    assert flops.lensnet == 4 * lens.flops(W, H, B * (V - 1))  # random variants only, + the KL anchor
+    no_kl = mc_step_flops(fpt, gist, lens, batch=B, variants=V, width=W, sequence_len=T, block_size=8, horizon=H,
+                          kl_anchor=False)
+    assert no_kl.lensnet == 3 * lens.flops(W, H, B * (V - 1))
     assert flops.total == flops.base + flops.gistnet + flops.lensnet
     assert vanilla_step_flops(fpt, batch=B, sequence_len=T) == B * T * fpt(T)
 

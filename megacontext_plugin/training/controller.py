@@ -146,7 +146,7 @@ class MCController(nn.Module):
         return mc_step_flops(base_flops_per_token, self.gistnet, self.lensnet, batch=batch,
                              variants=self.cfg.num_variants, width=self.budget_at(step),
                              sequence_len=self.sequence_len, block_size=self.cfg.block_size,
-                             horizon=self.cfg.mc_horizon)
+                             horizon=self.cfg.mc_horizon, kl_anchor=self.cfg.mc_lens_kl_weight > 0)
 
     # ---- step ---------------------------------------------------------------------------------
     def process_batch(self, x_BT: torch.Tensor, y_BT: torch.Tensor, wte: nn.Module, step: int,

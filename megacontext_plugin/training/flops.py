@@ -6,7 +6,8 @@ nanochat's ``estimate_flops``). A step of ``B`` sequences of length ``T`` with `
 
 - base model: ``B * V * W * base_flops_per_token(W)`` (attention at length ``W``);
 - GistNet: ``3 * flops_per_gist * B * sum_{l >= 1} T // K**l`` (every level is built);
-- LensNet: ``3 * lensnet.flops(W, H, B*V)`` plus one forward of the KL anchor (``1x``).
+- LensNet: ``3 * lensnet.flops(W, H, B*(V-1))`` (it scores the random variants only) plus one
+  forward of the KL anchor when ``--mc_lens_kl_weight`` > 0.
 
 Vanilla: ``B * T * base_flops_per_token(T)``.
 """
@@ -39,12 +40,13 @@ def gists_per_sequence(sequence_len: int, block_size: int) -> int:
 
 
 def mc_step_flops(base_flops_per_token: Callable[[int], int], gistnet: GistNet, lensnet: LensNet, *, batch: int,
-                  variants: int, width: int, sequence_len: int, block_size: int, horizon: int) -> StepFlops:
+                  variants: int, width: int, sequence_len: int, block_size: int, horizon: int,
+                  kl_anchor: bool = True) -> StepFlops:
     """FLOPs of one MC micro-batch (see the module docstring for the formula)."""
     rows = batch * variants
     base = rows * width * base_flops_per_token(width)
     gist = 3 * gistnet.flops_per_gist() * batch * gists_per_sequence(sequence_len, block_size)
-    lens = 4 * lensnet.flops(width, horizon, rows)
+    lens = (4 if kl_anchor else 3) * lensnet.flops(width, horizon, batch * (variants - 1))
     return StepFlops(base, gist, lens)
 
 

@@ -1,0 +1,470 @@
+"""Training-controller latency per batch against the base model's forward+backward on the same batch.
+
+    python benchmarks/controller_latency.py [--quick] [--depth N] [--phase end|mid|start] --json PATH
+
+Setup: a nanochat-shaped ``TinyGPT`` of depth ``--depth`` (default 4 on this CPU): width
+``64 * depth``, head_dim 64 (``depth`` heads), vocab 8192, ``sequence_len = T``, fp32 on CPU.
+The controller uses the default nets and knobs except block_size K = 32,
+``allocator_recent_tokens`` 64 and ``mc_horizon`` 32; V = 5 variants per sequence (4 random +
+the recency baseline), so a micro-batch ``[B, T]`` becomes ``R = 5 B`` packed rows of ``W``
+entries. ``W`` is ``MCController.budget_at`` at ``--phase`` (default ``end``: the final budget,
+``mc_train_wc_length`` 0.2 -> W = 192 at T = 1024 and 768 at T = 4096; at T = 256 the fraction
+0.2 fails the config check (51 entries do not exceed the 64-token protected tail), so the
+smallest valid fraction in steps of 0.05 is used there, 0.3, and the controller's own floor
+sets W; every row reports ``W``). ``end`` has the least base work per batch, so it is the
+worst case for the ratio. T in {256, 1024, 4096}, B in {1, 8}.
+
+Each repeat runs one full MC training step, then the base model alone on that step's packed batch:
+
+1. MC step: ``process_batch`` -> base forward on the packed inputs -> ``compute_losses`` ->
+   backward -> ``step_aux``. The backward is split at two leaves so that base and aux backward
+   are timed directly, not by subtracting two noisy runs: the base model reads
+   ``inputs.detach().requires_grad_()`` and the losses read ``scores.detach().requires_grad_()``;
+   ``total.backward()`` then runs the base model's backward (plus the tiny loss graph) and stops
+   at the leaves, and ``torch.autograd.backward([inputs, scores], [leaf grads])`` runs the rest:
+   the packing gather, GistNet (all levels), the LOD0 ``wte`` lookup and LensNet. By the chain
+   rule this is exactly the gradient of one ``total.backward()``; only the order differs.
+2. Base step: forward+backward of the base model alone on the same packed batch (inputs
+   detached, as a leaf that requires grad, as ``wte``'s output does in vanilla training),
+   per-entry NLL reduced by the same masked mean as MC's token loss. No optimizer step.
+
+Row keys (medians over the repeats after one warmup step; ms per micro-batch):
+
+- ``base_step_ms``: step 2, the base work MC makes the model do (R x W entries).
+- ``controller_ms``: everything else the MC step adds = ``process_batch_ms`` (the controller's
+  own ``timings_ms["controller_ms"]``: ``layouts_ms`` + ``build_ms`` + ``packing_ms`` +
+  ``positional_ms`` + ``lens_ms``) + ``losses_ms`` + ``aux_backward_ms`` (step 1's second
+  backward) + ``aux_step_ms`` (``step_aux``: KL snapshot, AdamW step, zero_grad, EMAs).
+- ``ratio`` = median ``controller_ms`` / median ``base_step_ms``; the goal is <= 0.05.
+- per-phase keys ``layouts_ms``, ``build_ms`` (LOD0 ``wte`` + every GistNet level),
+  ``packing_ms``, ``positional_ms``, ``lens_ms`` (LensNet with grad + the previous LensNet for
+  the KL term), ``losses_ms``, ``aux_backward_ms``, ``aux_step_ms``, their ``*_frac`` share of
+  ``controller_ms`` and ``biggest_phase``; ``controller_ms_all`` / ``base_step_ms_all`` list
+  every repeat; ``controller_ms_min``, ``base_step_ms_min`` and ``ratio_min`` (ratio of the
+  minima) are less sensitive to other processes on a shared machine; ``loadavg_1m`` at the row's end.
+- FLOPs (analytic, matmuls only, 2 per multiply-add): ``base_gflop`` (nanochat's
+  ``6 N + 12 L D ctx`` per entry with ctx = W), ``gistnet_gflop`` (3 x forward over every gist
+  of every level), ``lensnet_gflop`` (4 x forward: forward, backward, the previous LensNet),
+  ``flops_ratio`` = (GistNet + LensNet) / base: the ratio a device would reach at equal
+  efficiency; ``base_gflops_per_s`` and ``controller_gflops_per_s`` show the efficiency of each.
+- checks: ``mc_step_ms`` (wall time of the whole step 1) and ``mc_step_over_base``,
+  ``base_fwd_in_step_ms`` and ``base_bwd_in_step_ms`` (step 1's base forward and first backward),
+  ``unattributed_ms`` = ``mc_step_ms - controller_ms - base_fwd_in_step_ms - base_bwd_in_step_ms``
+  (timer gaps; ~0), ``layout_sample_bg_ms``: synchronous time of ``sample_layouts`` for one
+  batch. Layouts are sampled for the next step on a background thread while the current step
+  runs, so this is not on the critical path and is *not* in ``controller_ms``; on this 2-core
+  CPU it competes with the step's own threads (on a GPU host it uses an idle core). The
+  benchmark waits for the prefetch before each step so neither timing overlaps it.
+- shape: ``W``, ``V``, ``R``, ``entries`` (R x W), ``tokens`` (B x T), ``entries_per_token``,
+  ``num_levels``, ``wc_fraction``, ``train_wc_length``, ``step``, ``layout_duplicates``, ``repeats``.
+
+Top level: ``depth``, ``width``, ``phase``, knobs, ``loadavg_start``/``loadavg_end`` (other
+processes on the machine inflate timings, small ops more than big matmuls: OpenMP threads wait
+for a descheduled sibling), and ``flops_projection``: ``{T, depth, W, flops_ratio,
+gistnet_share}`` for nanochat depths 4/12/20/26 at vocab 65536 with the default nets.
+
+Configurations are built up front and measured round-robin (one warmup step each, then one
+repeat of every configuration per round), so a burst of load from another process is spread over
+all rows instead of spoiling one. Full run: up to 7 repeats per configuration; a configuration
+stops once it has 3 and has spent over 60 s in measured repeats (the T = 4096, B = 8 row).
+``--quick`` (under two minutes on an idle machine): 3 repeats, and it drops the T = 4096, B = 8
+row (about half of the full run's time). CPU only: the controller's
+``timings_ms`` are host timers without device synchronisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import parse_args, plot_lines, png_path, print_table, write_json
+
+from megacontext_plugin.config import ConfigError, MCConfig
+from megacontext_plugin.nets import build_gistnet, build_lensnet
+from megacontext_plugin.training import losses as L
+from megacontext_plugin.training.controller import MCBatch, MCController
+from megacontext_plugin.training.flops import mc_step_flops
+from megacontext_plugin.training.layouts import sample_layouts
+from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
+
+SEQ_LENS = (256, 1024, 4096)
+BATCHES = (1, 8)
+QUICK_SKIP = {(4096, 8)}
+VOCAB = 8192
+HEAD_DIM = 64
+BLOCK_SIZE = 32
+RECENT_TOKENS = 64
+HORIZON = 32
+WC_FRACTION = 0.2
+TOTAL_STEPS = 1000
+PHASES = {"start": 0.0, "mid": 0.5, "end": 1.0}
+TARGET_RATIO = 0.05
+MIN_REPEATS = 3
+CONFIG_SECONDS = 60.0
+"""Full run: stop adding repeats to a configuration after this many measured seconds (>= MIN_REPEATS)."""
+PROJECTION_DEPTHS = (4, 12, 20, 26)
+PROJECTION_VOCAB = 65536
+"""nanochat's vocabulary, for the analytic FLOP projection."""
+PHASE_KEYS = (
+    "layouts_ms",
+    "build_ms",
+    "packing_ms",
+    "positional_ms",
+    "lens_ms",
+    "losses_ms",
+    "aux_backward_ms",
+    "aux_step_ms",
+)
+
+
+def make_config(seq_len: int) -> MCConfig:
+    """The benchmark's knobs; ``mc_train_wc_length`` raised in 0.05 steps until valid at ``seq_len``."""
+    frac = WC_FRACTION
+    while True:
+        cfg = MCConfig(
+            mc=True,
+            block_size=BLOCK_SIZE,
+            allocator_recent_tokens=RECENT_TOKENS,
+            mc_horizon=HORIZON,
+            mc_train_wc_length=round(frac, 2),
+        )
+        try:
+            cfg.validate_for_model(seq_len)
+            return cfg
+        except ConfigError:
+            if frac >= 1.0:
+                raise
+            frac += 0.05
+
+
+def pick_step(ctrl: MCController, phase: str) -> int:
+    """A curriculum step at ``phase`` whose next step has the same budget (so the prefetch hits)."""
+    step = round(PHASES[phase] * (TOTAL_STEPS - 1))
+    while step < TOTAL_STEPS - 1 and ctrl.budget_at(step + 1) != ctrl.budget_at(step):
+        step += 1
+    return step
+
+
+def wait_prefetch(ctrl: MCController) -> None:
+    """Block until the background layout sample for the next step is done (keeps timings clean).
+
+    Reads the prefetcher's private future without consuming it, so the next ``get`` still hits.
+    """
+    pending = getattr(ctrl.layouts, "_pending", None)
+    if pending is not None:
+        pending[1].result()
+
+
+def mc_step(
+    model: TinyGPT, ctrl: MCController, x_BT: torch.Tensor, y_BT: torch.Tensor, step: int
+) -> tuple[dict[str, float], MCBatch]:
+    """One full MC training step (no base optimizer step), timed phase by phase."""
+    t0 = time.perf_counter()
+    batch = ctrl.process_batch(x_BT, y_BT, model.wte, step)
+    inputs_leaf = batch.inputs_RWD.detach().requires_grad_(True)
+    scores_leaf = batch.scores_RW.detach().requires_grad_(True)
+    staged = dataclasses.replace(batch, scores_RW=scores_leaf)  # shares batch.timings_ms
+    t1 = time.perf_counter()
+    nll_RW = model(
+        inputs_embeds=inputs_leaf, targets=batch.targets_RW, cos_sin=batch.cos_sin, loss_reduction="none"
+    ).view_as(batch.targets_RW)
+    t2 = time.perf_counter()
+    out = ctrl.compute_losses(staged, nll_RW)
+    t3 = time.perf_counter()
+    out.total.backward()  # base model backward + the loss graph; stops at the two leaves
+    t4 = time.perf_counter()
+    assert inputs_leaf.grad is not None and scores_leaf.grad is not None
+    torch.autograd.backward([batch.inputs_RWD, batch.scores_RW], [inputs_leaf.grad, scores_leaf.grad])
+    t5 = time.perf_counter()
+    ctrl.step_aux()
+    t6 = time.perf_counter()
+    ms = {k: batch.timings_ms[k] for k in PHASE_KEYS[:6]}
+    ms["process_batch_ms"] = batch.timings_ms["controller_ms"]
+    ms["aux_backward_ms"] = (t5 - t4) * 1e3
+    ms["aux_step_ms"] = (t6 - t5) * 1e3
+    ms["controller_ms"] = ms["process_batch_ms"] + ms["losses_ms"] + ms["aux_backward_ms"] + ms["aux_step_ms"]
+    ms["base_fwd_in_step_ms"] = (t2 - t1) * 1e3
+    ms["base_bwd_in_step_ms"] = (t4 - t3) * 1e3
+    ms["mc_step_ms"] = (t6 - t0) * 1e3
+    ms["unattributed_ms"] = (
+        ms["mc_step_ms"] - ms["controller_ms"] - ms["base_fwd_in_step_ms"] - ms["base_bwd_in_step_ms"]
+    )
+    return ms, batch
+
+
+def base_step(model: TinyGPT, batch: MCBatch) -> float:
+    """ms of the base model's forward+backward alone on ``batch``'s packed inputs."""
+    inputs = batch.inputs_RWD.detach().requires_grad_(True)
+    t0 = time.perf_counter()
+    nll_RW = model(
+        inputs_embeds=inputs, targets=batch.targets_RW, cos_sin=batch.cos_sin, loss_reduction="none"
+    ).view_as(batch.targets_RW)
+    L.mean_over(nll_RW, batch.index.valid_RW).backward()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def base_flops(depth: int, vocab: int, entries: int, context: int) -> float:
+    """Forward+backward matmul FLOPs of the base model (``TinyGPT.flops_per_token``, nanochat's formula)."""
+    width = HEAD_DIM * depth
+    params = depth * 12 * width**2 + vocab * width
+    return float(entries * (6 * params + 12 * depth * width * context))
+
+
+def controller_flops(cfg: MCConfig, width: int, B: int, T: int, R: int, W: int, levels: int) -> tuple[float, float]:
+    """Analytic matmul FLOPs of one step's GistNet (fwd + 2x bwd over every gist of every level)
+    and LensNet (fwd + 2x bwd over the random variants + the previous LensNet's forward for the KL
+    term), as ``training.flops.mc_step_flops`` counts them; nets on ``meta``."""
+    with torch.device("meta"):
+        gistnet = build_gistnet(cfg, width, width=cfg.gistnet_width or max(cfg.gistnet_heads, width // 2))
+        lensnet = build_lensnet(cfg, width)
+    flops = mc_step_flops(lambda context: 0, gistnet, lensnet, batch=B, variants=R // B, width=W, sequence_len=T,
+                          block_size=BLOCK_SIZE, horizon=HORIZON, kl_anchor=cfg.mc_lens_kl_weight > 0)
+    return float(flops.gistnet), float(flops.lensnet)
+
+
+class ConfigBench:
+    """One (T, B) configuration: its model and controller, kept alive so repeats can be interleaved."""
+
+    def __init__(self, seq_len: int, batch_size: int, depth: int, phase: str, seed: int) -> None:
+        torch.manual_seed(seed)
+        self.seq_len, self.batch_size, self.depth, self.seed = seq_len, batch_size, depth, seed
+        width = HEAD_DIM * depth
+        self.model = TinyGPT(
+            TinyGPTConfig(vocab_size=VOCAB, sequence_len=seq_len, n_layer=depth, n_head=depth, n_embd=width)
+        )
+        self.cfg = make_config(seq_len)
+        self.ctrl = MCController(self.cfg, dim=width, head_dim=HEAD_DIM, sequence_len=seq_len, total_steps=TOTAL_STEPS)
+        self.step = pick_step(self.ctrl, phase)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.samples: list[dict[str, float]] = []
+        self.measured_s = 0.0
+        self.shape: dict[str, int] = {}
+
+    def repeat(self, record: bool = True) -> None:
+        """One MC step then one base step on its packed batch; ``record=False`` for warmup."""
+        t_rep = time.perf_counter()
+        tokens = torch.randint(0, VOCAB, (self.batch_size, self.seq_len + 1), generator=self.gen)
+        x_BT, y_BT = tokens[:, :-1], tokens[:, 1:]
+        gc.collect()
+        wait_prefetch(self.ctrl)
+        ms, batch = mc_step(self.model, self.ctrl, x_BT, y_BT, self.step)
+        self.model.zero_grad(set_to_none=True)
+        gc.collect()
+        wait_prefetch(self.ctrl)
+        ms["base_step_ms"] = base_step(self.model, batch)
+        self.model.zero_grad(set_to_none=True)
+        self.shape = {
+            "W": batch.budget,
+            "V": batch.layouts.variants,
+            "R": batch.rows,
+            "num_levels": batch.num_levels,
+            "layout_duplicates": batch.layouts.duplicates,
+        }
+        if record:
+            self.samples.append(ms)
+            self.measured_s += time.perf_counter() - t_rep
+
+    def wants_more(self, repeats: int, config_seconds: float | None) -> bool:
+        if len(self.samples) >= repeats:
+            return False
+        return config_seconds is None or len(self.samples) < MIN_REPEATS or self.measured_s <= config_seconds
+
+    def finish(self) -> dict[str, Any]:
+        """The row (medians over the recorded repeats); closes the controller."""
+        seq_len, batch_size, depth, samples, cfg = self.seq_len, self.batch_size, self.depth, self.samples, self.cfg
+        budget, V, rows, levels = (self.shape[k] for k in ("W", "V", "R", "num_levels"))
+        duplicates = self.shape["layout_duplicates"]
+        rng = np.random.default_rng(self.seed)
+        bg = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            sample_layouts(batch_size, V, seq_len, BLOCK_SIZE, budget, self.ctrl.recent, rng)
+            bg.append((time.perf_counter() - t0) * 1e3)
+        self.ctrl.close()
+        row: dict[str, Any] = {"T": seq_len, "B": batch_size}
+        for key in samples[0]:
+            row[key] = statistics.median(s[key] for s in samples)
+        row["ratio"] = row["controller_ms"] / row["base_step_ms"]
+        row["mc_step_over_base"] = row["mc_step_ms"] / row["base_step_ms"]
+        row["controller_ms_min"] = min(s["controller_ms"] for s in samples)
+        row["base_step_ms_min"] = min(s["base_step_ms"] for s in samples)
+        row["ratio_min"] = row["controller_ms_min"] / row["base_step_ms_min"]
+        row["loadavg_1m"] = os.getloadavg()[0]
+        for key in PHASE_KEYS:
+            row[key.replace("_ms", "_frac")] = row[key] / row["controller_ms"]
+        row["biggest_phase"] = max(PHASE_KEYS, key=lambda k: row[k])
+        gist_f, lens_f = controller_flops(cfg, HEAD_DIM * depth, batch_size, seq_len, rows, budget, levels)
+        base_f = base_flops(depth, VOCAB, rows * budget, budget)
+        row.update(
+            base_gflop=base_f / 1e9,
+            gistnet_gflop=gist_f / 1e9,
+            lensnet_gflop=lens_f / 1e9,
+            flops_ratio=(gist_f + lens_f) / base_f,
+            base_gflops_per_s=base_f / row["base_step_ms"] / 1e6,
+            controller_gflops_per_s=(gist_f + lens_f) / row["controller_ms"] / 1e6,
+            repeats=len(samples),
+        )
+        row["layout_sample_bg_ms"] = statistics.median(bg)
+        row["controller_ms_all"] = [s["controller_ms"] for s in samples]
+        row["base_step_ms_all"] = [s["base_step_ms"] for s in samples]
+        row.update(
+            W=budget,
+            V=V,
+            R=rows,
+            entries=rows * budget,
+            tokens=batch_size * seq_len,
+            entries_per_token=rows * budget / (batch_size * seq_len),
+            num_levels=levels,
+            wc_fraction=budget / seq_len,
+            train_wc_length=cfg.mc_train_wc_length,
+            step=self.step,
+            layout_duplicates=duplicates,
+        )
+        return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--depth", type=int, default=4)
+    extra.add_argument("--phase", choices=tuple(PHASES), default="end")
+    ours, rest = extra.parse_known_args(argv)
+    args = parse_args(
+        __doc__.splitlines()[0] + " Extra flags: --depth N (default 4: width 64*N), "
+        "--phase end|mid|start (curriculum budget, default end).",
+        rest,
+    )
+    if ours.depth < 1:
+        raise SystemExit("--depth must be >= 1")
+    repeats, warmup = (3, 1) if args.quick else (7, 1)
+    config_seconds = None if args.quick else CONFIG_SECONDS
+    torch.manual_seed(args.seed)
+    load_start = os.getloadavg()
+    if load_start[0] > 0.5 * (os.cpu_count() or 1):
+        print(
+            f"warning: load average {load_start[0]:.1f} on {os.cpu_count()} CPUs: other processes compete "
+            f"for the cores and inflate the timings (small ops more than big matmuls)",
+            flush=True,
+        )
+    started = time.perf_counter()
+    benches = [
+        ConfigBench(T, B, ours.depth, ours.phase, args.seed)
+        for T in SEQ_LENS
+        for B in BATCHES
+        if not (args.quick and (T, B) in QUICK_SKIP)
+    ]
+    for _ in range(warmup):  # then round-robin repeats: a burst of load elsewhere hits every row alike
+        for bench in benches:
+            bench.repeat(record=False)
+    for round_ in range(repeats):
+        active = [bench for bench in benches if bench.wants_more(repeats, config_seconds)]
+        if not active:
+            break
+        for bench in active:
+            bench.repeat()
+        print(f"round {round_ + 1}: {len(active)} configurations, {time.perf_counter() - started:.0f} s", flush=True)
+    rows = [bench.finish() for bench in benches]
+    elapsed = time.perf_counter() - started
+    load_end = os.getloadavg()
+    projection = []
+    for T in SEQ_LENS:
+        W, levels = next((r["W"], r["num_levels"]) for r in rows if r["T"] == T)
+        cfg = make_config(T)
+        for depth in PROJECTION_DEPTHS:
+            gist_f, lens_f = controller_flops(cfg, HEAD_DIM * depth, 1, T, cfg.num_variants, W, levels)
+            base_f = base_flops(depth, PROJECTION_VOCAB, cfg.num_variants * W, W)
+            projection.append(
+                {
+                    "T": T,
+                    "depth": depth,
+                    "W": W,
+                    "flops_ratio": (gist_f + lens_f) / base_f,
+                    "gistnet_share": gist_f / (gist_f + lens_f),
+                }
+            )
+    print(
+        f"\ncontroller vs base fwd+bwd on the packed batch, depth {ours.depth} (width {HEAD_DIM * ours.depth}), "
+        f"phase {ours.phase}, median of {repeats} after {warmup} warmup, {elapsed:.0f} s"
+    )
+    print_table(rows, ["T", "B", "W", "R", "base_step_ms", "controller_ms", "ratio", "mc_step_ms", *PHASE_KEYS])
+    print()
+    print_table(
+        rows,
+        [
+            "T",
+            "B",
+            "repeats",
+            "ratio_min",
+            "loadavg_1m",
+            "flops_ratio",
+            "base_gflops_per_s",
+            "controller_gflops_per_s",
+            "layout_sample_bg_ms",
+            "unattributed_ms",
+            "entries_per_token",
+            "biggest_phase",
+        ],
+    )
+    print(f"load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end ({os.cpu_count()} CPUs)")
+    print(
+        f"\nanalytic FLOP ratio (GistNet + LensNet) / base at nanochat widths, vocab {PROJECTION_VOCAB}, "
+        f"default nets, same W:"
+    )
+    print_table(projection, ["T", "depth", "W", "flops_ratio", "gistnet_share"])
+    worst = max(rows, key=lambda r: r["ratio"])
+    print(
+        f"worst ratio {worst['ratio']:.3f} at T={worst['T']} B={worst['B']} "
+        f"({'meets' if worst['ratio'] <= TARGET_RATIO else 'MISSES'} the <= {TARGET_RATIO} goal)"
+    )
+    write_json(
+        args.json,
+        {
+            "benchmark": "controller_latency",
+            "quick": args.quick,
+            "depth": ours.depth,
+            "width": HEAD_DIM * ours.depth,
+            "head_dim": HEAD_DIM,
+            "vocab_size": VOCAB,
+            "phase": ours.phase,
+            "block_size": BLOCK_SIZE,
+            "allocator_recent_tokens": RECENT_TOKENS,
+            "mc_horizon": HORIZON,
+            "repeats": repeats,
+            "warmup": warmup,
+            "skipped": sorted(QUICK_SKIP) if args.quick else [],
+            "target_ratio": TARGET_RATIO,
+            "config_seconds": config_seconds,
+            "elapsed_s": elapsed,
+            "loadavg_start": list(load_start),
+            "loadavg_end": list(load_end),
+            "rows": rows,
+            "flops_projection": projection,
+        },
+    )
+    plot_lines(
+        png_path(args, "controller_latency.png"),
+        {
+            f"B={B}": ([r["T"] for r in rows if r["B"] == B], [r["ratio"] for r in rows if r["B"] == B])
+            for B in BATCHES
+            if any(r["B"] == B for r in rows)
+        },
+        title=f"controller / base fwd+bwd, packed batch (depth {ours.depth}, {ours.phase} budget)",
+        xlabel="sequence length T",
+        ylabel="controller_ms / base_step_ms",
+        logx=True,
+        hline=(TARGET_RATIO, f"{TARGET_RATIO} goal"),
+    )
+
+
+if __name__ == "__main__":
+    main()
