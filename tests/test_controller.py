@@ -182,6 +182,16 @@ def test_lensnet_scores_only_random_variants_and_skips_the_anchor_when_kl_is_off
     assert bool(on.prev_scores_RW.abs().sum() > 0)
 
 
+def test_bf16_aux_nets_train_beside_an_fp32_base_model() -> None:
+    c = make_controller(small_cfg(mc_aux_dtype="bf16"))
+    assert next(c.gistnet.parameters()).dtype == torch.bfloat16
+    model = tiny_model()
+    b, out = train_step(c, model, 1, seed=9)
+    assert b.inputs_RWD.dtype == torch.float32  # the base model's dtype
+    assert torch.isfinite(out.total)
+    assert make_controller(small_cfg()).aux_dtype == torch.float32  # auto on CPU
+
+
 # ---- losses and their knobs --------------------------------------------------------------------
 
 def test_aux_nets_get_gradients_and_change_after_a_step() -> None:
