@@ -2,6 +2,7 @@
 
 - ``megacontext config [--mc ...]``: validate MegaContext flags and print the resolved knobs.
 - ``megacontext demo``: the offline end-to-end run of tree, working context and allocator.
+- ``megacontext corpus --out DIR``: the seeded long-context corpus as nanochat parquet shards.
 """
 
 from __future__ import annotations
@@ -40,9 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     register_arguments(p_config)
     p_config.set_defaults(func=lambda a: _cmd_config(a, p_config))
 
+    from megacontext_plugin.data import corpus
     from megacontext_plugin.demo import add_demo_parser
 
     add_demo_parser(sub)
+    p_corpus = sub.add_parser("corpus", help="write the offline long-context corpus as nanochat parquet shards",
+                              description=corpus.DESCRIPTION)
+    corpus.add_arguments(p_corpus)
+    p_corpus.set_defaults(func=lambda a: corpus.run(a, p_corpus))
     return parser
 
 

@@ -1,0 +1,277 @@
+"""Write a small offline corpus as nanochat-style parquet shards (DESIGN 10).
+
+Layout read by nanochat's ``dataset.py``/``dataloader.py``: a directory of ``shard_NNNNN.parquet``
+files, each with a ``text`` column (one document per row) split into several row groups; the LAST
+shard is the validation split. Each shard is written to ``shard_NNNNN.parquet.tmp`` (which nanochat's
+listing ignores) and renamed into place. A ``kind`` column records which task made each row.
+
+Usage: ``python -m megacontext_plugin.data.corpus --out DIR [--shards N] [--docs-per-shard N] [--seed S]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from megacontext_plugin.data import tasks
+
+DEFAULT_MIX: dict[str, float] = {"passkey": 0.3, "recall": 0.2, "copy": 0.2, "filler": 0.3}
+KINDS = ("passkey", "recall", "copy", "filler")
+MARKER_KEY = b"megacontext_corpus"
+MARKER_VALUE = b"1"
+_SHARD = re.compile(r"^shard_(\d{5})\.parquet$")
+_TMP = re.compile(r"^shard_\d{5}\.parquet\.tmp$")
+
+
+def _parquet() -> tuple[Any, Any]:
+    """``(pyarrow, pyarrow.parquet)``, imported on first use with a clear message if missing."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise RuntimeError("writing or reading parquet shards needs pyarrow: pip install pyarrow") from exc
+    return pa, pq
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class CorpusSummary:
+    out_dir: str
+    shards: tuple[str, ...]  # file names, sorted; the last one is the validation split
+    documents: int
+    characters: int
+    kinds: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def val_shard(self) -> str:
+        return self.shards[-1]
+
+    def format(self) -> str:
+        kinds = ", ".join(f"{k}={v}" for k, v in self.kinds.items())
+        return (
+            f"wrote {len(self.shards)} shards ({len(self.shards) - 1} train + 1 val: {self.val_shard}) to "
+            f"{self.out_dir}: {self.documents} documents, {self.characters} characters "
+            f"(~{tasks.approx_tokens(self.characters)} tokens); {kinds}"
+        )
+
+
+def _check_mix(mix: Mapping[str, float]) -> tuple[tuple[str, ...], np.ndarray]:
+    unknown = sorted(set(mix) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown document kinds in mix: {unknown}; allowed: {list(KINDS)}")
+    names = tuple(k for k in KINDS if k in mix)
+    weights = np.array([float(mix[k]) for k in names])
+    if not names or not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+        raise ValueError(f"mix weights must be finite, >= 0 and not all zero, got {dict(mix)}")
+    return names, weights / weights.sum()
+
+
+def _document(kind: str, rng: np.random.Generator, num_chars: int) -> str:
+    depth = float(rng.uniform(0.0, 1.0))
+    if kind == "passkey":
+        return tasks.make_passkey(rng, num_chars, depth=depth, digits=int(rng.integers(3, 7))).text
+    if kind == "recall":
+        return tasks.make_recall(rng, num_chars, num_pairs=int(rng.integers(2, 5)), depth=depth * 0.5).text
+    if kind == "copy":
+        first = depth * 0.5
+        return tasks.make_copy(rng, num_chars, int(rng.integers(6, 17)), first, float(rng.uniform(first, 1.0))).text
+    return tasks.make_filler_document(rng, num_chars)
+
+
+def generate_documents(
+    seed: int, shard: int, count: int, mix: Mapping[str, float], chars: tuple[int, int]
+) -> Iterator[tuple[str, str]]:
+    """``(kind, text)`` for each document of one shard; each document has its own seeded stream."""
+    names, probs = _check_mix(mix)
+    for i in range(count):
+        rng = np.random.default_rng([seed, shard, i])
+        kind = names[int(rng.choice(len(names), p=probs))]
+        yield kind, _document(kind, rng, int(rng.integers(chars[0], chars[1] + 1)))
+
+
+def _prepare_dir(out: Path) -> None:
+    """Create ``out`` or check it holds only shards this module wrote (then delete them)."""
+    _, pq = _parquet()
+
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    ours: list[Path] = []
+    foreign: list[str] = []
+    for entry in sorted(out.iterdir()):
+        if entry.is_file() and _TMP.match(entry.name):
+            ours.append(entry)
+            continue
+        if entry.is_file() and _SHARD.match(entry.name):
+            try:
+                meta = pq.read_schema(entry).metadata or {}
+            except Exception:  # unreadable parquet: not ours
+                meta = {}
+            if meta.get(MARKER_KEY) == MARKER_VALUE:
+                ours.append(entry)
+                continue
+        foreign.append(entry.name)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise FileExistsError(
+            f"refusing to write into {out}: it holds files this generator did not write ({shown}); "
+            "use an empty or new directory"
+        )
+    for path in ours:  # stale shards beyond the new count would otherwise become the val split
+        path.unlink()
+
+
+def _write_shard(path: Path, docs: Sequence[tuple[str, str]], row_groups: int) -> None:
+    pa, pq = _parquet()
+    schema = pa.schema([("text", pa.string()), ("kind", pa.string())], metadata={MARKER_KEY: MARKER_VALUE})
+    tmp = path.with_name(path.name + ".tmp")
+    bounds = np.linspace(0, len(docs), min(row_groups, len(docs)) + 1).round().astype(int)
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for lo, hi in itertools.pairwise(bounds):
+                chunk = docs[lo:hi]
+                table = pa.table({"text": [t for _, t in chunk], "kind": [k for k, _ in chunk]}, schema=schema)
+                writer.write_table(table, row_group_size=len(chunk))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_corpus(
+    out_dir: str | os.PathLike[str],
+    num_shards: int = 4,
+    docs_per_shard: int = 64,
+    seed: int = 0,
+    mix: Mapping[str, float] | None = None,
+    *,
+    row_groups: int = 4,
+    min_chars: int = 1000,
+    max_chars: int = 4000,
+    progress: Callable[[str], None] | None = None,
+) -> CorpusSummary:
+    """Write ``num_shards`` shards (the last is validation) of ``docs_per_shard`` documents each."""
+    for name, value, lo in (
+        ("num_shards", num_shards, 2),
+        ("docs_per_shard", docs_per_shard, 1),
+        ("seed", seed, 0),
+        ("row_groups", row_groups, 1),
+        ("min_chars", min_chars, 400),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    if not isinstance(max_chars, int) or max_chars < min_chars:
+        raise ValueError(f"max_chars must be an int >= min_chars ({min_chars}), got {max_chars!r}")
+    mix = DEFAULT_MIX if mix is None else mix
+    _check_mix(mix)
+    out = Path(out_dir)
+    _prepare_dir(out)
+    names: list[str] = []
+    kinds = dict.fromkeys(KINDS, 0)
+    documents = characters = 0
+    for s in range(num_shards):
+        docs = list(generate_documents(seed, s, docs_per_shard, mix, (min_chars, max_chars)))
+        _write_shard(out / shard_name(s), docs, row_groups)
+        names.append(shard_name(s))
+        documents += len(docs)
+        characters += sum(len(t) for _, t in docs)
+        for k, _ in docs:
+            kinds[k] += 1
+        if progress is not None:
+            split = "val" if s == num_shards - 1 else "train"
+            progress(f"[{s + 1}/{num_shards}] {shard_name(s)} ({split}): {len(docs)} documents")
+    return CorpusSummary(str(out), tuple(names), documents, characters, {k: v for k, v in kinds.items() if v})
+
+
+def read_split(out_dir: str | os.PathLike[str], split: str) -> list[str]:
+    """All texts of a split as nanochat reads it: every shard but the last is train, the last is val."""
+    _, pq = _parquet()
+
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    paths = sorted(p for p in Path(out_dir).iterdir() if _SHARD.match(p.name))
+    if not paths:
+        raise FileNotFoundError(f"no shard_NNNNN.parquet files in {out_dir}")
+    paths = paths[:-1] if split == "train" else paths[-1:]
+    texts: list[str] = []
+    for path in paths:
+        pf = pq.ParquetFile(path)
+        for rg in range(pf.num_row_groups):
+            texts.extend(pf.read_row_group(rg, columns=["text"]).column("text").to_pylist())
+    return texts
+
+
+def _int_at_least(lo: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {raw!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+        return value
+
+    return parse
+
+
+DESCRIPTION = "Write a seeded long-context corpus as nanochat-style parquet shards (last shard = val)."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m megacontext_plugin.data.corpus", description=DESCRIPTION)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The corpus flags (shared by ``python -m ...corpus`` and ``megacontext corpus``)."""
+    p.add_argument("--out", required=True, help="output directory (new, empty, or holding only our shards)")
+    p.add_argument("--shards", type=_int_at_least(2), default=4, help="number of shards, >= 2 (default 4)")
+    p.add_argument("--docs-per-shard", type=_int_at_least(1), default=64, help="documents per shard (default 64)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
+    p.add_argument("--row-groups", type=_int_at_least(1), default=4, help="row groups per shard (default 4)")
+    p.add_argument("--min-chars", type=_int_at_least(400), default=1000, help="shortest document (default 1000)")
+    p.add_argument("--max-chars", type=_int_at_least(400), default=4000, help="longest document (default 4000)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    return run(parser.parse_args(argv), parser)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Write the corpus from parsed flags; exit status 0, or 1 with one error line."""
+    if args.max_chars < args.min_chars:
+        parser.error(f"--max-chars ({args.max_chars}) must be >= --min-chars ({args.min_chars})")
+    try:
+        summary = write_corpus(
+            args.out,
+            args.shards,
+            args.docs_per_shard,
+            args.seed,
+            row_groups=args.row_groups,
+            min_chars=args.min_chars,
+            max_chars=args.max_chars,
+            progress=print,
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(summary.format())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
