@@ -18,7 +18,6 @@ Per micro-batch ``x[B, T]``, ``y[B, T]`` (``y`` is ``x`` shifted by one):
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -104,10 +103,10 @@ class MCController(nn.Module):
         self.recent = max(cfg.allocator_recent_tokens, cfg.mc_horizon)
         self.min_budget = minimal_length(sequence_len, cfg.block_size, self.recent)
         # EMA state of the stability helpers (None until the first step has been seen)
-        self.adv_var_ema: float | None = None
-        self.budget_ema: float | None = None
+        self.adv_var_ema: torch.Tensor | None = None
+        self.budget_ema: torch.Tensor | None = None
         self.steps_done = 0
-        self._pending_ema: tuple[float, float] | None = None
+        self._pending_ema: tuple[torch.Tensor, torch.Tensor] | None = None
         self.positional_caches = PositionalCache()
 
     # ---- parameters and state --------------------------------------------------------------
@@ -226,10 +225,11 @@ class MCController(nn.Module):
         gist_RW = valid & (index.levels_RW > 0)
         margin_BP = L.pair_margins(batch.scores_RW.view(B, V, -1)[:, 1:], index.refined_BPW, index.coarser_BPW)
         adv_BP = L.preference_advantages(dnll_BN.detach())
-        batch_var = float(adv_BP.square().mean()) if adv_BP.numel() else 0.0
+        # EMA state stays on the device as 0-d tensors: no host sync on the training path
+        batch_var = adv_BP.square().mean() if adv_BP.numel() else adv_BP.new_zeros(())
         beta = cfg.mc_lens_adv_norm_beta
         adv_var = batch_var if self.adv_var_ema is None else beta * self.adv_var_ema + (1 - beta) * batch_var
-        adv_norm_BP = adv_BP / math.sqrt(adv_var + 1e-12)
+        adv_norm_BP = adv_BP / (adv_var + 1e-12).sqrt()
         if adv_BP.numel():
             keep_BP = L.hard_negative_mask(adv_norm_BP, cfg.mc_lens_hard_negative_ratio)
             bt = L.bradley_terry_loss(margin_BP, adv_norm_BP, keep_BP, cfg.mc_lens_temperature)
@@ -240,12 +240,12 @@ class MCController(nn.Module):
         scored_RW.view(B, V, -1)[:, 0] = False  # baseline rows are not scored
         kl = L.bernoulli_kl(batch.prev_scores_RW, batch.scores_RW, scored_RW)
         pressure = L.mean_over(batch.scores_RW, gist_RW)
-        budget_target = pressure.detach() if self.budget_ema is None else torch.tensor(self.budget_ema)
+        budget_target = pressure.detach() if self.budget_ema is None else self.budget_ema
         budget_pen = (pressure - budget_target).square()
         lens_loss = bt + cfg.mc_lens_kl_weight * kl + cfg.mc_lens_budget_smooth_weight * budget_pen
         total = token_loss + cfg.mc_gist_loss_weight * gist_loss + cfg.mc_lens_loss_weight * lens_loss
 
-        self._pending_ema = (adv_var, float(pressure.detach()))
+        self._pending_ema = (adv_var.detach(), pressure.detach())
         with torch.no_grad():
             adv_delta = (tail_BV[:, :1] - tail_BV[:, 1:]).reshape(-1)
             metrics: dict[str, torch.Tensor] = {

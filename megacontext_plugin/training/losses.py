@@ -35,14 +35,15 @@ def tail_nll(nll_RW: torch.Tensor, tail_RH: torch.Tensor) -> torch.Tensor:
 
 
 def level_losses(nll_RW: torch.Tensor, levels_RW: torch.Tensor, num_levels: int) -> dict[int, torch.Tensor]:
-    """Mean NLL of the entries of each level (detached; empty levels are left out)."""
-    out: dict[int, torch.Tensor] = {}
+    """Mean NLL of the entries of each level 0..num_levels-1 (detached; NaN for a level with no
+    entry in the batch). One scatter, no host sync."""
     with torch.no_grad():
-        for level in range(num_levels):
-            mask = levels_RW == level
-            if bool(mask.any()):
-                out[level] = mean_over(nll_RW, mask)
-    return out
+        weight = (levels_RW >= 0).float().reshape(-1)
+        lv = levels_RW.clamp_min(0).reshape(-1)
+        sums = weight.new_zeros(num_levels).index_add_(0, lv, nll_RW.float().reshape(-1) * weight)
+        counts = weight.new_zeros(num_levels).index_add_(0, lv, weight)
+        means = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, float("nan")))
+    return {level: means[level] for level in range(num_levels)}
 
 
 def pair_margins(scores_BNW: torch.Tensor, refined_BPW: torch.Tensor, coarser_BPW: torch.Tensor) -> torch.Tensor:
@@ -98,10 +99,8 @@ def bernoulli_kl(prev_RW: torch.Tensor, now_RW: torch.Tensor, mask_RW: torch.Ten
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of two equally shaped tensors (NaN when either has no spread)."""
+    """Pearson correlation of two equally shaped tensors (NaN when either has no spread); no host sync."""
     a = a.reshape(-1).float() - a.float().mean()
     b = b.reshape(-1).float() - b.float().mean()
     den = (a.square().sum() * b.square().sum()).sqrt()
-    if float(den) <= 1e-12:
-        return torch.tensor(float("nan"))
-    return (a * b).sum() / den
+    return torch.where(den > 1e-12, (a * b).sum() / den.clamp_min(1e-12), torch.full_like(den, float("nan")))
