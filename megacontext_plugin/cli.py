@@ -3,6 +3,7 @@
 - ``megacontext config [--mc ...]``: validate MegaContext flags and print the resolved knobs.
 - ``megacontext demo``: the offline end-to-end run of tree, working context and allocator.
 - ``megacontext corpus --out DIR``: the seeded long-context corpus as nanochat parquet shards.
+- ``megacontext nanochat apply|verify|revert DIR``: our patches to an upstream nanochat tree at the pin.
 """
 
 from __future__ import annotations
@@ -30,6 +31,23 @@ def _cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return 0
 
 
+def _cmd_nanochat(args: argparse.Namespace) -> int:
+    from megacontext_plugin import nanochat_patch
+
+    try:
+        if args.action == "verify":
+            status = nanochat_patch.verify(args.dir)
+            print("\n".join(status.describe()))
+            return 0 if status.ok else 1
+        changed = getattr(nanochat_patch, args.action)(args.dir)
+    except nanochat_patch.PatchError as exc:
+        print(f"megacontext nanochat {args.action}: error: {exc}", file=sys.stderr)
+        return 2
+    done = {"apply": ("patched", "already patched"), "revert": ("reverted to pristine", "already pristine")}
+    print(f"{args.dir}: {done[args.action][0 if changed else 1]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megacontext", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
                               description=corpus.DESCRIPTION)
     corpus.add_arguments(p_corpus)
     p_corpus.set_defaults(func=lambda a: corpus.run(a, p_corpus))
+
+    p_nano = sub.add_parser("nanochat", help="apply, verify or revert our patches to an upstream nanochat tree",
+                            description="Patch an upstream nanochat tree at the pinned commit (verify exits 0 only "
+                                        "when fully patched; user mistakes exit 2).")
+    nano_sub = p_nano.add_subparsers(dest="action", required=True)
+    for action, text in (("apply", "apply the patches (a no-op if already patched)"),
+                         ("verify", "report pristine/patched/modified/missing per touched file"),
+                         ("revert", "restore the pristine files (a no-op if already pristine)")):
+        p_act = nano_sub.add_parser(action, help=text)
+        p_act.add_argument("dir", metavar="DIR", help="the nanochat checkout or extract")
+    p_nano.set_defaults(func=_cmd_nanochat)
     return parser
 
 

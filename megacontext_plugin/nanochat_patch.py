@@ -1,0 +1,247 @@
+"""Apply, verify and revert our patches to an upstream nanochat tree (DESIGN 2, ``patches/``).
+
+The patches are unified diffs against nanochat at the pinned commit, applied in the order that
+``patches/manifest.json`` lists them, with ``git apply`` (which also works on a plain directory,
+e.g. a ``git archive`` extract), one patch at a time, to a scratch copy of the touched files; the
+results are moved into the tree only once the whole series applied and hashes as the manifest says.
+The manifest records, for every file the patches touch, the sha256 of the pristine file and of the
+fully patched file; every operation checks those first:
+
+- all touched files pristine: ``apply`` patches them; ``revert`` has nothing to do;
+- all touched files patched: ``apply`` has nothing to do; ``revert`` restores them;
+- anything else (local edits, a half-applied series, a missing file): a :class:`PatchError`,
+  and nothing is written.
+
+If the directory is a git checkout, its HEAD must be the pin. After writing, the files are hashed
+again to confirm the result.
+
+API: ``apply(dir) -> bool`` (True if it wrote), ``revert(dir) -> bool``, ``verify(dir) -> Status``,
+``load_manifest()``, ``build_manifest(pristine_dir)`` (to regenerate ``manifest.json`` after editing a
+patch). Each takes ``patches_dir=`` to use another patch series (tests do). CLI:
+``megacontext nanochat apply|verify|revert DIR``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PATCHES_DIR = Path(__file__).resolve().parent / "patches"
+MANIFEST_NAME = "manifest.json"
+PRISTINE, PATCHED, MODIFIED, MISSING = "pristine", "patched", "modified", "missing"
+MARKER_FILE = "nanochat/gpt.py"  # a directory without it is not a nanochat tree
+
+
+class PatchError(Exception):
+    """A user-facing problem (bad directory, wrong commit, local changes, no git): one-line message."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    pin: str
+    patches: tuple[str, ...]
+    files: Mapping[str, Mapping[str, str]]  # path -> {"pristine": sha256, "patched": sha256}
+    patches_dir: Path
+
+    @property
+    def patch_paths(self) -> list[Path]:
+        return [self.patches_dir / name for name in self.patches]
+
+
+@dataclass(frozen=True)
+class Status:
+    dir: Path
+    pin: str
+    head: str | None  # HEAD of a git checkout, None for a plain directory
+    files: Mapping[str, str]  # path -> pristine | patched | modified | missing
+
+    @property
+    def state(self) -> str:
+        """``patched`` / ``pristine`` when every file agrees, else ``mixed``."""
+        states = set(self.files.values())
+        return states.pop() if len(states) == 1 and states <= {PATCHED, PRISTINE} else "mixed"
+
+    @property
+    def ok(self) -> bool:
+        return self.state == PATCHED
+
+    def describe(self) -> list[str]:
+        width = max(len(p) for p in self.files)
+        lines = [f"{path.ljust(width)}  {state}" for path, state in self.files.items()]
+        where = f"git checkout at {self.head[:12]}" if self.head else "plain directory"
+        lines.append(f"{self.dir} ({where}, pin {self.pin[:7]}): {self.state}")
+        return lines
+
+
+def load_manifest(patches_dir: Path | str | None = None) -> Manifest:
+    pdir = Path(patches_dir) if patches_dir is not None else PATCHES_DIR
+    raw = json.loads((pdir / MANIFEST_NAME).read_text())
+    return Manifest(pin=raw["pin"], patches=tuple(raw["patches"]), files=raw["files"], patches_dir=pdir)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _git() -> str:
+    exe = shutil.which("git")
+    if exe is None:
+        raise PatchError("git is not installed or not on PATH; it is needed to apply the nanochat patches")
+    return exe
+
+
+def _env(root: Path) -> dict[str, str]:
+    # Stop git from finding an enclosing repository: a plain DIR inside another checkout must be
+    # patched as a plain directory, with paths relative to DIR.
+    return {**os.environ, "GIT_CEILING_DIRECTORIES": str(root.parent)}
+
+
+def _check_dir(root: Path) -> Path:
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise PatchError(f"{root} is not a directory")
+    if not (root / MARKER_FILE).is_file():
+        raise PatchError(f"{root} does not look like a nanochat tree (no {MARKER_FILE})")
+    return root
+
+
+def _head(root: Path) -> str | None:
+    if not (root / ".git").exists():
+        return None
+    out = subprocess.run([_git(), "rev-parse", "HEAD"], cwd=root, env=_env(root),
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise PatchError(f"{root} is a git checkout but its HEAD cannot be read: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def _status(root: Path, manifest: Manifest) -> Status:
+    files: dict[str, str] = {}
+    for rel, sums in manifest.files.items():
+        path = root / rel
+        if not path.is_file():
+            files[rel] = MISSING
+            continue
+        digest = _sha256(path)
+        files[rel] = PATCHED if digest == sums["patched"] else PRISTINE if digest == sums["pristine"] else MODIFIED
+    return Status(dir=root, pin=manifest.pin, head=_head(root), files=files)
+
+
+def verify(root: Path | str, *, patches_dir: Path | str | None = None) -> Status:
+    """Per-file state of DIR; ``status.ok`` only when every touched file is fully patched."""
+    return _status(_check_dir(Path(root)), load_manifest(patches_dir))
+
+
+def _checked_status(root: Path, manifest: Manifest) -> Status:
+    status = _status(root, manifest)
+    if status.head is not None and status.head != manifest.pin:
+        raise PatchError(f"{root} is a git checkout at {status.head}, but the patches are for {manifest.pin}; "
+                         f"check out {manifest.pin[:7]} first")
+    if status.state == "mixed":
+        modified = [p for p, s in status.files.items() if s == MODIFIED]
+        missing = [p for p, s in status.files.items() if s == MISSING]
+        tail = "revert them or use a fresh checkout"
+        if modified:
+            raise PatchError(f"{root} has local changes to {', '.join(modified)} "
+                             f"(neither pristine nor patched at {manifest.pin[:7]}); {tail}")
+        if missing:
+            raise PatchError(f"{root} is missing {', '.join(missing)} (expected at {manifest.pin[:7]}); "
+                             "use a fresh checkout")
+        half = ", ".join(f"{p} {s}" for p, s in status.files.items())
+        raise PatchError(f"{root} is partly patched ({half}); {tail}")
+    return status
+
+
+def _git_apply(work: Path, patches: list[Path], *, reverse: bool, what: str) -> None:
+    """Apply PATCHES one at a time (reversed: in reverse order) inside the plain directory WORK."""
+    for patch in reversed(patches) if reverse else patches:
+        cmd = [_git(), "apply", *(["-R"] if reverse else []), str(patch)]
+        out = subprocess.run(cmd, cwd=work, env=_env(work), capture_output=True, text=True)
+        if out.returncode != 0:
+            detail = out.stderr.strip().splitlines()
+            verb = "reverting" if reverse else "applying"
+            raise PatchError(f"git apply failed {verb} {patch.name} to {what}: "
+                             f"{detail[0] if detail else out.returncode}")
+
+
+def _run_apply(root: Path, manifest: Manifest, *, reverse: bool) -> None:
+    """Patch a scratch copy of the touched files, check its hashes, then move the results into ROOT.
+
+    Nothing in ROOT is written unless the whole series applies and gives the expected files.
+    """
+    goal = "pristine" if reverse else "patched"
+    with tempfile.TemporaryDirectory(prefix="mc-nanochat-") as tmp:
+        work = Path(tmp) / "tree"
+        for rel in manifest.files:
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / rel, work / rel)
+        _git_apply(work, manifest.patch_paths, reverse=reverse, what=str(root))
+        wrong = [rel for rel, sums in manifest.files.items() if _sha256(work / rel) != sums[goal]]
+        if wrong:
+            raise PatchError(f"the patch series does not give the {goal} files recorded in the manifest "
+                             f"({', '.join(wrong)}); the manifest and patches disagree")
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for rel in manifest.files:
+                dst = root / rel
+                staged.append((dst.with_name(f".{dst.name}.mc-tmp"), dst))
+                shutil.copyfile(work / rel, staged[-1][0])
+                shutil.copymode(dst, staged[-1][0])
+            for tmp_dst, dst in staged:
+                os.replace(tmp_dst, dst)
+        finally:
+            for tmp_dst, _ in staged:
+                tmp_dst.unlink(missing_ok=True)
+
+
+def _change(root: Path | str, patches_dir: Path | str | None, *, reverse: bool) -> bool:
+    root = _check_dir(Path(root))
+    manifest = load_manifest(patches_dir)
+    goal = PRISTINE if reverse else PATCHED
+    if _checked_status(root, manifest).state == goal:
+        return False
+    _run_apply(root, manifest, reverse=reverse)
+    after = _status(root, manifest)
+    if after.state != goal:
+        raise PatchError(f"after {'reverting' if reverse else 'applying'} the patches, {root} is not {goal}: "
+                         + ", ".join(f"{p} {s}" for p, s in after.files.items() if s != goal))
+    return True
+
+
+def apply(root: Path | str, *, patches_dir: Path | str | None = None) -> bool:
+    """Patch DIR in place. Returns False (and writes nothing) if it was already patched."""
+    return _change(root, patches_dir, reverse=False)
+
+
+def revert(root: Path | str, *, patches_dir: Path | str | None = None) -> bool:
+    """Restore DIR's pristine files. Returns False (and writes nothing) if it was already pristine."""
+    return _change(root, patches_dir, reverse=True)
+
+
+def build_manifest(pristine_dir: Path | str, pin: str, patches: list[str],
+                   patches_dir: Path | str | None = None) -> dict:
+    """The manifest for PATCHES (in order) against PRISTINE_DIR: applies them to a scratch copy and hashes."""
+    pdir = Path(patches_dir) if patches_dir is not None else PATCHES_DIR
+    src = Path(pristine_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "tree"
+        touched: list[str] = []
+        for name in patches:
+            for line in (pdir / name).read_text().splitlines():
+                if line.startswith("+++ b/") or line.startswith("--- a/"):
+                    rel = line[6:].strip()
+                    if rel not in touched:
+                        touched.append(rel)
+        for rel in touched:
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, work / rel)
+        _git_apply(work, [pdir / n for n in patches], reverse=False, what=str(src))
+        files = {rel: {"pristine": _sha256(src / rel), "patched": _sha256(work / rel)} for rel in touched}
+    return {"upstream": "https://github.com/karpathy/nanochat", "pin": pin, "patches": patches, "files": files}

@@ -1,0 +1,313 @@
+"""The nanochat patch machinery: unit tests on a made-up tree and patch series, and integration
+tests (``-m integration``, need NANOCHAT_DIR) on a copy of the pinned upstream tree."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megacontext_plugin import cli, nanochat_patch
+from megacontext_plugin.nanochat_patch import PatchError
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+
+FAKE_PIN = "0123456789abcdef0123456789abcdef01234567"
+PRISTINE = {
+    "nanochat/gpt.py": "def loss(t):\n    return t.view(-1)\n\n\nX = 1\n",
+    "tests/test_engine.py": 'DEVICE = "cpu"\n',
+    "README.md": "untouched\n",
+}
+STEP1 = {"nanochat/gpt.py": "def loss(t):\n    return t.reshape(-1)\n\n\nX = 1\n"}
+STEP2 = {"nanochat/gpt.py": "def loss(t):\n    return t.reshape(-1)\n\n\nX = 2\n",
+         "tests/test_engine.py": 'DEVICE = torch.device("cpu")\n'}
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _diff(old: dict[str, str], new: dict[str, str]) -> str:
+    out = []
+    for rel, text in new.items():
+        out += difflib.unified_diff(old[rel].splitlines(keepends=True), text.splitlines(keepends=True),
+                                    fromfile=f"a/{rel}", tofile=f"b/{rel}")
+    return "".join(out)
+
+
+def _write_tree(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+@pytest.fixture
+def series(tmp_path: Path) -> Path:
+    """Two patches applied in order (the second touches a file the first already changed)."""
+    pdir = tmp_path / "patches"
+    pdir.mkdir()
+    after1 = {**PRISTINE, **STEP1}
+    final = {**after1, **STEP2}
+    (pdir / "0001-a.patch").write_text("Header text is ignored by git apply.\n\n" + _diff(PRISTINE, STEP1))
+    (pdir / "0002-b.patch").write_text(_diff(after1, STEP2))
+    touched = ["nanochat/gpt.py", "tests/test_engine.py"]
+    manifest = {"pin": FAKE_PIN, "patches": ["0001-a.patch", "0002-b.patch"],
+                "files": {rel: {"pristine": _sha(PRISTINE[rel]), "patched": _sha(final[rel])} for rel in touched}}
+    (pdir / "manifest.json").write_text(json.dumps(manifest))
+    return pdir
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return _write_tree(tmp_path / "nanochat-tree", PRISTINE)
+
+
+def _contents(root: Path) -> dict[str, str]:
+    return {rel: (root / rel).read_text() for rel in PRISTINE}
+
+
+def _git(root: Path, *args: str) -> str:
+    cmd = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", *args]
+    return subprocess.run(cmd, cwd=root, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _pin_manifest(pdir: Path, pin: str) -> None:
+    raw = json.loads((pdir / "manifest.json").read_text())
+    raw["pin"] = pin
+    (pdir / "manifest.json").write_text(json.dumps(raw))
+
+
+# ---------------------------------------------------------------- unit: made-up tree and patches
+
+
+@needs_git
+def test_apply_verify_revert_roundtrip(tree: Path, series: Path) -> None:
+    status = nanochat_patch.verify(tree, patches_dir=series)
+    assert status.state == "pristine" and not status.ok and status.head is None
+    assert nanochat_patch.apply(tree, patches_dir=series) is True
+    assert (tree / "nanochat/gpt.py").read_text() == STEP2["nanochat/gpt.py"]
+    assert (tree / "tests/test_engine.py").read_text() == STEP2["tests/test_engine.py"]
+    status = nanochat_patch.verify(tree, patches_dir=series)
+    assert status.ok and set(status.files.values()) == {"patched"}
+    assert status.describe()[-1].endswith(": patched")
+    assert nanochat_patch.revert(tree, patches_dir=series) is True
+    assert _contents(tree) == PRISTINE
+    assert nanochat_patch.verify(tree, patches_dir=series).state == "pristine"
+
+
+@needs_git
+def test_apply_and_revert_are_idempotent(tree: Path, series: Path) -> None:
+    assert nanochat_patch.revert(tree, patches_dir=series) is False  # already pristine
+    assert _contents(tree) == PRISTINE
+    nanochat_patch.apply(tree, patches_dir=series)
+    patched = _contents(tree)
+    mtimes = {rel: (tree / rel).stat().st_mtime_ns for rel in PRISTINE}
+    assert nanochat_patch.apply(tree, patches_dir=series) is False
+    assert _contents(tree) == patched
+    assert {rel: (tree / rel).stat().st_mtime_ns for rel in PRISTINE} == mtimes
+
+
+@needs_git
+@pytest.mark.parametrize("start", ["pristine", "patched"])
+@pytest.mark.parametrize("op", ["apply", "revert"])
+def test_local_changes_are_refused_and_nothing_is_written(tree: Path, series: Path, start: str, op: str) -> None:
+    if start == "patched":
+        nanochat_patch.apply(tree, patches_dir=series)
+    (tree / "tests/test_engine.py").write_text("local edit\n")
+    before = _contents(tree)
+    with pytest.raises(PatchError, match=r"has local changes to tests/test_engine\.py \(neither pristine nor "
+                                         r"patched at 0123456\); revert them or use a fresh checkout"):
+        getattr(nanochat_patch, op)(tree, patches_dir=series)
+    assert _contents(tree) == before
+    status = nanochat_patch.verify(tree, patches_dir=series)
+    assert status.files["tests/test_engine.py"] == "modified" and status.state == "mixed" and not status.ok
+
+
+@needs_git
+def test_half_patched_and_missing_files_are_refused(tree: Path, series: Path) -> None:
+    (tree / "nanochat/gpt.py").write_text(STEP2["nanochat/gpt.py"])  # patched; test_engine.py still pristine
+    with pytest.raises(PatchError, match="partly patched"):
+        nanochat_patch.apply(tree, patches_dir=series)
+    (tree / "tests/test_engine.py").unlink()
+    assert nanochat_patch.verify(tree, patches_dir=series).files["tests/test_engine.py"] == "missing"
+    with pytest.raises(PatchError, match=r"is missing tests/test_engine\.py"):
+        nanochat_patch.revert(tree, patches_dir=series)
+
+
+def test_not_a_nanochat_dir(tmp_path: Path, series: Path) -> None:
+    with pytest.raises(PatchError, match=r"does not look like a nanochat tree \(no nanochat/gpt\.py\)"):
+        nanochat_patch.apply(tmp_path, patches_dir=series)
+    with pytest.raises(PatchError, match="is not a directory"):
+        nanochat_patch.verify(tmp_path / "nope", patches_dir=series)
+
+
+@needs_git
+def test_git_checkout_must_be_at_the_pin(tree: Path, series: Path) -> None:
+    _git(tree, "init", "-q")
+    _git(tree, "add", "-A")
+    _git(tree, "commit", "-q", "-m", "pristine")
+    head = _git(tree, "rev-parse", "HEAD")
+    with pytest.raises(PatchError) as err:
+        nanochat_patch.apply(tree, patches_dir=series)
+    assert head in str(err.value) and FAKE_PIN in str(err.value)
+    assert _contents(tree) == PRISTINE
+    _pin_manifest(series, head)
+    assert nanochat_patch.apply(tree, patches_dir=series) is True
+    status = nanochat_patch.verify(tree, patches_dir=series)
+    assert status.ok and status.head == head
+    assert nanochat_patch.revert(tree, patches_dir=series) is True
+    assert _git(tree, "status", "--porcelain") == ""
+
+
+@needs_git
+def test_plain_dir_inside_another_checkout_is_patched_relative_to_itself(tmp_path: Path, series: Path) -> None:
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    _git(outer, "init", "-q")
+    inner = _write_tree(outer / "vendor" / "nanochat", PRISTINE)
+    assert nanochat_patch.apply(inner, patches_dir=series) is True
+    assert nanochat_patch.verify(inner, patches_dir=series).ok
+
+
+@needs_git
+def test_build_manifest_matches_series(tree: Path, series: Path) -> None:
+    expected = json.loads((series / "manifest.json").read_text())
+    built = nanochat_patch.build_manifest(tree, FAKE_PIN, expected["patches"], patches_dir=series)
+    assert built["files"] == expected["files"] and built["pin"] == FAKE_PIN
+    assert _contents(tree) == PRISTINE
+
+
+def test_shipped_manifest_is_consistent() -> None:
+    manifest = nanochat_patch.load_manifest()
+    assert manifest.pin == "a91743c16850097ad4b925ab3c41e234320744cd"
+    assert manifest.patches and all(p.is_file() for p in manifest.patch_paths)
+    assert {"nanochat/gpt.py", "tests/test_engine.py"} <= set(manifest.files)
+    repo_link = Path(__file__).resolve().parents[1] / "patches"
+    assert repo_link.resolve() == nanochat_patch.PATCHES_DIR
+
+
+def test_missing_git_is_a_clear_error(tree: Path, series: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nanochat_patch.shutil, "which", lambda name: None)
+    with pytest.raises(PatchError, match="git is not installed"):
+        nanochat_patch.apply(tree, patches_dir=series)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@pytest.mark.parametrize("action", ["apply", "verify", "revert"])
+def test_cli_user_mistakes_exit_2_with_one_line(tmp_path: Path, action: str, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["nanochat", action, str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no nanochat/gpt.py" in err and "Traceback" not in err
+
+
+@needs_git
+def test_cli_dirty_tree_exits_2(tree: Path, capsys: pytest.CaptureFixture) -> None:
+    # the shipped manifest does not know these made-up files: they count as local changes
+    assert cli.main(["nanochat", "apply", str(tree)]) == 2
+    err = capsys.readouterr().err
+    assert "has local changes to nanochat/gpt.py" in err and err.count("\n") == 1
+    assert _contents(tree) == PRISTINE
+
+
+def test_cli_verify_exit_status(tree: Path, series: Path, monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(nanochat_patch, "PATCHES_DIR", series)
+    assert cli.main(["nanochat", "verify", str(tree)]) == 1
+    assert "pristine" in capsys.readouterr().out
+    if shutil.which("git"):
+        assert cli.main(["nanochat", "apply", str(tree)]) == 0
+        assert cli.main(["nanochat", "apply", str(tree)]) == 0
+        assert "already patched" in capsys.readouterr().out
+        assert cli.main(["nanochat", "verify", str(tree)]) == 0
+
+
+# ---------------------------------------------------------------- integration: the real pin
+
+
+UPSTREAM_TEST_DEPS = ("torch", "pytest", "regex", "tiktoken", "tokenizers", "rustbpe")
+
+
+def _pristine_copy(nanochat_dir: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "nanochat"
+    shutil.copytree(nanochat_dir, dst, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache"))
+    return dst
+
+
+def _hashes(root: Path, rels) -> dict[str, str]:
+    return {rel: hashlib.sha256((root / rel).read_bytes()).hexdigest() for rel in rels}
+
+
+def _run_upstream_tests(root: Path) -> subprocess.CompletedProcess:
+    missing = [m for m in UPSTREAM_TEST_DEPS if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"upstream nanochat's tests need {', '.join(missing)} (pip install {' '.join(missing)})")
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.integration
+@needs_git
+def test_real_pin_apply_verify_revert(nanochat_dir: Path, tmp_path: Path) -> None:
+    root = _pristine_copy(nanochat_dir, tmp_path)
+    manifest = nanochat_patch.load_manifest()
+    assert nanochat_patch.verify(root).state == "pristine", "NANOCHAT_DIR is not a pristine a91743c tree"
+    pristine = _hashes(root, manifest.files)
+    assert pristine == {rel: sums["pristine"] for rel, sums in manifest.files.items()}
+    assert nanochat_patch.apply(root) is True
+    assert nanochat_patch.verify(root).ok
+    assert _hashes(root, manifest.files) == {rel: sums["patched"] for rel, sums in manifest.files.items()}
+    assert nanochat_patch.apply(root) is False
+    assert nanochat_patch.revert(root) is True
+    assert _hashes(root, manifest.files) == pristine
+
+
+@pytest.mark.integration
+@needs_git
+def test_real_pin_upstream_suite_passes_only_when_patched(nanochat_dir: Path, tmp_path: Path) -> None:
+    root = _pristine_copy(nanochat_dir, tmp_path)
+    before = _run_upstream_tests(root)
+    assert before.returncode != 0 and "test_engine.py" in before.stdout, before.stdout[-2000:]
+    nanochat_patch.apply(root)
+    after = _run_upstream_tests(root)
+    assert after.returncode == 0, after.stdout[-4000:] + after.stderr[-2000:]
+    assert " passed" in after.stdout and "failed" not in after.stdout
+
+
+@pytest.mark.integration
+@needs_git
+def test_real_pin_cpu_loss_takes_non_contiguous_targets(nanochat_dir: Path, tmp_path: Path) -> None:
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("rustbpe") is None:
+        pytest.skip("needs torch and upstream's deps to import nanochat.gpt")
+    root = _pristine_copy(nanochat_dir, tmp_path)
+    script = (
+        "import torch\n"
+        "from nanochat.gpt import GPT, GPTConfig\n"
+        "cfg = GPTConfig(sequence_len=16, vocab_size=64, n_layer=1, n_head=2, n_kv_head=2, n_embd=32,"
+        " window_pattern='L')\n"
+        "with torch.device('meta'):\n    m = GPT(cfg)\n"
+        "m.to_empty(device='cpu'); m.init_weights()\n"
+        "batch = torch.randint(0, 64, (2, 9))\n"
+        "x, y = batch[:, :-1], batch[:, 1:]  # what upstream's CPU dataloader yields\n"
+        "assert not y.is_contiguous()\n"
+        "print(float(m(x, y)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    run = lambda: subprocess.run([sys.executable, "-c", script], cwd=root, env=env,  # noqa: E731
+                                 capture_output=True, text=True, timeout=300)
+    before = run()
+    assert before.returncode != 0 and "view size is not compatible" in before.stderr, before.stderr[-2000:]
+    nanochat_patch.apply(root)
+    after = run()
+    assert after.returncode == 0, after.stderr[-2000:]
