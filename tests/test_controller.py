@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from megacontext_plugin.config import MCConfig
 from megacontext_plugin.context import WorkingContext
 from megacontext_plugin.training.controller import MCController
+from megacontext_plugin.training.layouts import minimal_length
 from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
 from megacontext_plugin.tree import build_levels
 
@@ -111,7 +112,7 @@ def test_every_variant_is_legal_aligned_and_distinct() -> None:
 
 
 def test_identical_variants_are_counted_when_the_budget_leaves_no_choice() -> None:
-    from megacontext_plugin.training.layouts import minimal_length, sample_layouts
+    from megacontext_plugin.training.layouts import sample_layouts
 
     tight = minimal_length(T, K, 16)
     layouts = sample_layouts(2, 4, T, K, tight, 16, np.random.default_rng(0))
@@ -142,7 +143,7 @@ def test_curriculum_anneals_from_80_percent_to_the_final_length_in_few_shapes() 
     assert len(set(budgets)) <= 8  # shapes change a handful of times, never per step
     # a final length too small to leave variants any choice is raised to the smallest useful budget
     tight = make_controller(small_cfg(mc_train_wc_length=0.2, allocator_recent_tokens=20, mc_horizon=8))
-    assert tight.budget_at(10**6) == tight.min_budget + 2 * (K - 1)
+    assert tight.budget_at(10**6) == minimal_length(T, K, 20) + 2 * (K - 1)
 
 
 def test_gaussian_damping_follows_each_entrys_span() -> None:

@@ -33,7 +33,7 @@ from ..tree.building import build_levels
 from . import losses as L
 from .curriculum import curriculum_budget
 from .flops import StepFlops, mc_step_flops
-from .layouts import LayoutPrefetcher, VariantLayouts, max_tree_level, minimal_length
+from .layouts import LayoutPrefetcher, VariantLayouts, max_tree_level
 from .packing import PackIndex, build_index, pack_inputs, pack_rotary, pack_targets
 
 
@@ -101,7 +101,6 @@ class MCController(nn.Module):
         self.layouts = LayoutPrefetcher(cfg.mc_seed)
         self.num_levels = max_tree_level(sequence_len, cfg.block_size) + 1
         self.recent = max(cfg.allocator_recent_tokens, cfg.mc_horizon)
-        self.min_budget = minimal_length(sequence_len, cfg.block_size, self.recent)
         # EMA state of the stability helpers (None until the first step has been seen)
         self.adv_var_ema: torch.Tensor | None = None
         self.budget_ema: torch.Tensor | None = None
