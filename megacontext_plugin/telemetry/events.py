@@ -1,0 +1,275 @@
+"""The telemetry event schema as code, and the privacy validator.
+
+Every event the MegaContext controller emits is a :class:`TelemetryEvent` whose ``name`` is one
+of :data:`EVENT_SCHEMAS` and whose attributes are declared there (type, unit, required or
+optional). ``docs/telemetry.md`` is generated from the same table in spirit and a test checks
+that every event and attribute here is documented there.
+
+Privacy rule: events carry shapes, spans, levels, scores and timings, never raw text or token
+ids. :func:`validate_event` rejects the content keys (:data:`CONTENT_KEYS`), strings longer than
+:data:`MAX_STR_LEN` and lists longer than :data:`MAX_LIST_LEN` unless the caller opted in with
+``allow_content=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Mapping
+from typing import Literal, TypeAlias
+
+AttributeValue: TypeAlias = int | float | str | bool | list[int] | list[float]
+AttrType: TypeAlias = Literal["int", "float", "str", "bool", "list[int]", "list[float]"]
+
+#: Longest string attribute accepted without ``allow_content`` (labels such as a phase name).
+MAX_STR_LEN = 64
+#: Longest list attribute accepted without ``allow_content`` (per-level counts, histograms).
+MAX_LIST_LEN = 64
+
+#: Keys that carry user content; accepted only with ``allow_content=True``.
+CONTENT_KEYS: frozenset[str] = frozenset({"text", "token_ids", "tokens", "prompt", "completion"})
+
+MC_TREE_SNAPSHOT = "mc_tree_snapshot"
+WORKING_CONTEXT_SNAPSHOT = "working_context_snapshot"
+FOCUS_ALLOCATOR = "focus_allocator"
+MC_TIMING = "mc_timing"
+INFERENCE_UPDATE = "inference_update"
+
+
+class TelemetryValidationError(ValueError):
+    """An event does not match the schema or would leak content without the opt-in."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AttrSpec:
+    """One attribute of an event: its type, unit and meaning."""
+
+    type: AttrType
+    unit: str
+    description: str
+
+
+@dataclasses.dataclass(frozen=True)
+class EventSpec:
+    """One event: what it means and which attributes it requires / allows."""
+
+    name: str
+    description: str
+    required: Mapping[str, AttrSpec]
+    optional: Mapping[str, AttrSpec]
+
+    def spec_for(self, key: str) -> AttrSpec | None:
+        if key in self.required:
+            return self.required[key]
+        if key in self.optional:
+            return self.optional[key]
+        return COMMON_ATTRIBUTES.get(key)
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        return frozenset(self.required) | frozenset(self.optional) | frozenset(COMMON_ATTRIBUTES)
+
+
+def _a(type_: AttrType, unit: str, description: str) -> AttrSpec:
+    return AttrSpec(type_, unit, description)
+
+
+#: Optional on every event.
+COMMON_ATTRIBUTES: Mapping[str, AttrSpec] = {
+    "step": _a("int", "steps", "optimizer step (training) or decode step (inference)"),
+    "session": _a("str", "label", "where the event comes from: train, eval or inference"),
+    "run_id": _a("str", "label", "run identifier"),
+    "rank": _a("int", "index", "distributed rank of the emitting process"),
+}
+
+EVENT_SCHEMAS: Mapping[str, EventSpec] = {
+    MC_TREE_SNAPSHOT: EventSpec(
+        MC_TREE_SNAPSHOT,
+        "Shape of the MegaContext tree after ingest.",
+        required={
+            "tokens_total": _a("int", "tokens", "tokens ingested into the tree (LOD0 length)"),
+            "num_levels": _a("int", "levels", "number of levels of detail in the tree"),
+            "nodes_per_level": _a("list[int]", "nodes", "node count per level, LOD0 first"),
+        },
+        optional={
+            "block_size": _a("int", "tokens", "children per gist (compression factor per level)"),
+            "tree_bytes": _a("int", "bytes", "storage used by all tree levels"),
+            "append_tokens": _a("int", "tokens", "tokens appended since the previous snapshot"),
+        },
+    ),
+    WORKING_CONTEXT_SNAPSHOT: EventSpec(
+        WORKING_CONTEXT_SNAPSHOT,
+        "Shape of the working context (WC) fed to the base model.",
+        required={
+            "wc_entries": _a("int", "entries", "entries (tokens or gists) in the WC"),
+            "wc_tokens": _a("int", "tokens", "tokens covered by the WC entries"),
+            "w_max": _a("int", "entries", "WC capacity"),
+        },
+        optional={
+            "level_histogram": _a("list[int]", "entries", "WC entries per level of detail, LOD0 first"),
+            "span_start": _a("int", "token position", "first covered token position"),
+            "span_end": _a("int", "token position", "one past the last covered token position"),
+            "recent_tokens": _a("int", "tokens", "tail of the sequence kept at LOD0"),
+            "variant_index": _a("int", "index", "WC variant index within the batch (0 = baseline)"),
+        },
+    ),
+    FOCUS_ALLOCATOR: EventSpec(
+        FOCUS_ALLOCATOR,
+        "One focus-allocator pass (expand/collapse decisions).",
+        required={
+            "expands": _a("int", "count", "entries expanded to a finer level"),
+            "collapses": _a("int", "count", "entries collapsed to a coarser level"),
+            "swap_rate": _a("float", "fraction 0-1", "(expands + collapses) / WC entries"),
+            "residency": _a("float", "fraction 0-1", "share of WC entries kept from the previous pass"),
+        },
+        optional={
+            "budget": _a("int", "entries", "WC budget the allocator respected"),
+            "wc_entries": _a("int", "entries", "WC entries after the pass"),
+            "iterations": _a("int", "count", "allocator iterations run"),
+            "score_mean": _a("float", "score", "mean LensNet focus score"),
+            "score_p95": _a("float", "score", "95th percentile LensNet focus score"),
+            "allocator_ms": _a("float", "ms", "wall time of the pass"),
+        },
+    ),
+    MC_TIMING: EventSpec(
+        MC_TIMING,
+        "Per-batch controller timings.",
+        required={
+            "build_ms": _a("float", "ms", "tree build / ingest"),
+            "positional_ms": _a("float", "ms", "positional encoding of WC entries"),
+            "lens_ms": _a("float", "ms", "LensNet forward"),
+        },
+        optional={
+            "packing_ms": _a("float", "ms", "packing WC variants into the batch"),
+            "losses_ms": _a("float", "ms", "MC auxiliary losses"),
+            "layouts_ms": _a("float", "ms", "WC layout sampling"),
+            "controller_ms": _a("float", "ms", "whole controller step (sum of the above and glue)"),
+        },
+    ),
+    INFERENCE_UPDATE: EventSpec(
+        INFERENCE_UPDATE,
+        "One inference step of the Engine with MC on.",
+        required={
+            "tokens_generated": _a("int", "tokens", "tokens generated so far in this turn"),
+            "refocused": _a("bool", "flag", "whether the WC was refocused at this step"),
+        },
+        optional={
+            "prompt_tokens": _a("int", "tokens", "tokens in the prompt / conversation so far"),
+            "context_tokens": _a("int", "tokens", "tokens covered by the WC"),
+            "kv_reused_tokens": _a("int", "tokens", "KV-cache prefix reused after refocus"),
+            "refocus_interval": _a("int", "tokens", "K: tokens between refocus passes"),
+            "tokens_per_s": _a("float", "tokens/s", "decode throughput"),
+            "latency_ms": _a("float", "ms", "latency of this step"),
+        },
+    ),
+}
+
+EVENT_NAMES: tuple[str, ...] = tuple(EVENT_SCHEMAS)
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+@dataclasses.dataclass(frozen=True)
+class TelemetryEvent:
+    """One structured telemetry event.
+
+    ``timestamp_ns`` is wall-clock nanoseconds since the epoch (``time.time_ns()``).
+    """
+
+    name: str
+    attributes: dict[str, AttributeValue] = dataclasses.field(default_factory=dict)
+    timestamp_ns: int = dataclasses.field(default_factory=_now_ns)
+
+
+def _check_scalar(key: str, want: AttrType, value: object) -> int | float | str | bool:
+    if want == "bool":
+        if isinstance(value, bool):
+            return value
+    elif want == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif want == "float":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif want == "str" and isinstance(value, str):
+        return value
+    raise TelemetryValidationError(f"attribute {key!r} must be {want}, got {type(value).__name__}")
+
+
+def _normalize(key: str, spec: AttrSpec, value: object) -> AttributeValue:
+    if spec.type.startswith("list["):
+        if not isinstance(value, list | tuple):
+            raise TelemetryValidationError(f"attribute {key!r} must be {spec.type}, got {type(value).__name__}")
+        elem: AttrType = "int" if spec.type == "list[int]" else "float"
+        items = [_check_scalar(key, elem, v) for v in value]
+        if elem == "int":
+            return [int(v) for v in items]
+        return [float(v) for v in items]
+    return _check_scalar(key, spec.type, value)
+
+
+_CONTENT_SPECS: Mapping[str, AttrSpec] = {
+    "text": _a("str", "text", "raw text (opt-in only)"),
+    "prompt": _a("str", "text", "raw prompt text (opt-in only)"),
+    "completion": _a("str", "text", "raw completion text (opt-in only)"),
+    "token_ids": _a("list[int]", "token ids", "raw token ids (opt-in only)"),
+    "tokens": _a("list[int]", "token ids", "raw token ids (opt-in only)"),
+}
+
+
+def validate_event(event: TelemetryEvent, *, allow_content: bool = False) -> TelemetryEvent:
+    """Check ``event`` against :data:`EVENT_SCHEMAS` and the privacy rule.
+
+    Returns an equivalent event with normalized attribute values (ints in float fields become
+    floats, tuples become lists). Raises :class:`TelemetryValidationError` on an unknown event,
+    a missing required or unknown attribute, a wrong type, or content without the opt-in.
+    """
+    spec = EVENT_SCHEMAS.get(event.name)
+    if spec is None:
+        raise TelemetryValidationError(f"unknown telemetry event {event.name!r}; known: {', '.join(EVENT_NAMES)}")
+    if not isinstance(event.timestamp_ns, int) or isinstance(event.timestamp_ns, bool) or event.timestamp_ns < 0:
+        raise TelemetryValidationError("timestamp_ns must be a non-negative int (nanoseconds since the epoch)")
+    missing = sorted(k for k in spec.required if k not in event.attributes)
+    if missing:
+        raise TelemetryValidationError(f"event {event.name!r} is missing required attributes: {', '.join(missing)}")
+    out: dict[str, AttributeValue] = {}
+    for key, value in event.attributes.items():
+        if key in CONTENT_KEYS:
+            if not allow_content:
+                raise TelemetryValidationError(
+                    f"attribute {key!r} carries raw content (text or token ids); "
+                    "telemetry refuses it unless the provider was created with allow_content=True"
+                )
+            attr_spec: AttrSpec | None = _CONTENT_SPECS[key]
+        else:
+            attr_spec = spec.spec_for(key)
+        if attr_spec is None:
+            raise TelemetryValidationError(
+                f"attribute {key!r} is not part of event {event.name!r}; allowed: {', '.join(sorted(spec.allowed))}"
+            )
+        norm = _normalize(key, attr_spec, value)
+        if not allow_content:
+            if isinstance(norm, str) and len(norm) > MAX_STR_LEN:
+                raise TelemetryValidationError(
+                    f"attribute {key!r} is a string of {len(norm)} chars (> {MAX_STR_LEN}); this looks like raw "
+                    "text, which needs allow_content=True"
+                )
+            if isinstance(norm, list) and len(norm) > MAX_LIST_LEN:
+                raise TelemetryValidationError(
+                    f"attribute {key!r} is a list of {len(norm)} items (> {MAX_LIST_LEN}); this looks like token "
+                    "ids, which need allow_content=True"
+                )
+        if isinstance(norm, float) and not math.isfinite(norm):
+            raise TelemetryValidationError(f"attribute {key!r} must be finite, got {norm!r}")
+        if isinstance(norm, list) and any(isinstance(v, float) and not math.isfinite(v) for v in norm):
+            raise TelemetryValidationError(f"attribute {key!r} must contain finite numbers only")
+        out[key] = norm
+    return TelemetryEvent(event.name, out, event.timestamp_ns)
+
+
+def event_to_json_dict(event: TelemetryEvent) -> dict[str, object]:
+    """The JSONL representation of one event (one object per line)."""
+    return {"name": event.name, "timestamp_ns": event.timestamp_ns, "attributes": dict(event.attributes)}
