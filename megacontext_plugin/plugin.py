@@ -1,23 +1,116 @@
 """The MegaContext plugin object registered under the ``nanochat`` entry-point group.
 
-Hook implementations wire config -> controller -> telemetry. Today it registers the flags;
-the training, inference and telemetry hooks are added by the integration work.
+Hook implementations wire config -> controller (training). With ``--mc`` absent every hook
+returns None or nothing, so the host runs exactly as upstream. Telemetry, checkpoints and the
+Engine are wired by later work.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+import torch
+
+from megacontext_plugin.config import MCConfig, config_from_args
 from megacontext_plugin.config import register_arguments as _register_config_arguments
-from megacontext_plugin.hookspecs import hookimpl
+from megacontext_plugin.hookspecs import ForwardOverride, hookimpl
+from megacontext_plugin.training import MCBatch, MCController
+
+
+def _model_dims(model: torch.nn.Module) -> tuple[int, int, int]:
+    """``(n_embd, head_dim, sequence_len)`` of a nanochat ``GPT`` (or a model with the same config)."""
+    cfg = model.config
+    return cfg.n_embd, cfg.n_embd // cfg.n_head, cfg.sequence_len
+
+
+def _wte(model: torch.nn.Module) -> torch.nn.Module:
+    """The token embedding: nanochat keeps it at ``transformer.wte``."""
+    transformer = getattr(model, "transformer", None)
+    return transformer["wte"] if transformer is not None else model.wte
 
 
 class MegaContextPlugin:
     """pluggy plugin: one instance per process (module attribute :data:`plugin`)."""
 
+    def __init__(self) -> None:
+        self.cfg: MCConfig | None = None
+        self.controller: MCController | None = None
+        self.step = 0
+        self._last: dict[str, torch.Tensor | float] = {}
+
+    def reset(self) -> None:
+        """Forget the run (tests, or a host that trains twice in one process)."""
+        if self.controller is not None:
+            self.controller.close()
+        self.cfg, self.controller, self.step, self._last = None, None, 0, {}
+
     @hookimpl
     def register_arguments(self, parser: argparse.ArgumentParser) -> None:
         _register_config_arguments(parser)
+
+    @hookimpl
+    def setup_model(self, model: torch.nn.Module, args: argparse.Namespace, num_iterations: int) -> None:
+        if not getattr(args, "mc", False):
+            return
+        self.cfg = config_from_args(args)
+        dim, head_dim, sequence_len = _model_dims(model)
+        device = next(model.parameters()).device
+        self.controller = MCController(self.cfg, dim=dim, head_dim=head_dim, sequence_len=sequence_len,
+                                       total_steps=num_iterations, device=device)
+
+    @hookimpl
+    def before_forward(self, model: torch.nn.Module, idx: torch.Tensor, targets: torch.Tensor | None,
+                       kv_cache: Any) -> ForwardOverride | None:
+        if self.controller is None or targets is None or kv_cache is not None or not model.training:
+            return None  # MC trains here; evaluation and inference see the plain model
+        batch = self.controller.process_batch(idx, targets, _wte(model), self.step)
+        value_ids = torch.where(batch.index.levels_RW == 0, _entry_token_ids(idx, batch),
+                                torch.full_like(batch.targets_RW, -1))
+        return ForwardOverride(batch.inputs_RWD, batch.targets_RW, value_ids, state=batch)
+
+    @hookimpl
+    def positional_overrides(self, model: torch.nn.Module,
+                             override: ForwardOverride) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not isinstance(override.state, MCBatch):
+            return None
+        return override.state.cos_sin
+
+    @hookimpl
+    def extra_loss(self, model: torch.nn.Module, override: ForwardOverride,
+                   per_entry_loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch = override.state
+        if self.controller is None or not isinstance(batch, MCBatch):
+            return {}
+        losses = self.controller.compute_losses(batch, per_entry_loss.view_as(batch.targets_RW))
+        cfg = self.controller.cfg
+        self._last = dict(losses.metrics) | {
+            "time_controller_ms": batch.timings_ms.get("controller_ms", 0.0) + batch.timings_ms.get("losses_ms", 0.0)
+        }
+        return {
+            "mc_gist": cfg.mc_gist_loss_weight * losses.terms["gist_loss"],
+            "mc_lens": cfg.mc_lens_loss_weight * losses.terms["lens_loss"],
+        }
+
+    @hookimpl
+    def after_optimizer_step(self, step: int) -> None:
+        if self.controller is None:
+            return
+        self.controller.step_aux()
+        self.step = step + 1
+
+    @hookimpl
+    def on_step_telemetry(self, step: int, metrics: dict[str, float]) -> dict[str, float] | None:
+        if self.controller is None or not self._last:
+            return None
+        return {f"mc/{k}": float(v) for k, v in self._last.items()}  # one host sync, at logging time
+
+
+def _entry_token_ids(idx_BT: torch.Tensor, batch: MCBatch) -> torch.Tensor:
+    """``[R, W]``: the input token id at each entry's first position (meaningful for raw entries)."""
+    starts = torch.from_numpy(batch.layouts.starts_RW).to(idx_BT.device)
+    rows = torch.arange(starts.shape[0], device=idx_BT.device) // batch.layouts.variants
+    return idx_BT[rows[:, None], starts]
 
 
 plugin = MegaContextPlugin()

@@ -1,15 +1,22 @@
-"""The plugin loads through the `nanochat` entry point, and every hook spec has a test of its own."""
+"""The plugin loads through the `nanochat` entry point, every hook spec has a test of its own, and a
+small host that calls the hooks as patched nanochat will checks the contract."""
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import math
 from pathlib import Path
 
 import pluggy
+import pytest
+import torch
 
 from megacontext_plugin import hookspecs
+from megacontext_plugin.config import ConfigError
+from megacontext_plugin.hookspecs import ForwardOverride
 from megacontext_plugin.plugin import MegaContextPlugin, plugin
+from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
 
 
 def _manager() -> pluggy.PluginManager:
@@ -45,3 +52,158 @@ def test_every_hook_spec_has_a_test_of_its_own() -> None:
     tests = "\n".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
     missing = [name for name in specs if f"def test_{name}_hook" not in tests]
     assert not missing, f"hook specs without a test named test_<hook>_hook...: {missing}"
+
+
+# ---- the hook contract, exercised by a small host that calls the hooks as patched nanochat does ----
+
+T = 128
+SMALL = ["--block_size", "8", "--allocator_recent_tokens", "16", "--mc_horizon", "8", "--gistnet_heads", "2",
+         "--gistnet_layers", "1", "--lensnet_dim", "32", "--lensnet_heads", "2", "--lensnet_layers", "1"]
+
+
+class SmallHost:
+    """The calls patched nanochat makes, around a TinyGPT (no upstream needed)."""
+
+    def __init__(self, argv: list[str], num_iterations: int = 10) -> None:
+        self.pm = _manager()
+        self.plugin = MegaContextPlugin()
+        self.pm.register(self.plugin, name="megacontext")
+        parser = argparse.ArgumentParser()
+        self.pm.hook.register_arguments(parser=parser)
+        self.args = parser.parse_args(argv)
+        torch.manual_seed(0)
+        self.model = TinyGPT(TinyGPTConfig(vocab_size=64, sequence_len=T, n_layer=1, n_head=4, n_embd=64))
+        with torch.no_grad():
+            for block in self.model.blocks:
+                torch.nn.init.normal_(block.proj.weight, std=0.3)
+        self.pm.hook.setup_model(model=self.model, args=self.args, num_iterations=num_iterations)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1)
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        ov = self.pm.hook.before_forward(model=self.model, idx=idx, targets=targets, kv_cache=None)
+        if ov is None:
+            return self.model(idx, targets)
+        cos_sin = self.pm.hook.positional_overrides(model=self.model, override=ov)
+        nll = self.model(inputs_embeds=ov.inputs_embeds, targets=ov.targets, cos_sin=cos_sin, loss_reduction="none")
+        valid = (ov.targets.reshape(-1) >= 0).float()
+        loss = (nll * valid).sum() / valid.sum()
+        for extras in self.pm.hook.extra_loss(model=self.model, override=ov, per_entry_loss=nll):
+            loss = loss + sum(extras.values())
+        return loss
+
+    def step(self, step: int, idx: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        loss = self.loss(idx, targets)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.pm.hook.after_optimizer_step(step=step)
+        log = {"train/loss": float(loss.detach())}
+        for extra in self.pm.hook.on_step_telemetry(step=step, metrics=dict(log)):
+            log.update(extra)
+        return log
+
+    def close(self) -> None:
+        self.plugin.reset()
+        self.pm.unregister(self.plugin)
+
+
+def _data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    xy = torch.randint(0, 64, (2, T + 1), generator=torch.Generator().manual_seed(seed))
+    return xy[:, :-1], xy[:, 1:]
+
+
+def test_setup_model_hook_builds_the_controller_only_with_mc() -> None:
+    off = SmallHost([])
+    assert off.plugin.controller is None
+    off.close()
+    on = SmallHost(["--mc", *SMALL])
+    assert on.plugin.controller is not None and on.plugin.controller.sequence_len == T
+    on.close()
+    with pytest.raises(ConfigError, match="--mc_wc_budget"):  # checked against the model, before any work
+        SmallHost(["--mc", *SMALL, "--mc_wc_budget", str(2 * T)])
+
+
+def test_before_forward_hook_overrides_training_forwards_only() -> None:
+    host = SmallHost(["--mc", *SMALL])
+    x, y = _data(1)
+    ov = host.pm.hook.before_forward(model=host.model, idx=x, targets=y, kv_cache=None)
+    assert isinstance(ov, ForwardOverride)
+    R, W, D = ov.inputs_embeds.shape
+    assert 2 * host.plugin.controller.cfg.num_variants == R and D == 64
+    assert ov.targets.shape == ov.value_ids.shape == (R, W)
+    batch = ov.state
+    raw = batch.index.levels_RW == 0
+    starts = torch.from_numpy(batch.layouts.starts_RW)
+    rows = torch.arange(R)[:, None] // batch.layouts.variants
+    assert torch.equal(ov.value_ids[raw], x[rows.expand(R, W), starts][raw])  # raw entries: their own token
+    assert bool((ov.value_ids[~raw] == -1).all())  # gists and padding: no value embedding
+    assert host.pm.hook.before_forward(model=host.model, idx=x, targets=None, kv_cache=None) is None
+    assert host.pm.hook.before_forward(model=host.model, idx=x, targets=y, kv_cache=object()) is None
+    host.model.eval()
+    assert host.pm.hook.before_forward(model=host.model, idx=x, targets=y, kv_cache=None) is None
+    host.close()
+
+
+def test_positional_overrides_hook_gives_per_row_tables_when_positions_change() -> None:
+    ordinal = SmallHost(["--mc", *SMALL])
+    ov = ordinal.pm.hook.before_forward(model=ordinal.model, idx=_data(2)[0], targets=_data(2)[1], kv_cache=None)
+    assert ordinal.pm.hook.positional_overrides(model=ordinal.model, override=ov) is None  # model's own table
+    ordinal.close()
+    scaled = SmallHost(["--mc", *SMALL, "--mc_position_scheme", "span_center_scaled"])
+    ov = scaled.pm.hook.before_forward(model=scaled.model, idx=_data(2)[0], targets=_data(2)[1], kv_cache=None)
+    cos, sin = scaled.pm.hook.positional_overrides(model=scaled.model, override=ov)
+    R, W, _ = ov.inputs_embeds.shape
+    assert cos.shape == sin.shape == (R, W, 1, 8)
+    scaled.close()
+
+
+def test_extra_loss_hook_adds_the_gist_and_lens_losses_with_their_weights() -> None:
+    host = SmallHost(["--mc", *SMALL, "--mc_lens_loss_weight", "0.5"])
+    x, y = _data(3)
+    ov = host.pm.hook.before_forward(model=host.model, idx=x, targets=y, kv_cache=None)
+    nll = host.model(inputs_embeds=ov.inputs_embeds, targets=ov.targets, loss_reduction="none")
+    (extras,) = host.pm.hook.extra_loss(model=host.model, override=ov, per_entry_loss=nll)
+    assert set(extras) == {"mc_gist", "mc_lens"}
+    losses = host.plugin.controller.compute_losses(ov.state, nll.view_as(ov.targets))
+    assert torch.allclose(extras["mc_lens"], 0.5 * losses.terms["lens_loss"])
+    sum(extras.values()).backward()
+    assert any(p.grad is not None for p in host.plugin.controller.lensnet.parameters())
+    host.close()
+
+
+def test_after_optimizer_step_hook_steps_the_aux_nets() -> None:
+    host = SmallHost(["--mc", *SMALL, "--mc_aux_lr", "0.01"])
+    before = [p.detach().clone() for p in host.plugin.controller.gistnet.parameters()]
+    host.step(0, *_data(4))
+    after = list(host.plugin.controller.gistnet.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert host.plugin.step == 1 and host.plugin.controller.steps_done == 1
+    host.close()
+
+
+def test_on_step_telemetry_hook_merges_mc_metrics_into_the_log() -> None:
+    host = SmallHost(["--mc", *SMALL])
+    log = host.step(0, *_data(5))
+    for key in ("mc/token_loss", "mc/lens_loss", "mc/lod0_loss", "mc/time_controller_ms", "mc/variants_total",
+                "mc/adv_delta_mean", "mc/adv_delta_p95", "mc/preference_corr_mean", "mc/delta_nll_h"):
+        assert key in log, key
+    assert log["mc/variants_total"] == 2 * host.plugin.controller.cfg.num_variants
+    host.close()
+    off = SmallHost([])
+    assert set(off.step(0, *_data(5))) == {"train/loss"}
+    off.close()
+
+
+def test_without_mc_the_host_computes_exactly_the_plain_loss() -> None:
+    host = SmallHost([])
+    x, y = _data(6)
+    assert torch.equal(host.loss(x, y), host.model(x, y))
+    host.close()
+
+
+def test_a_short_mc_run_trains_the_base_model() -> None:
+    host = SmallHost(["--mc", *SMALL])
+    losses = [host.step(s, *_data(7))["mc/token_loss"] for s in range(8)]
+    assert losses[-1] < losses[0]
+    assert all(math.isfinite(v) for v in losses)
+    host.close()
