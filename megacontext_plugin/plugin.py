@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from megacontext_plugin import hookspecs as _hookspecs
 from megacontext_plugin.config import MCConfig, config_from_args
 from megacontext_plugin.config import register_arguments as _register_config_arguments
 from megacontext_plugin.hookspecs import ForwardOverride, hookimpl
@@ -32,6 +33,9 @@ def _wte(model: torch.nn.Module) -> torch.nn.Module:
 
 class MegaContextPlugin:
     """pluggy plugin: one instance per process (module attribute :data:`plugin`)."""
+
+    hookspecs = _hookspecs
+    """The contract, handed to the host (``nanochat.common.get_plugin_hooks`` adds it)."""
 
     def __init__(self) -> None:
         self.cfg: MCConfig | None = None
