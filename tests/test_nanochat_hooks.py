@@ -56,3 +56,57 @@ def test_with_mc_the_patched_forward_trains_through_the_plugin(patched: Path) ->
     telemetry = next(line for line in lines if line.startswith("telemetry "))
     for key in ("mc/token_loss", "mc/lens_loss", "mc/lod0_loss", "mc/time_controller_ms"):
         assert key in telemetry.split()
+
+
+BASE_TRAIN = ["--device-type", "cpu", "--depth", "2", "--head-dim", "64", "--window-pattern", "L", "--max-seq-len",
+              "256", "--device-batch-size", "2", "--total-batch-size", "512", "--num-iterations", "3",
+              "--eval-every", "-1", "--core-metric-every", "-1", "--sample-every", "-1"]
+MC = ["--mc", "--block_size", "8", "--allocator_recent_tokens", "32", "--mc_horizon", "16"]
+
+
+@pytest.fixture
+def base_dir(patched: Path, tmp_path: Path) -> Path:
+    """An offline NANOCHAT_BASE_DIR: our corpus as the pretraining shards and a tiny tokenizer."""
+    for module in ("rustbpe", "tokenizers", "psutil", "pyarrow"):
+        pytest.importorskip(module, reason=f"upstream's training scripts need {module}")
+    base = tmp_path / "base"
+    from megacontext_plugin.data.corpus import write_corpus
+
+    write_corpus(base / "base_data", num_shards=3, docs_per_shard=48, seed=0)
+    proc = subprocess.run([sys.executable, "-m", "scripts.tok_train", "--max-chars", "1000000", "--vocab-size", "512"],
+                          cwd=patched, env=_env(patched, base, "none"), capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return base
+
+
+def _env(tree: Path, base: Path, plugins: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "NANOCHAT_PLUGINS"}
+    env |= {"PYTHONPATH": str(tree), "NANOCHAT_BASE_DIR": str(base), "OMP_NUM_THREADS": "2"}
+    if plugins is not None:
+        env["NANOCHAT_PLUGINS"] = plugins
+    return env
+
+
+def _base_train(tree: Path, base: Path, plugins: str | None, extra: list[str]) -> list[str]:
+    proc = subprocess.run([sys.executable, "-m", "scripts.base_train", *BASE_TRAIN, *extra], cwd=tree,
+                          env=_env(tree, base, plugins), capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("step ")]
+
+
+def test_base_train_without_mc_is_unchanged_and_with_mc_trains(patched: Path, base_dir: Path) -> None:
+    plain = _base_train(patched, base_dir, "none", [])
+    assert len(plain) == 3
+    assert _base_train(patched, base_dir, None, []) == plain  # plugin loaded, --mc absent: same losses
+    with_mc = _base_train(patched, base_dir, None, MC)
+    losses = [float(item.split()[1]) for item in with_mc]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses) and with_mc != plain
+    assert (base_dir / "base_checkpoints" / "d2" / "model_000003.pt").is_file()
+
+
+def test_base_train_reports_a_bad_mc_flag_in_one_line(patched: Path, base_dir: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "scripts.base_train", "--mc_tree", "cloud"], cwd=patched,
+                          env=_env(patched, base_dir, None), capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert "--mc_tree" in proc.stderr and "Traceback" not in proc.stderr
