@@ -15,6 +15,8 @@ Order of calls in a training step, as the host makes them::
                loss = masked mean of per-entry NLL + sum(extra_loss(model, override=ov, per_entry_loss=...))
     after_optimizer_step(step)                       # after the base optimizers stepped
     on_step_telemetry(step, metrics)                 # before the host logs the step
+    save_state(checkpoint_dir, step, rank)           # right after the host saved a checkpoint
+    load_state(checkpoint_dir, step)                 # on resume, after setup_model
 """
 
 from __future__ import annotations
@@ -92,6 +94,18 @@ def extra_loss(
     ``per_entry_loss`` is the NLL of every entry ``[R * W]`` (0 where the target is -1). The
     host adds every returned tensor to the masked mean of ``per_entry_loss``; names are for logs.
     """
+
+
+@hookspec
+def save_state(checkpoint_dir: str, step: int, rank: int) -> None:
+    """The host has just saved its checkpoint for ``step`` in ``checkpoint_dir``: save the plugin's
+    state beside it (atomically; rank 0 only where the state is replicated)."""
+
+
+@hookspec
+def load_state(checkpoint_dir: str, step: int) -> None:
+    """The host resumes from ``step`` of ``checkpoint_dir`` (after ``setup_model``): restore the
+    plugin's state saved beside it, or fail with a clear error if it is missing."""
 
 
 @hookspec

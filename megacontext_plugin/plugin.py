@@ -8,12 +8,16 @@ Engine are wired by later work.
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from megacontext_plugin import hookspecs as _hookspecs
-from megacontext_plugin.config import MCConfig, config_from_args
+from megacontext_plugin.config import ConfigError, MCConfig, config_from_args
 from megacontext_plugin.config import register_arguments as _register_config_arguments
 from megacontext_plugin.hookspecs import ForwardOverride, hookimpl
 from megacontext_plugin.training import MCBatch, MCController
@@ -57,11 +61,15 @@ class MegaContextPlugin:
     def setup_model(self, model: torch.nn.Module, args: argparse.Namespace, num_iterations: int) -> None:
         if not getattr(args, "mc", False):
             return
-        self.cfg = config_from_args(args)
         dim, head_dim, sequence_len = _model_dims(model)
         device = next(model.parameters()).device
-        self.controller = MCController(self.cfg, dim=dim, head_dim=head_dim, sequence_len=sequence_len,
-                                       total_steps=num_iterations, device=device)
+        try:
+            self.cfg = config_from_args(args)
+            self.controller = MCController(self.cfg, dim=dim, head_dim=head_dim, sequence_len=sequence_len,
+                                           total_steps=num_iterations, device=device)
+        except ConfigError as e:  # a user mistake: one line and exit status 2, never a traceback
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     @hookimpl
     def before_forward(self, model: torch.nn.Module, idx: torch.Tensor, targets: torch.Tensor | None,
@@ -96,6 +104,35 @@ class MegaContextPlugin:
             "mc_lens": cfg.mc_lens_loss_weight * losses.terms["lens_loss"],
         }
 
+    @staticmethod
+    def state_path(checkpoint_dir: str | Path, step: int) -> Path:
+        """Where the plugin's state for ``step`` lives, beside nanochat's ``model_{step:06d}.pt``."""
+        return Path(checkpoint_dir) / f"megacontext_{step:06d}.pt"
+
+    @hookimpl
+    def save_state(self, checkpoint_dir: str, step: int, rank: int) -> None:
+        if self.controller is None or rank != 0:
+            return
+        path = self.state_path(checkpoint_dir, step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save({"controller": self.controller.controller_state(), "step": self.step,
+                    "config": self.controller.cfg.as_dict()}, tmp)
+        os.replace(tmp, path)  # a crash mid-save leaves the previous state, never a torn file
+
+    @hookimpl
+    def load_state(self, checkpoint_dir: str, step: int) -> None:
+        if self.controller is None:
+            return
+        path = self.state_path(checkpoint_dir, step)
+        if not path.is_file():  # a user mistake: one line and exit status 2, never a traceback
+            print(f"error: resuming from step {step} with --mc, but {path} is missing: the checkpoint was saved "
+                  f"without MegaContext (drop --mc, or resume from a step saved with it)", file=sys.stderr)
+            raise SystemExit(2)
+        saved = torch.load(path, map_location=self.controller.device_)
+        self.controller.load_controller_state(saved["controller"])
+        self.step = saved["step"]
+
     @hookimpl
     def after_optimizer_step(self, step: int) -> None:
         if self.controller is None:
@@ -107,7 +144,8 @@ class MegaContextPlugin:
     def on_step_telemetry(self, step: int, metrics: dict[str, float]) -> dict[str, float] | None:
         if self.controller is None or not self._last:
             return None
-        return {f"mc/{k}": float(v) for k, v in self._last.items()}  # one host sync, at logging time
+        values = {f"mc/{k}": float(v) for k, v in self._last.items()}  # one host sync, at logging time
+        return {k: v for k, v in values.items() if not math.isnan(v)}  # a level absent from the batch: no point
 
 
 def _entry_token_ids(idx_BT: torch.Tensor, batch: MCBatch) -> torch.Tensor:

@@ -286,6 +286,18 @@ def test_controller_state_resumes_bit_exactly() -> None:
     assert _plain(out_a.metrics) == _plain(out_b.metrics)
 
 
+def test_saving_controller_state_does_not_change_the_run() -> None:
+    cfg = small_cfg(mc_aux_lr=1e-2)
+    plain, saved = make_controller(cfg), make_controller(cfg)
+    model_a, model_b = tiny_model(), tiny_model()
+    for step in range(4):
+        if step == 2:
+            saved.controller_state()  # a checkpoint in the middle of the run
+        _, out_a = train_step(plain, model_a, step, seed=step)
+        _, out_b = train_step(saved, model_b, step, seed=step)
+        assert _plain(out_a.metrics) == _plain(out_b.metrics), step
+
+
 def test_batch_of_the_wrong_length_is_a_clear_error() -> None:
     c = make_controller(small_cfg())
     with pytest.raises(ValueError, match="sequence length 128"):

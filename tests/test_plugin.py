@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from megacontext_plugin import hookspecs
-from megacontext_plugin.config import ConfigError
 from megacontext_plugin.hookspecs import ForwardOverride
 from megacontext_plugin.plugin import MegaContextPlugin, plugin
 from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
@@ -112,15 +111,17 @@ def _data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return xy[:, :-1], xy[:, 1:]
 
 
-def test_setup_model_hook_builds_the_controller_only_with_mc() -> None:
+def test_setup_model_hook_builds_the_controller_only_with_mc(capsys: pytest.CaptureFixture[str]) -> None:
     off = SmallHost([])
     assert off.plugin.controller is None
     off.close()
     on = SmallHost(["--mc", *SMALL])
     assert on.plugin.controller is not None and on.plugin.controller.sequence_len == T
     on.close()
-    with pytest.raises(ConfigError, match="--mc_wc_budget"):  # checked against the model, before any work
+    with pytest.raises(SystemExit) as exc:  # checked against the model, before any work: one line, exit 2
         SmallHost(["--mc", *SMALL, "--mc_wc_budget", str(2 * T)])
+    assert exc.value.code == 2
+    assert "--mc_wc_budget" in capsys.readouterr().err
 
 
 def test_before_forward_hook_overrides_training_forwards_only() -> None:
@@ -207,3 +208,40 @@ def test_a_short_mc_run_trains_the_base_model() -> None:
     assert losses[-1] < losses[0]
     assert all(math.isfinite(v) for v in losses)
     host.close()
+
+
+def test_save_state_hook_writes_beside_the_checkpoint_and_load_state_hook_resumes(tmp_path: Path) -> None:
+    straight = SmallHost(["--mc", *SMALL, "--mc_aux_lr", "0.01"])
+    for step in range(2):
+        straight.step(step, *_data(10 + step))
+    straight.pm.hook.save_state(checkpoint_dir=str(tmp_path), step=2, rank=0)
+    straight.pm.hook.save_state(checkpoint_dir=str(tmp_path / "other"), step=2, rank=1)  # replicas do not write
+    assert (tmp_path / "megacontext_000002.pt").is_file() and not (tmp_path / "other").exists()
+    model_state = {k: v.clone() for k, v in straight.model.state_dict().items()}
+    want = straight.step(2, *_data(12))
+
+    resumed = SmallHost(["--mc", *SMALL, "--mc_aux_lr", "0.01"])
+    resumed.model.load_state_dict(model_state)
+    resumed.opt = torch.optim.SGD(resumed.model.parameters(), lr=0.1)
+    resumed.pm.hook.load_state(checkpoint_dir=str(tmp_path), step=2)
+    assert resumed.plugin.step == 2
+    got = resumed.step(2, *_data(12))
+    def mc(log: dict[str, float]) -> dict[str, float]:
+        return {k: v for k, v in log.items() if k.startswith("mc/") and "_ms" not in k and not math.isnan(v)}
+
+    assert mc(got) == mc(want)
+    straight.close()
+    resumed.close()
+
+
+def test_load_state_hook_without_saved_state_is_a_clear_error(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    host = SmallHost(["--mc", *SMALL])
+    with pytest.raises(SystemExit) as exc:
+        host.pm.hook.load_state(checkpoint_dir=str(tmp_path), step=5)
+    assert exc.value.code == 2
+    assert "megacontext_000005.pt is missing" in capsys.readouterr().err
+    host.close()
+    off = SmallHost([])
+    off.pm.hook.load_state(checkpoint_dir=str(tmp_path), step=5)  # without --mc: nothing to load
+    off.close()

@@ -145,7 +145,7 @@ class LayoutPrefetcher:
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mc-layouts")
-        self._pending: tuple[tuple[int, ...], concurrent.futures.Future[VariantLayouts]] | None = None
+        self._pending: tuple[tuple[int, ...], concurrent.futures.Future[VariantLayouts], dict] | None = None
 
     def _submit(self, key: tuple[int, ...]) -> concurrent.futures.Future[VariantLayouts]:
         return self._pool.submit(sample_layouts, *key, self.rng)
@@ -157,20 +157,22 @@ class LayoutPrefetcher:
         if self._pending is not None and self._pending[0] == key:
             layouts = self._pending[1].result()
         else:
-            if self._pending is not None:
-                self._pending[1].result()  # keep the generator's sequence of draws well defined
+            if self._pending is not None:  # a different request: rewind, as if nothing was prefetched
+                self._pending[1].result()
+                self.rng.bit_generator.state = self._pending[2]
             layouts = self._submit(key).result()
         self._pending = None
         if next_budget is not None:
             next_key = (batch, variants, sequence_len, block_size, next_budget, recent_tokens)
-            self._pending = (next_key, self._submit(next_key))
+            before = self.rng.bit_generator.state  # read before the worker draws: no race
+            self._pending = (next_key, self._submit(next_key), before)
         return layouts
 
     def state(self) -> dict:
-        """Generator state (for checkpoints); waits for any sample in flight first."""
+        """Generator state for checkpoints, as if nothing had been prefetched: saving a checkpoint
+        never changes the run, and a resumed run samples exactly the layouts the run would have."""
         if self._pending is not None:
-            self._pending[1].result()
-            self._pending = None
+            return dict(self._pending[2])
         return self.rng.bit_generator.state
 
     def set_state(self, state: dict) -> None:
