@@ -18,11 +18,8 @@ STEPS = Path(__file__).with_name("nanochat_gpt_steps.py")
 
 
 def _run(tree: Path, mode: str, plugins: str | None) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k != "NANOCHAT_PLUGINS"} | {"PYTHONPATH": str(tree)}
-    if plugins is not None:
-        env["NANOCHAT_PLUGINS"] = plugins
-    proc = subprocess.run([sys.executable, str(STEPS), mode], env=env, cwd=tree, capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = subprocess.run([sys.executable, str(STEPS), mode], env=_env(tree, None, plugins), cwd=tree,
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.splitlines()
 
@@ -80,9 +77,12 @@ def base_dir(patched: Path, tmp_path: Path) -> Path:
     return base
 
 
-def _env(tree: Path, base: Path, plugins: str | None) -> dict[str, str]:
+def _env(tree: Path, base: Path | None, plugins: str | None) -> dict[str, str]:
+    """The environment of an upstream script: the tree on PYTHONPATH, the allow-list, the base dir."""
     env = {k: v for k, v in os.environ.items() if k != "NANOCHAT_PLUGINS"}
-    env |= {"PYTHONPATH": str(tree), "NANOCHAT_BASE_DIR": str(base), "OMP_NUM_THREADS": "2"}
+    env |= {"PYTHONPATH": str(tree), "OMP_NUM_THREADS": "2"}
+    if base is not None:
+        env["NANOCHAT_BASE_DIR"] = str(base)
     if plugins is not None:
         env["NANOCHAT_PLUGINS"] = plugins
     return env
