@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from megacontext_plugin.config import MCConfig
 from megacontext_plugin.nets import build_gistnet, build_lensnet
-from megacontext_plugin.training.curriculum import auto_batch, curriculum_budget
+from megacontext_plugin.training.curriculum import auto_batch, curriculum_budget, smallest_useful_budget
 from megacontext_plugin.training.flops import gists_per_sequence, mc_step_flops, vanilla_step_flops
 from megacontext_plugin.tree import build_levels
 
@@ -34,8 +34,9 @@ def test_auto_batch_off_changes_nothing_but_reports() -> None:
 
 def test_curriculum_respects_the_inference_budget_cap() -> None:
     cfg = MCConfig(mc=True, mc_wc_budget=512)
-    assert curriculum_budget(cfg, 0, 100, 2048, 64) == 512
-    assert curriculum_budget(cfg, 99, 100, 2048, 64) == 384
+    floor = smallest_useful_budget(2048, cfg.block_size, 64)
+    assert curriculum_budget(cfg, 0, 100, 2048, floor) == 512
+    assert curriculum_budget(cfg, 99, 100, 2048, floor) == 384
 
 
 def test_step_flops_by_hand_and_measured_for_the_aux_nets() -> None:

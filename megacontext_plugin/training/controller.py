@@ -31,7 +31,7 @@ from ..context.positions import PositionalCache
 from ..nets import allreduce_gradients, build_gistnet, build_lensnet, resolve_aux_dtype
 from ..tree.building import build_levels
 from . import losses as L
-from .curriculum import curriculum_budget
+from .curriculum import curriculum_budget, protected_tail, smallest_useful_budget
 from .flops import StepFlops, mc_step_flops
 from .layouts import LayoutPrefetcher, VariantLayouts, max_tree_level
 from .packing import PackIndex, build_index, pack_inputs, pack_rotary, pack_targets
@@ -100,7 +100,8 @@ class MCController(nn.Module):
         self.optimizer = torch.optim.AdamW(self.aux_parameters(), lr=cfg.mc_aux_lr, weight_decay=0.0)
         self.layouts = LayoutPrefetcher(cfg.mc_seed)
         self.num_levels = max_tree_level(sequence_len, cfg.block_size) + 1
-        self.recent = max(cfg.allocator_recent_tokens, cfg.mc_horizon)
+        self.recent = protected_tail(cfg)
+        self.budget_floor = smallest_useful_budget(sequence_len, cfg.block_size, self.recent)
         # EMA state of the stability helpers (None until the first step has been seen)
         self.adv_var_ema: torch.Tensor | None = None
         self.budget_ema: torch.Tensor | None = None
@@ -137,7 +138,7 @@ class MCController(nn.Module):
     # ---- curriculum ---------------------------------------------------------------------------
     def budget_at(self, step: int) -> int:
         """Working-context entries per variant at ``step`` (see ``curriculum.curriculum_budget``)."""
-        return curriculum_budget(self.cfg, step, self.total_steps, self.sequence_len, self.recent)
+        return curriculum_budget(self.cfg, step, self.total_steps, self.sequence_len, self.budget_floor)
 
     def step_flops(self, base_flops_per_token: Callable[[int], int], batch: int, step: int) -> StepFlops:
         """Honest FLOPs of one micro-batch of ``batch`` sequences at ``step`` (``flops.mc_step_flops``)."""

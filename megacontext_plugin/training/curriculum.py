@@ -23,13 +23,19 @@ from ..config import MCConfig
 from .layouts import minimal_length
 
 
+def protected_tail(cfg: MCConfig) -> int:
+    """Tokens kept raw at the end of every training variant: the allocator's tail, at least H."""
+    return max(cfg.allocator_recent_tokens, cfg.mc_horizon)
+
+
 def smallest_useful_budget(sequence_len: int, block_size: int, recent_tokens: int) -> int:
     """The coarsest layout plus room for two expansions (so random variants can differ)."""
     return min(sequence_len, minimal_length(sequence_len, block_size, recent_tokens) + 2 * (block_size - 1))
 
 
-def curriculum_budget(cfg: MCConfig, step: int, total_steps: int, sequence_len: int, recent_tokens: int) -> int:
-    """Working-context entries per variant at ``step`` of ``total_steps``."""
+def curriculum_budget(cfg: MCConfig, step: int, total_steps: int, sequence_len: int, floor: int) -> int:
+    """Working-context entries per variant at ``step`` of ``total_steps``, never below ``floor``
+    (``smallest_useful_budget``, computed once by the caller: it is constant over a run)."""
     T = sequence_len
     final = cfg.mc_train_wc_length
     start = max(0.8, final)
@@ -38,7 +44,7 @@ def curriculum_budget(cfg: MCConfig, step: int, total_steps: int, sequence_len: 
         frac = min(frac, cfg.mc_wc_budget / T)
     quantum = max(cfg.block_size, T // 16)
     budget = max(quantum, math.floor(frac * T) // quantum * quantum)
-    return min(T, max(budget, smallest_useful_budget(T, cfg.block_size, recent_tokens)))
+    return min(T, max(budget, floor))
 
 
 @dataclass(frozen=True)
@@ -62,9 +68,9 @@ def auto_batch(cfg: MCConfig, device_batch_size: int, num_iterations: int, seque
     """Device batch and iterations for a ``--mc`` run (unchanged when ``--mc_auto_batch 0``)."""
     if device_batch_size < 1 or num_iterations < 1:
         raise ValueError("device_batch_size and num_iterations must be >= 1")
-    recent = max(cfg.allocator_recent_tokens, cfg.mc_horizon)
+    floor = smallest_useful_budget(sequence_len, cfg.block_size, protected_tail(cfg))
     grid = 1000
-    budgets = [curriculum_budget(cfg, s, grid, sequence_len, recent) for s in range(grid)]
+    budgets = [curriculum_budget(cfg, s, grid, sequence_len, floor) for s in range(grid)]
     V, T = cfg.num_variants, sequence_len
     peak = V * max(budgets) / T
     mean = V * sum(budgets) / len(budgets) / T
