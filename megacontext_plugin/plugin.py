@@ -21,6 +21,7 @@ from megacontext_plugin.config import ConfigError, MCConfig, config_from_args
 from megacontext_plugin.config import register_arguments as _register_config_arguments
 from megacontext_plugin.hookspecs import ForwardOverride, hookimpl
 from megacontext_plugin.training import MCBatch, MCController
+from megacontext_plugin.training.packing import pack_targets
 
 
 def _model_dims(model: torch.nn.Module) -> tuple[int, int, int]:
@@ -77,7 +78,8 @@ class MegaContextPlugin:
         if self.controller is None or targets is None or kv_cache is not None or not model.training:
             return None  # MC trains here; evaluation and inference see the plain model
         batch = self.controller.process_batch(idx, targets, _wte(model), self.step)
-        value_ids = torch.where(batch.index.levels_RW == 0, _entry_token_ids(idx, batch),
+        # a raw entry at token t has end - 1 == t, so the target gather applied to idx yields its own id
+        value_ids = torch.where(batch.index.levels_RW == 0, pack_targets(idx, batch.index),
                                 torch.full_like(batch.targets_RW, -1))
         return ForwardOverride(batch.inputs_RWD, batch.targets_RW, value_ids, state=batch)
 
@@ -146,13 +148,6 @@ class MegaContextPlugin:
             return None
         values = {f"mc/{k}": float(v) for k, v in self._last.items()}  # one host sync, at logging time
         return {k: v for k, v in values.items() if not math.isnan(v)}  # a level absent from the batch: no point
-
-
-def _entry_token_ids(idx_BT: torch.Tensor, batch: MCBatch) -> torch.Tensor:
-    """``[R, W]``: the input token id at each entry's first position (meaningful for raw entries)."""
-    starts = torch.from_numpy(batch.layouts.starts_RW).to(idx_BT.device)
-    rows = torch.arange(starts.shape[0], device=idx_BT.device) // batch.layouts.variants
-    return idx_BT[rows[:, None], starts]
 
 
 plugin = MegaContextPlugin()
