@@ -298,10 +298,13 @@ def test_saving_controller_state_does_not_change_the_run() -> None:
         assert _plain(out_a.metrics) == _plain(out_b.metrics), step
 
 
-def test_batch_of_the_wrong_length_is_a_clear_error() -> None:
+def test_a_batch_longer_than_the_window_is_compressed_into_it() -> None:
     c = make_controller(small_cfg())
-    with pytest.raises(ValueError, match="sequence length 128"):
-        c.process_batch(*data(1, seq=64), nn.Embedding(VOCAB, D), 0)
+    for step in (0, 10**6):  # the widest and the final budget
+        batch = c.process_batch(*data(2, seq=4 * T), nn.Embedding(VOCAB, D), step)
+        assert batch is not None and batch.inputs_RWD.shape[1] <= T  # the model never sees more than its window
+        assert batch.budget <= T
+    assert c.process_batch(*data(1, seq=T // 2), nn.Embedding(VOCAB, D), 0) is not None  # shorter is fine
 
 
 # ---- learning ---------------------------------------------------------------------------------

@@ -1,16 +1,22 @@
 """MCController: trains MegaContext inside the base model's own training loop.
 
-Per micro-batch ``x[B, T]``, ``y[B, T]`` (``y`` is ``x`` shifted by one):
+Per micro-batch ``x[B, T]``, ``y[B, T]`` (``y`` is ``x`` shifted by one; -1 = no target). ``T``
+may change from batch to batch (chat SFT: the longest conversation of the batch) and exceed the
+model's ``sequence_len``; what only ``T`` decides (tree levels, budget floor, whether compression
+means anything at all) is computed once per ``T`` (``length_plan``).
 
-1. ``process_batch``: LOD0 embeddings from the base model's ``wte``; every row's tree at once
+1. ``process_batch``: None when ``T`` is too short to compress (``can_compress``: the caller runs
+   the plain forward); otherwise LOD0 embeddings from the base model's ``wte``; every row's tree at once
    (``build_levels``: one GistNet call per level); ``V`` layouts per row (the recency baseline and
    ``V-1`` random working contexts at the curriculum budget, sampled ahead on a background
    thread); the packed inputs ``[B*V, W, D]``, targets and positions by one gather each; LensNet
    scores of every entry.
 2. The base model runs forward on the packed inputs and returns per-entry NLL ``[B*V, W]``.
-3. ``compute_losses``: the token loss over all variants (the model learns to read gists), the
-   gist substitutability loss (tail NLL of random variants relative to the baseline; trains
-   GistNet through the gists) and the LensNet preference loss (see ``losses``).
+3. ``compute_losses``: the token loss over every supervised entry of all variants (the model
+   learns to read gists), the gist substitutability loss (tail NLL of random variants relative
+   to the baseline, over supervised tail tokens; trains GistNet through the gists) and the
+   LensNet preference loss (see ``losses``). Sequences whose tail has no supervised target
+   give no gist or preference signal.
 4. ``step_aux``: all-reduce the aux nets' gradients under DDP, snapshot LensNet (the KL anchor
    for the next step: the policy before this update), step their optimizer, advance the EMAs.
 """
@@ -32,9 +38,23 @@ from ..nets import allreduce_gradients, build_gistnet, build_lensnet, resolve_au
 from ..tree.building import build_levels
 from . import losses as L
 from .curriculum import curriculum_budget, protected_tail, smallest_useful_budget
-from .flops import StepFlops, mc_step_flops
+from .flops import StepFlops, mc_step_flops, vanilla_step_flops
 from .layouts import LayoutPrefetcher, VariantLayouts, max_tree_level
 from .packing import PackIndex, build_index, pack_inputs, pack_rotary, pack_targets
+
+
+@dataclass(frozen=True)
+class LengthPlan:
+    """What only the batch length ``T`` decides; ``MCController.length_plan`` caches one per ``T``."""
+
+    length: int
+    num_levels: int
+    """Tree levels of a ``T``-token sequence, LOD0 included (``max_tree_level(T, K) + 1``)."""
+    budget_floor: int
+    """``smallest_useful_budget(T, K, recent)``: the curriculum never goes below it."""
+    compressible: bool
+    """At least one complete block lies before the protected tail and the widest curriculum
+    budget (step 0) is below ``T``, so random variants differ from the all-raw baseline."""
 
 
 @dataclass
@@ -68,7 +88,8 @@ class MCBatch:
 class MCLosses:
     """``total`` is what to backpropagate; ``terms`` are its parts; ``metrics`` are detached scalars;
     ``pairs`` holds the detached per-pair tensors (``margin`` = LensNet's "i is better" margin,
-    ``adv`` = dnll_j - dnll_i, the truth) and ``dnll`` ``[B, V-1]``."""
+    ``adv`` = dnll_j - dnll_i, the truth), ``dnll`` ``[B, V-1]`` and ``supervised`` ``[B]`` (the
+    sequence's tail has a target >= 0; ``adv`` and ``dnll`` are 0 on the other sequences)."""
 
     total: torch.Tensor
     terms: dict[str, torch.Tensor]
@@ -99,9 +120,13 @@ class MCController(nn.Module):
         self.lens_prev = copy.deepcopy(self.lensnet).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.aux_parameters(), lr=cfg.mc_aux_lr, weight_decay=0.0)
         self.layouts = LayoutPrefetcher(cfg.mc_seed)
-        self.num_levels = max_tree_level(sequence_len, cfg.block_size) + 1
         self.recent = protected_tail(cfg)
-        self.budget_floor = smallest_useful_budget(sequence_len, cfg.block_size, self.recent)
+        self._plans: dict[int, LengthPlan] = {}
+        full = self.length_plan(sequence_len)
+        self.num_levels, self.budget_floor = full.num_levels, full.budget_floor  # at T = sequence_len
+        self._last_length = sequence_len
+        """``T`` of the last layout request: the next step's layouts are prefetched only while ``T``
+        repeats (base/mid training); under SFT's varying ``T`` a prefetch would rarely hit."""
         # EMA state of the stability helpers (None until the first step has been seen)
         self.adv_var_ema: torch.Tensor | None = None
         self.budget_ema: torch.Tensor | None = None
@@ -136,21 +161,60 @@ class MCController(nn.Module):
         self.layouts.set_state(state["layout_rng"])
 
     # ---- curriculum ---------------------------------------------------------------------------
-    def budget_at(self, step: int) -> int:
-        """Working-context entries per variant at ``step`` (see ``curriculum.curriculum_budget``)."""
-        return curriculum_budget(self.cfg, step, self.total_steps, self.sequence_len, self.budget_floor)
+    def length_plan(self, T: int) -> LengthPlan:
+        """What only the batch length ``T`` decides, computed on the first batch of that length."""
+        plan = self._plans.get(T)
+        if plan is None:
+            K = self.cfg.block_size
+            floor = smallest_useful_budget(T, K, self.recent) if T >= 1 else 0
+            widest = self._budget(0, T, floor) if T >= 1 else 0
+            # the curriculum's fraction never grows with the step, so step 0 has the widest budget;
+            # a batch longer than the model's window must fit in it (its coarsest layout included)
+            compressible = T - self.recent >= K and widest < T and floor <= self.sequence_len
+            plan = LengthPlan(T, max_tree_level(T, K) + 1, floor, compressible)
+            self._plans[T] = plan
+        return plan
 
-    def step_flops(self, base_flops_per_token: Callable[[int], int], batch: int, step: int) -> StepFlops:
-        """Honest FLOPs of one micro-batch of ``batch`` sequences at ``step`` (``flops.mc_step_flops``)."""
+    def can_compress(self, T: int) -> bool:
+        """Whether ``process_batch`` compresses a batch of length ``T`` (False: it returns None and the
+        caller runs the plain forward). Cheap: one cached lookup per ``T``, nothing is built.
+        False for ``T < 1``."""
+        return T >= 1 and self.length_plan(T).compressible
+
+    def budget_at(self, step: int, T: int | None = None) -> int:
+        """Working-context entries per variant at ``step`` for batches of length ``T`` (default
+        ``sequence_len``; see ``curriculum.curriculum_budget``)."""
+        T = self.sequence_len if T is None else T
+        return self._budget(step, T, self.length_plan(T).budget_floor)
+
+    def _budget(self, step: int, T: int, floor: int) -> int:
+        """The curriculum's budget, never wider than the model's window (``T > sequence_len``: a
+        history longer than the window is what MegaContext compresses into it)."""
+        budget = curriculum_budget(self.cfg, step, self.total_steps, T, floor)
+        return max(min(budget, self.sequence_len), floor)
+
+    def step_flops(self, base_flops_per_token: Callable[[int], int], batch: int, step: int,
+                   T: int | None = None) -> StepFlops:
+        """Honest FLOPs of one micro-batch of ``batch`` sequences of length ``T`` (default
+        ``sequence_len``) at ``step`` (``flops.mc_step_flops``); a length that ``can_compress``
+        rejects runs the plain forward: ``vanilla_step_flops``, no aux-net work."""
+        T = self.sequence_len if T is None else T
+        if not self.can_compress(T):
+            return StepFlops(vanilla_step_flops(base_flops_per_token, batch=batch, sequence_len=T), 0, 0)
         return mc_step_flops(base_flops_per_token, self.gistnet, self.lensnet, batch=batch,
-                             variants=self.cfg.num_variants, width=self.budget_at(step),
-                             sequence_len=self.sequence_len, block_size=self.cfg.block_size,
+                             variants=self.cfg.num_variants, width=self.budget_at(step, T),
+                             sequence_len=T, block_size=self.cfg.block_size,
                              horizon=self.cfg.mc_horizon, kl_anchor=self.cfg.mc_lens_kl_weight > 0)
 
     # ---- step ---------------------------------------------------------------------------------
     def process_batch(self, x_BT: torch.Tensor, y_BT: torch.Tensor, wte: nn.Module, step: int,
-                      session_ids: Sequence[Hashable] | None = None) -> MCBatch:
+                      session_ids: Sequence[Hashable] | None = None) -> MCBatch | None:
         """Trees, variants, packed inputs/targets/positions and LensNet scores for one micro-batch.
+
+        ``T`` may be anything (beyond ``sequence_len`` the budget is the window); ``y_BT`` may hold -1
+        anywhere (those targets stay -1 in the pack). Returns None, building nothing, when
+        ``can_compress(T)`` is False (too short for any variant to differ from the baseline):
+        the caller then runs the plain forward on ``x_BT``, ``y_BT``.
 
         With ``session_ids`` (one per sequence) and per-row positions in use, each packed row's
         rotary table is also kept in ``positional_caches`` under ``(session_id, variant)``, so a
@@ -160,19 +224,22 @@ class MCController(nn.Module):
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         B, T = x_BT.shape
-        if self.sequence_len != T:
-            raise ValueError(f"controller built for sequence length {self.sequence_len}, got a batch of {T}")
-        budget = self.budget_at(step)
+        if tuple(y_BT.shape) != (B, T):
+            raise ValueError(f"targets {tuple(y_BT.shape)} do not match inputs {(B, T)}")
+        if not self.can_compress(T):
+            return None
+        num_levels = self.length_plan(T).num_levels
+        budget = self.budget_at(step, T)
         V = cfg.num_variants
-        layouts = self.layouts.get(B, V, T, cfg.block_size, budget, self.recent,
-                                   next_budget=self.budget_at(step + 1))
-        index = build_index(layouts, T, cfg.block_size, self.num_levels, cfg.mc_horizon, x_BT.device)
+        next_budget = self.budget_at(step + 1, T) if self._last_length == T else None
+        self._last_length = T
+        layouts = self.layouts.get(B, V, T, cfg.block_size, budget, self.recent, next_budget=next_budget)
+        index = build_index(layouts, T, cfg.block_size, num_levels, cfg.mc_horizon, x_BT.device)
         timings["layouts_ms"] = _ms(t0)
 
         t1 = time.perf_counter()
         lod0_BTD = wte(x_BT)
-        levels = build_levels(lod0_BTD.to(self.aux_dtype), cfg.block_size, self.gistnet,
-                              max_level=self.num_levels - 1)
+        levels = build_levels(lod0_BTD.to(self.aux_dtype), cfg.block_size, self.gistnet, max_level=num_levels - 1)
         levels[0] = lod0_BTD
         timings["build_ms"] = _ms(t1)
 
@@ -182,8 +249,9 @@ class MCController(nn.Module):
         timings["packing_ms"] = _ms(t2)
 
         t3 = time.perf_counter()
-        cos_sin = pack_rotary(layouts, index, cfg.mc_position_scheme, self.head_dim, T, cfg.mc_rope_gist_sigma,
-                              dtype=torch.bfloat16 if x_BT.is_cuda else torch.float32)
+        # positions are bounded by the model's trained range (sequence_len), whatever this batch's T
+        cos_sin = pack_rotary(layouts, index, cfg.mc_position_scheme, self.head_dim, self.sequence_len,
+                              cfg.mc_rope_gist_sigma, dtype=torch.bfloat16 if x_BT.is_cuda else torch.float32)
         if cos_sin is not None and session_ids is not None:
             if len(session_ids) != B:
                 raise ValueError(f"session_ids has {len(session_ids)} ids for a batch of {B} sequences")
@@ -209,29 +277,47 @@ class MCController(nn.Module):
                        len(levels), timings)
 
     def compute_losses(self, batch: MCBatch, nll_RW: torch.Tensor) -> MCLosses:
-        """All losses from the base model's per-entry NLL ``[R, W]`` (0 on padding)."""
+        """All losses from the base model's per-entry NLL ``[R, W]`` (0 where the target is -1).
+
+        Only supervised entries (target >= 0) count: the token loss averages over them, the tail
+        NLL of each variant over its supervised tail tokens; a sequence whose last H targets are
+        all -1 is left out of ``dnll``, the preference pairs and the advantage scale. Every
+        loss stays finite, 0 with its graph, when nothing in the batch is supervised.
+        """
         t0 = time.perf_counter()
         cfg = self.cfg
         index, V = batch.index, batch.layouts.variants
         B = batch.rows // V
         valid = index.valid_RW
         nll_RW = nll_RW.float()
-        token_loss = L.mean_over(nll_RW, valid)
+        supervised_RW = batch.targets_RW >= 0  # padding is -1 too: a subset of valid
+        token_loss = L.mean_over(nll_RW, supervised_RW)
 
-        tail_BV = L.tail_nll(nll_RW, index.tail_RH).view(B, V)
-        dnll_BN = tail_BV[:, 1:] - tail_BV[:, :1].detach()
-        gist_loss = dnll_BN.mean()
+        # the tail holds the same last H tokens in every variant: one verdict per sequence
+        tail_BV = L.tail_nll(nll_RW, index.tail_RH, supervised_RW).view(B, V)
+        has_tail_B = L.tail_supervised(supervised_RW, index.tail_RH).view(B, V).all(dim=1)
+        has_tail_BN = has_tail_B[:, None].expand(B, V - 1)
+        dnll_BN = torch.where(has_tail_BN, tail_BV[:, 1:] - tail_BV[:, :1].detach(), tail_BV.new_zeros(()))
+        gist_loss = L.mean_over(dnll_BN, has_tail_BN)
 
         gist_RW = valid & (index.levels_RW > 0)
         margin_BP = L.pair_margins(batch.scores_RW.view(B, V, -1)[:, 1:], index.refined_BPW, index.coarser_BPW)
         adv_BP = L.preference_advantages(dnll_BN.detach())
-        # EMA state stays on the device as 0-d tensors: no host sync on the training path
-        batch_var = adv_BP.square().mean() if adv_BP.numel() else adv_BP.new_zeros(())
+        pair_ok_BP = has_tail_B[:, None].expand_as(adv_BP)
+        # EMA state stays on the device as 0-d tensors: no host sync on the training path. A batch
+        # with no supervised pair leaves the EMA as it was; an EMA of 0 (none seen yet) is unset.
+        has_pairs = pair_ok_BP.any()
+        batch_var = L.mean_over(adv_BP.square(), pair_ok_BP)
         beta = cfg.mc_lens_adv_norm_beta
-        adv_var = batch_var if self.adv_var_ema is None else beta * self.adv_var_ema + (1 - beta) * batch_var
+        if self.adv_var_ema is None:
+            adv_var = batch_var
+        else:
+            prev = self.adv_var_ema
+            blended = torch.where(prev > 0, beta * prev + (1 - beta) * batch_var, batch_var)
+            adv_var = torch.where(has_pairs, blended, prev)
         adv_norm_BP = adv_BP / (adv_var + 1e-12).sqrt()
         if adv_BP.numel():
-            keep_BP = L.hard_negative_mask(adv_norm_BP, cfg.mc_lens_hard_negative_ratio)
+            keep_BP = L.hard_negative_mask(adv_norm_BP, cfg.mc_lens_hard_negative_ratio, pair_ok_BP)
             bt = L.bradley_terry_loss(margin_BP, adv_norm_BP, keep_BP, cfg.mc_lens_temperature)
         else:  # one random variant per sequence: no pairs to rank
             keep_BP = torch.zeros_like(adv_BP, dtype=torch.bool)
@@ -248,6 +334,8 @@ class MCController(nn.Module):
         self._pending_ema = (adv_var.detach(), pressure.detach())
         with torch.no_grad():
             adv_delta = (tail_BV[:, :1] - tail_BV[:, 1:]).reshape(-1)
+            adv_delta_ok = has_tail_BN.reshape(-1)
+            nan = torch.full_like(adv_delta, float("nan"))
             metrics: dict[str, torch.Tensor] = {
                 "token_loss": token_loss.detach(),
                 "gist_loss": gist_loss.detach(),
@@ -255,21 +343,24 @@ class MCController(nn.Module):
                 "lens_bt_loss": bt.detach(),
                 "lens_kl": kl.detach(),
                 "lens_budget_penalty": budget_pen.detach(),
-                "delta_nll_h": dnll_BN.detach().mean(),
-                "adv_delta_mean": adv_delta.mean(),
-                "adv_delta_p95": torch.quantile(adv_delta, 0.95),
+                "delta_nll_h": gist_loss.detach(),
+                "adv_delta_mean": L.mean_over(adv_delta, adv_delta_ok),
+                # NaN (no point: telemetry drops it) when no sequence has a supervised tail
+                "adv_delta_p95": torch.nanquantile(torch.where(adv_delta_ok, adv_delta, nan), 0.95),
                 # margin says "i better"; dnll_i - dnll_j = -adv is negative when i is better
                 "preference_corr_mean": L.correlation(margin_BP.detach(), -adv_BP),
                 "pairs_kept": keep_BP.sum().float(),
+                "tail_supervised_frac": has_tail_B.float().mean(),
                 "variants_total": torch.tensor(float(batch.rows)),
                 "wc_budget": torch.tensor(float(batch.budget)),
             }
-            for level, value in L.level_losses(nll_RW, index.levels_RW, batch.num_levels).items():
+            levels_RW = index.levels_RW.masked_fill(~supervised_RW, -1)  # unsupervised entries: no level
+            for level, value in L.level_losses(nll_RW, levels_RW, batch.num_levels).items():
                 metrics[f"lod{level}_loss"] = value
         batch.timings_ms["losses_ms"] = _ms(t0)
         terms = {"token_loss": token_loss, "gist_loss": gist_loss, "lens_loss": lens_loss, "lens_bt": bt,
                  "lens_kl": kl, "lens_budget": budget_pen}
-        pairs = {"margin": margin_BP.detach(), "adv": adv_BP, "dnll": dnll_BN.detach()}
+        pairs = {"margin": margin_BP.detach(), "adv": adv_BP, "dnll": dnll_BN.detach(), "supervised": has_tail_B}
         return MCLosses(total, terms, metrics, pairs)
 
     def step_aux(self) -> None:

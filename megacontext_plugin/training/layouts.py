@@ -14,6 +14,7 @@ distinct within a sequence whenever the layout space allows.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,51 +136,63 @@ def sample_layouts(
     return VariantLayouts(levels, indices, starts, ends, lengths, batch, variants, duplicates)
 
 
+_Sampled = tuple[VariantLayouts, np.random.Generator]
+"""A background job's result: the layouts and the generator copy after drawing them."""
+
+
 class LayoutPrefetcher:
     """Samples the next step's layouts on one background thread (layouts never depend on data).
 
     Deterministic: requests are served in order from one seeded generator, so a run with the
-    same seed and the same sequence of requests gets the same layouts, prefetched or not.
+    same seed and the same sequence of requests gets the same layouts, prefetched or not. The
+    look-ahead draws from a *copy* of the generator; a hit adopts the copy's final state, a miss
+    (any other request: a new length T, batch or budget) drops it unseen and samples on the
+    caller's thread, with no wait for the background draw and nothing to rewind.
     """
 
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mc-layouts")
-        self._pending: tuple[tuple[int, ...], concurrent.futures.Future[VariantLayouts], dict] | None = None
-
-    def _submit(self, key: tuple[int, ...]) -> concurrent.futures.Future[VariantLayouts]:
-        return self._pool.submit(sample_layouts, *key, self.rng)
+        self._pending: tuple[tuple[int, ...], concurrent.futures.Future[_Sampled]] | None = None
 
     def get(self, batch: int, variants: int, sequence_len: int, block_size: int, budget: int,
             recent_tokens: int, next_budget: int | None = None) -> VariantLayouts:
-        """Layouts for this request; starts sampling the next one (``next_budget``) in the background."""
+        """Layouts for this request; starts sampling the next one (``next_budget``, same shape) in
+        the background."""
         key = (batch, variants, sequence_len, block_size, budget, recent_tokens)
-        if self._pending is not None and self._pending[0] == key:
-            layouts = self._pending[1].result()
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == key:
+            layouts, rng_after = pending[1].result()
+            self.rng.bit_generator.state = rng_after.bit_generator.state
         else:
-            if self._pending is not None:  # a different request: rewind, as if nothing was prefetched
-                self._pending[1].result()
-                self.rng.bit_generator.state = self._pending[2]
-            layouts = self._submit(key).result()
-        self._pending = None
+            if pending is not None:
+                pending[1].cancel()  # drawn from a copy: self.rng has not moved
+            layouts = sample_layouts(*key, self.rng)
         if next_budget is not None:
             next_key = (batch, variants, sequence_len, block_size, next_budget, recent_tokens)
-            before = self.rng.bit_generator.state  # read before the worker draws: no race
-            self._pending = (next_key, self._submit(next_key), before)
+            self._pending = (next_key, self._pool.submit(_sample_on, next_key, copy.deepcopy(self.rng)))
         return layouts
 
     def state(self) -> dict:
-        """Generator state for checkpoints, as if nothing had been prefetched: saving a checkpoint
-        never changes the run, and a resumed run samples exactly the layouts the run would have."""
-        if self._pending is not None:
-            return dict(self._pending[2])
+        """Generator state for checkpoints, as if nothing had been prefetched (the look-ahead never
+        moves ``rng``): saving a checkpoint never changes the run, and a resumed run samples
+        exactly the layouts the run would have."""
         return self.rng.bit_generator.state
 
     def set_state(self, state: dict) -> None:
-        if self._pending is not None:
-            self._pending[1].result()
-            self._pending = None
+        self._drop_pending()
         self.rng.bit_generator.state = state
 
+    def _drop_pending(self) -> None:
+        if self._pending is not None:
+            self._pending[1].cancel()
+            self._pending = None
+
     def close(self) -> None:
+        self._drop_pending()
         self._pool.shutdown(wait=True)
+
+
+def _sample_on(key: tuple[int, ...], rng: np.random.Generator) -> _Sampled:
+    """The background job: layouts for ``key`` drawn from ``rng`` (a copy), and the copy afterwards."""
+    return sample_layouts(*key, rng), rng

@@ -2,8 +2,9 @@
 
 Sign conventions (used by the metrics too):
 
-- ``dnll[B, V-1]``: tail NLL (mean over the last H tokens, raw in every variant) of each random
-  variant minus that of the recency baseline. Negative = the variant's gists help.
+- ``dnll[B, V-1]``: tail NLL (mean over the last H tokens, raw in every variant, whose target
+  is not -1) of each random variant minus that of the recency baseline. Negative = the
+  variant's gists help. A sequence whose last H targets are all -1 gives no signal (0).
 - LensNet utility ``u`` of an entry in [-1, 1]: positive = worth expanding (compressing it
   hurts), negative = cheap to keep collapsed.
 - Preference pairs ``(i, j)`` of random variants of one sequence: advantage
@@ -29,9 +30,20 @@ def mean_over(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * m).sum() / m.sum().clamp_min(1.0)
 
 
-def tail_nll(nll_RW: torch.Tensor, tail_RH: torch.Tensor) -> torch.Tensor:
-    """``[R]``: mean NLL of each row's last H real entries."""
-    return nll_RW.gather(1, tail_RH).mean(dim=1)
+def tail_nll(nll_RW: torch.Tensor, tail_RH: torch.Tensor, supervised_RW: torch.Tensor | None = None) -> torch.Tensor:
+    """``[R]``: mean NLL of each row's last H real entries; with ``supervised_RW`` (True where the
+    target is >= 0) only over the supervised ones, 0 for a row with none (see ``tail_supervised``)."""
+    nll_RH = nll_RW.gather(1, tail_RH)
+    if supervised_RW is None:
+        return nll_RH.mean(dim=1)
+    m_RH = supervised_RW.gather(1, tail_RH).to(nll_RH.dtype)
+    return (nll_RH * m_RH).sum(dim=1) / m_RH.sum(dim=1).clamp_min(1.0)
+
+
+def tail_supervised(supervised_RW: torch.Tensor, tail_RH: torch.Tensor) -> torch.Tensor:
+    """``[R]`` bool: the row's last H entries hold at least one supervised target (chat SFT masks
+    padding and the user's turns with -1: a row whose tail is all masked measures nothing)."""
+    return supervised_RW.gather(1, tail_RH).any(dim=1)
 
 
 def level_losses(nll_RW: torch.Tensor, levels_RW: torch.Tensor, num_levels: int) -> dict[int, torch.Tensor]:
@@ -69,14 +81,27 @@ def preference_advantages(dnll_BN: torch.Tensor) -> torch.Tensor:
     return dnll_BN[:, j] - dnll_BN[:, i]
 
 
-def hard_negative_mask(adv_BP: torch.Tensor, keep_ratio: float) -> torch.Tensor:
-    """Keep the ``keep_ratio`` fraction of pairs with the largest ``|adv|`` (at least one)."""
-    flat = adv_BP.abs().reshape(-1)
-    keep = max(1, round(keep_ratio * flat.numel()))
-    if keep >= flat.numel():
-        return torch.ones_like(adv_BP, dtype=torch.bool)
-    threshold = flat.topk(keep).values[-1]
-    return adv_BP.abs() >= threshold
+def hard_negative_mask(adv_BP: torch.Tensor, keep_ratio: float, mask_BP: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep the ``keep_ratio`` fraction of pairs with the largest ``|adv|`` (at least one).
+
+    With ``mask_BP`` only masked pairs are candidates and the fraction is of their number (none
+    kept when none is masked); the count stays on the device (no host sync).
+    """
+    if mask_BP is None:
+        flat = adv_BP.abs().reshape(-1)
+        keep = max(1, round(keep_ratio * flat.numel()))
+        if keep >= flat.numel():
+            return torch.ones_like(adv_BP, dtype=torch.bool)
+        threshold = flat.topk(keep).values[-1]
+        return adv_BP.abs() >= threshold
+    if adv_BP.numel() == 0:
+        return torch.zeros_like(adv_BP, dtype=torch.bool)
+    mag_BP = adv_BP.abs()
+    ranked = torch.where(mask_BP, mag_BP, torch.full_like(mag_BP, -1.0)).reshape(-1).sort(descending=True).values
+    # round half to even on a float64 count, exactly as Python's round() above
+    keep = (mask_BP.sum().double() * keep_ratio).round().clamp(1, ranked.numel()).long()
+    threshold = ranked.gather(0, (keep - 1).reshape(1)).squeeze(0)
+    return mask_BP & (mag_BP >= threshold)
 
 
 def bradley_terry_loss(
