@@ -3,6 +3,7 @@
 - ``megacontext config [--mc ...]``: validate MegaContext flags and print the resolved knobs.
 - ``megacontext demo``: the offline end-to-end run of tree, working context and allocator.
 - ``megacontext corpus --out DIR``: the seeded long-context corpus as nanochat parquet shards.
+- ``megacontext tasks --out DIR``: seeded chat conversations (CustomJSON JSONL) for mid-training and SFT.
 - ``megacontext nanochat apply|verify|revert DIR``: our patches to an upstream nanochat tree at the pin.
 """
 
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_arguments(p_config)
     p_config.set_defaults(func=lambda a: _cmd_config(a, p_config))
 
-    from megacontext_plugin.data import corpus
+    from megacontext_plugin.data import conversations, corpus
     from megacontext_plugin.demo import add_demo_parser
 
     add_demo_parser(sub)
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                               description=corpus.DESCRIPTION)
     corpus.add_arguments(p_corpus)
     p_corpus.set_defaults(func=lambda a: corpus.run(a, p_corpus))
+    p_tasks = sub.add_parser("tasks", help="write offline chat conversations for nanochat mid-training and SFT",
+                             description=conversations.DESCRIPTION)
+    conversations.add_arguments(p_tasks)
+    p_tasks.set_defaults(func=lambda a: conversations.run(a, p_tasks))
 
     p_nano = sub.add_parser("nanochat", help="apply, verify or revert our patches to an upstream nanochat tree",
                             description="Patch an upstream nanochat tree at the pinned commit (verify exits 0 only "
