@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,9 +68,13 @@ def _pos(v: float) -> bool:
     return v > 0
 
 
+_SESSION_NAME = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,63})?")
+"""``--mc_session``: a plain directory name (no path separators, not hidden, not an option)."""
+
 ALLOC = "Focus allocator"
 NETS = "GistNet / LensNet"
 LENS = "LensNet loss"
+TELEMETRY = "Telemetry"
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,17 @@ class MCConfig:
     mc_wc_budget: int = _knob(0, "W_max: working-context entries the base model attends to "
                               "(0 = the model's sequence length)", check=_nonneg, allowed="an integer >= 0")
     mc_seed: int = _knob(1337, "seed of the controller's and allocator's random choices")
+    mc_refocus_every: int = _knob(32, "inference: generated tokens between LensNet refocuses (the working context "
+                                  "keeps at least this many entries free for them)", check=_pos,
+                                  allowed="an integer >= 1")
+    mc_wc_headroom: int = _knob(0, "inference: entries freed when the working context is full (oldest or "
+                                "least useful spans become gists); larger = fewer KV recomputes, a less full "
+                                "context (0 = max(--mc_refocus_every, budget/8))", check=_nonneg,
+                                allowed="an integer >= 0")
+    mc_session: str = _knob("", "inference: name of a persistent chat session (with --mc_tree disk its history "
+                            "lives in --mc_tree_dir/NAME and survives restarts; empty = a fresh session per "
+                            "conversation)", check=lambda v: _SESSION_NAME.fullmatch(v) is not None,
+                            allowed="empty or 1-64 of A-Z a-z 0-9 . _ - (not starting with . or -)")
 
     # ---- training controller ------------------------------------------------------------
     mc_num_random_variants: int = _knob(4, "random working-context variants trained per sequence",
@@ -172,6 +188,16 @@ class MCConfig:
     lensnet_context: str = _knob("bidirectional", "what LensNet attends to: all entries both ways, or "
                                  "cross-attention from entries to the recent tail",
                                  choices=("bidirectional", "cross"), group=NETS)
+
+    # ---- telemetry ----------------------------------------------------------------------
+    mc_telemetry: str = _knob("jsonl", "where MC telemetry events go: a JSONL file per run, an OTLP collector "
+                              "(MC_OTEL_ENDPOINT, OTEL_*) or nowhere", choices=("jsonl", "otlp", "none"),
+                              group=TELEMETRY)
+    mc_telemetry_every: int = _knob(50, "steps between telemetry snapshots (events, focus probe for swap rate "
+                                    "and residency, their alerts); 0 = off", check=_nonneg,
+                                    allowed="an integer >= 0", group=TELEMETRY)
+    mc_telemetry_dir: str = _knob("", "directory of JSONL telemetry runs (default: "
+                                  "$NANOCHAT_BASE_DIR/megacontext/telemetry)", group=TELEMETRY)
 
     # ---------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -299,7 +325,7 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
         group = groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
         names = flag_names(f)
         default = f.default
-        help_text = f"{f.metadata['help']} (default: {default})"
+        help_text = f"{f.metadata['help']} (default: {default})".replace("%", "%%")  # argparse formats help with %
         if str(f.type) == "bool":
             group.add_argument(*names, dest=f.name, action="store_true", default=default, help=help_text)
         elif f.metadata["choices"] is not None and str(f.type) == "int":

@@ -5,23 +5,34 @@ The host (patched nanochat) guards every call with a plain attribute check, so w
 active nothing runs and nothing changes. Every spec here has a test of its own
 (``tests/test_plugin.py`` checks that).
 
-Order of calls in a training step, as the host makes them::
+The host's scripts name their ``stage``: ``"base"`` (base_train), ``"mid"`` (mid_train),
+``"sft"`` (chat_sft) or ``"chat"`` (chat_cli, chat_web, chat_eval). Order of calls, as the
+patched scripts make them::
 
     register_arguments(parser)                       # once, before parse_args
-    setup_model(model, args, num_iterations)         # once, after the model exists, before compile
-    for each micro-batch:
+    adjust_arguments(args, stage)                    # once, right after parse_args
+    load_state(checkpoint_dir, step)                 # mid/sft/chat: load_model() read a checkpoint
+    plan_iterations(args, num_iterations)            # base: once the horizon is known
+    setup_model(model, args, num_iterations, stage)  # once; True = drive this model's forward
+    load_state(checkpoint_dir, step)                 # base, on --resume-from-step
+    for each micro-batch (training):
         ov = before_forward(model, idx, targets, kv_cache)      # inside GPT.forward
         if ov: cos_sin = positional_overrides(model, override=ov)
                loss = masked mean of per-entry NLL + sum(extra_loss(model, override=ov, per_entry_loss=...))
     after_optimizer_step(step)                       # after the base optimizers stepped
     on_step_telemetry(step, metrics)                 # before the host logs the step
     save_state(checkpoint_dir, step, rank)           # right after the host saved a checkpoint
-    load_state(checkpoint_dir, step)                 # on resume, after setup_model
+    generate(engine, tokens, ...)                    # chat: first thing in Engine.generate
+
+``GPT.forward`` calls the forward hooks only on a model a plugin asked for (``setup_model``
+returned True, so the script called ``GPT.attach_plugin``): with no plugin active, or a plugin
+installed but switched off (``--mc`` absent), the forward, and its compiled graph, are upstream's.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,11 +74,28 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @hookspec
-def setup_model(model: torch.nn.Module, args: argparse.Namespace, num_iterations: int) -> None:
-    """The base model exists (weights initialised or loaded), before ``torch.compile``.
+def adjust_arguments(args: argparse.Namespace, stage: str) -> None:
+    """Right after ``parse_args``, before any heavy work (data, model, compile).
 
-    A plugin validates its flags against the model (clear error before any heavy work) and
-    builds its own modules and optimizer here; nothing is added to the model's parameters.
+    A plugin rejects bad flag combinations here (one clear line, exit status 2) and may adjust
+    ``args`` in place (MegaContext's auto-batch divides ``--device-batch-size``).
+    """
+
+
+@hookspec(firstresult=True)
+def plan_iterations(args: argparse.Namespace, num_iterations: int) -> int | None:
+    """base_train knows its horizon: return an adjusted number of iterations, or None to keep it."""
+
+
+@hookspec
+def setup_model(model: torch.nn.Module, args: argparse.Namespace, num_iterations: int, stage: str) -> bool:
+    """The model exists (weights initialised or loaded). ``num_iterations`` <= 0: unknown (an
+    epoch-driven stage, or chat).
+
+    A plugin validates its flags against the model and builds its own modules and optimizer here;
+    nothing is added to the model's parameters. Return True to have the script hand this model's
+    forward to the hooks (``GPT.attach_plugin``; the script then trains the eager model and only
+    ``GPT.forward_embeds`` is compiled), False otherwise.
     """
 
 
@@ -104,8 +132,12 @@ def save_state(checkpoint_dir: str, step: int, rank: int) -> None:
 
 @hookspec
 def load_state(checkpoint_dir: str, step: int) -> None:
-    """The host resumes from ``step`` of ``checkpoint_dir`` (after ``setup_model``): restore the
-    plugin's state saved beside it, or fail with a clear error if it is missing."""
+    """The host read ``step`` of ``checkpoint_dir``: restore the plugin's state saved beside it.
+
+    After ``setup_model`` (base_train's ``--resume-from-step``) the state must exist: fail with a
+    clear error if it is missing. Before it (``load_model`` in mid/sft/chat) the checkpoint is
+    the starting point of the next stage: the plugin loads it in ``setup_model`` if it is there.
+    """
 
 
 @hookspec
@@ -119,3 +151,11 @@ def on_step_telemetry(step: int, metrics: dict[str, float]) -> dict[str, float] 
 
     ``metrics`` is what the host is about to log (read-only for the plugin).
     """
+
+
+@hookspec(firstresult=True)
+def generate(engine: Any, tokens: list[int], num_samples: int, max_tokens: int | None, temperature: float,
+             top_k: int | None, seed: int) -> Iterator[tuple[list[int], list[int]]] | None:
+    """First thing in ``Engine.generate`` (on a model a plugin drives): return an iterator of
+    ``(token_column, token_masks)`` exactly as ``Engine.generate`` yields them to decode this
+    prompt yourself, or None to let the Engine decode it."""

@@ -1,18 +1,23 @@
 """The MegaContext plugin object registered under the ``nanochat`` entry-point group.
 
 Hook implementations wire config -> controller (training). With ``--mc`` absent every hook
-returns None or nothing, so the host runs exactly as upstream. Telemetry, checkpoints and the
-Engine are wired by later work.
+returns None, False or nothing, so the host runs exactly as upstream.
+
+Stages (``hookspecs``): base_train anneals the working-context budget over its run (the
+curriculum); mid, sft and chat continue at the final budget. The aux nets' state travels with
+the model: saved beside every checkpoint, picked up by the next stage from the checkpoint it
+starts from, and restored exactly on ``--resume-from-step``.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -20,14 +25,33 @@ from megacontext_plugin import hookspecs as _hookspecs
 from megacontext_plugin.config import ConfigError, MCConfig, config_from_args
 from megacontext_plugin.config import register_arguments as _register_config_arguments
 from megacontext_plugin.hookspecs import ForwardOverride, hookimpl
+from megacontext_plugin.inference import InferenceRuntime, SessionError
+from megacontext_plugin.telemetry import TelemetryConfigError
 from megacontext_plugin.training import MCBatch, MCController
+from megacontext_plugin.training.curriculum import auto_batch
+from megacontext_plugin.training.monitor import TrainingMonitor
 from megacontext_plugin.training.packing import pack_targets
+
+STRUCTURAL_PREFIXES = ("block_size", "gistnet_", "lensnet_")
+"""Knobs that shape the aux nets' parameters: a later stage must use the values its checkpoint was trained with."""
 
 
 def _model_dims(model: torch.nn.Module) -> tuple[int, int, int]:
     """``(n_embd, head_dim, sequence_len)`` of a nanochat ``GPT`` (or a model with the same config)."""
     cfg = model.config
     return cfg.n_embd, cfg.n_embd // cfg.n_head, cfg.sequence_len
+
+
+def _fail(message: str) -> NoReturn:
+    """A user mistake: one line on stderr and exit status 2, never a traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+    """The largest divisor of ``n`` that is <= ``limit`` (>= 1): a smaller device batch that still
+    divides the host's total batch, so its gradient-accumulation arithmetic stays exact."""
+    return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(1, limit))
 
 
 def _wte(model: torch.nn.Module) -> torch.nn.Module:
@@ -46,38 +70,161 @@ class MegaContextPlugin:
         self.cfg: MCConfig | None = None
         self.controller: MCController | None = None
         self.step = 0
+        self.stage = ""
+        self.anneal = True
+        self.iterations_plan: int | None = None
+        self.source: tuple[str, int] | None = None
+        """The checkpoint the host loaded before ``setup_model`` (the next stage's starting point)."""
         self._last: dict[str, torch.Tensor | float] = {}
+        self.monitor: TrainingMonitor | None = None
+        """Telemetry, MFU and alerts of a training stage (None without --mc, and in chat)."""
+        self.inference: InferenceRuntime | None = None
+        """MC decoding for the Engine's ``generate`` (sessions, listeners, the level map); see ``inference``."""
 
     def reset(self) -> None:
         """Forget the run (tests, or a host that trains twice in one process)."""
         if self.controller is not None:
             self.controller.close()
+        if self.monitor is not None:
+            self.monitor.close()
+            atexit.unregister(self.monitor.close)
+            self.monitor = None
+        if self.inference is not None:
+            self.inference.close()
+            self.inference = None
         self.cfg, self.controller, self.step, self._last = None, None, 0, {}
+        self.stage, self.anneal, self.iterations_plan, self.source = "", True, None, None
+
+    @property
+    def budget_step(self) -> int:
+        """The step the curriculum reads: base_train's own; later stages sit at the final budget."""
+        assert self.controller is not None
+        return self.step if self.anneal else self.controller.total_steps
 
     @hookimpl
     def register_arguments(self, parser: argparse.ArgumentParser) -> None:
         _register_config_arguments(parser)
 
     @hookimpl
-    def setup_model(self, model: torch.nn.Module, args: argparse.Namespace, num_iterations: int) -> None:
+    def adjust_arguments(self, args: argparse.Namespace, stage: str) -> None:
         if not getattr(args, "mc", False):
             return
+        self.stage = stage
+        try:
+            cfg = config_from_args(args)
+            sequence_len = getattr(args, "max_seq_len", None)
+            if sequence_len is not None:
+                cfg.validate_for_model(sequence_len)
+        except ConfigError as e:
+            _fail(str(e))
+        self.cfg = cfg
+        if stage in ("base", "mid") and sequence_len is not None and cfg.mc_auto_batch:
+            plan = auto_batch(cfg, args.device_batch_size, 1000, sequence_len)
+            batch = _largest_divisor_at_most(args.device_batch_size, plan.device_batch_size)
+            if batch != args.device_batch_size:
+                print(f"megacontext: auto-batch: --device-batch-size {args.device_batch_size} -> {batch} "
+                      f"(a step feeds the base model {plan.peak_multiplier:.2f}x vanilla's positions at the "
+                      f"widest budget; --mc_auto_batch 0 keeps yours)")
+                args.device_batch_size = batch
+
+    @hookimpl
+    def plan_iterations(self, args: argparse.Namespace, num_iterations: int) -> int | None:
+        if self.cfg is None or not getattr(args, "mc", False) or not self.cfg.mc_auto_batch:
+            return None
+        plan = auto_batch(self.cfg, 1, num_iterations, args.max_seq_len)
+        if plan.num_iterations != num_iterations:
+            print(f"megacontext: auto-batch: {num_iterations} -> {plan.num_iterations} iterations (MC processes "
+                  f"{plan.mean_multiplier:.2f}x vanilla's base-model positions per sequence on average; "
+                  f"--mc_auto_batch 0 keeps yours)")
+        self.iterations_plan = plan.num_iterations
+        return plan.num_iterations
+
+    @hookimpl
+    def setup_model(self, model: torch.nn.Module, args: argparse.Namespace, num_iterations: int,
+                    stage: str) -> bool:
+        if not getattr(args, "mc", False):
+            return False
         dim, head_dim, sequence_len = _model_dims(model)
         device = next(model.parameters()).device
+        self.stage, self.anneal = stage, stage == "base"
         try:
             self.cfg = config_from_args(args)
             self.controller = MCController(self.cfg, dim=dim, head_dim=head_dim, sequence_len=sequence_len,
-                                           total_steps=num_iterations, device=device)
-        except ConfigError as e:  # a user mistake: one line and exit status 2, never a traceback
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
+                                           total_steps=max(1, num_iterations), device=device)
+        except ConfigError as e:
+            _fail(str(e))
+        if self.source is not None:
+            self._load_source(*self.source)
+        if stage != "chat":
+            self._start_monitor(model, stage)
+        else:  # chat: check the inference knobs now and open a named session (clear errors before the prompt)
+            self._inference_runtime(model)
+        return True
+
+    def _inference_runtime(self, model: torch.nn.Module | None = None) -> InferenceRuntime:
+        assert self.controller is not None
+        if self.inference is None or self.inference.controller is not self.controller:
+            if self.inference is not None:
+                self.inference.close()
+            try:
+                self.inference = InferenceRuntime(self.controller)
+                if model is not None and self.inference.cfg.mc_session:
+                    session = self.inference.open_named(model, self.inference.cfg.mc_session)
+                    where = f"disk, {session.path}" if session.path is not None else "ram"
+                    print(f"megacontext: session {session.name!r} ({where}): {session.num_tokens} tokens of history")
+            except (ConfigError, SessionError) as e:
+                _fail(str(e))
+        return self.inference
+
+    def _start_monitor(self, model: torch.nn.Module, stage: str) -> None:
+        assert self.controller is not None
+        if self.monitor is not None:
+            self.monitor.close()
+            atexit.unregister(self.monitor.close)
+        try:
+            self.monitor, where = TrainingMonitor.for_run(self.controller, model, stage)
+        except TelemetryConfigError as e:
+            _fail(f"--mc_telemetry otlp: {e}")
+        atexit.register(self.monitor.close)  # bounded: never waits on a hanging collector
+        if self.monitor.main:
+            print(f"megacontext: telemetry -> {where}")
+
+    def _load_source(self, checkpoint_dir: str, step: int) -> None:
+        """Start this stage from the aux nets saved beside the checkpoint the host loaded."""
+        assert self.controller is not None
+        path = self.state_path(checkpoint_dir, step)
+        if not path.is_file():
+            print(f"megacontext: {path.name} not found beside {checkpoint_dir} (that model was trained without "
+                  f"--mc): GistNet and LensNet start fresh")
+            return
+        saved = torch.load(path, map_location=self.controller.device_)
+        self._check_structure(saved["config"], path)
+        state = saved["controller"]
+        self.controller.gistnet.load_state_dict(state["gistnet"])
+        self.controller.lensnet.load_state_dict(state["lensnet"])
+        self.controller.lens_prev.load_state_dict(state["lensnet"])
+        print(f"megacontext: GistNet and LensNet loaded from {path}")
+
+    def _check_structure(self, saved_cfg: dict[str, Any], path: Path) -> None:
+        assert self.controller is not None
+        current = self.controller.cfg.as_dict()
+        differ = [k for k in current if k.startswith(STRUCTURAL_PREFIXES) and k in saved_cfg
+                  and saved_cfg[k] != current[k]]
+        if differ:
+            was = ", ".join(f"--{k} {saved_cfg[k]}" for k in differ)
+            now = ", ".join(f"--{k} {current[k]}" for k in differ)
+            _fail(f"{path} was trained with {was} but this run asks for {now}: pass the values it was trained with")
 
     @hookimpl
     def before_forward(self, model: torch.nn.Module, idx: torch.Tensor, targets: torch.Tensor | None,
                        kv_cache: Any) -> ForwardOverride | None:
         if self.controller is None or targets is None or kv_cache is not None or not model.training:
             return None  # MC trains here; evaluation and inference see the plain model
-        batch = self.controller.process_batch(idx, targets, _wte(model), self.step)
+        batch = self.controller.process_batch(idx, targets, _wte(model), self.budget_step)
+        if self.monitor is not None:  # counters every micro-batch; snapshots at the telemetry cadence
+            self.monitor.on_batch(self.step, idx, _wte(model), batch, budget_step=self.budget_step)
+        if batch is None:  # too short to compress (e.g. a short SFT batch): the plain forward trains it
+            return None
         # a raw entry at token t has end - 1 == t, so the target gather applied to idx yields its own id
         value_ids = torch.where(batch.index.levels_RW == 0, pack_targets(idx, batch.index),
                                 torch.full_like(batch.targets_RW, -1))
@@ -119,21 +266,25 @@ class MegaContextPlugin:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".pt.tmp")
         torch.save({"controller": self.controller.controller_state(), "step": self.step,
-                    "config": self.controller.cfg.as_dict()}, tmp)
+                    "config": self.controller.cfg.as_dict(),
+                    "telemetry": None if self.monitor is None else self.monitor.state_dict()}, tmp)
         os.replace(tmp, path)  # a crash mid-save leaves the previous state, never a torn file
 
     @hookimpl
     def load_state(self, checkpoint_dir: str, step: int) -> None:
-        if self.controller is None:
+        if self.controller is None:  # load_model() before setup_model: the next stage's starting point
+            self.source = (checkpoint_dir, step)
             return
         path = self.state_path(checkpoint_dir, step)
-        if not path.is_file():  # a user mistake: one line and exit status 2, never a traceback
-            print(f"error: resuming from step {step} with --mc, but {path} is missing: the checkpoint was saved "
-                  f"without MegaContext (drop --mc, or resume from a step saved with it)", file=sys.stderr)
-            raise SystemExit(2)
+        if not path.is_file():
+            _fail(f"resuming from step {step} with --mc, but {path} is missing: the checkpoint was saved "
+                  f"without MegaContext (drop --mc, or resume from a step saved with it)")
         saved = torch.load(path, map_location=self.controller.device_)
+        self._check_structure(saved["config"], path)
         self.controller.load_controller_state(saved["controller"])
         self.step = saved["step"]
+        if self.monitor is not None and saved.get("telemetry"):  # the fair-comparison axes continue
+            self.monitor.load_state_dict(saved["telemetry"])
 
     @hookimpl
     def after_optimizer_step(self, step: int) -> None:
@@ -141,13 +292,25 @@ class MegaContextPlugin:
             return
         self.controller.step_aux()
         self.step = step + 1
+        if self.monitor is not None:
+            self.monitor.after_step(step, self._last)
 
     @hookimpl
     def on_step_telemetry(self, step: int, metrics: dict[str, float]) -> dict[str, float] | None:
         if self.controller is None or not self._last:
             return None
         values = {f"mc/{k}": float(v) for k, v in self._last.items()}  # one host sync, at logging time
+        if self.monitor is not None:  # MFU, FLOPs, tokens, wall time, swap rate, residency, drops
+            values.update(self.monitor.metrics())
         return {k: v for k, v in values.items() if not math.isnan(v)}  # a level absent from the batch: no point
+
+    @hookimpl
+    def generate(self, engine: Any, tokens: list[int], num_samples: int, max_tokens: int | None,
+                 temperature: float, top_k: int | None, seed: int) -> Any:
+        if self.controller is None:
+            return None
+        return self._inference_runtime().generate(engine, tokens, num_samples=num_samples, max_tokens=max_tokens,
+                                                  temperature=temperature, top_k=top_k, seed=seed)
 
 
 plugin = MegaContextPlugin()

@@ -17,10 +17,11 @@ ALLOWED: dict[str, set[str]] = {
     "nets": {"config"},
     "data": set(),
     "telemetry": {"config"},
-    "training": {"config", "tree", "context", "nets", "focus"},
+    "training": {"config", "tree", "context", "nets", "focus", "telemetry"},
     "nanochat_patch": set(),
     "demo": {"tree", "context", "focus"},
-    "plugin": {"config", "hookspecs", "tree", "context", "nets", "focus", "training", "telemetry"},
+    "inference": {"config", "tree", "context", "focus", "nets", "training"},
+    "plugin": {"config", "hookspecs", "tree", "context", "nets", "focus", "training", "telemetry", "inference"},
     "cli": {"config", "demo", "data", "nanochat_patch"},
 }
 

@@ -87,6 +87,13 @@ def test_every_field_has_underscore_and_dash_flags_and_help() -> None:
         assert f.metadata["help"]
 
 
+def test_help_renders_every_knob() -> None:  # argparse %-formats help strings: a bare "%" would crash --help
+    parser = argparse.ArgumentParser()
+    register_arguments(parser)
+    text = parser.format_help()
+    assert all(f"--{f.name}" in text for f in knob_fields())
+
+
 def test_num_variants_is_capped_by_max_counterfactuals() -> None:
     assert MCConfig(mc_num_random_variants=10, mc_max_counterfactuals=4).num_variants == 4
     assert MCConfig(mc_num_random_variants=2, mc_max_counterfactuals=8).num_variants == 3

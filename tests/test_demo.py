@@ -1,4 +1,4 @@
-"""``megacontext demo`` (the README's main job) runs end to end and reports what it checked."""
+"""``megacontext demo`` (the README's no-nanochat check) runs end to end and reports what it checked."""
 
 from __future__ import annotations
 

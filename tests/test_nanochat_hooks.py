@@ -17,8 +17,8 @@ pytestmark = pytest.mark.integration
 STEPS = Path(__file__).with_name("nanochat_gpt_steps.py")
 
 
-def _run(tree: Path, mode: str, plugins: str | None) -> list[str]:
-    proc = subprocess.run([sys.executable, str(STEPS), mode], env=_env(tree, None, plugins), cwd=tree,
+def _run(tree: Path, mode: str, plugins: str | None, *flags: str) -> list[str]:
+    proc = subprocess.run([sys.executable, str(STEPS), mode, *flags], env=_env(tree, None, plugins), cwd=tree,
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.splitlines()
@@ -46,6 +46,20 @@ def test_without_mc_the_patched_forward_gives_upstreams_losses(nanochat_dir: Pat
     assert _losses(installed) == pristine
 
 
+def test_compiled_forward_has_no_graph_breaks_and_one_graph_per_working_context_width(patched: Path) -> None:
+    def counts(lines: list[str]) -> dict[str, int]:
+        pairs = [line.split() for line in lines]
+        return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[0] in ("graph_breaks", "graphs", "budgets")}
+
+    off = counts(_run(patched, "off", None, "compile"))  # plugin installed, --mc absent: upstream's one graph
+    assert off == {"graph_breaks": 0, "graphs": 1}
+    mc = counts(_run(patched, "mc", "megacontext", "compile"))
+    assert mc["graph_breaks"] == 0
+    # the curriculum changes the width over 5 steps; dynamo makes it dynamic after the first change, so
+    # only its few guarded width ranges (attention window branches) ever compile, never a step
+    assert mc["budgets"] >= 4 and mc["graphs"] < mc["budgets"] and mc["graphs"] <= 3
+
+
 def test_with_mc_the_patched_forward_trains_through_the_plugin(patched: Path) -> None:
     lines = _run(patched, "mc", "megacontext")
     losses = [float(line.split()[1]) for line in _losses(lines)]
@@ -58,7 +72,7 @@ def test_with_mc_the_patched_forward_trains_through_the_plugin(patched: Path) ->
 BASE_TRAIN = ["--device-type", "cpu", "--depth", "2", "--head-dim", "64", "--window-pattern", "L", "--max-seq-len",
               "256", "--device-batch-size", "2", "--total-batch-size", "512", "--num-iterations", "3",
               "--eval-every", "-1", "--core-metric-every", "-1", "--sample-every", "-1"]
-MC = ["--mc", "--block_size", "8", "--allocator_recent_tokens", "32", "--mc_horizon", "16"]
+MC = ["--mc", "--block_size", "8", "--allocator_recent_tokens", "32", "--mc_horizon", "16", "--mc_auto_batch", "0"]
 
 
 @pytest.fixture
@@ -128,3 +142,47 @@ def test_base_train_saves_and_resumes_the_megacontext_state(patched: Path, base_
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 2 and "megacontext_000003.pt is missing" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _script(tree: Path, base: Path, plugins: str | None, module: str, *args: str) -> str:
+    env = _env(tree, base, plugins) | {"NANOCHAT_TASK_DIR": str(base / "tasks"), "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=tree, env=env, capture_output=True, text=True,
+                          timeout=900, check=False)
+    assert proc.returncode == 0, f"{module}: " + proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return proc.stdout + proc.stderr
+
+
+MID = ["--device-type", "cpu", "--dtype", "float32", "--max-seq-len", "256", "--device-batch-size", "2",
+       "--total-batch-size", "512", "--num-iterations", "2", "--eval-every", "-1", "--eval-tokens", "1024"]
+SFT = ["--device-type", "cpu", "--dtype", "float32", "--device-batch-size", "2", "--target-examples-per-step", "4",
+       "--num-iterations", "3", "--eval-every", "2", "--eval-steps", "2", "--eval-metrics-every", "-1"]
+
+
+def test_mid_sft_and_chat_carry_the_megacontext_state_from_stage_to_stage(patched: Path, base_dir: Path) -> None:
+    from megacontext_plugin.data.conversations import write_task_dir
+
+    write_task_dir(base_dir / "tasks", mid_train=60, mid_val=8, sft_train=40, sft_val=8)
+    _base_train(patched, base_dir, None, MC)
+    ckpt = {stage: base_dir / f"{stage}_checkpoints" / "d2" for stage in ("base", "mid", "chatsft")}
+    assert (ckpt["base"] / "megacontext_000003.pt").is_file()
+
+    out = _script(patched, base_dir, None, "scripts.mid_train", *MID, *MC)
+    assert f"GistNet and LensNet loaded from {ckpt['base'] / 'megacontext_000003.pt'}" in out  # base -> mid
+    (mid_model,) = ckpt["mid"].glob("model_*.pt")  # mid_train stops on its data loader's count
+    mid_state = mid_model.with_name(mid_model.name.replace("model_", "megacontext_"))
+    assert mid_state.is_file()
+
+    out = _script(patched, base_dir, None, "scripts.chat_sft", *SFT, *MC)
+    assert f"loaded from {mid_state}" in out  # mid -> SFT
+    sft_states = sorted(ckpt["chatsft"].glob("megacontext_*.pt"))
+    assert sft_states and all(math.isfinite(float(line.split("Training loss:")[1].split("|")[0]))
+                              for line in out.splitlines() if "Training loss:" in line)
+
+    out = _script(patched, base_dir, None, "scripts.chat_cli", "--device-type", "cpu", "--dtype", "float32", "-t", "0",
+                  "-p", "What is my dog called?", *MC)
+    assert f"loaded from {sft_states[-1]}" in out  # SFT -> chat
+
+    # the same stages without --mc: upstream's scripts, reading the offline task files
+    _script(patched, base_dir, "none", "scripts.mid_train", *MID, "--model-tag", "d2")
+    _script(patched, base_dir, "none", "scripts.chat_sft", *SFT)

@@ -63,19 +63,26 @@ SMALL = ["--block_size", "8", "--allocator_recent_tokens", "16", "--mc_horizon",
 class SmallHost:
     """The calls patched nanochat makes, around a TinyGPT (no upstream needed)."""
 
-    def __init__(self, argv: list[str], num_iterations: int = 10) -> None:
+    def __init__(self, argv: list[str], num_iterations: int = 10, stage: str = "base",
+                 source: tuple[Path, int] | None = None) -> None:
         self.pm = _manager()
         self.plugin = MegaContextPlugin()
         self.pm.register(self.plugin, name="megacontext")
         parser = argparse.ArgumentParser()
+        parser.add_argument("--max-seq-len", type=int, default=T)  # the host's own flags
+        parser.add_argument("--device-batch-size", type=int, default=2)
         self.pm.hook.register_arguments(parser=parser)
         self.args = parser.parse_args(argv)
+        self.pm.hook.adjust_arguments(args=self.args, stage=stage)
+        if source is not None:  # load_model() read a checkpoint before the stage set up
+            self.pm.hook.load_state(checkpoint_dir=str(source[0]), step=source[1])
         torch.manual_seed(0)
         self.model = TinyGPT(TinyGPTConfig(vocab_size=64, sequence_len=T, n_layer=1, n_head=4, n_embd=64))
         with torch.no_grad():
             for block in self.model.blocks:
                 torch.nn.init.normal_(block.proj.weight, std=0.3)
-        self.pm.hook.setup_model(model=self.model, args=self.args, num_iterations=num_iterations)
+        self.attached = any(self.pm.hook.setup_model(model=self.model, args=self.args,
+                                                     num_iterations=num_iterations, stage=stage))
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -113,10 +120,11 @@ def _data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_setup_model_hook_builds_the_controller_only_with_mc(capsys: pytest.CaptureFixture[str]) -> None:
     off = SmallHost([])
-    assert off.plugin.controller is None
+    assert off.plugin.controller is None and not off.attached  # the host leaves its forward alone
     off.close()
     on = SmallHost(["--mc", *SMALL])
     assert on.plugin.controller is not None and on.plugin.controller.sequence_len == T
+    assert on.attached  # the host hands this model's training forward to the hooks
     on.close()
     with pytest.raises(SystemExit) as exc:  # checked against the model, before any work: one line, exit 2
         SmallHost(["--mc", *SMALL, "--mc_wc_budget", str(2 * T)])
@@ -227,7 +235,9 @@ def test_save_state_hook_writes_beside_the_checkpoint_and_load_state_hook_resume
     assert resumed.plugin.step == 2
     got = resumed.step(2, *_data(12))
     def mc(log: dict[str, float]) -> dict[str, float]:
-        return {k: v for k, v in log.items() if k.startswith("mc/") and "_ms" not in k and not math.isnan(v)}
+        timed = ("mc/wall_time_s", "mc/telemetry_frac")  # wall-clock readings: they differ between runs
+        return {k: v for k, v in log.items()
+                if k.startswith("mc/") and "_ms" not in k and k not in timed and not math.isnan(v)}
 
     assert mc(got) == mc(want)
     straight.close()
@@ -245,3 +255,121 @@ def test_load_state_hook_without_saved_state_is_a_clear_error(tmp_path: Path,
     off = SmallHost([])
     off.pm.hook.load_state(checkpoint_dir=str(tmp_path), step=5)  # without --mc: nothing to load
     off.close()
+
+
+def test_adjust_arguments_hook_rejects_bad_combinations_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
+    pm = _manager()
+    mc = MegaContextPlugin()
+    pm.register(mc, name="megacontext")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--max-seq-len", type=int, default=T)
+    parser.add_argument("--device-batch-size", type=int, default=32)
+    pm.hook.register_arguments(parser=parser)
+    bad = parser.parse_args(["--mc", *SMALL, "--mc_train_wc_length", "0.1"])  # 12 entries <= the 16-token tail
+    with pytest.raises(SystemExit) as exc:
+        pm.hook.adjust_arguments(args=bad, stage="base")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --mc_train_wc_length") and err.count("\n") == 1
+
+    args = parser.parse_args(["--mc", *SMALL])  # auto-batch: a smaller divisor of the device batch
+    pm.hook.adjust_arguments(args=args, stage="base")
+    assert args.device_batch_size < 32 and 32 % args.device_batch_size == 0
+    assert "auto-batch" in capsys.readouterr().out
+    for argv in (["--mc", *SMALL, "--mc_auto_batch", "0"], []):  # off, or no --mc: the user's batch stays
+        kept = parser.parse_args(argv)
+        pm.hook.adjust_arguments(args=kept, stage="base")
+        assert kept.device_batch_size == 32
+    mc.reset()
+
+
+def test_plan_iterations_hook_keeps_the_base_model_positions_of_vanilla() -> None:
+    host = SmallHost(["--mc", *SMALL])
+    planned = host.pm.hook.plan_iterations(args=host.args, num_iterations=1000)
+    assert planned is not None and 0 < planned < 1000  # variants multiply the positions per sequence
+    host.close()
+    for argv in (["--mc", *SMALL, "--mc_auto_batch", "0"], []):
+        other = SmallHost(argv)
+        assert other.pm.hook.plan_iterations(args=other.args, num_iterations=1000) is None
+        other.close()
+
+
+def test_load_state_hook_before_setup_starts_the_next_stage_from_the_saved_nets(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = SmallHost(["--mc", *SMALL])
+    for step in range(2):
+        base.step(step, *_data(30 + step))
+    base.pm.hook.save_state(checkpoint_dir=str(tmp_path), step=2, rank=0)
+    gist_state = base.plugin.controller.gistnet.state_dict()
+    base.close()
+
+    mid = SmallHost(["--mc", *SMALL], num_iterations=-1, stage="mid", source=(tmp_path, 2))
+    assert "loaded from" in capsys.readouterr().out
+    for key, value in mid.plugin.controller.gistnet.state_dict().items():
+        assert torch.equal(value, gist_state[key])
+    assert not mid.plugin.anneal and mid.plugin.budget_step == mid.plugin.controller.total_steps
+    assert mid.plugin.controller.budget_at(mid.plugin.budget_step) == mid.plugin.controller.budget_at(10**9)
+    mid.close()
+
+    fresh = SmallHost(["--mc", *SMALL], stage="mid", source=(tmp_path / "vanilla", 7))  # trained without --mc
+    assert "start fresh" in capsys.readouterr().out and fresh.plugin.controller is not None
+    fresh.close()
+
+    with pytest.raises(SystemExit) as exc:  # aux nets of another shape: one line, exit 2
+        SmallHost(["--mc", *SMALL[:-2], "--lensnet_layers", "2"], stage="mid", source=(tmp_path, 2))
+    assert exc.value.code == 2
+    assert "--lensnet_layers 1 but this run asks for --lensnet_layers 2" in capsys.readouterr().err
+
+
+class _ChatTokenizer:
+    """The tokenizer surface the Engine's stream needs; specials lie outside the tiny vocabulary."""
+
+    def encode_special(self, name: str) -> int:
+        return 1000 + len(name)
+
+    def get_bos_token_id(self) -> int:
+        return 999
+
+    def encode(self, text: str) -> list[int]:
+        return [1 for _ in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "x" * len(ids)
+
+
+class _Engine:
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.tokenizer = model, _ChatTokenizer()
+
+
+def test_generate_hook_decodes_prompts_past_the_window_over_megacontext_and_leaves_short_ones_to_upstream(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    off = SmallHost([], stage="chat")  # --mc absent: the Engine decodes everything itself
+    engine = _Engine(off.model.eval())
+    assert off.pm.hook.generate(engine=engine, tokens=[1] * (4 * T), num_samples=1, max_tokens=4, temperature=0.0,
+                                top_k=None, seed=0) is None
+    off.close()
+
+    on = SmallHost(["--mc", *SMALL], stage="chat")
+    engine = _Engine(on.model.eval())
+    short = on.pm.hook.generate(engine=engine, tokens=[1] * (T - 8), num_samples=1, max_tokens=8, temperature=0.0,
+                                top_k=None, seed=0)
+    assert short is None  # prompt + answer fit the window: upstream's exact path
+    long_prompt = torch.randint(0, 64, (10 * T,), generator=torch.Generator().manual_seed(0)).tolist()
+    stream = on.pm.hook.generate(engine=engine, tokens=long_prompt, num_samples=1, max_tokens=40, temperature=0.0,
+                                 top_k=None, seed=0)
+    columns = list(stream)
+    assert len(columns) == 40 and all(masks == [1] for _, masks in columns)
+    session = on.plugin.inference.last_session
+    assert session.num_tokens == 10 * T + 40 and session.stats.lens_calls >= 2  # the prompt, then every 32 tokens
+    assert len(session.wc) <= T and session.level_map()["num_tokens"] == 10 * T + 40
+    on.close()
+    assert session.closed  # reset() closes the sessions
+
+    with pytest.raises(SystemExit) as exc:  # chat setup checks the inference knobs: one line, exit 2
+        SmallHost(["--mc", *SMALL, "--mc_wc_headroom", "120"], stage="chat")
+    assert exc.value.code == 2 and "--mc_wc_headroom" in capsys.readouterr().err
+    named = SmallHost(["--mc", *SMALL, "--mc_tree", "disk", "--mc_tree_dir", str(tmp_path), "--mc_session", "s1"],
+                      stage="chat")
+    assert (tmp_path / "s1").is_dir()  # a named session opens at setup, before the first prompt
+    named.close()

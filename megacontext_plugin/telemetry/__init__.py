@@ -4,6 +4,7 @@ This room imports only the standard library, ``opentelemetry`` (lazily) and
 ``megacontext_plugin.config``. See ``docs/telemetry.md``.
 """
 
+from megacontext_plugin.telemetry.alerts import ALERT_RULES, AlertMonitor, AlertRule, MCTelemetryAlert
 from megacontext_plugin.telemetry.events import (
     COMMON_ATTRIBUTES,
     CONTENT_KEYS,
@@ -25,17 +26,23 @@ from megacontext_plugin.telemetry.events import (
 )
 from megacontext_plugin.telemetry.providers import (
     PROVIDER_KINDS,
+    SERVICE_NAMES,
     JsonlTelemetryProvider,
     NoOpTelemetryProvider,
     OpenTelemetryProvider,
     TelemetryConfigError,
     TelemetryProvider,
     TelemetryUnavailableError,
+    default_telemetry_dir,
     make_provider,
+    make_run_provider,
+    nanochat_base_dir,
+    new_run_id,
     resolve_otlp_settings,
 )
 
 __all__ = [
+    "ALERT_RULES",
     "COMMON_ATTRIBUTES",
     "CONTENT_KEYS",
     "EVENT_NAMES",
@@ -47,11 +54,15 @@ __all__ = [
     "MC_TIMING",
     "MC_TREE_SNAPSHOT",
     "PROVIDER_KINDS",
+    "SERVICE_NAMES",
     "WORKING_CONTEXT_SNAPSHOT",
+    "AlertMonitor",
+    "AlertRule",
     "AttrSpec",
     "AttributeValue",
     "EventSpec",
     "JsonlTelemetryProvider",
+    "MCTelemetryAlert",
     "NoOpTelemetryProvider",
     "OpenTelemetryProvider",
     "TelemetryConfigError",
@@ -59,7 +70,11 @@ __all__ = [
     "TelemetryProvider",
     "TelemetryUnavailableError",
     "TelemetryValidationError",
+    "default_telemetry_dir",
     "make_provider",
+    "make_run_provider",
+    "nanochat_base_dir",
+    "new_run_id",
     "resolve_otlp_settings",
     "validate_event",
 ]

@@ -96,6 +96,7 @@ EVENT_SCHEMAS: Mapping[str, EventSpec] = {
             "block_size": _a("int", "tokens", "children per gist (compression factor per level)"),
             "tree_bytes": _a("int", "bytes", "storage used by all tree levels"),
             "append_tokens": _a("int", "tokens", "tokens appended since the previous snapshot"),
+            "trees": _a("int", "count", "trees in this snapshot (training: one per sequence of the micro-batch)"),
         },
     ),
     WORKING_CONTEXT_SNAPSHOT: EventSpec(
@@ -112,6 +113,8 @@ EVENT_SCHEMAS: Mapping[str, EventSpec] = {
             "span_end": _a("int", "token position", "one past the last covered token position"),
             "recent_tokens": _a("int", "tokens", "tail of the sequence kept at LOD0"),
             "variant_index": _a("int", "index", "WC variant index within the batch (0 = baseline)"),
+            "layout": _a("str", "label", "baseline or random (training variants), recency or refocused (probe)"),
+            "padding": _a("int", "entries", "padding entries after the last real one (training rows have w_max)"),
         },
     ),
     FOCUS_ALLOCATOR: EventSpec(
@@ -120,8 +123,8 @@ EVENT_SCHEMAS: Mapping[str, EventSpec] = {
         required={
             "expands": _a("int", "count", "entries expanded to a finer level"),
             "collapses": _a("int", "count", "entries collapsed to a coarser level"),
-            "swap_rate": _a("float", "fraction 0-1", "(expands + collapses) / WC entries"),
-            "residency": _a("float", "fraction 0-1", "share of WC entries kept from the previous pass"),
+            "swap_rate": _a("float", "fraction 0-1", "(expands + block_size x collapses) / WC entries before the pass"),
+            "residency": _a("float", "fraction 0-1", "share of the WC entries before the pass still present after it"),
         },
         optional={
             "budget": _a("int", "entries", "WC budget the allocator respected"),
@@ -130,6 +133,13 @@ EVENT_SCHEMAS: Mapping[str, EventSpec] = {
             "score_mean": _a("float", "score", "mean LensNet focus score"),
             "score_p95": _a("float", "score", "95th percentile LensNet focus score"),
             "allocator_ms": _a("float", "ms", "wall time of the pass"),
+            "edits": _a("int", "count", "expands + collapses"),
+            "candidates": _a("int", "count", "entries past the thresholds, before cooldown and budget"),
+            "wc_entries_before": _a("int", "entries", "WC entries before the pass"),
+            "utilisation": _a("float", "fraction 0-1", "WC entries after the pass / budget"),
+            "score_std": _a("float", "score", "standard deviation of the LensNet focus scores"),
+            "score_min": _a("float", "score", "lowest LensNet focus score"),
+            "score_max": _a("float", "score", "highest LensNet focus score"),
         },
     ),
     MC_TIMING: EventSpec(
@@ -145,6 +155,9 @@ EVENT_SCHEMAS: Mapping[str, EventSpec] = {
             "losses_ms": _a("float", "ms", "MC auxiliary losses"),
             "layouts_ms": _a("float", "ms", "WC layout sampling"),
             "controller_ms": _a("float", "ms", "whole controller step (sum of the above and glue)"),
+            "step_ms": _a("float", "ms", "wall time of the whole training step (between optimizer steps)"),
+            "telemetry_ms": _a("float", "ms", "time telemetry itself spent in this step (probe, events, counters)"),
+            "dropped_events": _a("int", "count", "telemetry events dropped so far by the provider"),
         },
     ),
     INFERENCE_UPDATE: EventSpec(

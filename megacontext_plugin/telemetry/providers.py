@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -512,3 +513,69 @@ def make_provider(
             _warn_missing_otlp_once(exc, fallback)
     assert run_dir is not None
     return JsonlTelemetryProvider(Path(run_dir) / JSONL_FILENAME, allow_content=allow_content)
+
+
+# -- one provider per run ---------------------------------------------------------------------
+
+SERVICE_NAMES: dict[str, str] = {"base": "megacontext-train", "mid": "megacontext-train", "sft": "megacontext-train",
+                                 "chat": "megacontext-chat"}
+"""OTLP ``service.name`` per nanochat stage: training stages and inference (chat CLI, web, eval)."""
+
+
+def nanochat_base_dir() -> Path:
+    """nanochat's base directory: ``$NANOCHAT_BASE_DIR``, else ``~/.cache/nanochat`` (as nanochat's
+    ``get_base_dir``, without importing nanochat)."""
+    raw = os.environ.get("NANOCHAT_BASE_DIR", "")
+    return Path(raw) if raw else Path.home() / ".cache" / "nanochat"
+
+
+def default_telemetry_dir() -> Path:
+    return nanochat_base_dir() / "megacontext" / "telemetry"
+
+
+def new_run_id(stage: str) -> str:
+    """``{stage}-{UTC yyyymmdd-hhmmss}-{pid}``: unique per process, sortable, no user content."""
+    return f"{stage}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.getpid()}"
+
+
+def make_run_provider(
+    kind: str,
+    stage: str,
+    *,
+    telemetry_dir: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
+    allow_content: bool = False,
+) -> tuple[TelemetryProvider, str, str]:
+    """The provider of one run of a nanochat ``stage``: returns ``(provider, run_id, where)``.
+
+    ``jsonl`` writes ``{telemetry_dir}/{run_id}/telemetry.jsonl`` (``telemetry_dir`` defaults to
+    ``$NANOCHAT_BASE_DIR/megacontext/telemetry``; one directory per run, rotated by size).
+    ``otlp`` exports to the collector configured by ``MC_OTEL_ENDPOINT`` / ``OTEL_*`` with
+    ``service.name`` from :data:`SERVICE_NAMES` (``megacontext-train`` or ``megacontext-chat``).
+    Missing OTLP packages, or an exporter that fails to start, warn once and fall back to JSONL;
+    a configuration mistake (plaintext endpoint without ``MC_OTEL_INSECURE=1``, bad protocol)
+    raises :class:`TelemetryConfigError`. ``where`` says where events go, for a log line.
+    """
+    run_id = run_id or new_run_id(stage)
+    service = SERVICE_NAMES.get(stage, "megacontext-train")
+    run_dir = Path(telemetry_dir) if telemetry_dir else default_telemetry_dir()
+    run_dir = run_dir / run_id
+    if kind == "otlp":
+        try:
+            provider = make_provider("otlp", run_dir, service, allow_content=allow_content)
+        except TelemetryConfigError:
+            raise
+        except Exception as exc:  # an exporter that cannot start must never stop training
+            fallback = run_dir / JSONL_FILENAME
+            _warn_missing_otlp_once(TelemetryUnavailableError(f"the OTLP exporter failed to start: {exc!r}"),
+                                    fallback)
+            provider = JsonlTelemetryProvider(fallback, allow_content=allow_content)
+    else:
+        provider = make_provider(kind, run_dir, service, allow_content=allow_content)
+    if isinstance(provider, JsonlTelemetryProvider):
+        where = str(provider.path)
+    elif isinstance(provider, OpenTelemetryProvider):
+        where = f"OTLP {provider.protocol} {provider.endpoint} (service.name {provider.service_name})"
+    else:
+        where = "nowhere (--mc_telemetry none)"
+    return provider, run_id, where

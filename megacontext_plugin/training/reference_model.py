@@ -4,12 +4,14 @@ Written here (not imported from nanochat) so the plugin's tests run without upst
 the features that matter to MegaContext: token embedding followed by an RMS norm, rotary
 positions with QK norm, causal attention, relu² MLP, untied lm_head with a logit softcap, and
 the two inputs the patched nanochat ``GPT.forward`` takes from the hooks: input embeddings
-instead of ids, and per-row rotary tables.
+instead of ids, and per-row rotary tables. ``forward_embeds`` (with nanochat's KV-cache duck
+type) is the patched host's inference entry point, used by the inference tests and benchmark.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -46,11 +48,25 @@ class _Block(nn.Module):
         self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False)
         self.fc_out = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False)
 
-    def forward(self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: Any = None,
+                layer: int = 0) -> torch.Tensor:
         B, T, D = x_BTD.shape
         q, k, v = self.qkv(_norm(x_BTD)).view(B, T, 3, self.n_head, D // self.n_head).unbind(2)
         q, k = _norm(_rotate(q, cos, sin)), _norm(_rotate(k, cos, sin))
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        if kv_cache is None:
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               is_causal=True)
+        else:  # nanochat's decode: write these entries' K/V at the cache position, attend to prefix + causal
+            k_cache_BSHC, v_cache_BSHC = kv_cache.get_layer_cache(layer)
+            pos = int(kv_cache.cache_seqlens[0])
+            k_cache_BSHC[:, pos:pos + T] = k.to(k_cache_BSHC.dtype)
+            v_cache_BSHC[:, pos:pos + T] = v.to(v_cache_BSHC.dtype)
+            keys, values = k_cache_BSHC[:, :pos + T].to(q.dtype), v_cache_BSHC[:, :pos + T].to(q.dtype)
+            visible_TS = torch.ones(T, pos + T, dtype=torch.bool, device=q.device).tril(diagonal=pos)
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
+                                               attn_mask=visible_TS)
+            if layer == kv_cache.n_layers - 1:
+                kv_cache.advance(T)
         x_BTD = x_BTD + self.proj(y.transpose(1, 2).reshape(B, T, D))
         return x_BTD + self.fc_out(F.relu(self.fc(_norm(x_BTD))).square())
 
@@ -114,3 +130,22 @@ class TinyGPT(nn.Module):
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
                                reduction=loss_reduction)
+
+    def get_device(self) -> torch.device:
+        return self.wte.weight.device
+
+    def forward_embeds(self, x: torch.Tensor, value_ids: torch.Tensor, targets: torch.Tensor | None,
+                       cos: torch.Tensor, sin: torch.Tensor, kv_cache: Any = None) -> torch.Tensor:
+        """The patched nanochat ``GPT.forward_embeds``: ``x[R, W, D]`` embeddings, ``cos``/``sin``
+        ``[R|1, W, 1, head_dim/2]``; logits ``[R, W, vocab]`` (float32, softcapped) when ``targets`` is
+        None, else per-entry NLL ``[R*W]``. With ``kv_cache`` (nanochat's ``KVCache`` duck type) these
+        entries' K/V are appended at the cache position and attention covers the cache + them.
+        TinyGPT has no value embeddings: ``value_ids`` (-1 = none) is accepted and unused."""
+        x = _norm(x)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos.to(x.dtype), sin.to(x.dtype), kv_cache, layer)
+        logits = 15 * torch.tanh(self.lm_head(_norm(x)).float() / 15)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                               reduction="none")

@@ -1,0 +1,277 @@
+"""Training throughput, vanilla vs --mc, on the same nanochat-shaped model and token budget.
+
+    python benchmarks/throughput.py [--quick] [--depth N] [--seq-len T] [--batch B] [--steps S]
+                                    [--device auto|cpu|cuda] --json PATH
+
+Setup: a nanochat-shaped ``TinyGPT`` (``training/reference_model.py``) of depth ``--depth``:
+width ``64 * depth``, head_dim 64, vocab 8192, ``sequence_len = T``, relu² MLP, untied head;
+AdamW on every parameter; fp32 on CPU, bf16 autocast on CUDA; eager (no ``torch.compile``:
+the plugin's forward runs eager). Both runs see the same ``S`` micro-batches of ``B x T``
+random tokens (same token budget, one micro-batch per optimizer step).
+
+- vanilla: ``loss = model(x, y)``, backward, AdamW.
+- ``--mc``: the plugin itself, driven by a small host exactly as patched nanochat drives it
+  (pluggy hooks: ``before_forward`` -> packed forward -> ``extra_loss`` -> backward -> AdamW ->
+  ``after_optimizer_step`` -> ``on_step_telemetry``), with the default knobs except
+  ``--mc_auto_batch 0`` (same batch, so the same tokens per step) and telemetry at its defaults
+  (JSONL, every 50 steps) written to a temporary directory. The curriculum spans the ``S``
+  measured steps (budget annealed from 80% of T to 20%), after warm-up steps.
+
+Vanilla and MC steps alternate (one each, round-robin), so load from other processes on a
+shared machine hits both alike. Times are per optimizer step, device-synchronised.
+
+Keys (see ``benchmarks/README.md``):
+
+- ``vanilla_tok_s``, ``mc_tok_s``: data tokens per second over the measured steps (``S * B * T`` /
+  their total time: MC's step time follows the curriculum's budget, so a median step would not
+  match the FLOPs, which are totals); ``*_tok_s_median`` use the median step time.
+- ``flop_ratio`` = MC FLOPs per token / vanilla FLOPs per token. MC FLOPs are what the plugin
+  counted as executed over the measured steps (``TrainingMonitor``, ``MCController.step_flops``:
+  base forward+backward over every variant row at the step's budget, GistNet and LensNet);
+  vanilla's are ``f(T)`` per token (nanochat's ``6 N + 12 L D T``).
+- ``efficiency`` = ``(mc_tok_s / vanilla_tok_s) * flop_ratio``: MC's achieved FLOP/s over
+  vanilla's. 1.0 = MC's extra work runs as efficiently as the base model's own; the goal is >= 0.9.
+- ``mfu``: MC's honest MFU in % (the plugin's ``mc/mfu``), ``vanilla_mfu`` likewise for vanilla;
+  ``null`` on CPU (no peak).
+- ``vanilla_gflops_per_s``, ``mc_gflops_per_s``; ``vanilla_step_ms``, ``mc_step_ms`` (medians and every
+  step in ``*_all``); ``mc_flops_per_step_mean``; shapes (``W_start``, ``W_end``, ``V``).
+- telemetry cost at the defaults, measured by the plugin's own timer: ``telemetry_frac`` (its time
+  over the MC run's time; the run has one snapshot in ``S`` steps, more than the default 1 in 50),
+  ``telemetry_snapshot_ms`` (a cadence step: events + focus probe), ``telemetry_step_ms`` (median
+  of the other steps: counters), ``telemetry_frac_default`` = ``(snapshot + 49 * step) / (50 *
+  mean MC step)``: the share at the default cadence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import parse_args, plot_lines, png_path, print_table, write_json
+
+from megacontext_plugin import hookspecs
+from megacontext_plugin.plugin import MegaContextPlugin
+from megacontext_plugin.telemetry import MCTelemetryAlert
+from megacontext_plugin.training.mfu import device_peak_flops
+from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
+
+VOCAB = 8192
+HEAD_DIM = 64
+TARGET_EFFICIENCY = 0.9
+
+
+def make_model(depth: int, T: int, device: torch.device, seed: int) -> TinyGPT:
+    torch.manual_seed(seed)
+    cfg = TinyGPTConfig(vocab_size=VOCAB, sequence_len=T, n_layer=depth, n_head=depth, n_embd=HEAD_DIM * depth)
+    model = TinyGPT(cfg).to(device)
+    with torch.no_grad():  # nanochat zero-inits the output projections; give them a little signal
+        for block in model.blocks:
+            torch.nn.init.normal_(block.proj.weight, std=0.02)
+            torch.nn.init.normal_(block.fc_out.weight, std=0.02)
+    return model
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Vanilla:
+    def __init__(self, model: TinyGPT, device: torch.device) -> None:
+        self.model, self.device = model, device
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, autocast: Any) -> float:
+        sync(self.device)
+        t0 = time.perf_counter()
+        with autocast():
+            loss = self.model(x, y)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        sync(self.device)
+        return time.perf_counter() - t0
+
+
+class MCHost:
+    """The calls patched nanochat's base_train makes, around a TinyGPT."""
+
+    def __init__(self, model: TinyGPT, device: torch.device, T: int, B: int, steps: int, telemetry_dir: str) -> None:
+        self.model, self.device = model, device
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugin = MegaContextPlugin()
+        self.pm.register(self.plugin, name="megacontext")
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--max-seq-len", type=int, default=T)
+        parser.add_argument("--device-batch-size", type=int, default=B)
+        self.pm.hook.register_arguments(parser=parser)
+        self.args = parser.parse_args(["--mc", "--mc_auto_batch", "0", "--mc_telemetry_dir", telemetry_dir])
+        self.pm.hook.adjust_arguments(args=self.args, stage="base")
+        assert any(self.pm.hook.setup_model(model=model, args=self.args, num_iterations=steps, stage="base"))
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        self.logs: list[dict[str, float]] = []
+
+    def step(self, step: int, x: torch.Tensor, y: torch.Tensor, autocast: Any) -> float:
+        sync(self.device)
+        t0 = time.perf_counter()
+        with autocast():
+            ov = self.pm.hook.before_forward(model=self.model, idx=x, targets=y, kv_cache=None)
+            cos_sin = self.pm.hook.positional_overrides(model=self.model, override=ov)
+            nll = self.model(inputs_embeds=ov.inputs_embeds, targets=ov.targets, cos_sin=cos_sin,
+                             loss_reduction="none")
+            valid = (ov.targets.reshape(-1) >= 0).float()
+            loss = (nll * valid).sum() / valid.sum()
+            for extras in self.pm.hook.extra_loss(model=self.model, override=ov, per_entry_loss=nll):
+                loss = loss + sum(extras.values())
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.pm.hook.after_optimizer_step(step=step)
+        sync(self.device)
+        elapsed = time.perf_counter() - t0
+        log: dict[str, float] = {}
+        for extra in self.pm.hook.on_step_telemetry(step=step, metrics={}):
+            log.update(extra)
+        self.logs.append(log)
+        return elapsed
+
+    def close(self) -> None:
+        self.plugin.reset()
+        self.pm.unregister(self.plugin)
+
+
+def main(argv: list[str] | None = None) -> None:
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--depth", type=int, default=None)
+    extra.add_argument("--seq-len", type=int, default=None)
+    extra.add_argument("--batch", type=int, default=None)
+    extra.add_argument("--steps", type=int, default=None)
+    extra.add_argument("--warmup", type=int, default=2)
+    extra.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ours, rest = extra.parse_known_args(argv)
+    args = parse_args(__doc__.splitlines()[0] + " Extra flags: --depth, --seq-len, --batch, --steps, --warmup, "
+                      "--device.", rest)
+    quick = {"depth": 2, "seq_len": 512, "batch": 2, "steps": 6}
+    full = {"depth": 4, "seq_len": 1024, "batch": 4, "steps": 12}
+    base = quick if args.quick else full
+    depth, T, B, steps = (getattr(ours, k) if getattr(ours, k) is not None else base[k]
+                          for k in ("depth", "seq_len", "batch", "steps"))
+    device = torch.device("cuda" if ours.device == "cuda" or (ours.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+
+    def autocast() -> Any:
+        if device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    load_start = os.getloadavg()
+    if load_start[0] > 0.5 * (os.cpu_count() or 1) and device.type == "cpu":
+        print(f"warning: load average {load_start[0]:.1f} on {os.cpu_count()} CPUs: other processes compete for "
+              f"the cores; vanilla and MC steps alternate so both see it alike", flush=True)
+    gen = torch.Generator().manual_seed(args.seed)
+    data = [torch.randint(0, VOCAB, (B, T + 1), generator=gen) for _ in range(steps + ours.warmup)]
+    data = [(d[:, :-1].to(device), d[:, 1:].to(device)) for d in data]
+
+    vanilla = Vanilla(make_model(depth, T, device, args.seed), device)
+    tmp = tempfile.TemporaryDirectory(prefix="mc-throughput-")
+    mc_model = make_model(depth, T, device, args.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MCTelemetryAlert)
+        mc = MCHost(mc_model, device, T, B, steps, tmp.name)
+        monitor, ctrl = mc.plugin.monitor, mc.plugin.controller
+        assert monitor is not None and ctrl is not None
+        started = time.perf_counter()
+        for i in range(ours.warmup):
+            x, y = data[steps + i]
+            vanilla.step(x, y, autocast)
+            mc.step(0, x, y, autocast)
+        mc.plugin.step = 0  # the measured steps run the whole curriculum from its start,
+        monitor._snap_step = -1  # and step 0 takes its telemetry snapshot again (a cadence step)
+        monitor.metrics()  # the MFU window starts here
+        flops0 = monitor.flops
+        v_times, m_times, tel_ms, m_flops = [], [], [], []
+        for s in range(steps):
+            x, y = data[s]
+            v_times.append(vanilla.step(x, y, autocast))
+            tel0, f0 = monitor.telemetry_s, monitor.flops
+            m_times.append(mc.step(s, x, y, autocast))
+            tel_ms.append((monitor.telemetry_s - tel0) * 1e3)
+            m_flops.append(monitor.flops - f0)
+            print(f"step {s}: vanilla {v_times[-1] * 1e3:.0f} ms, mc {m_times[-1] * 1e3:.0f} ms "
+                  f"(W {ctrl.budget_at(s)})", flush=True)
+        mc_flops = monitor.flops - flops0
+        mc_metrics = mc.logs[-1]
+        mfus = [log["mc/mfu"] for log in mc.logs[ours.warmup:] if "mc/mfu" in log]
+        every = ctrl.cfg.mc_telemetry_every
+        W_start, W_end, V = ctrl.budget_at(0), ctrl.budget_at(steps), ctrl.cfg.num_variants
+        mc.close()
+    tmp.cleanup()
+    elapsed = time.perf_counter() - started
+
+    tokens_per_step = B * T
+    v_med, m_med = statistics.median(v_times), statistics.median(m_times)
+    vanilla_tok_s, mc_tok_s = tokens_per_step / statistics.mean(v_times), tokens_per_step / statistics.mean(m_times)
+    vanilla_fpt = vanilla.model.flops_per_token(T)
+    mc_fpt = mc_flops / (tokens_per_step * steps)
+    flop_ratio = mc_fpt / vanilla_fpt
+    efficiency = (mc_tok_s / vanilla_tok_s) * flop_ratio
+    peak = device_peak_flops(device)
+    vanilla_mfu = 100 * vanilla_fpt * vanilla_tok_s / peak if math.isfinite(peak) else None
+    mfu = statistics.median(mfus) if mfus and math.isfinite(peak) else None  # the plugin's mc/mfu, per step
+    cadence = [t for s, t in enumerate(tel_ms) if every and s % every == 0]
+    others = [t for s, t in enumerate(tel_ms) if not (every and s % every == 0)]
+    snapshot_ms = statistics.mean(cadence) if cadence else 0.0
+    step_tel_ms = statistics.median(others) if others else 0.0
+    row: dict[str, Any] = {
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "depth": depth, "width": HEAD_DIM * depth, "T": T, "B": B, "V": V, "W_start": W_start, "W_end": W_end,
+        "steps": steps, "warmup": ours.warmup,
+        "vanilla_tok_s": vanilla_tok_s, "mc_tok_s": mc_tok_s,
+        "vanilla_tok_s_median": tokens_per_step / v_med, "mc_tok_s_median": tokens_per_step / m_med,
+        "flop_ratio": flop_ratio, "efficiency": efficiency, "mfu": mfu, "vanilla_mfu": vanilla_mfu,
+        "vanilla_flops_per_token": vanilla_fpt, "mc_flops_per_token": mc_fpt,
+        "mc_flops_per_step_mean": mc_flops / steps,
+        "vanilla_gflops_per_s": vanilla_fpt * vanilla_tok_s / 1e9, "mc_gflops_per_s": mc_fpt * mc_tok_s / 1e9,
+        "vanilla_step_ms": v_med * 1e3, "mc_step_ms": m_med * 1e3,
+        "vanilla_step_ms_all": [t * 1e3 for t in v_times], "mc_step_ms_all": [t * 1e3 for t in m_times],
+        "telemetry_every": every, "telemetry_frac": sum(tel_ms) / (1e3 * sum(m_times)),
+        "telemetry_snapshot_ms": snapshot_ms, "telemetry_step_ms": step_tel_ms,
+        "telemetry_frac_default": ((snapshot_ms + (every - 1) * step_tel_ms) / (every * 1e3 * statistics.mean(m_times))
+                                   if every else 0.0),
+        "mc_time_controller_ms": mc_metrics.get("mc/time_controller_ms"),
+    }
+    print(f"\nvanilla vs --mc, depth {depth} (width {HEAD_DIM * depth}), T {T}, B {B}, {steps} steps after "
+          f"{ours.warmup} warm-up, {row['device']}, {elapsed:.0f} s")
+    print_table([row], ["vanilla_tok_s", "mc_tok_s", "flop_ratio", "efficiency", "vanilla_gflops_per_s",
+                        "mc_gflops_per_s", "telemetry_frac", "telemetry_frac_default"])
+    print(f"efficiency {efficiency:.3f} (goal >= {TARGET_EFFICIENCY}); mfu {mfu} (vanilla {vanilla_mfu})")
+    payload = {"benchmark": "throughput", "quick": args.quick, "target_efficiency": TARGET_EFFICIENCY,
+               "loadavg_start": load_start, "loadavg_end": os.getloadavg(), **row}
+    write_json(args.json, payload)
+    xs = list(range(steps))
+    plot_lines(
+        png_path(args, "throughput.png"),
+        {"vanilla": (xs, [vanilla_fpt * tokens_per_step / t / 1e9 for t in v_times]),
+         "--mc (honest FLOPs)": (xs, [f / t / 1e9 for f, t in zip(m_flops, m_times, strict=True)])},
+        title=f"achieved GFLOP/s per step, depth {depth}, T {T}, B {B} (efficiency {efficiency:.2f})",
+        xlabel="measured step (MC budget anneals from 80% to 20% of T)", ylabel="GFLOP/s",
+        hline=(TARGET_EFFICIENCY * vanilla_fpt * vanilla_tok_s / 1e9, f"{TARGET_EFFICIENCY} x vanilla (mean)"),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The single-GPU nanochat recipe, with or without MegaContext: depth 12, ~3.1B pretraining tokens,
+# every stage (tokenizer, base, mid, SFT, evals, report) in the patched nanochat at the pin.
+#
+#   bash integration/run10.sh --gpu 5090|h100 [--mc] [MegaContext knobs...] [--dry-run]
+#
+#   --gpu 5090   32 GB class cards (5090, A6000): device batch 16, 5,900 iterations of 524,288 tokens
+#   --gpu h100   80 GB: the device batch doubles and the iterations halve, for the same token budget
+#   --dry-run    print the commands, run nothing
+#
+# Sources .mc_env (integration/mc_setup writes it: W&B, HF and OTEL settings carry across every
+# stage). WANDB_RUN names the W&B run (default: dummy = no W&B); NANOCHAT_BASE_DIR holds data and
+# checkpoints (default ~/.cache/nanochat). The training and eval stages get every MegaContext
+# argument you pass; without --mc the run is upstream's.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+die() { echo "run10: error: $*" >&2; exit 2; }
+
+GPU=""
+DRY=0
+MC_ARGS=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --gpu) [ $# -ge 2 ] || die "--gpu needs a value: 5090 or h100"; GPU=$2; shift 2 ;;
+        --gpu=*) GPU=${1#--gpu=}; shift ;;
+        --dry-run) DRY=1; shift ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        *) MC_ARGS+=("$1"); shift ;;
+    esac
+done
+case "$GPU" in
+    5090) DBS=16; TOTAL=524288; ITERS=5900; SFT_DBS=4 ;;
+    h100) DBS=32; TOTAL=1048576; ITERS=2950; SFT_DBS=8 ;;
+    "") die "which GPU? --gpu 5090 or --gpu h100" ;;
+    *) die "unknown --gpu '$GPU' (expected 5090 or h100)" ;;
+esac
+if [ ${#MC_ARGS[@]} -gt 0 ]; then
+    case " ${MC_ARGS[*]} " in *" --mc "*) ;; *) die "MegaContext knobs need --mc (got: ${MC_ARGS[*]})" ;; esac
+fi
+
+[ -f "$ROOT/.mc_env" ] && { set -a; . "$ROOT/.mc_env"; set +a; }
+NC=${MC_NANOCHAT:-$ROOT/.mc/nanochat}
+PY="$ROOT/.venv/bin/python"
+export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}
+export OMP_NUM_THREADS=1 PYTHONPATH="$NC"
+[ ${#MC_ARGS[@]} -gt 0 ] && export NANOCHAT_PLUGINS=megacontext || export NANOCHAT_PLUGINS=none
+RUN=${WANDB_RUN:-dummy}
+MC=(${MC_ARGS[@]+"${MC_ARGS[@]}"})
+
+run() {  # run CMD...: echo it; execute it in the nanochat tree unless --dry-run
+    echo "+ $*"
+    [ "$DRY" = 1 ] || (cd "$NC" && "$@")
+}
+if [ "$DRY" = 0 ]; then
+    if [ ! -x "$PY" ] || ! "$PY" -m megacontext_plugin.cli nanochat verify "$NC" >/dev/null 2>&1; then
+        echo "run10: no patched nanochat at $NC yet: running integration/mc_setup --gpu"
+        bash "$ROOT/integration/mc_setup" --gpu
+    fi
+    mkdir -p "$NANOCHAT_BASE_DIR"
+fi
+if [ ${#MC[@]} -gt 0 ] && [ -x "$PY" ]; then  # a bad knob fails now, not hours later
+    "$PY" -m megacontext_plugin.cli config "${MC[@]}" >/dev/null || die "bad MegaContext arguments (above)"
+fi
+echo "run10: --gpu $GPU, depth 12, $ITERS iterations x $TOTAL tokens; MegaContext: ${MC[*]:-off}; run '$RUN'"
+
+run "$PY" -m nanochat.report reset
+run "$PY" -m nanochat.dataset -n 8
+if [ "$DRY" = 0 ]; then (cd "$NC" && "$PY" -m nanochat.dataset -n 64) & DOWNLOAD=$!; else echo "+ $PY -m nanochat.dataset -n 64 &"; fi
+run "$PY" -m scripts.tok_train --max-chars=2000000000 --vocab-size=65536
+run "$PY" -m scripts.tok_eval
+[ "$DRY" = 1 ] || wait "$DOWNLOAD"
+run "$PY" -m scripts.base_train --depth=12 --device-batch-size=$DBS --total-batch-size=$TOTAL \
+    --num-iterations=$ITERS --run="$RUN" ${MC[@]+"${MC[@]}"}
+run "$PY" -m scripts.base_loss --device-batch-size=$DBS
+run "$PY" -m scripts.base_eval
+run curl -sSL -o "$NANOCHAT_BASE_DIR/identity_conversations.jsonl" \
+    https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conversations.jsonl
+run "$PY" -m scripts.mid_train --device-batch-size=$DBS --run="$RUN" ${MC[@]+"${MC[@]}"}
+run "$PY" -m scripts.chat_eval -i mid ${MC[@]+"${MC[@]}"}
+run "$PY" -m scripts.chat_sft --device-batch-size=$SFT_DBS --run="$RUN" ${MC[@]+"${MC[@]}"}
+run "$PY" -m scripts.chat_eval -i sft ${MC[@]+"${MC[@]}"}
+run "$PY" -m nanochat.report generate
+echo "run10: done; report in $NANOCHAT_BASE_DIR/report/report.md"

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The whole nanochat pipeline, tiny, on CPU and offline: corpus -> tokenizer -> base -> mid -> SFT
+# -> chat_cli, in minutes on 2 cores. Nothing is downloaded: the pretraining shards are our seeded
+# long-context corpus (planted passkeys, key/value recall, copies) and the mid/SFT conversations
+# come from `megacontext tasks` (NANOCHAT_TASK_DIR).
+#
+#   bash integration/runcpu.sh [--mc] [MegaContext knobs...]
+#
+# With --mc every stage trains with the MegaContext controller (tiny-model defaults below; any knob
+# you pass wins). Everything lands in $MC_RUNCPU_DIR (default .mc/runcpu), wiped at the start;
+# nanochat comes from .mc/nanochat (integration/mc_setup makes it; run here if it is missing).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+die() { echo "runcpu: error: $*" >&2; exit 2; }
+say() { echo "runcpu: $*"; }
+
+MC_ARGS=()
+if [ $# -gt 0 ]; then
+    case " $* " in
+        *" --mc "*) ;;
+        *) die "MegaContext knobs need --mc (got: $*)" ;;
+    esac
+    # tiny-model defaults (sequence length 256): blocks of 8, a 32-token protected tail, H = 16
+    MC_ARGS=(--block_size 8 --allocator_recent_tokens 32 --mc_horizon 16 "$@")
+fi
+
+[ -f .mc_env ] && { set -a; . ./.mc_env; set +a; }
+NC=${MC_NANOCHAT:-$ROOT/.mc/nanochat}
+PY="$ROOT/.venv/bin/python"
+if [ ! -x "$PY" ] || ! "$PY" -m megacontext_plugin.cli nanochat verify "$NC" >/dev/null 2>&1; then
+    say "no patched nanochat at $NC yet: running integration/mc_setup --cpu"
+    bash integration/mc_setup --cpu
+fi
+
+if [ ${#MC_ARGS[@]} -gt 0 ]; then  # a bad knob fails now, before any work
+    "$PY" -m megacontext_plugin.cli config "${MC_ARGS[@]}" >/dev/null || die "bad MegaContext arguments (above)"
+fi
+RUN_DIR=${MC_RUNCPU_DIR:-$ROOT/.mc/runcpu}
+rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"
+export NANOCHAT_BASE_DIR="$RUN_DIR" NANOCHAT_TASK_DIR="$RUN_DIR/tasks"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} PYTHONPATH="$NC"
+[ ${#MC_ARGS[@]} -gt 0 ] && export NANOCHAT_PLUGINS=megacontext || export NANOCHAT_PLUGINS=none
+RUN=${WANDB_RUN:-dummy}
+MODEL=(--device-type cpu)
+SEQ=256
+
+START=$SECONDS
+stage() {  # stage NAME command...: run one stage with its timing; a failing stage stops the run
+    local name=$1 t0=$SECONDS; shift
+    say "== $name"
+    if ! (cd "$NC" && "$@") 2>&1 | tee -a "$RUN_DIR/runcpu.log"; then
+        die "$name failed; the full log is $RUN_DIR/runcpu.log"
+    fi
+    say "$name: $((SECONDS - t0)) s"
+}
+say "output in $RUN_DIR; MegaContext: $([ ${#MC_ARGS[@]} -gt 0 ] && echo "on (${MC_ARGS[*]})" || echo off)"
+stage "data" "$PY" -m megacontext_plugin.cli corpus --out "$RUN_DIR/base_data" --shards 6 --docs-per-shard 96 --max-chars 6000
+stage "tasks" "$PY" -m megacontext_plugin.cli tasks --out "$NANOCHAT_TASK_DIR" --max-seq-len $SEQ
+stage "report reset" "$PY" -m nanochat.report reset
+stage "tokenizer" "$PY" -m scripts.tok_train --max-chars 2000000 --vocab-size 1024
+stage "base" "$PY" -m scripts.base_train "${MODEL[@]}" --run "$RUN" --depth 4 --head-dim 64 --window-pattern L \
+    --max-seq-len $SEQ --device-batch-size 8 --total-batch-size 2048 --num-iterations 40 --eval-every 20 \
+    --eval-tokens 8192 --core-metric-every -1 --sample-every -1 ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+stage "mid" "$PY" -m scripts.mid_train "${MODEL[@]}" --run "$RUN" --dtype float32 --max-seq-len $SEQ \
+    --device-batch-size 8 --total-batch-size 2048 --num-iterations 20 --eval-every -1 --eval-tokens 8192 \
+    ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+stage "sft" "$PY" -m scripts.chat_sft "${MODEL[@]}" --run "$RUN" --dtype float32 --device-batch-size 4 \
+    --target-examples-per-step 8 --num-iterations 12 --eval-every 6 --eval-steps 4 --eval-metrics-every -1 \
+    ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+stage "chat" "$PY" -m scripts.chat_cli "${MODEL[@]}" --dtype float32 -t 0 \
+    -p "My dog is called kel. What is my dog called?" ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+stage "report" "$PY" -m nanochat.report generate
+say "done in $((SECONDS - START)) s: checkpoints in $RUN_DIR/{base,mid,chatsft}_checkpoints, report $RUN_DIR/report/report.md"

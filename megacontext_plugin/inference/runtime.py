@@ -1,0 +1,172 @@
+"""What the plugin's ``generate`` hook calls: the policy (MC or upstream), and the sessions.
+
+Policy. A prompt that fits (``len(tokens) + max_tokens <= budget``, the budget being
+``--mc_wc_budget`` or the model's ``sequence_len``) goes to upstream's own decode, unchanged
+(the hook returns None). A longer one, or any prompt of a named session (``--mc_session``),
+is decoded over MegaContext.
+
+Sessions.
+
+- Unnamed (the default): the session that decoded the previous prompt is reused when the new
+  prompt continues it (the chat CLI and web UI resend the whole conversation each turn: only the
+  new turn is ingested); any other prompt gets a fresh session, so independent prompts (evals)
+  never see each other's history. With ``--mc_tree disk`` a fresh session lives in a temporary
+  directory under ``--mc_tree_dir``, removed when the session is replaced or the runtime closes.
+- Named (``--mc_session NAME``): one persistent history. With ``--mc_tree disk`` it lives in
+  ``--mc_tree_dir/NAME`` (default ``$NANOCHAT_BASE_DIR/megacontext/trees/NAME``): every token is
+  committed to the tree as it is generated, so a reopened session (a new process, even after a
+  kill) continues where it stopped. A prompt that does not continue the session's current
+  conversation (a new process, or the CLI's ``clear``) starts a new conversation *after* the
+  stored history (its leading BOS dropped), so the model still sees what came before. A reopened
+  session's working context is rebuilt from the tree (recency layout, then LensNet).
+
+``num_samples > 1`` works for unnamed sessions: each row is its own session (the prompt is
+ingested per row), decoded in lockstep; a named session holds one history, so it refuses more
+than one sample with a clear error.
+
+``listeners`` receive every refocus's ``inference_update`` payload (a dict in the telemetry
+schema); ``last_session`` is the session of the last stream (its ``level_map()`` is the working
+context of the current answer).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import MCConfig
+from ..training import MCController
+from .decode import SpecialTokens, decode_stream
+from .session import MCSession, SessionError, SessionSettings, model_device
+
+
+def default_tree_dir(cfg: MCConfig) -> Path:
+    """``--mc_tree_dir``, else ``$NANOCHAT_BASE_DIR/megacontext/trees`` (nanochat's default base dir)."""
+    if cfg.mc_tree_dir:
+        return Path(cfg.mc_tree_dir).expanduser()
+    base = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
+    return Path(base) / "megacontext" / "trees"
+
+
+def wants_megacontext(prompt_tokens: int, max_tokens: int | None, budget: int, named: bool) -> bool:
+    """The policy: MC for a named session or when prompt + answer would not fit the budget."""
+    return named or prompt_tokens + (max_tokens or 0) > budget
+
+
+class InferenceRuntime:
+    """Sessions for one model's aux nets (the plugin's ``MCController``)."""
+
+    def __init__(self, controller: MCController, cfg: MCConfig | None = None) -> None:
+        self.controller = controller
+        self.cfg = cfg or controller.cfg
+        self.settings = SessionSettings.from_config(self.cfg, controller.sequence_len,
+                                                    max_level=controller.lensnet.max_level)
+        self.named: dict[str, MCSession] = {}
+        self.unnamed: list[MCSession] = []
+        self._temp_dirs: dict[int, Path] = {}
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.last_session: MCSession | None = None
+
+    @property
+    def budget(self) -> int:
+        return self.settings.budget
+
+    def _new_session(self, model: nn.Module, name: str | None) -> MCSession:
+        cfg = self.cfg
+        path: Path | None = None
+        temp: Path | None = None
+        if cfg.mc_tree == "disk":
+            root = default_tree_dir(cfg)
+            root.mkdir(parents=True, exist_ok=True)
+            if name:
+                path = root / name
+            else:
+                path = temp = Path(tempfile.mkdtemp(prefix="unnamed-", dir=root))
+        session = MCSession(model, self.controller.gistnet, self.controller.lensnet, self.settings,
+                            aux_dtype=self.controller.aux_dtype, kind=cfg.mc_tree, path=path,
+                            fsync=cfg.mc_tree_fsync, name=name or None, listeners=())
+        session.listeners.append(self._broadcast)
+        if temp is not None:
+            self._temp_dirs[id(session)] = temp
+        return session
+
+    def _broadcast(self, payload: dict[str, Any]) -> None:
+        for listener in self.listeners:
+            listener(dict(payload))
+
+    def _drop(self, session: MCSession) -> None:
+        session.close()
+        temp = self._temp_dirs.pop(id(session), None)
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+
+    def open_named(self, model: nn.Module, name: str) -> MCSession:
+        """The named session (opened, or reopened from disk, on first use)."""
+        session = self.named.get(name)
+        if session is None:
+            session = self.named[name] = self._new_session(model, name)
+        elif session.model is not model:
+            raise SessionError(f"session {name!r} is already open for another model in this process")
+        return session
+
+    def sessions_for(self, model: nn.Module, tokens: Sequence[int], num_samples: int,
+                     bos: int | None) -> tuple[list[MCSession], list[list[int]]]:
+        """The row sessions for this prompt and, per row, the tokens each still has to ingest."""
+        name = self.cfg.mc_session
+        if name:
+            if num_samples != 1:
+                raise SessionError(f"--mc_session {name}: a named session holds one history, so it decodes one "
+                                   f"sample at a time (asked for num_samples={num_samples})")
+            session = self.open_named(model, name)
+            new = session.new_tokens(tokens, bos)
+            if new is None:
+                new = session.start_conversation(tokens, bos)
+            return [session], [new]
+        if num_samples == 1:
+            for session in self.unnamed:
+                new = session.new_tokens(tokens) if session.model is model and not session.closed else None
+                if new is not None:
+                    for other in self.unnamed:
+                        if other is not session:
+                            self._drop(other)
+                    self.unnamed = [session]
+                    return [session], [new]
+        for session in self.unnamed:
+            self._drop(session)
+        self.unnamed = [self._new_session(model, None) for _ in range(num_samples)]
+        return list(self.unnamed), [list(tokens) for _ in range(num_samples)]
+
+    def generate(self, engine: Any, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
+                 temperature: float = 1.0, top_k: int | None = None,
+                 seed: int = 42) -> Iterator[tuple[list[int], list[int]]] | None:
+        """The ``generate`` hook: None (upstream decodes) or the MC token stream."""
+        if not wants_megacontext(len(tokens), max_tokens, self.budget, bool(self.cfg.mc_session)):
+            return None
+        if num_samples < 1:
+            raise SessionError(f"num_samples must be >= 1, got {num_samples}")
+        model = engine.model
+        tokenizer = engine.tokenizer
+        specials = SpecialTokens.from_tokenizer(tokenizer)
+        sessions, new = self.sessions_for(model, tokens, num_samples, specials.bos)
+        self.last_session = sessions[0]
+        engine_module = sys.modules.get(type(engine).__module__)
+        calculator = getattr(engine_module, "use_calculator", None)
+
+        def first_logits() -> list[torch.Tensor]:
+            return [session.ingest(ids) for session, ids in zip(sessions, new, strict=True)]
+
+        return decode_stream(sessions, first_logits, max_tokens, temperature, top_k, seed, specials, tokenizer,
+                             calculator, model_device(model))
+
+    def close(self) -> None:
+        for session in [*self.unnamed, *self.named.values()]:
+            self._drop(session)
+        self.unnamed, self.named, self.last_session = [], {}, None

@@ -1,0 +1,124 @@
+"""The focus probe: swap rate and residency, measured honestly during training.
+
+Training never runs the focus allocator: every variant's layout is sampled, and LensNet learns
+from their ΔNLL. So "swap rate" and "residency" during training are defined by what the
+allocator *would* do with the LensNet being trained, on the working context inference starts
+from. At the telemetry cadence, on one sequence of the micro-batch (the first):
+
+1. its tree (GistNet, no grad) and the **recency working context** at the step's curriculum
+   budget ``W`` (``WorkingContext.recency``: the longest raw suffix that fits, older history in
+   the fewest aligned gists, the last ``max(--allocator_recent_tokens, --mc_horizon)`` tokens
+   raw: what inference starts from);
+2. one refocus by a fresh ``FocusAllocator`` with the run's ``--allocator_*`` knobs (budget
+   ``W``), scored by LensNet against the last ``--mc_horizon`` tokens, as in training;
+3. **swap rate** = entries replaced / entries before (``FocusReport.swap_rate``: an expansion
+   replaces 1 entry, a collapse ``K``); **residency** = share of the entries before the refocus
+   (same node, same level) still present after it. LensNet's scores of the starting WC give the
+   score statistics.
+
+A probe changes nothing in training: it runs under ``no_grad``, touches no optimizer, EMA or
+random generator of the run, and its FLOPs are not counted in MFU (it is telemetry).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..context.working_context import WorkingContext
+from ..focus import FocusAllocator, FocusConfig, FocusReport
+from ..tree.building import build_levels
+
+
+@dataclass(frozen=True)
+class FocusProbe:
+    """One probe's result (see the module docstring)."""
+
+    report: FocusReport
+    before: WorkingContext
+    after: WorkingContext
+    budget: int
+    residency: float
+    scores: np.ndarray
+    """LensNet utilities of the starting WC's entries (float32)."""
+    probe_ms: float
+
+    @property
+    def swap_rate(self) -> float:
+        return self.report.swap_rate
+
+    def score_stats(self) -> dict[str, float]:
+        s = self.scores.astype(np.float64)
+        if s.size == 0:
+            return {}
+        return {"score_mean": float(s.mean()), "score_std": float(s.std()), "score_min": float(s.min()),
+                "score_max": float(s.max()), "score_p95": float(np.quantile(s, 0.95))}
+
+
+def residency(before: WorkingContext, after: WorkingContext) -> float:
+    """Share of ``before``'s entries (level, node) still present in ``after``; 1.0 for an empty WC."""
+    if len(before) == 0:
+        return 1.0
+    key_b = before.levels.astype(np.int64) * (1 << 56) + before.indices.astype(np.int64)
+    key_a = after.levels.astype(np.int64) * (1 << 56) + after.indices.astype(np.int64)
+    return float(np.isin(key_b, key_a, assume_unique=True).mean())
+
+
+def focus_config(controller: nn.Module, budget: int, num_levels: int) -> FocusConfig:
+    """The run's allocator knobs at ``budget`` (the curriculum's) over a ``num_levels``-level tree."""
+    cfg = controller.cfg
+    soft = cfg.allocator_soft_max_length
+    return FocusConfig(budget=budget, type=cfg.allocator_type, expand_threshold=cfg.allocator_expand_threshold,
+                       collapse_threshold=cfg.allocator_collapse_threshold,
+                       max_replacements=cfg.allocator_max_replacements, iterations=cfg.allocator_iterations,
+                       soft_max_length=min(soft, budget) if soft else None, recent_tokens=controller.recent,
+                       cooldown=cfg.allocator_cooldown, sample_top_k=cfg.allocator_sample_top_k,
+                       sample_temperature=cfg.allocator_sample_temperature, seed=cfg.mc_seed,
+                       max_level=max(1, num_levels - 1))
+
+
+@torch.no_grad()
+def probe_focus(controller: nn.Module, ids_T: torch.Tensor, wte: nn.Module, budget: int) -> FocusProbe | None:
+    """Refocus the recency WC of one sequence ``ids_T`` at ``budget`` (see the module docstring).
+
+    ``controller`` is the run's ``MCController``. Returns None when the sequence is too short for
+    any gist (nothing to refocus).
+    """
+    t0 = time.perf_counter()
+    cfg = controller.cfg
+    K, T, H = cfg.block_size, int(ids_T.shape[-1]), cfg.mc_horizon
+    if not controller.can_compress(T):
+        return None
+    num_levels = controller.length_plan(T).num_levels
+    aux = controller.aux_dtype
+    lod0_1TD = wte(ids_T.reshape(1, T)).to(aux)
+    levels = build_levels(lod0_1TD, K, controller.gistnet, max_level=num_levels - 1)
+    sizes = [int(level.shape[1]) for level in levels]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    table_ND = torch.cat([level[0] for level in levels], dim=0)
+    tail_1HD = lod0_1TD[:, T - H:]
+    device = table_ND.device
+
+    def score(wc: WorkingContext) -> torch.Tensor:
+        rows = torch.from_numpy(offsets[wc.levels.astype(np.int64)] + wc.indices.astype(np.int64)).to(device)
+        levels_1W = torch.from_numpy(wc.levels.astype(np.int64)).to(device)[None]
+        spans_1W = torch.from_numpy(wc.ends - wc.starts).to(device)[None]
+        return controller.lensnet(table_ND.index_select(0, rows)[None], levels_1W, spans_1W, tail_1HD)[0].float()
+
+    before = WorkingContext.recency(T, budget, K, controller.recent, max_level=num_levels - 1)
+    scores = score(before).cpu().numpy()
+    first = [scores]
+
+    def scorer(wc: WorkingContext) -> np.ndarray:
+        if first:  # the starting WC was just scored: reuse it
+            return first.pop()
+        return score(wc).cpu().numpy()
+
+    allocator = FocusAllocator(focus_config(controller, budget, num_levels))
+    after, report = allocator.refocus(before, scorer)
+    return FocusProbe(report, before, after, budget, residency(before, after), scores,
+                      (time.perf_counter() - t0) * 1e3)
