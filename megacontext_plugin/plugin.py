@@ -76,6 +76,8 @@ class MegaContextPlugin:
         self.source: tuple[str, int] | None = None
         """The checkpoint the host loaded before ``setup_model`` (the next stage's starting point)."""
         self._last: dict[str, torch.Tensor | float] = {}
+        self._last_at = -1
+        """``controller.steps_done`` when ``_last`` was computed (the optimizer step it belongs to)."""
         self.monitor: TrainingMonitor | None = None
         """Telemetry, MFU and alerts of a training stage (None without --mc, and in chat)."""
         self.inference: InferenceRuntime | None = None
@@ -92,7 +94,7 @@ class MegaContextPlugin:
         if self.inference is not None:
             self.inference.close()
             self.inference = None
-        self.cfg, self.controller, self.step, self._last = None, None, 0, {}
+        self.cfg, self.controller, self.step, self._last, self._last_at = None, None, 0, {}, -1
         self.stage, self.anneal, self.iterations_plan, self.source = "", True, None, None
 
     @property
@@ -245,6 +247,7 @@ class MegaContextPlugin:
             return {}
         losses = self.controller.compute_losses(batch, per_entry_loss.view_as(batch.targets_RW))
         cfg = self.controller.cfg
+        self._last_at = self.controller.steps_done  # the optimizer step these metrics belong to
         self._last = dict(losses.metrics) | {
             "time_controller_ms": batch.timings_ms.get("controller_ms", 0.0) + batch.timings_ms.get("losses_ms", 0.0)
         }
@@ -299,7 +302,10 @@ class MegaContextPlugin:
     def on_step_telemetry(self, step: int, metrics: dict[str, float]) -> dict[str, float] | None:
         if self.controller is None or not self._last:
             return None
-        values = {f"mc/{k}": float(v) for k, v in self._last.items()}  # one host sync, at logging time
+        # one host sync, at logging time; a step whose batches all trained plainly (too short to
+        # compress) reports no loss metrics rather than an older step's
+        fresh = self._last_at == self.controller.steps_done - 1
+        values = {f"mc/{k}": float(v) for k, v in self._last.items()} if fresh else {}
         if self.monitor is not None:  # MFU, FLOPs, tokens, wall time, swap rate, residency, drops
             values.update(self.monitor.metrics())
         return {k: v for k, v in values.items() if not math.isnan(v)}  # a level absent from the batch: no point

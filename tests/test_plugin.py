@@ -373,3 +373,13 @@ def test_generate_hook_decodes_prompts_past_the_window_over_megacontext_and_leav
                       stage="chat")
     assert (tmp_path / "s1").is_dir()  # a named session opens at setup, before the first prompt
     named.close()
+
+
+def test_on_step_telemetry_hook_never_reports_an_older_steps_losses() -> None:
+    host = SmallHost(["--mc", *SMALL])
+    assert "mc/token_loss" in host.step(0, *_data(40))
+    x, y = _data(41)
+    short = host.step(1, x[:, :12].contiguous(), y[:, :12].contiguous())  # too short to compress: plain forward
+    assert "train/loss" in short and "mc/token_loss" not in short
+    assert "mc/token_loss" in host.step(2, *_data(42))
+    host.close()
