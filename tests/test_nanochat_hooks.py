@@ -186,3 +186,15 @@ def test_mid_sft_and_chat_carry_the_megacontext_state_from_stage_to_stage(patche
     # the same stages without --mc: upstream's scripts, reading the offline task files
     _script(patched, base_dir, "none", "scripts.mid_train", *MID, "--model-tag", "d2")
     _script(patched, base_dir, "none", "scripts.chat_sft", *SFT)
+
+
+def test_base_train_with_mc_logs_to_wandb_offline(patched: Path, base_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("wandb", reason="upstream's W&B logging needs wandb")
+    env = _env(patched, base_dir, None) | {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    proc = subprocess.run([sys.executable, "-m", "scripts.base_train", *BASE_TRAIN, *MC, "--run", "mc-offline",
+                           "--model-tag", "wandb"], cwd=patched, env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    history = b"".join(p.read_bytes() for p in run_dir.glob("*.wandb"))
+    assert b"mc/token_loss" in history and b"train/loss" in history  # our metrics ride in nanochat's log
