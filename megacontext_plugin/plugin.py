@@ -26,7 +26,7 @@ from megacontext_plugin.config import ConfigError, MCConfig, config_from_args
 from megacontext_plugin.config import register_arguments as _register_config_arguments
 from megacontext_plugin.hookspecs import ForwardOverride, hookimpl
 from megacontext_plugin.inference import InferenceRuntime, SessionError
-from megacontext_plugin.telemetry import TelemetryConfigError
+from megacontext_plugin.telemetry import TelemetryConfigError, TelemetryEvent, TelemetryProvider, make_run_provider
 from megacontext_plugin.training import MCBatch, MCController
 from megacontext_plugin.training.curriculum import auto_batch
 from megacontext_plugin.training.monitor import TrainingMonitor
@@ -81,6 +81,8 @@ class MegaContextPlugin:
         self.monitor: TrainingMonitor | None = None
         """Telemetry, MFU and alerts of a training stage (None without --mc, and in chat)."""
         self.inference: InferenceRuntime | None = None
+        self.chat_provider: TelemetryProvider | None = None
+        """Where the chat stage's ``inference_update`` events go (``--mc_telemetry``)."""
         """MC decoding for the Engine's ``generate`` (sessions, listeners, the level map); see ``inference``."""
 
     def reset(self) -> None:
@@ -94,6 +96,7 @@ class MegaContextPlugin:
         if self.inference is not None:
             self.inference.close()
             self.inference = None
+        self._close_chat_provider()
         self.cfg, self.controller, self.step, self._last, self._last_at = None, None, 0, {}, -1
         self.stage, self.anneal, self.iterations_plan, self.source = "", True, None, None
 
@@ -170,6 +173,7 @@ class MegaContextPlugin:
                 self.inference.close()
             try:
                 self.inference = InferenceRuntime(self.controller)
+                self._send_inference_updates(self.inference)
                 if model is not None and self.inference.cfg.mc_session:
                     session = self.inference.open_named(model, self.inference.cfg.mc_session)
                     where = f"disk, {session.path}" if session.path is not None else "ram"
@@ -190,6 +194,29 @@ class MegaContextPlugin:
         atexit.register(self.monitor.close)  # bounded: never waits on a hanging collector
         if self.monitor.main:
             print(f"megacontext: telemetry -> {where}")
+
+    def _send_inference_updates(self, runtime: InferenceRuntime) -> None:
+        """Every refocus's ``inference_update`` goes to the run's provider (``--mc_telemetry``,
+        service ``megacontext-chat``); ``none`` sends nothing."""
+        cfg = runtime.cfg
+        if cfg.mc_telemetry == "none":
+            return
+        try:
+            provider, _, where = make_run_provider(cfg.mc_telemetry, "chat", telemetry_dir=cfg.mc_telemetry_dir or None)
+        except TelemetryConfigError as e:
+            _fail(f"--mc_telemetry {cfg.mc_telemetry}: {e}")
+        self._close_chat_provider()
+        self.chat_provider = provider
+        atexit.register(provider.close)  # bounded: never waits on a hanging collector
+        runtime.listeners.append(lambda payload: provider.emit(TelemetryEvent("inference_update", payload)))
+        print(f"megacontext: inference telemetry -> {where}")
+
+    def _close_chat_provider(self) -> None:
+        provider = self.chat_provider
+        if provider is not None:
+            provider.close()
+            atexit.unregister(provider.close)
+            self.chat_provider = None
 
     def _load_source(self, checkpoint_dir: str, step: int) -> None:
         """Start this stage from the aux nets saved beside the checkpoint the host loaded."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import math
 from pathlib import Path
 
@@ -350,7 +351,7 @@ def test_generate_hook_decodes_prompts_past_the_window_over_megacontext_and_leav
                                 top_k=None, seed=0) is None
     off.close()
 
-    on = SmallHost(["--mc", *SMALL], stage="chat")
+    on = SmallHost(["--mc", *SMALL, "--mc_telemetry_dir", str(tmp_path / "telemetry")], stage="chat")
     engine = _Engine(on.model.eval())
     short = on.pm.hook.generate(engine=engine, tokens=[1] * (T - 8), num_samples=1, max_tokens=8, temperature=0.0,
                                 top_k=None, seed=0)
@@ -364,6 +365,9 @@ def test_generate_hook_decodes_prompts_past_the_window_over_megacontext_and_leav
     assert session.num_tokens == 10 * T + 40 and session.stats.lens_calls >= 2  # the prompt, then every 32 tokens
     assert len(session.wc) <= T and session.level_map()["num_tokens"] == 10 * T + 40
     on.close()
+    (events,) = (tmp_path / "telemetry").glob("chat-*/telemetry.jsonl")  # every refocus, as inference_update
+    updates = [json.loads(line) for line in events.read_text().splitlines()]
+    assert len(updates) == session.stats.lens_calls and all(u["name"] == "inference_update" for u in updates)
     assert session.closed  # reset() closes the sessions
 
     with pytest.raises(SystemExit) as exc:  # chat setup checks the inference knobs: one line, exit 2
