@@ -30,7 +30,7 @@ from megacontext_plugin.telemetry import TelemetryConfigError, TelemetryEvent, T
 from megacontext_plugin.training import MCBatch, MCController
 from megacontext_plugin.training.curriculum import auto_batch
 from megacontext_plugin.training.monitor import TrainingMonitor
-from megacontext_plugin.training.packing import pack_targets
+from megacontext_plugin.training.packing import align_right, pack_targets
 
 STRUCTURAL_PREFIXES = ("block_size", "gistnet_", "lensnet_")
 """Knobs that shape the aux nets' parameters: a later stage must use the values its checkpoint was trained with."""
@@ -249,6 +249,7 @@ class MegaContextPlugin:
                        kv_cache: Any) -> ForwardOverride | None:
         if self.controller is None or targets is None or kv_cache is not None or not model.training:
             return None  # MC trains here; evaluation and inference see the plain model
+        idx, targets = align_right(idx, targets)  # SFT's right padding: its tails become supervised
         batch = self.controller.process_batch(idx, targets, _wte(model), self.budget_step)
         if self.monitor is not None:  # counters every micro-batch; snapshots at the telemetry cadence
             self.monitor.on_batch(self.step, idx, _wte(model), batch, budget_step=self.budget_step)

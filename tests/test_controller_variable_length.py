@@ -250,3 +250,29 @@ def test_hard_negatives_are_chosen_among_masked_pairs_only() -> None:
     some_RW = torch.tensor([[True, True, False, True], [True, True, False, False]])
     assert L.tail_nll(nll_RW, tail_RH, some_RW).tolist() == [4.0, 0.0]
     assert L.tail_supervised(some_RW, tail_RH).tolist() == [True, False]
+
+
+def test_align_right_moves_each_conversation_to_the_end_and_keeps_full_rows() -> None:
+    from megacontext_plugin.training.packing import align_right
+
+    x = torch.tensor([[1, 2, 3, 4, 9, 9], [5, 6, 7, 8, 6, 5], [1, 1, 1, 1, 1, 1]])
+    y = torch.tensor([[-1, 3, 4, -1, -1, -1], [6, 7, 8, 6, 5, 4], [-1, -1, -1, -1, -1, -1]])
+    xa, ya = align_right(x, y)
+    # row 0: supervised up to position 2, so it moves right by 3; its first token fills the front
+    assert xa[0].tolist() == [1, 1, 1, 1, 2, 3] and ya[0].tolist() == [-1, -1, -1, -1, 3, 4]
+    assert torch.equal(xa[1:], x[1:]) and torch.equal(ya[1:], y[1:])  # full row; row without targets
+    assert sorted(ya[0][ya[0] >= 0].tolist()) == sorted(y[0][y[0] >= 0].tolist())  # no target lost or made up
+
+
+def test_right_padded_batches_give_their_tails_targets_after_alignment() -> None:
+    from megacontext_plugin.training.packing import align_right
+
+    c = make_controller(small_cfg())
+    x = torch.randint(0, VOCAB, (4, T), generator=torch.Generator().manual_seed(4))
+    y = torch.roll(x, -1, 1)
+    y[:, T // 2:] = -1  # SFT-like: every conversation ends halfway, right-padded
+    wte = nn.Embedding(VOCAB, D)
+    padded = c.process_batch(x, y, wte, 0)
+    assert float(c.compute_losses(padded, fake_nll(padded)).metrics["tail_supervised_frac"]) == 0.0  # no signal
+    aligned = c.process_batch(*align_right(x, y), wte, 0)
+    assert float(c.compute_losses(aligned, fake_nll(aligned)).metrics["tail_supervised_frac"]) == 1.0

@@ -141,3 +141,25 @@ def pack_rotary(layouts: VariantLayouts, index: PackIndex, scheme: str, head_dim
     positions = entry_positions(starts, ends, scheme, sequence_len, mask_BW=index.valid_RW)
     sigma = span_sigma(index.spans_RW, gist_sigma_scale) if gist_sigma_scale > 0 else None
     return rotary_cos_sin(positions, head_dim, dtype=dtype, gaussian_sigma=sigma)
+
+
+def align_right(x_BT: torch.Tensor, y_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift each row so its last supervised target sits at the end: ``(x, y)`` of the same shape.
+
+    chat SFT pads short conversations on the right (targets -1), which leaves their last
+    ``--mc_horizon`` tokens, the tail every variant is scored on, without targets: such rows
+    would give GistNet and LensNet no signal. Shifted right, a row's conversation ends at ``T``
+    and its padding comes first (copies of the row's first token, targets -1). Rows that are
+    already supervised to the end (pretraining, mid-training) and rows with no target at all
+    are returned unchanged. One gather; no host sync.
+    """
+    T = y_BT.shape[1]
+    t_T = torch.arange(T, device=y_BT.device)
+    supervised_BT = y_BT >= 0
+    end_B = torch.where(supervised_BT.any(1), (supervised_BT * (t_T + 1)).amax(1), torch.full_like(y_BT[:, 0], T))
+    shift_B = (T - end_B).unsqueeze(1)  # 0 for full rows and for rows without targets
+    src_BT = (t_T - shift_B).clamp_min(0)
+    before_BT = t_T < shift_B
+    x_out = x_BT.gather(1, src_BT)
+    y_out = torch.where(before_BT, torch.full_like(y_BT, -1), y_BT.gather(1, src_BT))
+    return x_out, y_out
