@@ -5,6 +5,7 @@
 - ``megacontext corpus --out DIR``: the seeded long-context corpus as nanochat parquet shards.
 - ``megacontext tasks --out DIR``: seeded chat conversations (CustomJSON JSONL) for mid-training and SFT.
 - ``megacontext nanochat apply|verify|revert DIR``: our patches to an upstream nanochat tree at the pin.
+- ``megacontext eval train-tiny|long-context``: the long-context quality evaluation and its tiny CPU models.
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                              description=conversations.DESCRIPTION)
     conversations.add_arguments(p_tasks)
     p_tasks.set_defaults(func=lambda a: conversations.run(a, p_tasks))
+    from megacontext_plugin import evaluation
+
+    p_eval = sub.add_parser("eval", help="long-context quality evaluation (train-tiny, long-context)",
+                            description=evaluation.DESCRIPTION)
+    evaluation.add_parsers(p_eval)
 
     p_nano = sub.add_parser("nanochat", help="apply, verify or revert our patches to an upstream nanochat tree",
                             description="Patch an upstream nanochat tree at the pinned commit (verify exits 0 only "

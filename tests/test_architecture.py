@@ -22,7 +22,8 @@ ALLOWED: dict[str, set[str]] = {
     "demo": {"tree", "context", "focus"},
     "inference": {"config", "tree", "context", "focus", "nets", "training"},
     "plugin": {"config", "hookspecs", "tree", "context", "nets", "focus", "training", "telemetry", "inference"},
-    "cli": {"config", "demo", "data", "nanochat_patch"},
+    "evaluation": {"config", "tree", "context", "focus", "nets", "training", "data"},
+    "cli": {"config", "demo", "data", "nanochat_patch", "evaluation"},
 }
 
 

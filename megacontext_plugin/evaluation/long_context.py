@@ -1,0 +1,424 @@
+"""``megacontext eval long-context``: how much full-context quality MegaContext keeps at budget ``W``.
+
+On seeded documents from ``data.tasks`` (byte-level tokens) at lengths ``x * W`` for each ``x`` in
+``--lengths``, every arm of ``arms.ARMS`` answers with at most ``W`` entries (``full`` only where
+the sequence fits the model's window). Metrics per (arm, length):
+
+- ``passkey_acc``: exact match of the 5-digit pass key (teacher forcing: all digits argmax-right,
+  which is what greedy decoding would produce), also ``passkey_digit`` (per digit; chance 0.1)
+  and the depth x length grid (heatmap PNG per arm);
+- ``recall_acc``: multi-query associative recall (2 pairs over 16 symbols, 3-digit values),
+  query-level exact match;
+- ``nll_h``: mean NLL of the last ``H`` tokens of each passkey and recall document (``H`` =
+  ``--horizon``), with the history before them seen through the arm; ``delta_nll_h`` = that
+  minus the full-attention NLL on the same tokens (None where full attention does not fit);
+- ``swap_rate``, ``residency`` (MC arm only): of the allocator's refocus calls (``FocusReport``
+  swap rate; share of entries kept), averaged over the calls and documents;
+- ``lens_rank_corr``: Spearman correlation, per passkey document, between LensNet's utility of
+  each gist of the MC arm's starting (recency) working context and the true benefit of
+  expanding that gist alone (NLL of the answer before minus after), averaged over documents.
+
+A task that cannot fit a document of that length (the passkey needs ~82 characters) reports
+None; at such lengths ``nll_h`` is measured on plain filler documents instead (``nll_docs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import metrics, tasks
+from .arms import ARMS, ArmRunner
+from .checkpoint import encode, load
+
+PASSKEY_DIGITS = 5
+RECALL = {"num_pairs": 2, "num_symbols": 16, "value_digits": 3}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint from `megacontext eval train-tiny`")
+    p.add_argument("--budget", type=int, default=64, help="working-context budget W (entries), every arm")
+    p.add_argument("--lengths", default="1,2,4,8,16", help="document lengths as multiples of W (comma list)")
+    p.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="passkey depths (fractions, comma list)")
+    p.add_argument("--samples", type=int, default=8, help="passkey documents per (depth, length) cell")
+    p.add_argument("--recall-docs", type=int, default=16, help="recall documents per length")
+    p.add_argument("--lens-docs", type=int, default=8, help="passkey documents per length for lens_rank_corr")
+    p.add_argument("--horizon", type=int, default=16, help="H: tokens at the end of a document for ΔNLL@H")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma list out of {','.join(ARMS)}")
+    p.add_argument("--rounds", type=int, default=4, help="refocus calls of the MC arm per document")
+    p.add_argument("--start", choices=("recency", "coarsest"), default="coarsest",
+                   help="the MC arm's working context before refocusing")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the evaluation documents")
+    p.add_argument("--expand-threshold", type=float, default=None,
+                   help="override the checkpoint's --allocator_expand_threshold for the MC arm")
+    p.add_argument("--collapse-threshold", type=float, default=None,
+                   help="override the checkpoint's --allocator_collapse_threshold for the MC arm")
+    p.add_argument("--max-replacements", type=int, default=None,
+                   help="override the checkpoint's --allocator_max_replacements for the MC arm")
+    p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--png", type=Path, default=None,
+                   help="heatmap PNG (default: beside --json); the ΔNLL plot gets the suffix _nll")
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        lengths = [int(v) for v in args.lengths.split(",") if v.strip()]
+        depths = _floats(args.depths)
+        arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    except ValueError as exc:
+        parser.error(str(exc))
+    bad = [a for a in arms if a not in ARMS]
+    if bad or not arms:
+        parser.error(f"--arms: unknown {bad}; expected names out of {ARMS}")
+    if any(x < 1 for x in lengths) or not lengths:
+        parser.error("--lengths: multiples of the budget must be >= 1")
+    if not args.checkpoint.exists():
+        parser.error(f"--checkpoint {args.checkpoint}: no such file")
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+    model, ctrl, recipe = load(args.checkpoint)
+    overrides = {k: v for k, v in (("allocator_expand_threshold", args.expand_threshold),
+                                   ("allocator_collapse_threshold", args.collapse_threshold),
+                                   ("allocator_max_replacements", args.max_replacements)) if v is not None}
+    if overrides:
+        ctrl.cfg = dataclasses.replace(ctrl.cfg, **overrides)
+    result = evaluate(model, ctrl, budget=args.budget, lengths=lengths, depths=depths, samples=args.samples,
+                      recall_docs=args.recall_docs, lens_docs=args.lens_docs, horizon=args.horizon, arms=arms,
+                      rounds=args.rounds, start=args.start, seed=args.seed)
+    result["checkpoint"] = str(args.checkpoint)
+    result["recipe"] = recipe
+    print(format_table(result))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
+        print(f"wrote {args.json}")
+    png = args.png or (args.json.with_suffix(".png") if args.json is not None else None)
+    if png is not None:
+        written = write_plots(result, png)
+        for path in written:
+            print(f"wrote {path}")
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(type(value).__name__)
+
+
+def _rng(seed: int, *parts: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *parts])
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN when either side is constant or n < 2."""
+    x, y = _ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64))
+    if x.size < 2 or x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    order = np.argsort(v, kind="mergesort")
+    ranks = np.empty(v.size, dtype=np.float64)
+    ranks[order] = np.arange(v.size, dtype=np.float64)
+    for value in np.unique(v):  # average ranks of ties
+        tie = v == value
+        if tie.sum() > 1:
+            ranks[tie] = ranks[tie].mean()
+    return ranks
+
+
+# ---- documents ------------------------------------------------------------------------------------
+def make_passkey_docs(seed: int, length: int, depths: Sequence[float], samples: int) -> list[tasks.PasskeySample]:
+    out = []
+    for di, depth in enumerate(depths):
+        for s in range(samples):
+            out.append(tasks.make_passkey(_rng(seed, 1, length, di, s), num_chars=length, depth=depth,
+                                          digits=PASSKEY_DIGITS))
+    return out
+
+
+def make_recall_docs(seed: int, length: int, count: int) -> list[tasks.RecallSample]:
+    out = []
+    for s in range(count):
+        rng = _rng(seed, 2, length, s)
+        out.append(tasks.make_recall(rng, num_chars=length, depth=float(rng.uniform(0, 1)), **RECALL))
+    return out
+
+
+def passkey_fits(length: int) -> bool:
+    try:
+        tasks.make_passkey(0, num_chars=length, digits=PASSKEY_DIGITS)
+    except ValueError:
+        return False
+    return True
+
+
+def recall_fits(length: int) -> bool:
+    try:
+        tasks.make_recall(0, num_chars=length, **RECALL)
+    except ValueError:
+        return False
+    return True
+
+
+# ---- scoring ----------------------------------------------------------------------------------------
+Predictor = Any
+"""Anything with ``predict(arm, prefix_ids, cont_ids) -> Prediction`` (``ArmRunner`` or a test double)."""
+
+
+def score_passkey(runner: Predictor, arm: str, docs: Sequence[tasks.PasskeySample]
+                  ) -> tuple[metrics.PasskeyScore, list[float], list[dict[str, float]]]:
+    """Exact/per-digit scores; per-document exact (1/0) in order; the arm's per-document info."""
+    preds, answers, exact, infos = [], [], [], []
+    for doc in docs:
+        cont = encode(" " + doc.answer + ".")
+        p = runner.predict(arm, encode(doc.prompt), cont)
+        digits = "".join(chr(int(t)) for t in p.argmax[1:1 + len(doc.answer)])
+        preds.append(digits)
+        answers.append(doc.answer)
+        exact.append(float(digits == doc.answer))
+        infos.append(p.info)
+    return metrics.passkey_accuracy(preds, answers), exact, infos
+
+
+def score_recall(runner: Predictor, arm: str, docs: Sequence[tasks.RecallSample]
+                 ) -> tuple[metrics.RecallScore, list[dict[str, float]]]:
+    preds, answers, infos = [], [], []
+    for doc in docs:
+        row = []
+        for i, answer in enumerate(doc.answers):
+            p = runner.predict(arm, encode(doc.prompt_for(i)), encode(" " + answer + "."))
+            row.append("".join(chr(int(t)) for t in p.argmax[1:1 + len(answer)]))
+            infos.append(p.info)
+        preds.append(row)
+        answers.append(list(doc.answers))
+    return metrics.recall_accuracy(preds, answers), infos
+
+
+def nll_at_h(runner: Predictor, arm: str, texts: Sequence[str], horizon: int) -> list[float]:
+    out = []
+    for text in texts:
+        ids = encode(text)
+        out.append(float(runner.predict(arm, ids[:-horizon], ids[-horizon:]).nll.mean()))
+    return out
+
+
+@torch.no_grad()
+def lens_rank_correlation(runner: ArmRunner, docs: Sequence[tasks.PasskeySample]) -> list[float]:
+    """Per document: Spearman(LensNet utility of each gist of the recency WC, NLL drop when only that
+    gist is expanded). Documents whose WC has fewer than 3 gists are skipped."""
+    from ..context.working_context import WorkingContext
+
+    ctrl = runner.ctrl
+    K, recent = ctrl.cfg.block_size, int(ctrl.recent)
+    out = []
+    for doc in docs:
+        prefix, cont = encode(doc.prompt), encode(" " + doc.answer + ".")
+        n, room = int(prefix.numel()), runner.budget - (int(cont.numel()) - 1)
+        if n <= room:
+            continue
+        table, offsets, lod0, num_levels = runner.tree(prefix)
+        wc = WorkingContext.recency(n, room, K, recent, max_level=num_levels - 1)
+        gists = np.flatnonzero(wc.levels > 0)
+        if gists.size < 3:
+            continue
+        scores = runner.scorer(table, offsets, lod0)(wc)[gists]
+        base = runner.predict_wc(wc, table, offsets, prefix, cont).nll.sum()
+        gain = [base - runner.predict_wc(wc.expand([int(g)]), table, offsets, prefix, cont).nll.sum() for g in gists]
+        rho = spearman(scores, gain)
+        if math.isfinite(rho):
+            out.append(rho)
+    return out
+
+
+def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, lengths: Sequence[int],
+             depths: Sequence[float], samples: int, recall_docs: int, lens_docs: int, horizon: int,
+             arms: Sequence[str], rounds: int = 4, start: str = "coarsest", seed: int = 1234) -> dict[str, Any]:
+    """All metrics as a JSON-able dict (see the module docstring); ``rows`` one per (arm, length)."""
+    t0 = time.perf_counter()
+    runner = ArmRunner(model, ctrl, budget, rounds=rounds, start=start)
+    if horizon >= budget:
+        raise ValueError(f"--horizon {horizon} must be smaller than the budget {budget}")
+    rows: list[dict[str, Any]] = []
+    grids: dict[str, dict[str, Any]] = {}
+    grid_cells: dict[str, tuple[list[float], list[int], list[float]]] = {a: ([], [], []) for a in arms}
+    lens_by_length: dict[int, float | None] = {}
+    all_rho: list[float] = []
+    for x in lengths:
+        L = x * budget
+        pk = make_passkey_docs(seed, L, depths, samples) if passkey_fits(L) else []
+        rc = make_recall_docs(seed, L, recall_docs) if recall_fits(L) and recall_docs > 0 else []
+        texts = [d.text for d in pk] + [d.text for d in rc]
+        nll_docs = "tasks"
+        if not texts:
+            texts = [tasks.make_filler_document(_rng(seed, 3, L, s), L) for s in range(max(samples, 4))]
+            nll_docs = "filler"
+        texts = [t for t in texts if len(t) > horizon + 1]
+        full_fits = all(runner.fits_full(len(t) - horizon, horizon) for t in texts)
+        full_nll = nll_at_h(runner, "full", texts, horizon) if full_fits else None
+        for arm in arms:
+            if arm == "full" and not full_fits:
+                rows.append({"arm": arm, "length_x": x, "length_tokens": L, "passkey_acc": None,
+                             "passkey_digit": None, "recall_acc": None, "nll_h": None, "delta_nll_h": None,
+                             "note": f"does not fit sequence_len {runner.seq_len}"})
+                continue
+            row: dict[str, Any] = {"arm": arm, "length_x": x, "length_tokens": L, "nll_docs": nll_docs}
+            infos: list[dict[str, float]] = []
+            if pk:
+                score, exact, pk_infos = score_passkey(runner, arm, pk)
+                row.update(passkey_acc=score.exact, passkey_digit=score.per_digit, passkey_docs=len(pk))
+                infos += pk_infos
+                g = grid_cells[arm]
+                g[0].extend(d.depth for d in pk)
+                g[1].extend([x] * len(pk))
+                g[2].extend(exact)
+            else:
+                row.update(passkey_acc=None, passkey_digit=None, passkey_docs=0)
+            if rc:
+                rscore, rc_infos = score_recall(runner, arm, rc)
+                row.update(recall_acc=rscore.query_accuracy, recall_docs=len(rc))
+                infos += rc_infos
+            else:
+                row.update(recall_acc=None, recall_docs=0)
+            nll = full_nll if arm == "full" and full_nll is not None else nll_at_h(runner, arm, texts, horizon)
+            row["nll_h"] = _mean(nll)
+            row["delta_nll_h"] = (_mean([a - b for a, b in zip(nll, full_nll, strict=True)])
+                                  if full_nll is not None else None)
+            if arm == "mc":
+                row["swap_rate"] = _mean([i["swap_rate"] for i in infos if "swap_rate" in i])
+                row["residency"] = _mean([i["residency"] for i in infos if "residency" in i])
+            rows.append(row)
+        if "mc" in arms and lens_docs > 0 and pk:
+            rho = lens_rank_correlation(runner, pk[:: max(1, len(pk) // lens_docs)][:lens_docs])
+            lens_by_length[x] = _mean(rho)
+            all_rho += rho
+    for arm in arms:
+        d, n, s = grid_cells[arm]
+        if s:
+            g = metrics.grid(d, n, s)
+            grids[arm] = {"depths": list(g.depths), "lengths_x": list(g.lengths), "accuracy": g.accuracy.tolist(),
+                          "counts": g.counts.tolist()}
+    cfg = ctrl.cfg
+    return {
+        "rows": rows,
+        "lens_rank_corr": _mean(all_rho),
+        "lens_rank_corr_by_length": {str(k): v for k, v in lens_by_length.items()},
+        "lens_rank_corr_docs": len(all_rho),
+        "passkey_grid": grids,
+        "settings": {"budget": budget, "lengths_x": list(lengths), "depths": list(depths), "samples": samples,
+                     "recall_docs": recall_docs, "horizon": horizon, "arms": list(arms), "rounds": rounds,
+                     "start": start, "seed": seed, "block_size": cfg.block_size, "recent_tokens": int(ctrl.recent),
+                     "lens_horizon": cfg.mc_horizon, "allocator": {
+                         "expand_threshold": cfg.allocator_expand_threshold,
+                         "collapse_threshold": cfg.allocator_collapse_threshold,
+                         "max_replacements": cfg.allocator_max_replacements,
+                         "iterations": cfg.allocator_iterations, "type": cfg.allocator_type},
+                     "sequence_len": runner.seq_len, "tokens": "bytes (vocab 256)",
+                     "passkey_chance_digit": 0.1},
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    cols = ["arm", "length_x", "passkey_acc", "passkey_digit", "recall_acc", "nll_h", "delta_nll_h", "swap_rate",
+            "residency"]
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        return str(v)
+
+    s = result["settings"]
+    lines = [f"long-context eval: budget W={s['budget']}, K={s['block_size']}, H={s['horizon']}, "
+             f"model window {s['sequence_len']}, {s['tokens']}"]
+    for arm in s["arms"]:
+        rows = [r for r in result["rows"] if r["arm"] == arm]
+        cells = [[fmt(r.get(c)) for c in cols] for r in rows]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+        lines.append("")
+        lines.append("  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True)))
+        lines.append("  ".join("-" * w for w in widths))
+        lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    lines.append("")
+    lr = result["lens_rank_corr"]
+    lines.append(f"lens_rank_corr (Spearman, LensNet utility vs true NLL drop of expanding each gist): "
+                 f"{fmt(lr)} over {result['lens_rank_corr_docs']} documents")
+    for arm, g in result["passkey_grid"].items():
+        lines.append(f"\npasskey exact match, {arm} (rows: depth, columns: length x W)")
+        head = "depth\\len " + " ".join(f"{n:>6d}" for n in g["lengths_x"])
+        lines.append(head)
+        for d, accs in zip(g["depths"], g["accuracy"], strict=True):
+            lines.append(f"{d:9.2f} " + " ".join("     -" if a is None or a != a else f"{a:6.2f}" for a in accs))
+    return "\n".join(lines)
+
+
+def write_plots(result: dict[str, Any], png: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install 'megacontext-plugin[bench]'): no PNG written")
+        return []
+    png.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    grids = result["passkey_grid"]
+    if grids:
+        fig, axes = plt.subplots(1, len(grids), figsize=(3.0 * len(grids) + 1.5, 3.8), squeeze=False,
+                                 layout="constrained")
+        for k, (ax, (arm, g)) in enumerate(zip(axes[0], grids.items(), strict=True)):
+            acc = np.array([[np.nan if a is None else a for a in row] for row in g["accuracy"]], dtype=float)
+            im = ax.imshow(acc, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
+            ax.set_xticks(range(len(g["lengths_x"])), [f"{n}x" for n in g["lengths_x"]])
+            ax.set_yticks(range(len(g["depths"])), [f"{d:.2f}" for d in g["depths"]] if k == 0 else [])
+            ax.set_title(arm)
+            ax.set_xlabel("length (x W)")
+            for i in range(acc.shape[0]):
+                for j in range(acc.shape[1]):
+                    if np.isfinite(acc[i, j]):
+                        ax.text(j, i, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                                color="white" if acc[i, j] < 0.5 else "black")
+        axes[0][0].set_ylabel("passkey depth")
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="exact match")
+        fig.suptitle(f"passkey accuracy at budget W={result['settings']['budget']}")
+        fig.savefig(png, dpi=120)
+        plt.close(fig)
+        written.append(png)
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for arm in result["settings"]["arms"]:
+        pts = [(r["length_x"], r["nll_h"]) for r in result["rows"] if r["arm"] == arm and r.get("nll_h") is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=arm)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("length (x W)")
+    ax.set_ylabel(f"NLL@H (H={result['settings']['horizon']}), nats")
+    ax.legend()
+    fig.tight_layout()
+    nll_png = png.with_name(png.stem + "_nll.png")
+    fig.savefig(nll_png, dpi=120)
+    plt.close(fig)
+    written.append(nll_png)
+    return written

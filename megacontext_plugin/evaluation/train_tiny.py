@@ -1,0 +1,178 @@
+"""``megacontext eval train-tiny --out DIR``: the tiny byte-level models the quality evaluation needs.
+
+A reproducible CPU recipe (seeded data from ``data.tasks``, seeded init, fixed step counts):
+
+1. **plain** (``--plain-steps``): a ``TinyGPT`` (vocab 256, bytes) learns the tasks with full
+   attention on documents of ``--plain-len`` tokens: passkey and associative-recall documents
+   (half each, depths uniform), next-token loss on every position plus ``--answer-weight`` x
+   the mean loss on the answer digits (5 of ~256 tokens otherwise carry almost no signal: with
+   plain next-token loss only, 1,200 steps left the full-attention passkey at chance).
+2. **mc** (``--mc-steps``): the same model trains with the ``MCController`` on documents of
+   ``--mc-len`` tokens (the tasks again, the answer at the end, so it is in the ``H``-token
+   tail where ΔNLL is measured): the token loss over the baseline and random working-context
+   variants, GistNet's substitutability loss and LensNet's preference loss; the curriculum
+   anneals the budget to ``--budget`` over the first ``--anneal`` share of the phase. Each
+   step also takes a plain full-attention step on ``--mix-batch`` documents of the same
+   length, so the full-attention arm (the upper bound) stays trained.
+
+Writes ``DIR/tiny.pt`` (``checkpoint`` format) and ``DIR/train_log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import MCConfig
+from ..data import tasks
+from ..training.reference_model import TinyGPTConfig
+from . import checkpoint
+from .long_context import RECALL
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="directory for tiny.pt and train_log.jsonl")
+    p.add_argument("--budget", type=int, default=64, help="final working-context budget W (entries)")
+    p.add_argument("--block-size", type=int, default=8, help="K")
+    p.add_argument("--recent", type=int, default=16, help="protected raw tail (--allocator_recent_tokens)")
+    p.add_argument("--horizon", type=int, default=16, help="H for LensNet and the gist loss (--mc_horizon)")
+    p.add_argument("--plain-len", type=int, default=256)
+    p.add_argument("--plain-steps", type=int, default=2500)
+    p.add_argument("--plain-batch", type=int, default=16)
+    p.add_argument("--mc-len", type=int, default=512, help="also the model's sequence_len")
+    p.add_argument("--mc-steps", type=int, default=1200)
+    p.add_argument("--mc-batch", type=int, default=8)
+    p.add_argument("--mix-batch", type=int, default=4, help="plain documents per MC step (0: none)")
+    p.add_argument("--anneal", type=float, default=0.15, help="share of the MC phase over which the budget anneals")
+    p.add_argument("--variants", type=int, default=4, help="random working-context variants per sequence")
+    p.add_argument("--answer-weight", type=float, default=1.0,
+                   help="extra weight of the mean loss on answer digits (0: plain next-token loss)")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--aux-lr", type=float, default=2e-3)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1: under CPU contention 2 threads ran 7x slower here)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=25)
+
+
+def make_batch(rng: np.random.Generator, batch: int, length: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``batch`` task documents of exactly ``length + 1`` bytes (front-padded with spaces), as x, y,
+    and ``answer[B, T]``: True where the target ``y`` is an answer digit (after the query)."""
+    rows, masks = [], []
+    for _ in range(batch):
+        depth = float(rng.uniform(0, 1))
+        if rng.uniform() < 0.5:
+            doc = tasks.make_passkey(rng, num_chars=length + 1, depth=depth, digits=5)
+            start = doc.query_offset
+        else:
+            doc = tasks.make_recall(rng, num_chars=length + 1, depth=depth, **RECALL)
+            start = doc.queries_offset
+        pad = length + 1 - len(doc.text)
+        text = " " * pad + doc.text
+        rows.append(list(text.encode("utf-8")))
+        masks.append([i >= pad + start and ch.isdigit() for i, ch in enumerate(text)])
+    xy = torch.tensor(rows, dtype=torch.long)
+    answer = torch.tensor(masks, dtype=torch.bool)
+    return xy[:, :-1], xy[:, 1:], answer[:, 1:]
+
+
+def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, answer: torch.Tensor,
+            weight: float) -> torch.Tensor:
+    """Next-token loss on every position plus ``weight`` x the mean loss on the answer digits."""
+    nll = model(x, y, loss_reduction="none").float().view_as(y)
+    return nll.mean() + weight * nll[answer].sum() / answer.sum().clamp_min(1)
+
+
+def _lr(step: int, total: int, peak: float, warmup: int = 30) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total)))))
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_path = args.out / "train_log.jsonl"
+    log = log_path.open("w")
+    mcfg = TinyGPTConfig(vocab_size=256, sequence_len=args.mc_len, n_layer=args.layers, n_head=args.heads,
+                         n_embd=args.width)
+    cfg = MCConfig(mc=True, block_size=args.block_size, allocator_recent_tokens=args.recent, mc_horizon=args.horizon,
+                   mc_train_wc_length=args.budget / args.mc_len, mc_num_random_variants=args.variants,
+                   mc_aux_lr=args.aux_lr, mc_seed=args.seed, gistnet_layers=1, lensnet_layers=1,
+                   lensnet_dim=64, allocator_expand_threshold=0.3, allocator_collapse_threshold=0.0)
+    anneal_steps = max(1, round(args.anneal * args.mc_steps))
+    model, ctrl = checkpoint.build(mcfg, cfg, total_steps=anneal_steps)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    rng = np.random.default_rng(args.seed)
+    t0 = time.perf_counter()
+    print(f"train-tiny: TinyGPT {args.layers}x{args.width} bytes, window {args.mc_len}; plain {args.plain_steps} "
+          f"steps at {args.plain_len}, MC {args.mc_steps} steps at {args.mc_len} -> budget {args.budget}", flush=True)
+
+    def emit(rec: dict) -> None:
+        rec["elapsed_s"] = round(time.perf_counter() - t0, 1)
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()), flush=True)
+
+    model.train()
+    for step in range(args.plain_steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, args.plain_steps + args.mc_steps, args.lr)
+        x, y, ans = make_batch(rng, args.plain_batch, args.plain_len)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = lm_loss(model, x, y, ans, args.answer_weight)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % args.log_every == 0 or step == args.plain_steps - 1:
+            emit({"phase": "plain", "step": step, "loss": loss.item()})
+
+    for step in range(args.mc_steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(args.plain_steps + step, args.plain_steps + args.mc_steps, args.lr)
+        x, y, ans = make_batch(rng, args.mc_batch, args.mc_len)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            batch = ctrl.process_batch(x, y, model.wte, step)
+            nll = model(inputs_embeds=batch.inputs_RWD, targets=batch.targets_RW, cos_sin=batch.cos_sin,
+                        loss_reduction="none")
+        nll_RW = nll.float().view_as(batch.targets_RW)
+        out = ctrl.compute_losses(batch, nll_RW)
+        # the answer digits of every variant (entries whose target is one), weighted as in the plain phase
+        ans_RW = ans.reshape(-1)[batch.index.target_RW] & (batch.targets_RW >= 0)
+        total = out.total + args.answer_weight * nll_RW[ans_RW].sum() / ans_RW.sum().clamp_min(1)
+        plain = torch.zeros(())
+        if args.mix_batch > 0:
+            xm, ym, am = make_batch(rng, args.mix_batch, args.mc_len)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                plain = lm_loss(model, xm, ym, am, args.answer_weight)
+            total = total + plain
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ctrl.step_aux()
+        if step % args.log_every == 0 or step == args.mc_steps - 1:
+            m = out.metrics
+            emit({"phase": "mc", "step": step, "budget": batch.budget, "plain_loss": plain.item(),
+                  "token_loss": float(m["token_loss"]), "gist_loss": float(m["gist_loss"]),
+                  "lens_loss": float(m["lens_loss"]), "pref_corr": float(m["preference_corr_mean"])})
+    ctrl.close()
+    recipe = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+    recipe["train_seconds"] = round(time.perf_counter() - t0, 1)
+    path = args.out / "tiny.pt"
+    checkpoint.save(path, model, ctrl, recipe)
+    log.close()
+    print(f"wrote {path} ({recipe['train_seconds']} s)")
+    return 0

@@ -1,0 +1,105 @@
+"""The long-context quality evaluation (issue 7): documents, metric code on hand-made predictors,
+the arms' layouts, and the whole command end to end on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from megacontext_plugin.cli import main
+from megacontext_plugin.context import WorkingContext
+from megacontext_plugin.evaluation import long_context as lc
+from megacontext_plugin.evaluation.arms import Prediction, uniform_layout
+from megacontext_plugin.evaluation.checkpoint import decode, encode
+
+
+class Oracle:
+    """Always right: predicts every continuation token, with NLL 0."""
+
+    def predict(self, arm: str, prefix: torch.Tensor, cont: torch.Tensor) -> Prediction:
+        return Prediction(np.zeros(cont.numel()), cont.numpy().copy(), int(prefix.numel()))
+
+
+class RandomModel:
+    """Uniform over the 256 bytes: argmax at random, NLL ln 256."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def predict(self, arm: str, prefix: torch.Tensor, cont: torch.Tensor) -> Prediction:
+        return Prediction(np.full(cont.numel(), np.log(256.0)), self.rng.integers(0, 256, cont.numel()), 64)
+
+
+def test_documents_are_seeded_and_answers_checkable() -> None:
+    a = lc.make_passkey_docs(7, 256, [0.0, 0.5, 1.0], 3)
+    b = lc.make_passkey_docs(7, 256, [0.0, 0.5, 1.0], 3)
+    assert [d.text for d in a] == [d.text for d in b]
+    assert [d.text for d in a] != [d.text for d in lc.make_passkey_docs(8, 256, [0.0, 0.5, 1.0], 3)]
+    for d in a:
+        assert f"The pass key is {d.answer}." in d.prompt and d.prompt.endswith(d.query)
+        assert len(d.text) <= 256 and decode(encode(d.text)) == d.text
+    r = lc.make_recall_docs(7, 256, 4)
+    assert [d.text for d in r] == [d.text for d in lc.make_recall_docs(7, 256, 4)]
+    for d in r:
+        for k, v in zip(d.keys, d.values, strict=True):
+            assert f"key {k} -> value {v}." in d.context
+    assert not lc.passkey_fits(64) and lc.passkey_fits(128)
+
+
+def test_an_always_right_model_scores_100_and_a_random_one_chance() -> None:
+    pk = lc.make_passkey_docs(1, 256, [0.0, 0.5, 1.0], 10)
+    rc = lc.make_recall_docs(1, 256, 10)
+    score, exact, _ = lc.score_passkey(Oracle(), "any", pk)
+    assert score.exact == 1.0 and score.per_digit == 1.0 and exact == [1.0] * len(pk)
+    assert lc.score_recall(Oracle(), "any", rc)[0].query_accuracy == 1.0
+    assert lc.nll_at_h(Oracle(), "any", [d.text for d in pk], 16) == [0.0] * len(pk)
+    rnd = RandomModel()
+    score, _, _ = lc.score_passkey(rnd, "any", pk)
+    assert score.exact == 0.0 and score.per_digit < 0.05  # chance: 1/256 per byte
+    assert lc.score_recall(rnd, "any", rc)[0].query_accuracy == 0.0
+    assert np.allclose(lc.nll_at_h(rnd, "any", [d.text for d in pk], 16), np.log(256))
+
+
+def test_spearman_on_hand_made_cases() -> None:
+    assert lc.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert lc.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert lc.spearman([1, 2, 3, 4], [1, 8, 27, 64]) == pytest.approx(1.0)  # ranks, not values
+    assert np.isnan(lc.spearman([1, 1, 1], [1, 2, 3]))
+
+
+@pytest.mark.parametrize("n", [200, 512, 1000])
+def test_uniform_layout_is_one_gist_level_within_budget(n: int) -> None:
+    K, recent, budget = 8, 16, 58
+    wc = uniform_layout(n, budget, K, recent, max_level=4)
+    wc.validate(recent_tokens=recent, budget=budget)
+    gist_levels = set(wc.levels[wc.levels > 0].tolist())
+    top = max(gist_levels)
+    # every node of the chosen level that lies before the tail is there; leftovers are finer
+    assert (wc.levels[: int((wc.levels == top).sum())] == top).all()
+    finer = uniform_layout(n, 10**6, K, recent, max_level=top - 1) if top > 1 else None
+    assert finer is None or len(finer) > budget or len(WorkingContext.coarsest(n, K, recent)) <= budget
+
+
+def test_eval_runs_end_to_end_on_a_tiny_checkpoint(tmp_path) -> None:
+    out = tmp_path / "ck"
+    assert main(["eval", "train-tiny", "--out", str(out), "--plain-steps", "3", "--mc-steps", "2",
+                 "--plain-len", "128", "--plain-batch", "2", "--mc-len", "256", "--mc-batch", "2",
+                 "--mix-batch", "1", "--threads", "1", "--width", "32", "--heads", "2", "--layers", "1"]) == 0
+    js = tmp_path / "eval.json"
+    assert main(["eval", "long-context", "--checkpoint", str(out / "tiny.pt"), "--budget", "64",
+                 "--lengths", "1,2,8", "--depths", "0,1", "--samples", "1", "--recall-docs", "1",
+                 "--lens-docs", "1", "--json", str(js)]) == 0
+    result = json.loads(js.read_text())
+    rows = {(r["arm"], r["length_x"]): r for r in result["rows"]}
+    assert set(rows) == {(a, x) for a in ("truncation", "uniform", "mc", "full") for x in (1, 2, 8)}
+    for r in result["rows"]:
+        assert {"arm", "length_x", "passkey_acc", "recall_acc", "delta_nll_h"} <= set(r)
+    assert rows[("full", 8)]["nll_h"] is None  # 512 tokens do not fit a 256-token window
+    assert rows[("full", 2)]["delta_nll_h"] == 0.0
+    assert rows[("truncation", 1)]["delta_nll_h"] == pytest.approx(0.0, abs=1e-5)  # everything fits W
+    assert rows[("mc", 2)]["swap_rate"] is not None and 0.0 <= rows[("mc", 2)]["residency"] <= 1.0
+    assert "lens_rank_corr" in result
+    assert js.with_suffix(".png").exists() and (tmp_path / "eval_nll.png").exists()
