@@ -361,3 +361,14 @@ def test_run_provider_per_stage_accepts_inference_update(collector: Collector, m
     none, _, where = make_run_provider("none", "base")
     none.emit(TelemetryEvent("inference_update", update))  # validated, then dropped on purpose
     assert "nowhere" in where
+
+
+def test_peak_flops_asks_the_host_inside_nanochat(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    host = types.ModuleType("nanochat.common")
+    host.get_peak_flops = lambda name: 123e12 if name == "Host GPU" else float("inf")  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "nanochat", types.ModuleType("nanochat"))
+    monkeypatch.setitem(sys.modules, "nanochat.common", host)
+    assert peak_flops("Host GPU") == 123e12  # the host's table, not ours

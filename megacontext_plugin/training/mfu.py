@@ -1,8 +1,8 @@
 """Honest MFU: executed FLOPs over the device's peak.
 
-``peak_flops(name)`` is nanochat's table (``nanochat/common.py`` ``get_peak_flops`` at the pin,
-bf16 dense peak per device), copied so the plugin never imports nanochat: an unknown GPU, the
-CPU and MPS give ``inf``, so MFU reads 0 / is not reported rather than a wrong guess.
+``peak_flops(name)`` is the bf16 dense peak per device: nanochat's own ``get_peak_flops`` when
+the plugin runs inside nanochat, else a short datasheet table of common GPUs. An unknown GPU,
+the CPU and MPS give ``inf``, so MFU is not reported rather than a wrong guess.
 
 ``base_flops_fn(model)`` returns the base model's forward+backward FLOPs per token at an
 attention length ``context``: a model's own ``flops_per_token(context)`` (``TinyGPT``), or, for
@@ -22,63 +22,40 @@ import torch
 logger = logging.getLogger("megacontext_plugin.training")
 
 
-def peak_flops(device_name: str) -> float:
-    """bf16 peak FLOP/s of one device by name (nanochat's ``get_peak_flops``); ``inf`` when unknown."""
+# bf16 dense peak FLOP/s from the vendors' datasheets, for when the host's own table is not there
+# (benchmarks, tests): the first row whose every pattern is in the lower-cased device name wins,
+# so the more specific rows (PCIe, NVL) come first.
+_DATASHEET_PEAKS: tuple[tuple[tuple[str, ...], float], ...] = (
+    (("h100", "pcie"), 756e12),
+    (("h100", "nvl"), 835e12),
+    (("h100",), 989e12),
+    (("h200", "nvl"), 836e12),
+    (("h200",), 989e12),
+    (("b200",), 2.25e15),
+    (("a100",), 312e12),
+    (("l40s",), 362e12),
+    (("5090",), 209.5e12),
+    (("4090",), 165.2e12),
+    (("mi300x",), 1.3074e15),
+)
+
+
+def _datasheet_peak(device_name: str) -> float:
     name = device_name.lower()
-    # NVIDIA Blackwell
-    if "gb200" in name or "grace blackwell" in name:
-        return 2.5e15
-    if "b200" in name:
-        return 2.25e15
-    if "b100" in name:
-        return 1.8e15
-    # NVIDIA Hopper
-    if "h200" in name:
-        return 836e12 if ("nvl" in name or "pcie" in name) else 989e12
-    if "h100" in name:
-        if "nvl" in name:
-            return 835e12
-        return 756e12 if "pcie" in name else 989e12
-    if "h800" in name:
-        return 989e12 if "nvl" in name else 756e12
-    # NVIDIA Ampere data center
-    if "a100" in name or "a800" in name:
-        return 312e12
-    if "a40" in name:
-        return 149.7e12
-    if "a30" in name:
-        return 165e12
-    # NVIDIA Ada data center
-    if "l40s" in name or "l40-s" in name or "l40 s" in name:
-        return 362e12
-    if "l4" in name:
-        return 121e12
-    # AMD CDNA
-    if "mi355" in name:
-        return 2.5e15
-    if "mi325" in name or "mi300x" in name:
-        return 1.3074e15
-    if "mi300a" in name:
-        return 980.6e12
-    if "mi250x" in name:
-        return 383e12
-    if "mi250" in name:
-        return 362.1e12
-    # Intel
-    if "data center gpu max 1550" in name:
-        try:
-            units = torch.xpu.get_device_properties("xpu").max_compute_units
-        except Exception:
-            return math.inf
-        return 512 * units * 1300 * 10**6
-    # consumer RTX
-    if "5090" in name:
-        return 209.5e12
-    if "4090" in name:
-        return 165.2e12
-    if "3090" in name:
-        return 71e12
-    return math.inf
+    return next((peak for patterns, peak in _DATASHEET_PEAKS if all(p in name for p in patterns)), math.inf)
+
+
+def peak_flops(device_name: str) -> float:
+    """bf16 peak FLOP/s of one device by name; ``inf`` when unknown.
+
+    Inside nanochat the host's own ``nanochat.common.get_peak_flops`` answers (one table for
+    nanochat's MFU and ours); elsewhere a short datasheet table of common GPUs does.
+    """
+    try:
+        from nanochat.common import get_peak_flops  # the host, when the plugin runs inside nanochat
+    except ImportError:
+        return _datasheet_peak(device_name)
+    return float(get_peak_flops(device_name))
 
 
 def device_peak_flops(device: torch.device | str) -> float:
