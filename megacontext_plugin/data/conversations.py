@@ -55,6 +55,8 @@ import numpy as np
 
 from megacontext_plugin.data import tasks
 
+from .arguments import float_at_least, int_at_least
+
 CHARS_PER_TOKEN = 2.3
 """Assumed characters per token of the offline 512-vocabulary tokenizer (measured 2.2-2.3 on these files)."""
 
@@ -466,30 +468,6 @@ def write_task_dir(
 # command line
 
 
-def _int_at_least(lo: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {raw!r}") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
-        return value
-
-    return parse
-
-
-def _float_at_least(lo: float) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {raw!r}") from None
-        if not math.isfinite(value) or value < lo:
-            raise argparse.ArgumentTypeError(f"must be a finite number >= {lo:g}, got {raw}")
-        return value
-
-    return parse
 
 
 DESCRIPTION = (
@@ -501,14 +479,14 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The task flags (shared by ``python -m ...conversations`` and ``megacontext tasks``)."""
     p.add_argument("--out", required=True, help="output directory (created; our four files are overwritten)")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default 0)")
     for split in SPLITS:
         flag = "--" + split.replace("_", "-")
-        p.add_argument(flag, type=_int_at_least(1), default=DEFAULT_COUNTS[split],
+        p.add_argument(flag, type=int_at_least(1), default=DEFAULT_COUNTS[split],
                        help=f"conversations in {split}.jsonl (default {DEFAULT_COUNTS[split]})")
-    p.add_argument("--max-seq-len", type=_int_at_least(MIN_TOKENS), default=Lengths.max_seq_len,
+    p.add_argument("--max-seq-len", type=int_at_least(MIN_TOKENS), default=Lengths.max_seq_len,
                    help=f"nanochat's --max-seq-len, a length hint in tokens (default {Lengths.max_seq_len})")
-    p.add_argument("--length-factor", type=_float_at_least(1.0), default=Lengths.length_factor,
+    p.add_argument("--length-factor", type=float_at_least(1.0), default=Lengths.length_factor,
                    help="longest conversation = factor x max-seq-len tokens at ~3 characters per token "
                         f"(default {Lengths.length_factor:g})")
 

@@ -24,6 +24,8 @@ import numpy as np
 
 from megacontext_plugin.data import tasks
 
+from .arguments import int_at_least
+
 DEFAULT_MIX: dict[str, float] = {"passkey": 0.3, "recall": 0.2, "copy": 0.2, "filler": 0.3}
 KINDS = ("passkey", "recall", "copy", "filler")
 MARKER_KEY = b"megacontext_corpus"
@@ -213,18 +215,6 @@ def read_split(out_dir: str | os.PathLike[str], split: str) -> list[str]:
     return texts
 
 
-def _int_at_least(lo: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {raw!r}") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
-        return value
-
-    return parse
-
 
 DESCRIPTION = "Write a seeded long-context corpus as nanochat-style parquet shards (last shard = val)."
 
@@ -238,12 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The corpus flags (shared by ``python -m ...corpus`` and ``megacontext corpus``)."""
     p.add_argument("--out", required=True, help="output directory (new, empty, or holding only our shards)")
-    p.add_argument("--shards", type=_int_at_least(2), default=4, help="number of shards, >= 2 (default 4)")
-    p.add_argument("--docs-per-shard", type=_int_at_least(1), default=64, help="documents per shard (default 64)")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
-    p.add_argument("--row-groups", type=_int_at_least(1), default=4, help="row groups per shard (default 4)")
-    p.add_argument("--min-chars", type=_int_at_least(400), default=1000, help="shortest document (default 1000)")
-    p.add_argument("--max-chars", type=_int_at_least(400), default=4000, help="longest document (default 4000)")
+    p.add_argument("--shards", type=int_at_least(2), default=4, help="number of shards, >= 2 (default 4)")
+    p.add_argument("--docs-per-shard", type=int_at_least(1), default=64, help="documents per shard (default 64)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default 0)")
+    p.add_argument("--row-groups", type=int_at_least(1), default=4, help="row groups per shard (default 4)")
+    p.add_argument("--min-chars", type=int_at_least(400), default=1000, help="shortest document (default 1000)")
+    p.add_argument("--max-chars", type=int_at_least(400), default=4000, help="longest document (default 4000)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
