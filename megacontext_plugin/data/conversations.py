@@ -335,15 +335,6 @@ def make_conversation(kind: str, seed: tasks.SeedLike, lengths: Lengths | None =
     return _MAKERS[kind](rng, lengths or Lengths())
 
 
-def _check_mix(mix: Mapping[str, float]) -> tuple[tuple[str, ...], np.ndarray]:
-    unknown = sorted(set(mix) - set(KINDS))
-    if unknown:
-        raise ValueError(f"unknown conversation kinds in mix: {unknown}; allowed: {list(KINDS)}")
-    names = tuple(k for k in KINDS if k in mix)
-    weights = np.array([float(mix[k]) for k in names])
-    if not names or not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
-        raise ValueError(f"mix weights must be finite, >= 0 and not all zero, got {dict(mix)}")
-    return names, weights / weights.sum()
 
 
 def generate_conversations(
@@ -353,7 +344,7 @@ def generate_conversations(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     mix = (MID_MIX if split.startswith("mid") else SFT_MIX) if mix is None else mix
-    names, probs = _check_mix(mix)
+    names, probs = tasks.mix_probabilities(mix, KINDS, "conversation kinds")
     lengths = lengths or Lengths()
     for i in range(count):
         rng = np.random.default_rng([seed, SPLITS.index(split), i])

@@ -69,15 +69,6 @@ class CorpusSummary:
         )
 
 
-def _check_mix(mix: Mapping[str, float]) -> tuple[tuple[str, ...], np.ndarray]:
-    unknown = sorted(set(mix) - set(KINDS))
-    if unknown:
-        raise ValueError(f"unknown document kinds in mix: {unknown}; allowed: {list(KINDS)}")
-    names = tuple(k for k in KINDS if k in mix)
-    weights = np.array([float(mix[k]) for k in names])
-    if not names or not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
-        raise ValueError(f"mix weights must be finite, >= 0 and not all zero, got {dict(mix)}")
-    return names, weights / weights.sum()
 
 
 def _document(kind: str, rng: np.random.Generator, num_chars: int) -> str:
@@ -96,7 +87,7 @@ def generate_documents(
     seed: int, shard: int, count: int, mix: Mapping[str, float], chars: tuple[int, int]
 ) -> Iterator[tuple[str, str]]:
     """``(kind, text)`` for each document of one shard; each document has its own seeded stream."""
-    names, probs = _check_mix(mix)
+    names, probs = tasks.mix_probabilities(mix, KINDS, "document kinds")
     for i in range(count):
         rng = np.random.default_rng([seed, shard, i])
         kind = names[int(rng.choice(len(names), p=probs))]
@@ -177,7 +168,7 @@ def write_corpus(
     if not isinstance(max_chars, int) or max_chars < min_chars:
         raise ValueError(f"max_chars must be an int >= min_chars ({min_chars}), got {max_chars!r}")
     mix = DEFAULT_MIX if mix is None else mix
-    _check_mix(mix)
+    tasks.mix_probabilities(mix, KINDS, "document kinds")
     out = Path(out_dir)
     _prepare_dir(out)
     names: list[str] = []

@@ -19,6 +19,7 @@ pass-key phrase occur only where planted. Every generator is deterministic for a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +81,20 @@ def _check_fraction(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a number in [0, 1], got {type(value).__name__}")
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+def mix_probabilities(mix: Mapping[str, float], kinds: Sequence[str],
+                      what: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """``(names, probabilities)`` of a kind -> weight ``mix`` over the known ``kinds`` (in their
+    order); a ValueError naming ``what`` (e.g. "document kinds") for an unknown kind or bad weights."""
+    unknown = sorted(set(mix) - set(kinds))
+    if unknown:
+        raise ValueError(f"unknown {what} in mix: {unknown}; allowed: {list(kinds)}")
+    names = tuple(k for k in kinds if k in mix)
+    weights = np.array([float(mix[k]) for k in names])
+    if not names or not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+        raise ValueError(f"mix weights must be finite, >= 0 and not all zero, got {dict(mix)}")
+    return names, weights / weights.sum()
 
 
 def approx_tokens(num_chars: int) -> int:
