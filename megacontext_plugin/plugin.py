@@ -72,7 +72,6 @@ class MegaContextPlugin:
         self.step = 0
         self.stage = ""
         self.anneal = True
-        self.iterations_plan: int | None = None
         self.source: tuple[str, int] | None = None
         """The checkpoint the host loaded before ``setup_model`` (the next stage's starting point)."""
         self._last: dict[str, torch.Tensor | float] = {}
@@ -81,24 +80,21 @@ class MegaContextPlugin:
         self.monitor: TrainingMonitor | None = None
         """Telemetry, MFU and alerts of a training stage (None without --mc, and in chat)."""
         self.inference: InferenceRuntime | None = None
+        """MC decoding for the Engine's ``generate`` (sessions, listeners, the level map); see ``inference``."""
         self.chat_provider: TelemetryProvider | None = None
         """Where the chat stage's ``inference_update`` events go (``--mc_telemetry``)."""
-        """MC decoding for the Engine's ``generate`` (sessions, listeners, the level map); see ``inference``."""
 
     def reset(self) -> None:
         """Forget the run (tests, or a host that trains twice in one process)."""
         if self.controller is not None:
             self.controller.close()
-        if self.monitor is not None:
-            self.monitor.close()
-            atexit.unregister(self.monitor.close)
-            self.monitor = None
+        self._close_monitor()
         if self.inference is not None:
             self.inference.close()
             self.inference = None
         self._close_chat_provider()
         self.cfg, self.controller, self.step, self._last, self._last_at = None, None, 0, {}, -1
-        self.stage, self.anneal, self.iterations_plan, self.source = "", True, None, None
+        self.stage, self.anneal, self.source = "", True, None
 
     @property
     def budget_step(self) -> int:
@@ -141,7 +137,6 @@ class MegaContextPlugin:
             print(f"megacontext: auto-batch: {num_iterations} -> {plan.num_iterations} iterations (MC processes "
                   f"{plan.mean_multiplier:.2f}x vanilla's base-model positions per sequence on average; "
                   f"--mc_auto_batch 0 keeps yours)")
-        self.iterations_plan = plan.num_iterations
         return plan.num_iterations
 
     @hookimpl
@@ -184,9 +179,7 @@ class MegaContextPlugin:
 
     def _start_monitor(self, model: torch.nn.Module, stage: str) -> None:
         assert self.controller is not None
-        if self.monitor is not None:
-            self.monitor.close()
-            atexit.unregister(self.monitor.close)
+        self._close_monitor()
         try:
             self.monitor, where = TrainingMonitor.for_run(self.controller, model, stage)
         except TelemetryConfigError as e:
@@ -210,6 +203,12 @@ class MegaContextPlugin:
         atexit.register(provider.close)  # bounded: never waits on a hanging collector
         runtime.listeners.append(lambda payload: provider.emit(TelemetryEvent("inference_update", payload)))
         print(f"megacontext: inference telemetry -> {where}")
+
+    def _close_monitor(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+            atexit.unregister(self.monitor.close)
+            self.monitor = None
 
     def _close_chat_provider(self) -> None:
         provider = self.chat_provider
