@@ -14,7 +14,8 @@
 # argument you pass; without --mc the run is upstream's.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-die() { echo "run10: error: $*" >&2; exit 2; }
+TOOL=run10
+. "$ROOT/integration/lib.sh"
 
 GPU=""
 DRY=0
@@ -34,33 +35,23 @@ case "$GPU" in
     "") die "which GPU? --gpu 5090 or --gpu h100" ;;
     *) die "unknown --gpu '$GPU' (expected 5090 or h100)" ;;
 esac
-if [ ${#MC_ARGS[@]} -gt 0 ]; then
-    case " ${MC_ARGS[*]} " in *" --mc "*) ;; *) die "MegaContext knobs need --mc (got: ${MC_ARGS[*]})" ;; esac
-fi
-
-[ -f "$ROOT/.mc_env" ] && { set -a; . "$ROOT/.mc_env"; set +a; }
-NC=${MC_NANOCHAT:-$ROOT/.mc/nanochat}
-PY="$ROOT/.venv/bin/python"
+mc_require_flag ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+mc_load_env
 export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}
 export OMP_NUM_THREADS=1 PYTHONPATH="$NC"
 [ ${#MC_ARGS[@]} -gt 0 ] && export NANOCHAT_PLUGINS=megacontext || export NANOCHAT_PLUGINS=none
 RUN=${WANDB_RUN:-dummy}
-MC=(${MC_ARGS[@]+"${MC_ARGS[@]}"})
+MC=(${MC_ARGS[@]+"${MC_ARGS[@]}"})  # the MegaContext arguments every training and eval stage gets
 
 run() {  # run CMD...: echo it; execute it in the nanochat tree unless --dry-run
     echo "+ $*"
     [ "$DRY" = 1 ] || (cd "$NC" && "$@")
 }
 if [ "$DRY" = 0 ]; then
-    if [ ! -x "$PY" ] || ! "$PY" -m megacontext_plugin.cli nanochat verify "$NC" >/dev/null 2>&1; then
-        echo "run10: no patched nanochat at $NC yet: running integration/mc_setup --gpu"
-        bash "$ROOT/integration/mc_setup" --gpu
-    fi
+    mc_ensure_nanochat gpu
     mkdir -p "$NANOCHAT_BASE_DIR"
 fi
-if [ ${#MC[@]} -gt 0 ] && [ -x "$PY" ]; then  # a bad knob fails now, not hours later
-    "$PY" -m megacontext_plugin.cli config "${MC[@]}" >/dev/null || die "bad MegaContext arguments (above)"
-fi
+if [ -x "$PY" ]; then mc_check_knobs ${MC[@]+"${MC[@]}"}; fi  # a bad knob fails now, not hours later
 echo "run10: --gpu $GPU, depth 12, $ITERS iterations x $TOTAL tokens; MegaContext: ${MC[*]:-off}; run '$RUN'"
 
 run "$PY" -m nanochat.report reset

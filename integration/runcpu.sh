@@ -12,30 +12,19 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-die() { echo "runcpu: error: $*" >&2; exit 2; }
-say() { echo "runcpu: $*"; }
+TOOL=runcpu
+. "$ROOT/integration/lib.sh"
 
+mc_require_flag "$@"
 MC_ARGS=()
 if [ $# -gt 0 ]; then
-    case " $* " in
-        *" --mc "*) ;;
-        *) die "MegaContext knobs need --mc (got: $*)" ;;
-    esac
     # tiny-model defaults (sequence length 256): blocks of 8, a 32-token protected tail, H = 16
     MC_ARGS=(--block_size 8 --allocator_recent_tokens 32 --mc_horizon 16 "$@")
 fi
 
-[ -f .mc_env ] && { set -a; . ./.mc_env; set +a; }
-NC=${MC_NANOCHAT:-$ROOT/.mc/nanochat}
-PY="$ROOT/.venv/bin/python"
-if [ ! -x "$PY" ] || ! "$PY" -m megacontext_plugin.cli nanochat verify "$NC" >/dev/null 2>&1; then
-    say "no patched nanochat at $NC yet: running integration/mc_setup --cpu"
-    bash integration/mc_setup --cpu
-fi
-
-if [ ${#MC_ARGS[@]} -gt 0 ]; then  # a bad knob fails now, before any work
-    "$PY" -m megacontext_plugin.cli config "${MC_ARGS[@]}" >/dev/null || die "bad MegaContext arguments (above)"
-fi
+mc_load_env
+mc_ensure_nanochat cpu
+mc_check_knobs ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 RUN_DIR=${MC_RUNCPU_DIR:-$ROOT/.mc/runcpu}
 rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"
 export NANOCHAT_BASE_DIR="$RUN_DIR" NANOCHAT_TASK_DIR="$RUN_DIR/tasks"

@@ -1,0 +1,30 @@
+# Shared by runcpu.sh and run10.sh (sourced, not run): messages, .mc_env, the patched nanochat,
+# and the MegaContext argument checks. The caller sets ROOT (the repository) and TOOL (its name).
+
+die() { echo "$TOOL: error: $*" >&2; exit 2; }
+say() { echo "$TOOL: $*"; }
+
+mc_require_flag() {  # ARGS...: MegaContext knobs mean nothing without --mc
+    if [ $# -gt 0 ]; then
+        case " $* " in *" --mc "*) ;; *) die "MegaContext knobs need --mc (got: $*)" ;; esac
+    fi
+}
+
+mc_load_env() {  # source .mc_env (integration/mc_setup writes it); set NC (patched nanochat) and PY
+    if [ -f "$ROOT/.mc_env" ]; then set -a; . "$ROOT/.mc_env"; set +a; fi
+    NC=${MC_NANOCHAT:-$ROOT/.mc/nanochat}
+    PY="$ROOT/.venv/bin/python"
+}
+
+mc_ensure_nanochat() {  # cpu|gpu: run integration/mc_setup when .venv or the patched tree is missing
+    if [ ! -x "$PY" ] || ! "$PY" -m megacontext_plugin.cli nanochat verify "$NC" >/dev/null 2>&1; then
+        say "no patched nanochat at $NC yet: running integration/mc_setup --$1"
+        bash "$ROOT/integration/mc_setup" "--$1"
+    fi
+}
+
+mc_check_knobs() {  # ARGS...: a bad knob fails now, before any work
+    if [ $# -gt 0 ]; then
+        "$PY" -m megacontext_plugin.cli config "$@" >/dev/null || die "bad MegaContext arguments (above)"
+    fi
+}
