@@ -107,15 +107,23 @@ class MCConfig:
                             allowed="empty or 1-64 of A-Z a-z 0-9 . _ - (not starting with . or -)")
 
     # ---- training controller ------------------------------------------------------------
-    mc_num_random_variants: int = _knob(4, "random working-context variants trained per sequence",
-                                        check=_pos, allowed="an integer >= 1")
-    mc_max_counterfactuals: int = _knob(8, "cap on variants per sequence (random + baseline)",
+    mc_num_random_variants: int = _knob(2, "random working-context variants trained per sequence (exploration)",
+                                        check=_nonneg, allowed="an integer >= 0")
+    mc_onpolicy_variants: int = _knob(1, "on-policy variants per sequence: the focus allocator refocusing the "
+                                      "prompt with the current LensNet, as inference does",
+                                      check=_nonneg, allowed="an integer >= 0")
+    mc_teacher_variants: int = _knob(2, "teacher-guided variants per sequence: the spans the horizon's loss "
+                                     "depends on (input-gradient saliency of one full-context pass; no labels)",
+                                     check=_nonneg, allowed="an integer >= 0")
+    mc_max_counterfactuals: int = _knob(8, "cap on variants per sequence (baseline + on-policy + teacher + random; "
+                                        "random ones are dropped first)",
                                         check=lambda v: v >= 2, allowed="an integer >= 2")
     mc_train_wc_length: float = _knob(0.2, "final working-context length as a fraction of the sequence "
                                       "length (curriculum anneals from 0.8 down to this)",
                                       check=_open_unit, allowed="a fraction in (0, 1]")
-    mc_horizon: int = _knob(64, "H: tail tokens (raw in every variant) on which ΔNLL@H is measured",
-                            check=_pos, allowed="an integer >= 1")
+    mc_horizon: int = _knob(0, "H: tail tokens (raw in every variant) on which ΔNLL@H is measured; LensNet's "
+                            "query is the H tokens before them (0 = sequence length / 16, within [8, 64])",
+                            check=_nonneg, allowed="0 (auto) or an integer >= 1")
     mc_gist_loss_weight: float = _knob(1.0, "weight of the gist substitutability loss (tail NLL of the random "
                                        "variants relative to the recency baseline)", check=_nonneg,
                                        allowed="a number >= 0")
@@ -157,7 +165,8 @@ class MCConfig:
     allocator_soft_max_length: int = _knob(0, "target working-context length; collapses come first above "
                                            "it (0 = the budget)", check=_nonneg,
                                            allowed="an integer >= 0", group=ALLOC)
-    allocator_recent_tokens: int = _knob(64, "protected recent tail kept raw and never edited",
+    allocator_recent_tokens: int = _knob(0, "protected recent tail of a prompt, kept raw and never edited "
+                                         "(at least H: 0 = H)",
                                          check=_nonneg, allowed="an integer >= 0", group=ALLOC)
     allocator_expand_threshold: float = _knob(0.1, "expand an entry when its utility exceeds this",
                                               check=_unit, allowed="a number in [0, 1]", group=ALLOC)
@@ -168,6 +177,9 @@ class MCConfig:
                                             allowed="an integer >= 1", group=ALLOC)
     allocator_iterations: int = _knob(1, "allocator rounds per refocus, re-scoring between rounds",
                                       check=_pos, allowed="an integer >= 1", group=ALLOC)
+    allocator_expand_neighbours: int = _knob(1, "when a level-1 gist is expanded, also expand up to this many "
+                                             "level-1 gists to its left (the words that introduce it)",
+                                             check=_nonneg, allowed="an integer >= 0", group=ALLOC)
     allocator_cooldown: int = _knob(2, "refocuses before an edited node may flip back (hysteresis)",
                                     check=_nonneg, allowed="an integer >= 0", group=ALLOC)
 
@@ -208,15 +220,27 @@ class MCConfig:
             raise ConfigError(
                 f"--allocator_soft_max_length ({self.allocator_soft_max_length}) is larger than "
                 f"--mc_wc_budget ({self.mc_wc_budget}); allowed: 0 (= the budget) or a length <= the budget")
+        if self.mc_onpolicy_variants + self.mc_teacher_variants + self.mc_num_random_variants < 1:
+            raise ConfigError("--mc_onpolicy_variants, --mc_teacher_variants and --mc_num_random_variants are all 0: "
+                              "training needs at least one variant besides the recency baseline")
         if self.mc_wc_budget and self.allocator_recent_tokens >= self.mc_wc_budget:
             raise ConfigError(
                 f"--allocator_recent_tokens ({self.allocator_recent_tokens}) must be smaller than "
                 f"--mc_wc_budget ({self.mc_wc_budget}): the protected tail has to fit in the working context")
 
     @property
+    def variant_counts(self) -> tuple[int, int, int]:
+        """``(on_policy, teacher, random)`` variants per sequence actually trained besides the recency
+        baseline: ``--mc_max_counterfactuals`` caps the total, dropping random ones first, then teacher ones."""
+        room = self.mc_max_counterfactuals - 1
+        on_policy = min(self.mc_onpolicy_variants, room)
+        teacher = min(self.mc_teacher_variants, room - on_policy)
+        return on_policy, teacher, min(self.mc_num_random_variants, room - on_policy - teacher)
+
+    @property
     def num_variants(self) -> int:
-        """Variants per sequence actually trained: the random ones plus the recency baseline, capped."""
-        return min(self.mc_num_random_variants + 1, self.mc_max_counterfactuals)
+        """Variants per sequence actually trained: the recency baseline plus the guided and random ones."""
+        return 1 + sum(self.variant_counts)
 
     def wc_budget(self, sequence_len: int) -> int:
         """W_max for a base model trained at ``sequence_len``."""
@@ -224,6 +248,26 @@ class MCConfig:
 
     def soft_max_length(self, sequence_len: int) -> int:
         return self.allocator_soft_max_length or self.wc_budget(sequence_len)
+
+    def horizon(self, sequence_len: int) -> int:
+        """H at ``sequence_len``: ``--mc_horizon``, or (0 = auto) ``sequence_len // 16`` within [8, 64]."""
+        return self.mc_horizon or max(8, min(64, sequence_len // 16))
+
+    def prompt_tail(self, sequence_len: int) -> int:
+        """Raw tokens at the end of a prompt that the allocator never edits: ``--allocator_recent_tokens``,
+        at least H (LensNet's query is the prompt's last H tokens, raw at inference as in training)."""
+        return max(self.allocator_recent_tokens, self.horizon(sequence_len))
+
+    def training_tail(self, sequence_len: int) -> int:
+        """Raw tokens at the end of every training variant: the prompt's tail, then the horizon whose
+        loss is measured (the tokens inference will generate after the prompt)."""
+        return self.prompt_tail(sequence_len) + self.horizon(sequence_len)
+
+    def for_model(self, sequence_len: int) -> MCConfig:
+        """This config with the automatic values (``--mc_horizon 0``) resolved for ``sequence_len``,
+        validated (``validate_for_model``); what the controller, inference and checkpoints keep."""
+        self.validate_for_model(sequence_len)
+        return dataclasses.replace(self, mc_horizon=self.horizon(sequence_len))
 
     def validate_for_model(self, sequence_len: int) -> None:
         """Checks that need the base model's sequence length (called once the model is known)."""
@@ -236,18 +280,16 @@ class MCConfig:
             raise ConfigError(
                 f"--allocator_recent_tokens ({self.allocator_recent_tokens}) must be smaller than the "
                 f"working-context budget ({budget})")
-        if self.mc_horizon > self.allocator_recent_tokens and self.allocator_recent_tokens:
-            raise ConfigError(
-                f"--mc_horizon ({self.mc_horizon}) must not exceed --allocator_recent_tokens "
-                f"({self.allocator_recent_tokens}): ΔNLL@H is measured on tokens that are raw in every variant")
         if self.block_size > sequence_len:
             raise ConfigError(f"--block_size ({self.block_size}) exceeds the sequence length ({sequence_len})")
+        tail = self.training_tail(sequence_len)
         final = math.floor(self.mc_train_wc_length * sequence_len)
-        if final <= self.allocator_recent_tokens:
+        if final <= tail:
             raise ConfigError(
                 f"--mc_train_wc_length ({self.mc_train_wc_length}) gives {final} entries at sequence length "
-                f"{sequence_len}, not more than the protected tail (--allocator_recent_tokens "
-                f"{self.allocator_recent_tokens}); raise the fraction or lower the tail")
+                f"{sequence_len}, not more than the raw tail of a training variant ({tail}: the prompt's tail "
+                f"max(--allocator_recent_tokens {self.allocator_recent_tokens}, H) plus the horizon "
+                f"H={self.horizon(sequence_len)}, --mc_horizon); raise the fraction or lower the tail")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

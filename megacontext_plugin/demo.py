@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .context import WorkingContext, materialise
+from .context import TreeSource, WorkingContext
 from .focus import FocusAllocator, FocusConfig
 from .tree import TREE_KINDS, open_tree
 from .tree.building import mean_pool_gist
@@ -144,6 +144,8 @@ def _run(args: argparse.Namespace, ids: np.ndarray, needle_span: tuple[int, int]
     query_D = embed_fn(torch.tensor([NEEDLE_TOKEN]))[0] - mean_D
     query_D = query_D / query_D.norm()
 
+    source = TreeSource(tree)
+
     def scorer(wc: WorkingContext) -> np.ndarray:
         """z-score of each entry's centred cosine with the query under the null of random tokens.
 
@@ -152,7 +154,7 @@ def _run(args: argparse.Namespace, ids: np.ndarray, needle_span: tuple[int, int]
         node stands out by about ``n / sqrt(n**2 + span)`` of cosine (``n`` needle tokens under it).
         Utility = z / 4, clipped.
         """
-        emb_WD = materialise(wc, tree).embeddings.float() - mean_D
+        emb_WD = source.gather(np.zeros(len(wc), dtype=np.int64), wc.levels, wc.indices).float() - mean_D
         cos_W = (emb_WD @ query_D) / emb_WD.norm(dim=1).clamp_min(1e-6)
         return (cos_W * math.sqrt(args.dim) / 4).clamp(-1, 1).numpy()
 

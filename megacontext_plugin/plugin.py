@@ -30,7 +30,7 @@ from megacontext_plugin.telemetry import TelemetryConfigError, TelemetryEvent, T
 from megacontext_plugin.training import MCBatch, MCController
 from megacontext_plugin.training.curriculum import auto_batch
 from megacontext_plugin.training.monitor import TrainingMonitor
-from megacontext_plugin.training.packing import align_right, pack_targets
+from megacontext_plugin.training.packing import align_right
 
 STRUCTURAL_PREFIXES = ("block_size", "gistnet_", "lensnet_")
 """Knobs that shape the aux nets' parameters: a later stage must use the values its checkpoint was trained with."""
@@ -52,6 +52,17 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
     """The largest divisor of ``n`` that is <= ``limit`` (>= 1): a smaller device batch that still
     divides the host's total batch, so its gradient-accumulation arithmetic stays exact."""
     return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(1, limit))
+
+
+def _full_context_nll(model: torch.nn.Module, idx_BT: torch.Tensor):
+    """The teacher's pass (``training.guided``): the patched GPT's per-token NLL over the whole
+    sequence ``idx[B, T]``, on given LOD0 embeddings, with its own rotary table and value embeddings."""
+
+    def nll_fn(emb_BTD: torch.Tensor, y_BT: torch.Tensor) -> torch.Tensor:
+        T = emb_BTD.size(1)
+        return model.forward_embeds(emb_BTD, idx_BT, y_BT, model.cos[:, :T], model.sin[:, :T]).view_as(y_BT)
+
+    return nll_fn
 
 
 def _wte(model: torch.nn.Module) -> torch.nn.Module:
@@ -249,15 +260,13 @@ class MegaContextPlugin:
         if self.controller is None or targets is None or kv_cache is not None or not model.training:
             return None  # MC trains here; evaluation and inference see the plain model
         idx, targets = align_right(idx, targets)  # SFT's right padding: its tails become supervised
-        batch = self.controller.process_batch(idx, targets, _wte(model), self.budget_step)
+        batch = self.controller.process_batch(idx, targets, _wte(model), self.budget_step,
+                                              nll_fn=_full_context_nll(model, idx))
         if self.monitor is not None:  # counters every micro-batch; snapshots at the telemetry cadence
             self.monitor.on_batch(self.step, idx, _wte(model), batch, budget_step=self.budget_step)
         if batch is None:  # too short to compress (e.g. a short SFT batch): the plain forward trains it
             return None
-        # a raw entry at token t has end - 1 == t, so the target gather applied to idx yields its own id
-        value_ids = torch.where(batch.index.levels_RW == 0, pack_targets(idx, batch.index),
-                                torch.full_like(batch.targets_RW, -1))
-        return ForwardOverride(batch.inputs_RWD, batch.targets_RW, value_ids, state=batch)
+        return ForwardOverride(batch.inputs_RWD, batch.targets_RW, batch.value_ids_RW, state=batch)
 
     @hookimpl
     def positional_overrides(self, model: torch.nn.Module,

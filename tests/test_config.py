@@ -76,7 +76,8 @@ def test_defaults_leave_megacontext_off_and_valid() -> None:
     assert cfg == MCConfig()
     assert cfg.mc is False
     assert cfg.mc_tree == "ram"
-    assert cfg.num_variants == min(cfg.mc_num_random_variants + 1, cfg.mc_max_counterfactuals)
+    assert cfg.num_variants == min(1 + cfg.mc_onpolicy_variants + cfg.mc_teacher_variants
+                                   + cfg.mc_num_random_variants, cfg.mc_max_counterfactuals)
 
 
 def test_every_field_has_underscore_and_dash_flags_and_help() -> None:
@@ -96,7 +97,27 @@ def test_help_renders_every_knob() -> None:  # argparse %-formats help strings: 
 
 def test_num_variants_is_capped_by_max_counterfactuals() -> None:
     assert MCConfig(mc_num_random_variants=10, mc_max_counterfactuals=4).num_variants == 4
-    assert MCConfig(mc_num_random_variants=2, mc_max_counterfactuals=8).num_variants == 3
+    assert MCConfig(mc_num_random_variants=2, mc_onpolicy_variants=0, mc_teacher_variants=0,
+                    mc_max_counterfactuals=8).num_variants == 3
+    # the cap drops random variants first, then teacher ones; on-policy ones go last
+    assert MCConfig(mc_onpolicy_variants=1, mc_teacher_variants=2, mc_num_random_variants=5,
+                    mc_max_counterfactuals=5).variant_counts == (1, 2, 1)
+    assert MCConfig(mc_onpolicy_variants=2, mc_teacher_variants=3, mc_num_random_variants=1,
+                    mc_max_counterfactuals=4).variant_counts == (2, 1, 0)
+
+
+def test_training_needs_a_variant_besides_the_baseline() -> None:
+    with pytest.raises(ConfigError, match="--mc_onpolicy_variants"):
+        MCConfig(mc_onpolicy_variants=0, mc_teacher_variants=0, mc_num_random_variants=0)
+
+
+@pytest.mark.parametrize(("T", "H"), [(64, 8), (256, 16), (512, 32), (2048, 64), (65536, 64)])
+def test_mc_alone_works_at_any_sequence_length(T: int, H: int) -> None:
+    """Defaults derive H (and so the raw tails) from the sequence length: --mc alone validates."""
+    cfg = MCConfig(mc=True, block_size=8 if T < 256 else 32, mc_train_wc_length=0.5 if T < 256 else 0.2)
+    resolved = cfg.for_model(T)
+    assert resolved.mc_horizon == H
+    assert resolved.training_tail(T) == resolved.prompt_tail(T) + H == 2 * H
 
 
 @pytest.mark.parametrize(
@@ -148,8 +169,8 @@ def test_validate_for_model_catches_contradictions() -> None:
     MCConfig().validate_for_model(sequence_len=2048)
     with pytest.raises(ConfigError, match="sequence length"):
         MCConfig(mc_wc_budget=4096).validate_for_model(sequence_len=2048)
-    with pytest.raises(ConfigError, match="--mc_horizon"):
-        MCConfig(mc_horizon=128, allocator_recent_tokens=64).validate_for_model(sequence_len=2048)
+    with pytest.raises(ConfigError, match="--mc_horizon"):  # the training tail 2 x 256 leaves no room at 0.2
+        MCConfig(mc_horizon=256, allocator_recent_tokens=64).validate_for_model(sequence_len=2048)
     with pytest.raises(ConfigError, match="--mc_train_wc_length"):
         MCConfig(mc_train_wc_length=0.01).validate_for_model(sequence_len=2048)
     with pytest.raises(ConfigError, match="--block_size"):

@@ -8,10 +8,12 @@ import torch
 
 from megacontext_plugin.context import (
     PAD_LEVEL,
+    EntryRows,
+    TreeSource,
     WorkingContext,
     WorkingContextError,
     entry_positions,
-    materialise_batch,
+    model_inputs,
 )
 
 
@@ -30,6 +32,10 @@ class FakeTree:
     @property
     def num_tokens(self) -> int:
         return self._num_tokens
+
+    def token_ids(self, start: int, end: int) -> torch.Tensor:
+        assert 0 <= start <= end <= self._num_tokens
+        return torch.arange(start, end, dtype=torch.int64) + 100
 
     def embeddings(self, level: int, indices: torch.Tensor) -> torch.Tensor:
         assert indices.dtype == torch.int64
@@ -263,71 +269,69 @@ def test_ordinal_positions() -> None:
         entry_positions(wc, "no_such_scheme")
 
 
-def test_materialise_gathers_one_call_per_level() -> None:
+def tree_inputs(wcs: list[WorkingContext], trees, **kw):
+    """``model_inputs`` over ``TreeSource(trees)`` with ordinal positions (the model's own rotary table)."""
+    return model_inputs(TreeSource(trees), EntryRows.of(wcs, width=kw.pop("pad_to", None)), scheme="ordinal",
+                        sigma_scale=0.0, head_dim=4, sequence_len=64, rotary_dtype=torch.float32, **kw)
+
+
+def test_tree_inputs_gather_one_call_per_level() -> None:
     wc = WorkingContext.from_entries([2, 1, 0, 0, 0, 0, 1, 0], [0, 4, 20, 21, 22, 23, 6, 28], 4, 29)
     tree = FakeTree(4, 29)
-    out = wc.materialise(tree)
-    torch.testing.assert_close(out.embeddings, expected_vectors(wc), rtol=0, atol=0)
-    assert out.levels.tolist() == [2, 1, 0, 0, 0, 0, 1, 0]
-    assert out.starts.tolist() == [0, 16, 20, 21, 22, 23, 24, 28]
-    assert out.ends.tolist() == [16, 20, 21, 22, 23, 24, 28, 29]
-    assert out.positions.tolist() == list(range(8))
+    out = tree_inputs([wc], tree)
+    torch.testing.assert_close(out.inputs_RWD[0], expected_vectors(wc), rtol=0, atol=0)
+    assert out.value_ids_RW[0].tolist() == [-1, -1, 120, 121, 122, 123, -1, 128]  # tokens of raw entries only
+    assert out.targets_RW is None and out.cos_sin is None
     assert sorted(tree.calls) == [(0, 5), (1, 2), (2, 1)]
-    embeddings, _, _, _, positions = out  # unpacks as a tuple
-    assert embeddings.shape == (8, 4) and positions.dtype == torch.int64
 
 
-def test_materialise_checks_the_tree() -> None:
+def test_tree_source_checks_the_tree() -> None:
     wc = wc_of(EXAMPLE, 4, 22)
     with pytest.raises(WorkingContextError, match="block_size 2"):
-        wc.materialise(FakeTree(2, 22))
+        TreeSource(FakeTree(2, 22)).check([wc])
     with pytest.raises(WorkingContextError, match="holds only 21"):
-        wc.materialise(FakeTree(4, 21))
-    assert wc.materialise(FakeTree(4, 30)).embeddings.shape == (4, 4)  # a tree may be ahead of the WC
+        TreeSource(FakeTree(4, 21)).check([wc])
+    TreeSource(FakeTree(4, 30)).check([wc])  # a tree may be ahead of the WC
+    with pytest.raises(WorkingContextError, match="2 trees for 3"):
+        TreeSource([FakeTree(4, 22), FakeTree(4, 22)]).check([wc, wc, wc])
 
 
-def test_materialise_batch_pads_rows_of_different_layouts() -> None:
+def test_tree_inputs_pad_rows_of_different_layouts() -> None:
     a = wc_of(EXAMPLE, 4, 22)
     b = WorkingContext.raw(6, 4)
     c = WorkingContext.raw(0, 4)
     tree = FakeTree(4, 22)
-    out = materialise_batch([a, b, c], tree, pad_to=7)
-    assert out.embeddings.shape == (3, 7, 4)
-    assert out.mask.tolist() == [[True] * 4 + [False] * 3, [True] * 6 + [False], [False] * 7]
-    torch.testing.assert_close(out.embeddings[0, :4], expected_vectors(a), rtol=0, atol=0)
-    torch.testing.assert_close(out.embeddings[1, :6], expected_vectors(b), rtol=0, atol=0)
-    assert not out.embeddings[~out.mask].any()
-    assert out.levels[0].tolist() == [2, 1, 0, 0, PAD_LEVEL, PAD_LEVEL, PAD_LEVEL]
-    assert out.starts[1].tolist() == [0, 1, 2, 3, 4, 5, 0]
-    assert out.ends[0, :4].tolist() == [16, 20, 21, 22]
-    assert out.positions[1].tolist() == [0, 1, 2, 3, 4, 5, 0]
+    rows = EntryRows.of([a, b, c], width=7)
+    out = tree_inputs([a, b, c], tree, pad_to=7)
+    assert out.inputs_RWD.shape == (3, 7, 4)
+    assert rows.valid_RW.tolist() == [[True] * 4 + [False] * 3, [True] * 6 + [False], [False] * 7]
+    torch.testing.assert_close(out.inputs_RWD[0, :4], expected_vectors(a), rtol=0, atol=0)
+    torch.testing.assert_close(out.inputs_RWD[1, :6], expected_vectors(b), rtol=0, atol=0)
+    assert not out.inputs_RWD[torch.from_numpy(~rows.valid_RW)].any()
+    assert rows.levels_RW[0].tolist() == [2, 1, 0, 0, PAD_LEVEL, PAD_LEVEL, PAD_LEVEL]
+    assert rows.starts_RW[1].tolist() == [0, 1, 2, 3, 4, 5, 0]
+    assert out.value_ids_RW[1].tolist() == [100, 101, 102, 103, 104, 105, -1]
     assert sorted(tree.calls) == [(0, 8), (1, 1), (2, 1)]  # one gather per level for the whole batch
-    assert materialise_batch([a, b], tree).embeddings.shape == (2, 6, 4)
+    assert tree_inputs([a, b], tree).inputs_RWD.shape == (2, 6, 4)
 
 
-def test_materialise_batch_with_one_tree_per_row() -> None:
+def test_tree_inputs_with_one_tree_per_row() -> None:
     a = wc_of(EXAMPLE, 4, 22)
     trees = [FakeTree(4, 22, scale=1.0), FakeTree(4, 22, scale=2.0)]
-    out = materialise_batch([a, a], trees)
-    torch.testing.assert_close(out.embeddings[0], expected_vectors(a, 1.0), rtol=0, atol=0)
-    torch.testing.assert_close(out.embeddings[1], expected_vectors(a, 2.0), rtol=0, atol=0)
-    with pytest.raises(WorkingContextError, match="2 trees for 3"):
-        materialise_batch([a, a, a], trees)
-    with pytest.raises(WorkingContextError, match="pad_to=3"):
-        materialise_batch([a], trees[0], pad_to=3)
-    with pytest.raises(WorkingContextError, match="at least one"):
-        materialise_batch([], trees[0])
+    out = tree_inputs([a, a], trees)
+    torch.testing.assert_close(out.inputs_RWD[0], expected_vectors(a, 1.0), rtol=0, atol=0)
+    torch.testing.assert_close(out.inputs_RWD[1], expected_vectors(a, 2.0), rtol=0, atol=0)
 
 
-def test_materialise_batch_keeps_autograd() -> None:
+def test_tree_inputs_keep_autograd() -> None:
     a = wc_of(EXAMPLE, 4, 22)
     tree = FakeTree(4, 22, scale=3.0, requires_grad=True)
-    out = materialise_batch([a, WorkingContext.raw(2, 4)], tree, pad_to=5)
-    out.embeddings[..., 3].sum().backward()
+    out = tree_inputs([a, WorkingContext.raw(2, 4)], tree, pad_to=5)
+    out.inputs_RWD[..., 3].sum().backward()
     assert tree.scale.grad is not None and float(tree.scale.grad) == 6.0  # 4 + 2 real entries
 
 
-def test_materialise_with_the_ram_tree() -> None:
+def test_tree_inputs_with_the_ram_tree() -> None:
     ram = pytest.importorskip("megacontext_plugin.tree.ram")
     from megacontext_plugin.tree.building import mean_pool_gist
 
@@ -342,8 +346,8 @@ def test_materialise_with_the_ram_tree() -> None:
     mixed = coarse.expand([0]).expand([1])  # (2, 0), (1, 4..7), (2, 2), (2, 3), raw 64..74
     assert set(mixed.levels.tolist()) == {0, 1, 2}
     for wc in (coarse, mixed):
-        out = wc.materialise(tree)
+        out = tree_inputs([wc], tree)
         for row, (level, index) in enumerate(wc.entries()):
             start, end = index * K**level, (index + 1) * K**level
             expected = table[token_ids[start:end]].mean(dim=0)  # nested means of equal blocks = flat mean
-            torch.testing.assert_close(out.embeddings[row], expected, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(out.inputs_RWD[0, row], expected, rtol=1e-5, atol=1e-6)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_working_context import FakeTree, expected_vectors
 
-from megacontext_plugin.context import WorkingContext, WorkingContextError, materialise_batch
+from megacontext_plugin.context import EntryRows, TreeSource, WorkingContext, WorkingContextError, model_inputs
 
 SETTINGS = settings(max_examples=120, deadline=None)
 
@@ -222,17 +222,17 @@ def test_recency_is_legal_and_shortest_fitting(
 
 @SETTINGS
 @given(st.lists(legal_wcs(max_tokens=80, block_sizes=(4,)), min_size=1, max_size=4))
-def test_materialise_matches_tree_vectors(cases: list[tuple[WorkingContext, int]]) -> None:
+def test_model_inputs_match_tree_vectors(cases: list[tuple[WorkingContext, int]]) -> None:
     wcs = [wc for wc, _ in cases]
     tree = FakeTree(4, max(wc.num_tokens for wc in wcs))
-    for wc in wcs:
-        out = wc.materialise(tree)
-        torch.testing.assert_close(out.embeddings, expected_vectors(wc), rtol=0, atol=0)
-        assert out.positions.tolist() == list(range(len(wc)))
-    batch = materialise_batch(wcs, tree)
+    rows = EntryRows.of(wcs)
+    batch = model_inputs(TreeSource(tree), rows, scheme="ordinal", sigma_scale=0.0, head_dim=4, sequence_len=4096,
+                         rotary_dtype=torch.float32)
     for row, wc in enumerate(wcs):
         n = len(wc)
-        torch.testing.assert_close(batch.embeddings[row, :n], expected_vectors(wc), rtol=0, atol=0)
-        assert batch.mask[row].sum() == n
-        assert batch.starts[row, :n].tolist() == wc.starts.tolist()
-        assert batch.levels[row, :n].tolist() == wc.levels.tolist()
+        torch.testing.assert_close(batch.inputs_RWD[row, :n], expected_vectors(wc), rtol=0, atol=0)
+        assert not batch.inputs_RWD[row, n:].any()
+        assert rows.valid_RW[row].sum() == n
+        assert rows.starts_RW[row, :n].tolist() == wc.starts.tolist()
+        assert rows.levels_RW[row, :n].tolist() == wc.levels.tolist()
+        assert ((batch.value_ids_RW[row] >= 0).numpy() == (rows.levels_RW[row] == 0)).all()

@@ -1,22 +1,23 @@
-"""The working context: a legal tiling of the history by tree nodes, its edits and positions."""
+"""The working context: a legal tiling of the history by tree nodes, its edits, positions and model inputs."""
 
 from __future__ import annotations
 
-from .materialise import PAD_LEVEL, Materialised, MaterialisedBatch, gather_entries, materialise, materialise_batch
+from .inputs import PAD_LEVEL, EntryRows, LevelTable, ModelInputs, TreeSource, model_inputs, rotary_tables
 from .positions import POSITION_SCHEMES, PositionScheme, entry_positions
 from .working_context import WorkingContext, WorkingContextError, max_representable_level
 
 __all__ = [
     "PAD_LEVEL",
     "POSITION_SCHEMES",
-    "Materialised",
-    "MaterialisedBatch",
+    "EntryRows",
+    "LevelTable",
+    "ModelInputs",
     "PositionScheme",
+    "TreeSource",
     "WorkingContext",
     "WorkingContextError",
     "entry_positions",
-    "gather_entries",
-    "materialise",
-    "materialise_batch",
     "max_representable_level",
+    "model_inputs",
+    "rotary_tables",
 ]

@@ -22,13 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from ..tree.protocol import MCTree
-    from .materialise import Materialised
 
 LEVEL_DTYPE = np.int8
 INDEX_DTYPE = np.int64
@@ -530,10 +525,3 @@ class WorkingContext:
             self._block_size,
             N + n,
         )
-
-    # ------------------------------------------------------------------ materialisation
-    def materialise(self, tree: MCTree, position_scheme: str = "ordinal") -> Materialised:
-        """``(embeddings[W, D], levels[W], starts[W], ends[W], positions[W])``; see ``materialise``."""
-        from .materialise import materialise
-
-        return materialise(self, tree, position_scheme=position_scheme)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..context.positions import entry_positions, rotary_cos_sin, span_sigma
+from ..context import EntryRows, LevelTable, model_inputs
 from ..context.working_context import WorkingContext
 from ..focus import FocusAllocator
 from ..training.layouts import max_tree_level
@@ -72,57 +72,51 @@ class ArmRunner:
         n, c = int(prefix.numel()), int(cont.numel())
         room = self.budget - (c - 1)
         info: dict[str, float] = {}
-        if arm == "full":
-            if not self.fits_full(n, c):
-                raise ValueError(f"full attention needs {n + c - 1} <= sequence_len {self.seq_len}")
-            emb = self.model.wte(prefix[None])[0]
-            starts = np.arange(n)
-            ends = starts + 1
-            levels = np.zeros(n, dtype=np.int64)
-        elif arm == "truncation":
-            keep = min(n, room)
-            emb = self.model.wte(prefix[None, n - keep:])[0]
-            starts = np.arange(n - keep, n)
-            ends = starts + 1
-            levels = np.zeros(keep, dtype=np.int64)
-        elif arm in ("uniform", "mc"):
-            if n <= room:  # everything fits raw: both arms are full attention
-                emb = self.model.wte(prefix[None])[0]
-                starts = np.arange(n)
-                ends, levels = starts + 1, np.zeros(n, dtype=np.int64)
-                if arm == "mc":
-                    info = {"swap_rate": 0.0, "residency": 1.0}
-            else:
-                wc, table, offsets, info = self._compressed(arm, prefix, room)
-                return self.predict_wc(wc, table, offsets, prefix, cont, info)
-        else:
+        if arm not in ARMS:
             raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
-        return self._forward(emb, starts, ends, levels, prefix, cont, info)
+        if arm == "full" and not self.fits_full(n, c):
+            raise ValueError(f"full attention needs {n + c - 1} <= sequence_len {self.seq_len}")
+        if arm == "truncation":
+            keep = min(n, room)
+            return self._forward(self.raw_source(prefix, cont), EntryRows.raw(np.arange(n - keep, n + c - 1)),
+                                 cont, info)
+        if arm == "full" or n <= room:  # everything fits raw: uniform and mc are full attention too
+            if arm == "mc":
+                info = {"swap_rate": 0.0, "residency": 1.0}
+            return self._forward(self.raw_source(prefix, cont), EntryRows.raw(np.arange(n + c - 1)), cont, info)
+        levels, num_levels = self.tree(prefix)
+        source = self.source(levels, prefix, cont)
+        wc, info = self._compressed(arm, source, prefix, room, num_levels)
+        return self.predict_wc(wc, source, cont, info)
 
-    def tree(self, prefix: torch.Tensor) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, int]:
+    def tree(self, prefix: torch.Tensor) -> tuple[list[torch.Tensor], int]:
+        """GistNet's tree of the prefix: levels ``[1, N_l, D]`` (level 0 the prefix's token embeddings)."""
         ctrl = self.ctrl
         if ctrl is None:
             raise ValueError("the uniform and mc arms need the controller (GistNet, LensNet)")
         K, n = ctrl.cfg.block_size, int(prefix.numel())
         num_levels = max_tree_level(n, K) + 1
-        lod0 = self.model.wte(prefix[None])
-        levels = build_levels(lod0.to(ctrl.aux_dtype), K, ctrl.gistnet, max_level=num_levels - 1)
-        levels[0] = lod0.to(ctrl.aux_dtype)
-        sizes = [int(level.shape[1]) for level in levels]
-        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        table = torch.cat([level[0] for level in levels], dim=0)
-        return table, offsets, lod0.to(ctrl.aux_dtype), num_levels
+        lod0 = self.model.wte(prefix[None]).to(ctrl.aux_dtype)
+        return build_levels(lod0, K, ctrl.gistnet, max_level=num_levels - 1), num_levels
 
-    def _compressed(self, arm: str, prefix: torch.Tensor, room: int
-                    ) -> tuple[WorkingContext, torch.Tensor, np.ndarray, dict[str, float]]:
+    def source(self, levels: list[torch.Tensor], prefix: torch.Tensor, cont: torch.Tensor) -> LevelTable:
+        """The entries of the prefix's tree and the continuation's tokens (raw, after the prefix)."""
+        ids = torch.cat([prefix, cont[:-1]])[None]
+        return LevelTable([self.model.wte(ids), *levels[1:]], ids)
+
+    def raw_source(self, prefix: torch.Tensor, cont: torch.Tensor) -> LevelTable:
+        ids = torch.cat([prefix, cont[:-1]])[None]
+        return LevelTable([self.model.wte(ids)], ids)
+
+    def _compressed(self, arm: str, source: LevelTable, prefix: torch.Tensor, room: int, num_levels: int
+                    ) -> tuple[WorkingContext, dict[str, float]]:
         ctrl = self.ctrl
-        table, offsets, lod0, num_levels = self.tree(prefix)
-        K, n, recent = ctrl.cfg.block_size, int(prefix.numel()), int(ctrl.recent)
+        K, n, recent = ctrl.cfg.block_size, int(prefix.numel()), int(ctrl.prompt_recent)
         if arm == "uniform":
-            return uniform_layout(n, room, K, recent, num_levels - 1), table, offsets, {}
+            return uniform_layout(n, room, K, recent, num_levels - 1), {}
         wc = (WorkingContext.recency(n, room, K, recent, max_level=num_levels - 1) if self.start == "recency"
               else WorkingContext.coarsest(n, K, recent))
-        scorer = self.scorer(table, offsets, lod0)
+        scorer = self.scorer(source, prefix)
         allocator = FocusAllocator(focus_config(ctrl, room, num_levels))
         swaps, resid = [], []
         for _ in range(self.rounds):
@@ -130,63 +124,48 @@ class ArmRunner:
             wc, report = allocator.refocus(wc, scorer)
             swaps.append(report.swap_rate)
             resid.append(residency(before, wc))
-        return wc, table, offsets, {"swap_rate": float(np.mean(swaps)), "residency": float(np.mean(resid)),
-                                    "gist_entries": float((wc.levels > 0).sum())}
+        return wc, {"swap_rate": float(np.mean(swaps)), "residency": float(np.mean(resid)),
+                    "gist_entries": float((wc.levels > 0).sum())}
 
-    def scorer(self, table: torch.Tensor, offsets: np.ndarray, lod0: torch.Tensor):
-        """LensNet utilities of a working context's entries against the last H prefix tokens."""
+    def scorer(self, source: LevelTable, prefix: torch.Tensor):
+        """LensNet utilities of a working context of the prefix against its last H tokens."""
         ctrl = self.ctrl
-        H = ctrl.cfg.mc_horizon
-        tail = lod0[:, lod0.shape[1] - H:]
+        H, n = ctrl.cfg.mc_horizon, int(prefix.numel())
+        tail = source.gather(np.zeros(H, dtype=np.int64), np.zeros(H, dtype=np.int64),
+                             np.arange(n - H, n))[None].to(ctrl.aux_dtype)
 
         def score(wc: WorkingContext) -> np.ndarray:
-            rows = torch.from_numpy(offsets[wc.levels.astype(np.int64)] + wc.indices.astype(np.int64))
+            entries = source.gather(np.zeros(len(wc), dtype=np.int64), wc.levels.astype(np.int64),
+                                    wc.indices.astype(np.int64))[None].to(ctrl.aux_dtype)
             lv = torch.from_numpy(wc.levels.astype(np.int64))[None]
             spans = torch.from_numpy((wc.ends - wc.starts).astype(np.int64))[None]
-            return ctrl.lensnet(table.index_select(0, rows)[None], lv, spans, tail)[0].float().numpy()
+            return ctrl.lensnet(entries, lv, spans, tail)[0].float().numpy()
 
         return score
 
     # ---- the base model over the view + the continuation ---------------------------------------
     @torch.no_grad()
-    def predict_wc(self, wc: WorkingContext, table: torch.Tensor, offsets: np.ndarray, prefix: torch.Tensor,
-                   cont: torch.Tensor, info: dict[str, float] | None = None) -> Prediction:
+    def predict_wc(self, wc: WorkingContext, source: LevelTable, cont: torch.Tensor,
+                   info: dict[str, float] | None = None) -> Prediction:
         """The continuation's prediction over a given working context of the prefix's tree."""
-        rows = torch.from_numpy(offsets[wc.levels.astype(np.int64)] + wc.indices.astype(np.int64))
-        emb = table.index_select(0, rows)
-        return self._forward(emb, wc.starts.astype(np.int64), wc.ends.astype(np.int64),
-                             wc.levels.astype(np.int64), prefix, cont, info or {})
+        return self._forward(source, EntryRows.of([wc.append(int(cont.numel()) - 1)]), cont, info or {})
 
-    def _forward(self, emb: torch.Tensor, starts: np.ndarray, ends: np.ndarray, levels: np.ndarray,
-                 prefix: torch.Tensor, cont: torch.Tensor, info: dict[str, float]) -> Prediction:
-        n, c = int(prefix.numel()), int(cont.numel())
-        model = self.model
-        dtype = model.wte.weight.dtype
-        cont_emb = model.wte(cont[None, :-1])[0]
-        x = torch.cat([emb.to(dtype), cont_emb], dim=0)[None]
-        all_starts = np.concatenate([starts, np.arange(n, n + c - 1)]).astype(np.int64)
-        all_ends = np.concatenate([ends, np.arange(n + 1, n + c)]).astype(np.int64)
-        all_levels = np.concatenate([levels, np.zeros(c - 1, dtype=np.int64)])
-        cos_sin = self._rotary(all_starts, all_ends, all_levels)
-        logits = model(inputs_embeds=x, cos_sin=cos_sin)[0].float()  # [E, vocab]
+    def _forward(self, source: LevelTable, rows: EntryRows, cont: torch.Tensor,
+                 info: dict[str, float]) -> Prediction:
+        """The model over ``rows`` (the prefix's view, then ``cont[:-1]`` raw) built by ``model_inputs``,
+        exactly as training and inference build theirs."""
+        c = int(cont.numel())
+        ctrl = self.ctrl
+        inputs = model_inputs(source, rows, scheme=ctrl.cfg.mc_position_scheme if ctrl is not None else "ordinal",
+                              sigma_scale=ctrl.cfg.mc_rope_gist_sigma if ctrl is not None else 0.0,
+                              head_dim=self.model.head_dim, sequence_len=self.seq_len, rotary_dtype=torch.float32)
+        x = inputs.inputs_RWD.to(self.model.wte.weight.dtype)
+        logits = self.model(inputs_embeds=x, cos_sin=inputs.cos_sin)[0].float()  # [E, vocab]
         E = x.shape[1]
         pred_logits = logits[E - c:]  # entry E-c is the last prefix token
         logp = torch.log_softmax(pred_logits, dim=-1)
         nll = -logp.gather(1, cont[:, None])[:, 0]
         return Prediction(nll.numpy().astype(np.float64), pred_logits.argmax(-1).numpy(), E, info)
-
-    def _rotary(self, starts: np.ndarray, ends: np.ndarray, levels: np.ndarray
-                ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        ctrl = self.ctrl
-        scheme = ctrl.cfg.mc_position_scheme if ctrl is not None else "ordinal"
-        sigma_scale = ctrl.cfg.mc_rope_gist_sigma if ctrl is not None else 0.0
-        if scheme == "ordinal" and sigma_scale == 0.0:
-            return None  # the model's own table, exactly as training packs it
-        s = torch.from_numpy(starts)[None]
-        e = torch.from_numpy(ends)[None]
-        pos = entry_positions(s, e, scheme, self.seq_len)
-        sigma = span_sigma(e - s, sigma_scale) if sigma_scale > 0 else None
-        return rotary_cos_sin(pos, self.model.head_dim, dtype=torch.float32, gaussian_sigma=sigma)
 
 
 def uniform_layout(num_tokens: int, budget: int, block_size: int, recent: int, max_level: int) -> WorkingContext:

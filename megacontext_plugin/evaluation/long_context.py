@@ -230,21 +230,22 @@ def lens_rank_correlation(runner: ArmRunner, docs: Sequence[tasks.PasskeySample]
     from ..context.working_context import WorkingContext
 
     ctrl = runner.ctrl
-    K, recent = ctrl.cfg.block_size, int(ctrl.recent)
+    K, recent = ctrl.cfg.block_size, int(ctrl.prompt_recent)
     out = []
     for doc in docs:
         prefix, cont = encode(doc.prompt), encode(" " + doc.answer + ".")
         n, room = int(prefix.numel()), runner.budget - (int(cont.numel()) - 1)
         if n <= room:
             continue
-        table, offsets, lod0, num_levels = runner.tree(prefix)
+        levels, num_levels = runner.tree(prefix)
+        source = runner.source(levels, prefix, cont)
         wc = WorkingContext.recency(n, room, K, recent, max_level=num_levels - 1)
         gists = np.flatnonzero(wc.levels > 0)
         if gists.size < 3:
             continue
-        scores = runner.scorer(table, offsets, lod0)(wc)[gists]
-        base = runner.predict_wc(wc, table, offsets, prefix, cont).nll.sum()
-        gain = [base - runner.predict_wc(wc.expand([int(g)]), table, offsets, prefix, cont).nll.sum() for g in gists]
+        scores = runner.scorer(source, prefix)(wc)[gists]
+        base = runner.predict_wc(wc, source, cont).nll.sum()
+        gain = [base - runner.predict_wc(wc.expand([int(g)]), source, cont).nll.sum() for g in gists]
         rho = spearman(scores, gain)
         if math.isfinite(rho):
             out.append(rho)
@@ -327,7 +328,8 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
         "passkey_grid": grids,
         "settings": {"budget": budget, "lengths_x": list(lengths), "depths": list(depths), "samples": samples,
                      "recall_docs": recall_docs, "horizon": horizon, "arms": list(arms), "rounds": rounds,
-                     "start": start, "seed": seed, "block_size": cfg.block_size, "recent_tokens": int(ctrl.recent),
+                     "start": start, "seed": seed, "block_size": cfg.block_size,
+                     "recent_tokens": int(ctrl.prompt_recent),
                      "lens_horizon": cfg.mc_horizon, "allocator": {
                          "expand_threshold": cfg.allocator_expand_threshold,
                          "collapse_threshold": cfg.allocator_collapse_threshold,

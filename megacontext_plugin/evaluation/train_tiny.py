@@ -35,6 +35,9 @@ from ..training.reference_model import TinyGPTConfig
 from . import checkpoint
 from .long_context import RECALL
 
+PLAIN_FORMAT = "megacontext-eval-tiny-plain/1"
+"""``DIR/plain.pt``: the model, optimizer and data generator after the plain phase (``--from-plain``)."""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="directory for tiny.pt and train_log.jsonl")
@@ -50,7 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mc-batch", type=int, default=8)
     p.add_argument("--mix-batch", type=int, default=4, help="plain documents per MC step (0: none)")
     p.add_argument("--anneal", type=float, default=0.15, help="share of the MC phase over which the budget anneals")
-    p.add_argument("--variants", type=int, default=4, help="random working-context variants per sequence")
+    p.add_argument("--variants", type=int, default=2, help="random working-context variants per sequence")
+    p.add_argument("--onpolicy", type=int, default=1, help="on-policy variants per sequence (--mc_onpolicy_variants)")
+    p.add_argument("--teacher", type=int, default=2,
+                   help="teacher-guided variants per sequence (--mc_teacher_variants)")
+    p.add_argument("--neighbours", type=int, default=1, help="--allocator_expand_neighbours")
     p.add_argument("--answer-weight", type=float, default=1.0,
                    help="extra weight of the mean loss on answer digits (0: plain next-token loss)")
     p.add_argument("--lr", type=float, default=3e-3)
@@ -60,6 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1: under CPU contention 2 threads ran 7x slower here)")
+    p.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto",
+                   help="bf16 autocast on the CPU (auto: only where the CPU has native bf16, avx512_bf16 or "
+                        "amx_bf16; elsewhere emulated bf16 ran 10x slower than fp32 here)")
+    p.add_argument("--from-plain", type=Path, default=None,
+                   help="skip the plain phase: start the MC phase from the plain.pt an earlier run wrote "
+                        "(same model, data generator and optimizer state: ablations of the MC phase share it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=25)
 
@@ -93,6 +106,15 @@ def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, answer: to
     return nll.mean() + weight * nll[answer].sum() / answer.sum().clamp_min(1)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (Linux ``/proc/cpuinfo`` flags; False where unknown)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _lr(step: int, total: int, peak: float, warmup: int = 30) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -102,6 +124,11 @@ def _lr(step: int, total: int, peak: float, warmup: int = 30) -> float:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    use_bf16 = args.autocast == "bf16" or (args.autocast == "auto" and cpu_has_native_bf16())
+
+    def autocast() -> torch.autocast:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16)
+
     args.out.mkdir(parents=True, exist_ok=True)
     log_path = args.out / "train_log.jsonl"
     log = log_path.open("w")
@@ -109,6 +136,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
                          n_embd=args.width)
     cfg = MCConfig(mc=True, block_size=args.block_size, allocator_recent_tokens=args.recent, mc_horizon=args.horizon,
                    mc_train_wc_length=args.budget / args.mc_len, mc_num_random_variants=args.variants,
+                   mc_onpolicy_variants=args.onpolicy, mc_teacher_variants=args.teacher,
+                   allocator_expand_neighbours=args.neighbours,
                    mc_aux_lr=args.aux_lr, mc_seed=args.seed, gistnet_layers=1, lensnet_layers=1,
                    lensnet_dim=64, allocator_expand_threshold=0.3, allocator_collapse_threshold=0.0)
     anneal_steps = max(1, round(args.anneal * args.mc_steps))
@@ -117,7 +146,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
     print(f"train-tiny: TinyGPT {args.layers}x{args.width} bytes, window {args.mc_len}; plain {args.plain_steps} "
-          f"steps at {args.plain_len}, MC {args.mc_steps} steps at {args.mc_len} -> budget {args.budget}", flush=True)
+          f"steps at {args.plain_len}, MC {args.mc_steps} steps at {args.mc_len} -> budget {args.budget}; "
+          f"{'bf16 autocast' if use_bf16 else 'fp32'}", flush=True)
 
     def emit(rec: dict) -> None:
         rec["elapsed_s"] = round(time.perf_counter() - t0, 1)
@@ -125,12 +155,27 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         log.flush()
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()), flush=True)
 
+    def full_nll(emb_BTD: torch.Tensor, y_BT: torch.Tensor) -> torch.Tensor:
+        """The teacher's pass: full-context per-token NLL on the sequence's own embeddings."""
+        return model(inputs_embeds=emb_BTD, targets=y_BT, loss_reduction="none").float().view_as(y_BT)
+
     model.train()
-    for step in range(args.plain_steps):
+    plain_done = 0
+    if args.from_plain is not None:
+        state = torch.load(args.from_plain, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or state.get("format") != PLAIN_FORMAT:
+            raise SystemExit(f"megacontext eval train-tiny: error: --from-plain {args.from_plain}: not a plain.pt "
+                             "written by train-tiny")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["data_rng"]
+        plain_done = args.plain_steps = int(state["plain_steps"])
+        print(f"train-tiny: plain phase ({plain_done} steps) from {args.from_plain}", flush=True)
+    for step in range(plain_done, args.plain_steps):
         for group in opt.param_groups:
             group["lr"] = _lr(step, args.plain_steps + args.mc_steps, args.lr)
         x, y, ans = make_batch(rng, args.plain_batch, args.plain_len)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast():
             loss = lm_loss(model, x, y, ans, args.answer_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -139,12 +184,15 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         if step % args.log_every == 0 or step == args.plain_steps - 1:
             emit({"phase": "plain", "step": step, "loss": loss.item()})
 
+    if args.from_plain is None:
+        torch.save({"format": PLAIN_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "data_rng": rng.bit_generator.state, "plain_steps": args.plain_steps}, args.out / "plain.pt")
     for step in range(args.mc_steps):
         for group in opt.param_groups:
             group["lr"] = _lr(args.plain_steps + step, args.plain_steps + args.mc_steps, args.lr)
         x, y, ans = make_batch(rng, args.mc_batch, args.mc_len)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            batch = ctrl.process_batch(x, y, model.wte, step)
+        with autocast():
+            batch = ctrl.process_batch(x, y, model.wte, step, nll_fn=full_nll)
             nll = model(inputs_embeds=batch.inputs_RWD, targets=batch.targets_RW, cos_sin=batch.cos_sin,
                         loss_reduction="none")
         nll_RW = nll.float().view_as(batch.targets_RW)
@@ -155,7 +203,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         plain = torch.zeros(())
         if args.mix_batch > 0:
             xm, ym, am = make_batch(rng, args.mix_batch, args.mc_len)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with autocast():
                 plain = lm_loss(model, xm, ym, am, args.answer_weight)
             total = total + plain
         total.backward()

@@ -64,6 +64,11 @@ class FocusConfig:
     """stochastic_greedy: seed of the allocator's numpy Generator."""
     max_level: int | None = None
     """Highest level a collapse may create (None: any level the history has)."""
+    expand_neighbours: int = 0
+    """A level-1 gist that is an expansion candidate lends its utility to up to this many level-1
+    gists directly to its left, so the words that introduce what is expanded come raw with it (a
+    raw island of digits without them is unreadable). The neighbours rank just behind their anchor
+    and obey the budget, the thresholds, the cooldown and the protected tail like any expansion."""
 
     def __post_init__(self) -> None:
         _int_at_least("budget", self.budget, 1)
@@ -88,6 +93,7 @@ class FocusConfig:
         _int_at_least("seed", self.seed, 0)
         if self.max_level is not None:
             _int_at_least("max_level", self.max_level, 1)
+        _int_at_least("expand_neighbours", self.expand_neighbours, 0)
 
     @property
     def target_length(self) -> int:

@@ -78,6 +78,23 @@ def _empty_plan(candidates: int, rejected_cooldown: int) -> EditPlan:
     return EditPlan(_NO_POSITIONS, _NO_POSITIONS, candidates, rejected_cooldown, 0, 0)
 
 
+def lend_to_neighbours(levels_W: np.ndarray, utilities_W: np.ndarray, neighbours: int,
+                       threshold: float) -> np.ndarray:
+    """``utilities[W]`` where each level-1 gist left of a level-1 expansion candidate (up to
+    ``neighbours`` of them, a contiguous run of level-1 gists) gets at least its anchor's utility,
+    a hair less per step so that the anchor ranks first (``FocusConfig.expand_neighbours``)."""
+    if neighbours <= 0:
+        return utilities_W
+    out = utilities_W.copy()
+    is_l1 = levels_W == 1
+    lent = np.where(is_l1 & (utilities_W > _float32_below(threshold)), utilities_W, -np.inf).astype(np.float32)
+    for _ in range(neighbours):  # one shift per neighbour: a loop over the knob, never over entries
+        lent = np.nextafter(np.concatenate([lent[1:], [-np.inf]]).astype(np.float32), np.float32(-np.inf))
+        lent = np.where(is_l1, lent, -np.inf).astype(np.float32)
+        out = np.maximum(out, lent)
+    return out
+
+
 def _rank_keys(scores_C: np.ndarray, second_C: np.ndarray) -> np.ndarray:
     """``keys[C]`` (uint64, unique) whose ascending order is: ``second`` (0 before 1), score
     descending, candidate index ascending. Scores must be finite and >= 0 (float32)."""
@@ -107,6 +124,7 @@ def select_edits(
     tail_start = wc.num_tokens - min(config.recent_tokens, wc.num_tokens)
 
     # ---- candidates
+    utilities_W = lend_to_neighbours(levels_W, utilities_W, config.expand_neighbours, config.expand_threshold)
     gist_G = np.flatnonzero(levels_W > 0)
     gist_G = gist_G[: np.searchsorted(ends_W[gist_G], tail_start, side="right")]  # ends ascend
     e_pos = gist_G[utilities_W[gist_G] > _float32_below(config.expand_threshold)]

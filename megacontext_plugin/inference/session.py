@@ -52,9 +52,8 @@ from torch import nn
 
 from ..config import ConfigError, MCConfig
 from ..context import WorkingContext, WorkingContextError, entry_positions, max_representable_level
-from ..context.positions import rotary_cos_sin, span_sigma
+from ..context.inputs import EntryRows, ModelInputs, TreeSource, model_inputs, rotary_tables
 from ..focus import CooldownTracker, FocusAllocator, FocusConfig
-from ..training.curriculum import protected_tail
 from ..tree import MCTree, TreeError, open_tree
 from .kv_cache import MCKVCache
 from .level_map import level_map, render_level_map
@@ -82,7 +81,7 @@ class SessionSettings:
     """Entries freed when the WC is full (>= ``refocus_every``)."""
     block_size: int
     protected: int
-    """Raw tail never edited: ``max(--allocator_recent_tokens, --mc_horizon)``, as in training."""
+    """Raw tail never edited: ``max(--allocator_recent_tokens, H)``, the prompt's tail as in training."""
     horizon: int
     """Tail tokens LensNet scores the entries against."""
     position_scheme: str
@@ -95,11 +94,11 @@ class SessionSettings:
     def from_config(cls, cfg: MCConfig, sequence_len: int, max_level: int = 16) -> SessionSettings:
         """Settings for a model trained at ``sequence_len``; ``ConfigError`` naming the flags if
         the budget leaves no room for the raw tail, the headroom and the history's gists."""
-        cfg.validate_for_model(sequence_len)
+        cfg = cfg.for_model(sequence_len)
         budget = cfg.wc_budget(sequence_len)
         every = cfg.mc_refocus_every
         headroom = max(cfg.mc_wc_headroom or budget // 8, every)
-        protected = protected_tail(cfg)
+        protected = cfg.prompt_tail(sequence_len)
         K = cfg.block_size
         top = min(max_level, max_representable_level(K))
         gists = 2 * (K - 1)  # the least room for older history (a very long one needs about K-1 per level)
@@ -116,7 +115,7 @@ class SessionSettings:
             max_replacements=cfg.allocator_max_replacements, iterations=cfg.allocator_iterations,
             soft_max_length=soft, recent_tokens=protected, cooldown=cfg.allocator_cooldown,
             sample_top_k=cfg.allocator_sample_top_k, sample_temperature=cfg.allocator_sample_temperature,
-            seed=cfg.mc_seed, max_level=top,
+            seed=cfg.mc_seed, max_level=top, expand_neighbours=cfg.allocator_expand_neighbours,
         )
         return cls(budget, every, headroom, K, protected, cfg.mc_horizon, cfg.mc_position_scheme,
                    cfg.mc_rope_gist_sigma, top, focus)
@@ -279,6 +278,8 @@ class MCSession:
             it until the refocus that follows makes room."""
             self.vid_C = torch.full((2 * C,), -1, dtype=torch.int64, device=self.device)
             """Value-embedding ids of the entries: the token for a raw entry, -1 for a gist."""
+        self.source = TreeSource(self.tree, self.wte, device=self.device, dtype=self.dtype)
+        """Where entry vectors come from: gists from the tree, raw tokens through the model's ``wte``."""
         self.allocator = FocusAllocator(settings.focus)
         self.wc: WorkingContext | None = None
         self.cached = 0
@@ -426,34 +427,19 @@ class MCSession:
         self.logits_V = None
         return p
 
-    def _read_ids(self, idx_n: np.ndarray) -> np.ndarray:
-        """Token ids at ascending positions ``idx_n``: one tree read per contiguous run (raw entries
-        come in runs of at least K siblings), or one read when they are dense."""
-        lo, hi = int(idx_n[0]), int(idx_n[-1]) + 1
-        if hi - lo <= 2 * idx_n.size + 4096:
-            return self.tree.token_ids(lo, hi).numpy()[idx_n - lo]
-        breaks = np.flatnonzero(np.diff(idx_n) != 1) + 1
-        starts, ends = np.concatenate([[0], breaks]), np.concatenate([breaks, [idx_n.size]])
-        return np.concatenate([self.tree.token_ids(int(idx_n[a]), int(idx_n[b - 1]) + 1).numpy()
-                               for a, b in zip(starts.tolist(), ends.tolist(), strict=True)])
+    def _inputs(self, wc: WorkingContext, start: int) -> ModelInputs:
+        """The model's inputs for entries ``[start, W)`` of ``wc`` (``context.inputs.model_inputs``: the
+        path training and evaluation share), with the rotary tables of the whole working context."""
+        s = self.settings
+        return model_inputs(self.source, EntryRows.of([wc]), scheme=s.position_scheme, sigma_scale=s.rope_gist_sigma,
+                            head_dim=self.head_dim, sequence_len=self.model.config.sequence_len,
+                            rotary_dtype=torch.bfloat16 if self.device.type == "cuda" else torch.float32,
+                            from_entry=start)
 
     def _gather(self, wc: WorkingContext, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings ``[n, D]`` (model dtype, device) and value ids ``[n]`` of entries ``[start, W)``:
-        raw entries from ``wte``, gists from the tree (one read per level present)."""
-        levels_n, indices_n = wc.levels[start:], wc.indices[start:]
-        n = int(levels_n.size)
-        x_nD = torch.empty(n, self.x_CD.shape[1], dtype=self.dtype, device=self.device)
-        vid_n = np.full(n, -1, dtype=np.int64)
-        raw_r = np.flatnonzero(levels_n == 0)
-        if raw_r.size:
-            ids_r = self._read_ids(indices_n[raw_r])
-            vid_n[raw_r] = ids_r
-            x_nD[torch.from_numpy(raw_r).to(self.device)] = self.wte(torch.from_numpy(ids_r).to(self.device))
-        for level in np.unique(levels_n[levels_n > 0]).tolist():
-            sel_g = np.flatnonzero(levels_n == level)
-            gists_gD = self.tree.embeddings(level, torch.from_numpy(np.ascontiguousarray(indices_n[sel_g])))
-            x_nD[torch.from_numpy(sel_g).to(self.device)] = gists_gD.to(self.device, self.dtype)
-        return x_nD, torch.from_numpy(vid_n).to(self.device)
+        """Embeddings ``[n, D]`` (model dtype, device) and value ids ``[n]`` of entries ``[start, W)``."""
+        inputs = self._inputs(wc, start)
+        return inputs.inputs_RWD[0], inputs.value_ids_RW[0]
 
     def _embeddings_of(self, wc: WorkingContext) -> torch.Tensor:
         """``[W, D]`` for a WC that may differ from the current one (allocator rounds)."""
@@ -520,19 +506,19 @@ class MCSession:
             return None
         return np.asarray(entry_positions(wc, self.settings.position_scheme), dtype=np.float32)
 
-    def _cos_sin(self, start: int, end: int, positions_W: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotary ``(cos, sin)`` ``[1, end-start, 1, head_dim/2]`` of entries ``[start, end)``."""
+    def _rotary(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Rotary tables ``[1, W, 1, head_dim/2]`` of the current WC's entries, or None (the model's own)."""
+        assert self.wc is not None
         s = self.settings
-        if positions_W is None and s.rope_gist_sigma == 0.0:
+        return rotary_tables(EntryRows.of([self.wc]), s.position_scheme, s.rope_gist_sigma, self.head_dim,
+                             self.model.config.sequence_len,
+                             torch.bfloat16 if self.device.type == "cuda" else torch.float32, self.device)
+
+    def _cos_sin(self, tables: tuple[torch.Tensor, torch.Tensor] | None, start: int, end: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        if tables is None:
             return self.model.cos[:, start:end], self.model.sin[:, start:end]  # the model's own table
-        pos_n = (torch.arange(start, end, dtype=torch.float32) if positions_W is None
-                 else torch.from_numpy(positions_W[start:end]))
-        sigma = None
-        if s.rope_gist_sigma > 0:
-            assert self.wc is not None
-            sigma = span_sigma(torch.from_numpy(self.wc.widths[start:end]), s.rope_gist_sigma)[None].to(self.device)
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32  # as the training path
-        return rotary_cos_sin(pos_n[None].to(self.device), self.head_dim, dtype=dtype, gaussian_sigma=sigma)
+        return tables[0][:, start:end], tables[1][:, start:end]
 
     def _sync(self) -> torch.Tensor:
         """Forward the entries not in the KV cache; the last entry's next-token logits ``[V]``."""
@@ -550,9 +536,10 @@ class MCSession:
         p = min(self.cached, W - 1)
         self.kv.truncate(p)
         logits_1nV = None
+        tables = self._rotary()
         for start in range(p, W, PREFILL_CHUNK):
             end = min(W, start + PREFILL_CHUNK)
-            cos, sin = self._cos_sin(start, end, positions_W)
+            cos, sin = self._cos_sin(tables, start, end)
             logits_1nV = self.model.forward_embeds(self.x_CD[start:end][None], self.vid_C[start:end][None], None,
                                                    cos, sin, kv_cache=self.kv)
             self.stats.forwards += 1
@@ -570,7 +557,7 @@ class MCSession:
         (the reference the cached path must match)."""
         assert self.wc is not None
         W = len(self.wc)
-        cos, sin = self._cos_sin(0, W, self._positions(self.wc))
+        cos, sin = self._cos_sin(self._rotary(), 0, W)
         logits = self.model.forward_embeds(self.x_CD[:W][None], self.vid_C[:W][None], None, cos, sin)
         return logits[0, -1, :self.vocab_size].float()
 

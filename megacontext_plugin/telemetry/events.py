@@ -154,6 +154,8 @@ EVENT_SCHEMAS: Mapping[str, EventSpec] = {
             "packing_ms": _a("float", "ms", "packing WC variants into the batch"),
             "losses_ms": _a("float", "ms", "MC auxiliary losses"),
             "layouts_ms": _a("float", "ms", "WC layout sampling"),
+            "teacher_ms": _a("float", "ms", "the teacher's full-context pass (input-gradient saliency)"),
+            "guided_ms": _a("float", "ms", "guided layouts: teacher pass, on-policy and teacher refocusing, index"),
             "controller_ms": _a("float", "ms", "whole controller step (sum of the above and glue)"),
             "step_ms": _a("float", "ms", "wall time of the whole training step (between optimizer steps)"),
             "telemetry_ms": _a("float", "ms", "time telemetry itself spent in this step (probe, events, counters)"),

@@ -29,18 +29,22 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ..config import MCConfig
+from ..context import EntryRows, LevelTable, model_inputs
 from ..context.positions import PositionalCache
 from ..nets import allreduce_gradients, build_gistnet, build_lensnet, resolve_aux_dtype
 from ..tree.building import build_levels
 from . import losses as L
-from .curriculum import curriculum_budget, protected_tail, smallest_useful_budget
+from .curriculum import curriculum_budget, smallest_useful_budget
 from .flops import StepFlops, mc_step_flops, vanilla_step_flops
-from .layouts import LayoutPrefetcher, VariantLayouts, max_tree_level
-from .packing import PackIndex, build_index, pack_inputs, pack_rotary, pack_targets
+from .guided import NllFn, guided_prompt_layouts, horizon_saliency
+from .layouts import LayoutPrefetcher, VariantLayouts, max_tree_level, with_guided
+from .packing import PackIndex, build_index
+from .probe import focus_config
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,8 @@ class MCBatch:
     """Packed input embeddings, ``R = B * V`` rows of ``W`` entries, the base model's dtype."""
     targets_RW: torch.Tensor
     """Next token after each entry's span; -1 on padding."""
+    value_ids_RW: torch.Tensor
+    """Token id of each raw entry (nanochat's value embeddings); -1 for gists and padding."""
     cos_sin: tuple[torch.Tensor, torch.Tensor] | None
     """Per-row rotary tables ``[R, W, 1, head_dim/2]``, or None = the model's own table."""
     layouts: VariantLayouts
@@ -107,7 +113,7 @@ class MCController(nn.Module):
     def __init__(self, cfg: MCConfig, *, dim: int, head_dim: int, sequence_len: int, total_steps: int,
                  device: torch.device | str = "cpu") -> None:
         super().__init__()
-        cfg.validate_for_model(sequence_len)
+        cfg = cfg.for_model(sequence_len)
         self.cfg = cfg
         self.dim, self.head_dim, self.sequence_len = dim, head_dim, sequence_len
         self.total_steps = max(1, total_steps)
@@ -120,7 +126,10 @@ class MCController(nn.Module):
         self.lens_prev = copy.deepcopy(self.lensnet).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.aux_parameters(), lr=cfg.mc_aux_lr, weight_decay=0.0)
         self.layouts = LayoutPrefetcher(cfg.mc_seed)
-        self.recent = protected_tail(cfg)
+        self.recent = cfg.training_tail(sequence_len)
+        """Raw tail of every training variant: the prompt's tail, then the horizon H."""
+        self.prompt_recent = cfg.prompt_tail(sequence_len)
+        """Raw tail of a prompt (training's prompt is everything before the horizon; inference's the user's)."""
         self._plans: dict[int, LengthPlan] = {}
         full = self.length_plan(sequence_len)
         self.num_levels, self.budget_floor = full.num_levels, full.budget_floor  # at T = sequence_len
@@ -208,13 +217,20 @@ class MCController(nn.Module):
 
     # ---- step ---------------------------------------------------------------------------------
     def process_batch(self, x_BT: torch.Tensor, y_BT: torch.Tensor, wte: nn.Module, step: int,
-                      session_ids: Sequence[Hashable] | None = None) -> MCBatch | None:
+                      session_ids: Sequence[Hashable] | None = None, nll_fn: NllFn | None = None) -> MCBatch | None:
         """Trees, variants, packed inputs/targets/positions and LensNet scores for one micro-batch.
 
         ``T`` may be anything (beyond ``sequence_len`` the budget is the window); ``y_BT`` may hold -1
         anywhere (those targets stay -1 in the pack). Returns None, building nothing, when
         ``can_compress(T)`` is False (too short for any variant to differ from the baseline):
         the caller then runs the plain forward on ``x_BT``, ``y_BT``.
+
+        Rows per sequence: the recency baseline, the on-policy variants, the teacher variants and
+        the random ones (``training.guided``). ``nll_fn`` (the base model's full-context per-token
+        NLL on given embeddings) is what the teacher needs; without it the teacher variants are
+        random ones. LensNet scores every non-baseline row causally: only the entries before the
+        horizon, against the H tokens before it (the query inference will have), never the tokens
+        whose loss is measured.
 
         With ``session_ids`` (one per sequence) and per-row positions in use, each packed row's
         rotary table is also kept in ``positional_caches`` under ``(session_id, variant)``, so a
@@ -230,11 +246,13 @@ class MCController(nn.Module):
             return None
         num_levels = self.length_plan(T).num_levels
         budget = self.budget_at(step, T)
-        V = cfg.num_variants
+        H = cfg.mc_horizon
+        on_policy, teacher, random = cfg.variant_counts
+        if nll_fn is None:
+            teacher, random = 0, random + teacher
         next_budget = self.budget_at(step + 1, T) if self._last_length == T else None
         self._last_length = T
-        layouts = self.layouts.get(B, V, T, cfg.block_size, budget, self.recent, next_budget=next_budget)
-        index = build_index(layouts, T, cfg.block_size, num_levels, cfg.mc_horizon, x_BT.device)
+        sampled = self.layouts.get(B, 1 + random, T, cfg.block_size, budget, self.recent, next_budget=next_budget)
         timings["layouts_ms"] = _ms(t0)
 
         t1 = time.perf_counter()
@@ -244,37 +262,78 @@ class MCController(nn.Module):
         timings["build_ms"] = _ms(t1)
 
         t2 = time.perf_counter()
-        inputs_RWD = pack_inputs(levels, index)
-        targets_RW = pack_targets(y_BT, index)
-        timings["packing_ms"] = _ms(t2)
+        guided: list[list] = [[] for _ in range(B)]
+        if on_policy or teacher:
+            saliency = horizon_saliency(nll_fn, lod0_BTD, y_BT, H) if teacher else None
+            timings["teacher_ms"] = _ms(t2)
+            query_BHD = lod0_BTD[:, T - 2 * H:T - H].detach().to(self.aux_dtype)
+            guided = guided_prompt_layouts(
+                T - H, cfg.block_size, self.prompt_recent, on_policy, teacher,
+                focus_config(self, budget - H, num_levels), max(1, num_levels - 1),
+                self._lens_scorer(levels, query_BHD) if on_policy else None, saliency, B)
+        layouts = with_guided(sampled, guided, H)
+        index = build_index(layouts, T, cfg.block_size, num_levels, H, x_BT.device)
+        timings["guided_ms"] = _ms(t2)
 
         t3 = time.perf_counter()
+        V = layouts.variants
+        rows = EntryRows(np.arange(B * V, dtype=np.int64) // V, layouts.levels_RW, layouts.indices_RW,
+                         layouts.starts_RW, layouts.ends_RW)
         # positions are bounded by the model's trained range (sequence_len), whatever this batch's T
-        cos_sin = pack_rotary(layouts, index, cfg.mc_position_scheme, self.head_dim, self.sequence_len,
-                              cfg.mc_rope_gist_sigma, dtype=torch.bfloat16 if x_BT.is_cuda else torch.float32)
+        inputs = model_inputs(LevelTable(levels, x_BT), rows, scheme=cfg.mc_position_scheme,
+                              sigma_scale=cfg.mc_rope_gist_sigma, head_dim=self.head_dim,
+                              sequence_len=self.sequence_len, targets_BT=y_BT,
+                              rotary_dtype=torch.bfloat16 if x_BT.is_cuda else torch.float32)
+        inputs_RWD, targets_RW, cos_sin = inputs.inputs_RWD, inputs.targets_RW, inputs.cos_sin
+        assert targets_RW is not None
+        timings["packing_ms"] = _ms(t3)
+
+        t4 = time.perf_counter()
         if cos_sin is not None and session_ids is not None:
             if len(session_ids) != B:
                 raise ValueError(f"session_ids has {len(session_ids)} ids for a batch of {B} sequences")
             for r in range(B * V):
                 self.positional_caches.put((session_ids[r // V], r % V), cos_sin[0][r], cos_sin[1][r])
-        timings["positional_ms"] = _ms(t3)
+        timings["positional_ms"] = _ms(t4)
 
-        t4 = time.perf_counter()
-        # LensNet scores the random variants only: the baseline rows hold no gist to rank.
+        t5 = time.perf_counter()
+        # LensNet scores the non-baseline variants (the baseline rows hold no gist to rank), causally:
+        # the entries of the prompt against its last H tokens.
         R, W = targets_RW.shape
         rand_N = torch.arange(R, device=x_BT.device).view(B, V)[:, 1:].reshape(-1)
         entries = inputs_RWD.detach().index_select(0, rand_N).to(self.aux_dtype)
-        tail_NHD = lod0_BTD[:, T - cfg.mc_horizon:].detach().to(self.aux_dtype).repeat_interleave(V - 1, dim=0)
-        lens_args = (entries, index.levels_RW[rand_N], index.spans_RW[rand_N], tail_NHD, index.valid_RW[rand_N])
+        prompt_RW = index.valid_RW & torch.from_numpy(layouts.ends_RW <= T - H).to(x_BT.device)
+        query_NHD = lod0_BTD[:, T - 2 * H:T - H].detach().to(self.aux_dtype).repeat_interleave(V - 1, dim=0)
+        lens_args = (entries, index.levels_RW[rand_N], index.spans_RW[rand_N], query_NHD, prompt_RW[rand_N])
         scores_RW = torch.zeros(R, W, device=x_BT.device).index_copy(0, rand_N, self.lensnet(*lens_args).float())
         prev_RW = torch.zeros(R, W, device=x_BT.device)
         if cfg.mc_lens_kl_weight > 0:  # the KL anchor costs a forward; skip it when the term is off
             with torch.no_grad():
                 prev_RW.index_copy_(0, rand_N, self.lens_prev(*lens_args).float())
-        timings["lens_ms"] = _ms(t4)
+        timings["lens_ms"] = _ms(t5)
         timings["controller_ms"] = _ms(t0)
-        return MCBatch(inputs_RWD, targets_RW, cos_sin, layouts, index, scores_RW, prev_RW, budget,
-                       len(levels), timings)
+        return MCBatch(inputs_RWD, targets_RW, inputs.value_ids_RW, cos_sin, layouts, index, scores_RW, prev_RW,
+                       budget, len(levels), timings)
+
+    def _lens_scorer(self, levels: list[torch.Tensor], query_BHD: torch.Tensor):
+        """LensNet utilities of one prompt working context per sequence, in one call (on-policy variants)."""
+        B = levels[0].shape[0]
+        table = LevelTable([level.detach().to(self.aux_dtype) for level in levels], levels[0].new_zeros(B, 1))
+        device = query_BHD.device
+
+        @torch.no_grad()
+        def score(wcs: list) -> list[np.ndarray]:
+            rows = EntryRows.of(wcs)
+            R, W = rows.shape
+            entries = table.gather(np.repeat(rows.seq_R, W), rows.levels_RW.reshape(-1),
+                                   rows.indices_RW.reshape(-1)).view(R, W, -1)
+            t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+            spans = np.where(rows.valid_RW, rows.ends_RW - rows.starts_RW, 0)
+            levels_RW = np.where(rows.valid_RW, rows.levels_RW, 0)
+            u_BW = self.lensnet(entries, t(levels_RW), t(spans), query_BHD, t(rows.valid_RW)).float().cpu().numpy()
+            return [u_BW[b, :len(wc)] for b, wc in enumerate(wcs)]
+
+        return score
 
     def compute_losses(self, batch: MCBatch, nll_RW: torch.Tensor) -> MCLosses:
         """All losses from the base model's per-entry NLL ``[R, W]`` (0 where the target is -1).

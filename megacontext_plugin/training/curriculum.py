@@ -23,11 +23,6 @@ from ..config import MCConfig
 from .layouts import minimal_length
 
 
-def protected_tail(cfg: MCConfig) -> int:
-    """Tokens kept raw at the end of every training variant: the allocator's tail, at least H."""
-    return max(cfg.allocator_recent_tokens, cfg.mc_horizon)
-
-
 def smallest_useful_budget(sequence_len: int, block_size: int, recent_tokens: int) -> int:
     """The coarsest layout plus room for two expansions (so random variants can differ)."""
     return min(sequence_len, minimal_length(sequence_len, block_size, recent_tokens) + 2 * (block_size - 1))
@@ -68,7 +63,7 @@ def auto_batch(cfg: MCConfig, device_batch_size: int, num_iterations: int, seque
     """Device batch and iterations for a ``--mc`` run (unchanged when ``--mc_auto_batch 0``)."""
     if device_batch_size < 1 or num_iterations < 1:
         raise ValueError("device_batch_size and num_iterations must be >= 1")
-    floor = smallest_useful_budget(sequence_len, cfg.block_size, protected_tail(cfg))
+    floor = smallest_useful_budget(sequence_len, cfg.block_size, cfg.training_tail(sequence_len))
     grid = 1000
     budgets = [curriculum_budget(cfg, s, grid, sequence_len, floor) for s in range(grid)]
     V, T = cfg.num_variants, sequence_len

@@ -102,8 +102,8 @@ def sample_layouts(
     max_tries: int = 8,
 ) -> VariantLayouts:
     """Layouts for ``batch`` sequences x ``variants`` (baseline first), padded to ``budget``."""
-    if variants < 2:
-        raise ValueError(f"need at least 2 variants (the baseline and one random), got {variants}")
+    if variants < 1:
+        raise ValueError(f"need at least 1 variant (the baseline), got {variants}")
     if not 0 < budget <= sequence_len:
         raise ValueError(f"budget must be in [1, {sequence_len}], got {budget}")
     R, W = batch * variants, budget
@@ -134,6 +134,42 @@ def sample_layouts(
             levels[r, :n], indices[r, :n], starts[r, :n], ends[r, :n] = lv, ix, st, en
             lengths[r] = n
     return VariantLayouts(levels, indices, starts, ends, lengths, batch, variants, duplicates)
+
+
+def with_guided(sampled: VariantLayouts, guided: list[list[WorkingContext]], horizon: int) -> VariantLayouts:
+    """``sampled`` (baseline + random rows per sequence) with each sequence's guided prompt layouts
+    (``guided[b]``, each followed by the ``horizon`` raw) inserted after its baseline: rows
+    ``[baseline, guided..., random...]``. A guided layout equal to an earlier row of its sequence
+    counts as a duplicate."""
+    B, Vs, W = sampled.batch, sampled.variants, sampled.width
+    G = len(guided[0]) if guided else 0
+    if G == 0:
+        return sampled
+    V = Vs + G
+    arrays = [np.full((B * V, W), PAD_LEVEL, dtype=np.int64), np.zeros((B * V, W), dtype=np.int64),
+              np.zeros((B * V, W), dtype=np.int64), np.zeros((B * V, W), dtype=np.int64)]
+    lengths = np.zeros(B * V, dtype=np.int64)
+    old = (sampled.levels_RW, sampled.indices_RW, sampled.starts_RW, sampled.ends_RW)
+    new_rows = np.array([b * V + v for b in range(B) for v in [0, *range(G + 1, V)]])
+    for dst, src in zip(arrays, old, strict=True):
+        dst[new_rows] = src
+    lengths[new_rows] = sampled.lengths_R
+    duplicates = sampled.duplicates
+    for b in range(B):
+        seen = {sampled.levels_RW[b * Vs + v].tobytes() for v in range(Vs)}
+        for g, prompt_wc in enumerate(guided[b]):
+            wc = prompt_wc.append(horizon)
+            n = len(wc)
+            if n > W:
+                raise ValueError(f"a guided layout has {n} entries, more than the budget {W}")
+            r = b * V + 1 + g
+            for dst, src in zip(arrays, (wc.levels, wc.indices, wc.starts, wc.ends), strict=True):
+                dst[r, :n] = src
+            lengths[r] = n
+            key = arrays[0][r].tobytes()
+            duplicates += key in seen
+            seen.add(key)
+    return VariantLayouts(*arrays, lengths, B, V, duplicates)
 
 
 _Sampled = tuple[VariantLayouts, np.random.Generator]

@@ -44,7 +44,8 @@ from .controller import MCBatch, MCController
 from .mfu import base_flops_fn, device_peak_flops, mfu_percent
 from .probe import FocusProbe, probe_focus
 
-TIMING_KEYS = ("build_ms", "positional_ms", "lens_ms", "packing_ms", "losses_ms", "layouts_ms", "controller_ms")
+TIMING_KEYS = ("build_ms", "positional_ms", "lens_ms", "packing_ms", "losses_ms", "layouts_ms", "teacher_ms",
+               "guided_ms", "controller_ms")
 
 
 class TrainingMonitor:

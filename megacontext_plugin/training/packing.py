@@ -1,13 +1,10 @@
-"""Packing: every variant's inputs, targets and positions by index arrays, one gather each.
+"""Packing: the index tensors the controller's losses need for one set of variant layouts.
 
-The levels of a batch of trees (``build_levels``: ``[B, T, D]``, ``[B, T/K, D]``, ...) are
-viewed as one flat table ``[sum_l B * N_l + 1, D]`` whose last row is zeros (padding). A
-variant entry ``(b, level, index)`` lives at row ``offset[level] + b * N[level] + index``; the
-whole packed input ``[R, W, D]`` is a single ``index_select``. No chain of per-edit cat/slice
-ops (the prior art made ~2,000 autograd ops per batch that way).
-
-Targets follow DESIGN 6.3: the target of an entry is the token that follows its span, i.e.
-``y[b, end - 1]`` (``y`` is ``x`` shifted by one). Padding gets -1 (ignored by the loss).
+The variants' inputs, targets and rotary tables come from ``context.inputs.model_inputs`` (one
+``index_select`` over the tree levels, the path evaluation and inference share); this module
+keeps what only training needs: each entry's target position, the horizon's columns, and the
+entries where two variants differ (the preference pairs). The target of an entry is the token
+that follows its span, ``y[b, end - 1]`` (``y`` is ``x`` shifted by one); padding gets -1.
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..context.positions import entry_positions, rotary_cos_sin, span_sigma
 from .layouts import PAD_LEVEL, VariantLayouts
 
 
@@ -25,8 +21,6 @@ from .layouts import PAD_LEVEL, VariantLayouts
 class PackIndex:
     """Device index tensors for one layout set (reusable for any data of that shape)."""
 
-    table_RW: torch.Tensor
-    """Row of each entry in the flat level table (padding: the zero row)."""
     target_RW: torch.Tensor
     """Flat index into ``y.view(-1)`` of each entry's target (padding: 0, masked)."""
     valid_RW: torch.Tensor
@@ -52,13 +46,8 @@ def build_index(layouts: VariantLayouts, sequence_len: int, block_size: int, num
                 device: torch.device) -> PackIndex:
     """Index tensors for ``layouts`` over trees with ``num_levels`` levels (numpy work, then one copy)."""
     B, V = layouts.batch, layouts.variants
-    sizes = np.array(level_sizes(sequence_len, block_size, num_levels), dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(B * sizes)])
-    pad_row = int(offsets[-1])
     valid = layouts.valid_RW
-    lv = np.where(valid, layouts.levels_RW, 0)
     row_b = (np.arange(B * V, dtype=np.int64) // V)[:, None]
-    table = np.where(valid, offsets[lv] + row_b * sizes[lv] + layouts.indices_RW, pad_row)
     target = np.where(valid, row_b * sequence_len + layouts.ends_RW - 1, 0)
     spans = np.where(valid, layouts.ends_RW - layouts.starts_RW, 1)
     if np.any(layouts.lengths_R < horizon):
@@ -73,7 +62,7 @@ def build_index(layouts: VariantLayouts, sequence_len: int, block_size: int, num
     def dev(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=True)
 
-    return PackIndex(dev(table), dev(target), dev(valid), dev(np.where(valid, layouts.levels_RW, PAD_LEVEL)),
+    return PackIndex(dev(target), dev(valid), dev(np.where(valid, layouts.levels_RW, PAD_LEVEL)),
                      dev(spans), dev(tail), dev(refined), dev(coarser))
 
 
@@ -109,38 +98,6 @@ def _pair_differences(layouts: VariantLayouts, sequence_len: int) -> tuple[np.nd
         return (own_levels > 0) & valid[:, own] & (at_start < own_levels)
 
     return finer(ii - 1, jj - 1), finer(jj - 1, ii - 1)
-
-
-def pack_inputs(levels: list[torch.Tensor], index: PackIndex) -> torch.Tensor:
-    """``inputs[R, W, D]`` from tree levels ``[B, N_l, D]`` with one ``index_select``."""
-    D = levels[0].shape[-1]
-    dtype = levels[0].dtype
-    flat = [lvl.reshape(-1, D).to(dtype) for lvl in levels]
-    flat.append(levels[0].new_zeros(1, D))
-    table = torch.cat(flat, dim=0)
-    R, W = index.table_RW.shape
-    return table.index_select(0, index.table_RW.reshape(-1)).view(R, W, D)
-
-
-def pack_targets(y_BT: torch.Tensor, index: PackIndex) -> torch.Tensor:
-    """``targets[R, W]``: the token after each entry's span; -1 on padding."""
-    t = y_BT.reshape(-1).index_select(0, index.target_RW.reshape(-1)).view_as(index.target_RW)
-    return torch.where(index.valid_RW, t, torch.full_like(t, -1))
-
-
-def pack_rotary(layouts: VariantLayouts, index: PackIndex, scheme: str, head_dim: int, sequence_len: int,
-                gist_sigma_scale: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per-row rotary ``(cos, sin)`` ``[R, W, 1, head_dim/2]``; ``None`` when every row would get the
-    model's own table (``ordinal`` positions and no gist damping): the base model then runs exactly
-    its usual positional path."""
-    if scheme == "ordinal" and gist_sigma_scale == 0.0:
-        return None
-    device = index.valid_RW.device
-    starts = torch.from_numpy(layouts.starts_RW).to(device)
-    ends = torch.from_numpy(layouts.ends_RW).to(device)
-    positions = entry_positions(starts, ends, scheme, sequence_len, mask_BW=index.valid_RW)
-    sigma = span_sigma(index.spans_RW, gist_sigma_scale) if gist_sigma_scale > 0 else None
-    return rotary_cos_sin(positions, head_dim, dtype=dtype, gaussian_sigma=sigma)
 
 
 def align_right(x_BT: torch.Tensor, y_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,16 +1,15 @@
 """The focus probe: swap rate and residency, measured honestly during training.
 
-Training never runs the focus allocator: every variant's layout is sampled, and LensNet learns
-from their ΔNLL. So "swap rate" and "residency" during training are defined by what the
-allocator *would* do with the LensNet being trained, on the working context inference starts
-from. At the telemetry cadence, on one sequence of the micro-batch (the first):
+Training refocuses only to lay out its on-policy variants, from the coarsest working context.
+"Swap rate" and "residency" during training are defined by what the allocator does with the
+LensNet being trained, from the recency working context. At the telemetry cadence, on the prompt
+of one sequence of the micro-batch (the first; the prompt is everything before the horizon H):
 
 1. its tree (GistNet, no grad) and the **recency working context** at the step's curriculum
    budget ``W`` (``WorkingContext.recency``: the longest raw suffix that fits, older history in
-   the fewest aligned gists, the last ``max(--allocator_recent_tokens, --mc_horizon)`` tokens
-   raw: what inference starts from);
+   the fewest aligned gists, the prompt's tail ``max(--allocator_recent_tokens, H)`` raw);
 2. one refocus by a fresh ``FocusAllocator`` with the run's ``--allocator_*`` knobs (budget
-   ``W``), scored by LensNet against the last ``--mc_horizon`` tokens, as in training;
+   ``W``), scored by LensNet against the prompt's last H tokens, as in training and inference;
 3. **swap rate** = entries replaced / entries before (``FocusReport.swap_rate``: an expansion
    replaces 1 entry, a collapse ``K``); **residency** = share of the entries before the refocus
    (same node, same level) still present after it. LensNet's scores of the starting WC give the
@@ -75,10 +74,10 @@ def focus_config(controller: nn.Module, budget: int, num_levels: int) -> FocusCo
     return FocusConfig(budget=budget, type=cfg.allocator_type, expand_threshold=cfg.allocator_expand_threshold,
                        collapse_threshold=cfg.allocator_collapse_threshold,
                        max_replacements=cfg.allocator_max_replacements, iterations=cfg.allocator_iterations,
-                       soft_max_length=min(soft, budget) if soft else None, recent_tokens=controller.recent,
+                       soft_max_length=min(soft, budget) if soft else None, recent_tokens=controller.prompt_recent,
                        cooldown=cfg.allocator_cooldown, sample_top_k=cfg.allocator_sample_top_k,
                        sample_temperature=cfg.allocator_sample_temperature, seed=cfg.mc_seed,
-                       max_level=max(1, num_levels - 1))
+                       max_level=max(1, num_levels - 1), expand_neighbours=cfg.allocator_expand_neighbours)
 
 
 @torch.no_grad()
@@ -90,10 +89,12 @@ def probe_focus(controller: nn.Module, ids_T: torch.Tensor, wte: nn.Module, budg
     """
     t0 = time.perf_counter()
     cfg = controller.cfg
-    K, T, H = cfg.block_size, int(ids_T.shape[-1]), cfg.mc_horizon
-    if not controller.can_compress(T):
+    K, H = cfg.block_size, cfg.mc_horizon
+    if not controller.can_compress(int(ids_T.shape[-1])):
         return None
-    num_levels = controller.length_plan(T).num_levels
+    num_levels = controller.length_plan(int(ids_T.shape[-1])).num_levels
+    T = int(ids_T.shape[-1]) - H  # the prompt: what comes before the horizon
+    ids_T = ids_T.reshape(-1)[:T]
     aux = controller.aux_dtype
     lod0_1TD = wte(ids_T.reshape(1, T)).to(aux)
     levels = build_levels(lod0_1TD, K, controller.gistnet, max_level=num_levels - 1)
@@ -109,7 +110,7 @@ def probe_focus(controller: nn.Module, ids_T: torch.Tensor, wte: nn.Module, budg
         spans_1W = torch.from_numpy(wc.ends - wc.starts).to(device)[None]
         return controller.lensnet(table_ND.index_select(0, rows)[None], levels_1W, spans_1W, tail_1HD)[0].float()
 
-    before = WorkingContext.recency(T, budget, K, controller.recent, max_level=num_levels - 1)
+    before = WorkingContext.recency(T, budget, K, controller.prompt_recent, max_level=num_levels - 1)
     scores = score(before).cpu().numpy()
     first = [scores]
 

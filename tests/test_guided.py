@@ -1,0 +1,184 @@
+"""Guided variants (on-policy, teacher), the causal lens and focus that brings context."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from megacontext_plugin.config import MCConfig
+from megacontext_plugin.context.working_context import WorkingContext
+from megacontext_plugin.focus import FocusAllocator, FocusConfig
+from megacontext_plugin.focus.cooldown import CooldownTracker
+from megacontext_plugin.focus.selection import lend_to_neighbours, select_edits
+from megacontext_plugin.training.controller import MCController
+from megacontext_plugin.training.guided import (
+    guided_prompt_layouts,
+    horizon_saliency,
+    teacher_config,
+    teacher_scorer,
+)
+from megacontext_plugin.training.layouts import sample_layouts, with_guided
+
+K = 4
+
+
+def _l1_context(n_gists: int, raw_tail: int) -> WorkingContext:
+    """``n_gists`` level-1 gists then ``raw_tail`` raw tokens."""
+    levels = [1] * n_gists + [0] * raw_tail
+    indices = list(range(n_gists)) + list(range(n_gists * K, n_gists * K + raw_tail))
+    return WorkingContext(levels, indices, K, n_gists * K + raw_tail)
+
+
+# ---- focus that brings context ------------------------------------------------------------------------
+def test_neighbour_gets_its_anchor_utility_just_below_it() -> None:
+    wc = _l1_context(6, 4)
+    u = np.zeros(len(wc), dtype=np.float32)
+    u[3] = 0.8
+    lent = lend_to_neighbours(wc.levels, u, neighbours=2, threshold=0.3)
+    assert lent[3] == np.float32(0.8)
+    assert 0.79 < lent[2] < lent[3] and 0.79 < lent[1] < lent[2]
+    assert lent[0] == 0 and lent[4] == 0  # only to the left, only as many as asked
+    assert np.array_equal(lend_to_neighbours(wc.levels, u, neighbours=0, threshold=0.3), u)
+    below = u.copy()
+    below[3] = 0.2  # not a candidate: lends nothing
+    assert np.array_equal(lend_to_neighbours(wc.levels, below, neighbours=2, threshold=0.3), below)
+
+
+def test_neighbour_lending_stops_at_a_coarser_entry() -> None:
+    wc = WorkingContext([2, 1, 1, 0, 0], [0, 4, 5, 24, 25], K, 26)
+    u = np.array([0, 0, 0.9, 0, 0], dtype=np.float32)
+    lent = lend_to_neighbours(wc.levels, u, neighbours=3, threshold=0.1)
+    assert lent[1] > 0 and lent[0] == 0  # the level-2 gist is not a "word before"
+
+
+def test_allocator_expands_the_gist_left_of_an_expansion_within_the_budget() -> None:
+    wc = _l1_context(6, 4)
+    u = np.zeros(len(wc), dtype=np.float32)
+    u[3] = 0.8
+    roomy = FocusConfig(budget=len(wc) + 2 * (K - 1), expand_threshold=0.3, recent_tokens=4, expand_neighbours=1)
+    plan = select_edits(wc, u, roomy, CooldownTracker(0), 0, None)
+    assert plan.expand.tolist() == [2, 3]
+    tight = dataclasses.replace(roomy, budget=len(wc) + (K - 1))  # room for one: the anchor wins
+    assert select_edits(wc, u, tight, CooldownTracker(0), 0, None).expand.tolist() == [3]
+    off = dataclasses.replace(roomy, expand_neighbours=0)
+    assert select_edits(wc, u, off, CooldownTracker(0), 0, None).expand.tolist() == [3]
+
+
+# ---- teacher ----------------------------------------------------------------------------------------
+def test_horizon_saliency_touches_no_model_gradient_and_finds_the_dependency() -> None:
+    weight = torch.nn.Parameter(torch.ones(3))
+    T, H = 12, 2
+
+    def nll_fn(emb_BTD: torch.Tensor, y_BT: torch.Tensor) -> torch.Tensor:
+        # the horizon's loss depends on token 4 only; every other position on itself
+        nll = (emb_BTD * weight).sum(-1).square()
+        nll = nll.clone()
+        nll[:, -H:] = (emb_BTD[:, 4] * weight).sum(-1, keepdim=True).square()
+        return nll
+
+    emb = torch.randn(2, T, 3)
+    sal = horizon_saliency(nll_fn, emb, torch.zeros(2, T, dtype=torch.long), H)
+    assert weight.grad is None
+    assert sal.shape == (2, T)
+    assert np.all(sal[:, 4] > 0) and np.count_nonzero(sal) == 2
+    masked = horizon_saliency(nll_fn, emb, torch.full((2, T), -1), H)  # no supervised target: nothing
+    assert not masked.any()
+
+
+def test_teacher_drills_down_to_the_salient_tokens_and_keeps_the_layout_legal() -> None:
+    T, H, tail = 256, 8, 8
+    prompt = T - H
+    saliency = np.full((1, T), 1e-3)
+    saliency[0, 100:103] = 5.0  # what the horizon depends on
+    budget = 40
+    config = teacher_config(FocusConfig(budget=budget - H, recent_tokens=tail, expand_neighbours=1))
+    start = WorkingContext.coarsest(prompt, K, tail)
+    [[wc]] = guided_prompt_layouts(prompt, K, tail, 0, 1, config, rounds=4, lens_score=None,
+                                   saliency_BT=saliency, batch=1)
+    wc.validate(recent_tokens=tail, budget=budget - H)
+    raw = set(wc.starts[wc.levels == 0].tolist())
+    assert {100, 101, 102} <= raw
+    assert len(wc) > len(start)
+    # the second teacher variant's lower share threshold expands at least as much
+    flat = teacher_scorer(saliency, start, threshold=0.9)([start])[0]
+    assert np.count_nonzero(flat) <= 1
+
+
+def test_with_guided_puts_guided_rows_after_the_baseline() -> None:
+    rng = np.random.default_rng(0)
+    T, H, budget = 64, 4, 40
+    sampled = sample_layouts(2, 3, T, K, budget, 2 * H, rng)
+    prompt_wc = WorkingContext.coarsest(T - H, K, H)
+    merged = with_guided(sampled, [[prompt_wc], [prompt_wc]], H)
+    assert merged.variants == 4
+    for b in range(2):
+        assert np.array_equal(merged.levels_RW[b * 4], sampled.levels_RW[b * 3])  # baseline first
+        n = len(prompt_wc) + H
+        assert merged.lengths_R[b * 4 + 1] == n and not merged.levels_RW[b * 4 + 1, n - H:n].any()
+        assert np.array_equal(merged.levels_RW[b * 4 + 2:b * 4 + 4], sampled.levels_RW[b * 3 + 1:b * 3 + 3])
+
+
+# ---- the controller: causal lens, guided rows -----------------------------------------------------------
+def _controller(**knobs) -> tuple[MCController, torch.nn.Embedding]:
+    cfg = MCConfig(mc=True, block_size=K, mc_horizon=4, allocator_recent_tokens=4, mc_train_wc_length=0.5,
+                   lensnet_dim=16, lensnet_heads=2, gistnet_layers=1, gistnet_heads=2, lensnet_layers=1,
+                   allocator_expand_threshold=0.0, **knobs)
+    torch.manual_seed(0)
+    wte = torch.nn.Embedding(32, 16)
+    return MCController(cfg, dim=16, head_dim=8, sequence_len=64, total_steps=10), wte
+
+
+def test_lens_scores_never_see_the_horizon() -> None:
+    x = torch.randint(0, 32, (2, 64), generator=torch.Generator().manual_seed(1))
+    y = torch.roll(x, -1, dims=1)
+    x2, y2 = x.clone(), y.clone()
+    x2[:, -4:] = (x2[:, -4:] + 7) % 32  # other horizon tokens: LensNet must not notice
+    y2[:, -5:] = (y2[:, -5:] + 7) % 32
+    scores = []
+    for xi, yi in ((x, y), (x2, y2)):
+        ctrl, wte = _controller(mc_onpolicy_variants=1, mc_teacher_variants=0, mc_num_random_variants=2)
+        batch = ctrl.process_batch(xi, yi, wte, step=5)
+        scores.append(batch.scores_RW.detach())
+        ctrl.close()
+    assert scores[0].abs().sum() > 0
+    assert torch.equal(scores[0], scores[1])
+
+
+def test_process_batch_rows_are_baseline_guided_random() -> None:
+    ctrl, wte = _controller(mc_onpolicy_variants=1, mc_teacher_variants=2, mc_num_random_variants=1)
+    x = torch.randint(0, 32, (3, 64), generator=torch.Generator().manual_seed(2))
+    y = torch.roll(x, -1, dims=1)
+
+    def nll_fn(emb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return emb.square().sum(-1).cumsum(1) / 100.0
+
+    batch = ctrl.process_batch(x, y, wte, step=9, nll_fn=nll_fn)
+    assert batch.layouts.variants == 5 and batch.rows == 15
+    without = ctrl.process_batch(x, y, wte, step=9)  # no teacher pass: its rows are random ones
+    assert without.layouts.variants == 5
+    H = ctrl.cfg.mc_horizon
+    for r in range(batch.rows):
+        n = int(batch.layouts.lengths_R[r])
+        assert not batch.layouts.levels_RW[r, n - H:n].any()  # the horizon is raw in every row
+    ctrl.close()
+
+
+@pytest.mark.parametrize("neighbours", [0, 1])
+def test_on_policy_layouts_are_what_the_allocator_makes(neighbours: int) -> None:
+    T, H, tail, budget = 128, 4, 4, 40
+    config = FocusConfig(budget=budget - H, recent_tokens=tail, expand_threshold=0.1, expand_neighbours=neighbours)
+    start = WorkingContext.coarsest(T - H, K, tail)
+
+    def score(wcs: list[WorkingContext]) -> list[np.ndarray]:  # a fixed scorer: newest gists matter
+        return [np.where(wc.levels > 0, wc.starts / T, 0.0).astype(np.float32) for wc in wcs]
+
+    [[guided]] = guided_prompt_layouts(T - H, K, tail, 1, 0, config, rounds=2, lens_score=score,
+                                       saliency_BT=None, batch=1)
+    alloc = FocusAllocator(dataclasses.replace(config, iterations=1))
+    wc = start
+    for _ in range(2):
+        wc, _ = alloc.refocus(wc, lambda w: score([w])[0])
+    assert guided == wc
