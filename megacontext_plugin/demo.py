@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -82,14 +83,37 @@ def _history(tokens: int, block_size: int, vocab: int, seed: int) -> tuple[np.nd
     return ids, span
 
 
+def _fail(message: str) -> int:
+    """A user mistake: one line on stderr, exit 2, nothing written."""
+    print(f"megacontext demo: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _check_dir(path: Path) -> str | None:
+    """Why ``--dir`` cannot hold a new tree, or None (it is created, empty, when missing)."""
+    if path.exists():
+        if not path.is_dir():
+            return f"--dir {path} is not a directory"
+        if any(path.iterdir()):
+            return f"--dir {path} is not empty; the demo writes a new tree there"
+        return None
+    try:
+        path.mkdir(parents=True)
+    except OSError as e:
+        return f"--dir {path} cannot be created ({e.strerror or e})"
+    return None
+
+
 def run_demo(args: argparse.Namespace) -> int:
     K = args.block_size
     if args.tokens < 8 * NEEDLE_BLOCKS * K:
-        print(f"error: --tokens must be at least {8 * NEEDLE_BLOCKS} x --block-size ({8 * NEEDLE_BLOCKS * K})")
-        return 2
+        return _fail(f"--tokens must be at least {8 * NEEDLE_BLOCKS} x --block-size ({8 * NEEDLE_BLOCKS * K})")
     if args.recent_tokens < 0 or args.recent_tokens >= args.budget:
-        print(f"error: --recent-tokens must be in [0, --budget) = [0, {args.budget})")
-        return 2
+        return _fail(f"--recent-tokens must be in [0, --budget) = [0, {args.budget})")
+    if args.vocab < 2:
+        return _fail(f"--vocab must be at least 2 (token {NEEDLE_TOKEN} is the needle's; the haystack needs another)")
+    if args.tree == "disk" and args.dir is not None and (why := _check_dir(args.dir)) is not None:
+        return _fail(why)
     timings: dict[str, float] = {}
     torch.manual_seed(args.seed)
     table_VD = torch.randn(args.vocab, args.dim)
@@ -109,9 +133,6 @@ def run_demo(args: argparse.Namespace) -> int:
             path = tmp / "tree"
         else:
             path = args.dir
-            if path.exists() and any(path.iterdir()):
-                print(f"error: --dir {path} is not empty; the demo writes a new tree there")
-                return 2
     try:
         ok = _run(args, ids, needle_span, embed_fn, path, timings)
     finally:

@@ -236,7 +236,7 @@ class MegaContextPlugin:
             print(f"megacontext: {path.name} not found beside {checkpoint_dir} (that model was trained without "
                   f"--mc): GistNet and LensNet start fresh")
             return
-        saved = torch.load(path, map_location=self.controller.device_)
+        saved = torch.load(path, map_location=self.controller.device_, weights_only=True)
         self._check_structure(saved["config"], path)
         state = saved["controller"]
         self.controller.gistnet.load_state_dict(state["gistnet"])
@@ -318,7 +318,7 @@ class MegaContextPlugin:
         if not path.is_file():
             _fail(f"resuming from step {step} with --mc, but {path} is missing: the checkpoint was saved "
                   f"without MegaContext (drop --mc, or resume from a step saved with it)")
-        saved = torch.load(path, map_location=self.controller.device_)
+        saved = torch.load(path, map_location=self.controller.device_, weights_only=True)
         self._check_structure(saved["config"], path)
         self.controller.load_controller_state(saved["controller"])
         self.step = saved["step"]

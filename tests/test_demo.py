@@ -28,7 +28,7 @@ def test_demo_finds_the_needle_and_reopens(tree: str, tmp_path: Path, capsys: py
 def test_demo_refuses_a_non_empty_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "keep.txt").write_text("user data")
     assert main(["demo", "--tokens", "5000", "--dir", str(tmp_path)]) == 2
-    assert "not empty" in capsys.readouterr().out
+    assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "keep.txt").read_text() == "user data"
 
 
@@ -46,6 +46,35 @@ def test_demo_bad_flags_are_one_clear_error(argv: list[str], needle: str) -> Non
     assert proc.returncode == 2
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("case", ["vocab", "file", "uncreatable"])
+def test_user_mistakes_are_one_line_without_a_traceback(case: str, tmp_path: Path) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("user data")
+    argv = {"vocab": ["demo", "--vocab", "1", "--tokens", "5000", "--tree", "ram"],
+            "file": ["demo", "--dir", str(a_file), "--tokens", "5000"],
+            "uncreatable": ["demo", "--dir", "/proc/no/such/dir", "--tokens", "5000"]}[case]
+    proc = subprocess.run([sys.executable, "-m", "megacontext_plugin.cli", *argv], capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("megacontext demo: error:")
+    assert a_file.read_text() == "user data" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+@pytest.mark.parametrize("out", ["a_file", "/proc/no/such/dir"])
+def test_train_tiny_refuses_an_output_it_cannot_use(out: str, tmp_path: Path) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("user data")
+    target = str(a_file) if out == "a_file" else out
+    proc = subprocess.run([sys.executable, "-m", "megacontext_plugin.cli", "eval", "train-tiny", "--out", target],
+                          capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith("megacontext eval train-tiny: error: --out")
+    assert "Traceback" not in proc.stderr
+    assert a_file.read_text() == "user data"
 
 
 def test_demo_budget_too_small_is_reported(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,8 @@ the arms' layouts, and the whole command end to end on a tiny checkpoint."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -103,3 +105,28 @@ def test_eval_runs_end_to_end_on_a_tiny_checkpoint(tmp_path) -> None:
     assert rows[("mc", 2)]["swap_rate"] is not None and 0.0 <= rows[("mc", 2)]["residency"] <= 1.0
     assert "lens_rank_corr" in result
     assert js.with_suffix(".png").exists() and (tmp_path / "eval_nll.png").exists()
+
+
+class _Pwn:
+    """A pickle that runs code on load (what ``weights_only=False`` would execute)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_in_one_line(tmp_path) -> None:
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "megacontext-eval-tiny/1", "payload": _Pwn(str(marker))}, evil)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    for bad in (evil, tmp_path, text):
+        proc = subprocess.run([sys.executable, "-m", "megacontext_plugin.cli", "eval", "long-context",
+                               "--checkpoint", str(bad)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith("megacontext eval long-context: error: --checkpoint")
+    assert not marker.exists()

@@ -88,7 +88,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not args.checkpoint.exists():
         parser.error(f"--checkpoint {args.checkpoint}: no such file")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
-    model, ctrl, recipe = load(args.checkpoint)
+    try:
+        model, ctrl, recipe = load(args.checkpoint)
+    except ValueError as e:
+        parser.error(f"--checkpoint {e}")
     overrides = {k: v for k, v in (("allocator_expand_threshold", args.expand_threshold),
                                    ("allocator_collapse_threshold", args.collapse_threshold),
                                    ("allocator_max_replacements", args.max_replacements)) if v is not None}

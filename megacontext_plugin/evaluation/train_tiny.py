@@ -23,8 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -106,6 +108,12 @@ def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, answer: to
     return nll.mean() + weight * nll[answer].sum() / answer.sum().clamp_min(1)
 
 
+def _fail(message: str) -> NoReturn:
+    """A user mistake: one line on stderr, exit 2."""
+    print(f"megacontext eval train-tiny: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (Linux ``/proc/cpuinfo`` flags; False where unknown)."""
     try:
@@ -129,7 +137,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     def autocast() -> torch.autocast:
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16)
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.out.exists() and not args.out.is_dir():
+        _fail(f"--out {args.out} is not a directory")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _fail(f"--out {args.out} cannot be created ({e.strerror or e})")
     log_path = args.out / "train_log.jsonl"
     log = log_path.open("w")
     mcfg = TinyGPTConfig(vocab_size=256, sequence_len=args.mc_len, n_layer=args.layers, n_head=args.heads,
@@ -162,10 +175,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     model.train()
     plain_done = 0
     if args.from_plain is not None:
-        state = torch.load(args.from_plain, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or state.get("format") != PLAIN_FORMAT:
-            raise SystemExit(f"megacontext eval train-tiny: error: --from-plain {args.from_plain}: not a plain.pt "
-                             "written by train-tiny")
+        try:
+            state = checkpoint.load_data(args.from_plain, "a plain.pt written by train-tiny")
+        except ValueError as e:
+            _fail(f"--from-plain {e}")
+        if state.get("format") != PLAIN_FORMAT:
+            _fail(f"--from-plain {args.from_plain}: not a plain.pt written by train-tiny")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["data_rng"]
