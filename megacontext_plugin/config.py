@@ -338,6 +338,10 @@ def _parse_bool_int(text: str) -> int:
     raise argparse.ArgumentTypeError(f"got {text!r}; allowed: 1|0")
 
 
+def _parse_enabled(text: str) -> bool:
+    return bool(_parse_bool_int(text))
+
+
 def _arg_type(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
     base = _TYPES[str(f.type)]
     meta = f.metadata
@@ -370,6 +374,9 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = f"{f.metadata['help']} (default: {default})".replace("%", "%%")  # argparse formats help with %
         if str(f.type) == "bool":
             group.add_argument(*names, dest=f.name, action="store_true", default=default, help=help_text)
+            # the operating guide's spelling: --mc_enabled 1|0 is --mc / no --mc (the last one given wins)
+            group.add_argument(*(f"--{f.name}_enabled", f"--{f.name}-enabled"), dest=f.name, type=_parse_enabled,
+                               metavar="1|0", help=f"--{f.name}_enabled 1 is --{f.name}, 0 leaves it off")
         elif f.metadata["choices"] is not None and str(f.type) == "int":
             group.add_argument(*names, dest=f.name, type=_parse_bool_int, default=default,
                                metavar="|".join(str(c) for c in f.metadata["choices"]), help=help_text)

@@ -223,3 +223,17 @@ def test_readme_knob_table_is_generated_from_the_config() -> None:
     begin, end = "<!-- knobs:begin -->\n", "<!-- knobs:end -->"
     table = readme[readme.index(begin) + len(begin): readme.index(end)]
     assert table == knobs_markdown(), "README knob table is stale: paste `megacontext config --markdown`"
+
+
+@pytest.mark.parametrize(("argv", "on"), [
+    (["--mc_enabled=1"], True), (["--mc-enabled", "0"], False),
+    (["--mc", "--mc_enabled", "0"], False), (["--mc_enabled", "0", "--mc"], True),
+])
+def test_the_guides_mc_enabled_spelling_is_mc(argv: list[str], on: bool) -> None:
+    assert parse_config(argv).mc is on
+
+
+def test_mc_enabled_takes_only_one_or_zero() -> None:
+    proc = subprocess.run([sys.executable, "-m", "megacontext_plugin.cli", "config", "--mc_enabled", "yes"],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 2 and "allowed: 1|0" in proc.stderr and "Traceback" not in proc.stderr
