@@ -202,9 +202,9 @@ class MCConfig:
                                  choices=("bidirectional", "cross"), group=NETS)
 
     # ---- telemetry ----------------------------------------------------------------------
-    mc_telemetry: str = _knob("jsonl", "where MC telemetry events go: a JSONL file per run, an OTLP collector "
-                              "(MC_OTEL_ENDPOINT, OTEL_*) or nowhere", choices=("jsonl", "otlp", "none"),
-                              group=TELEMETRY)
+    mc_telemetry: str = _knob("auto", "where MC telemetry events go: a JSONL file per run, an OTLP collector "
+                              "(MC_OTEL_ENDPOINT, OTEL_*) or nowhere; auto = otlp when MC_OTEL_ENDPOINT is set, "
+                              "else jsonl", choices=("auto", "jsonl", "otlp", "none"), group=TELEMETRY)
     mc_telemetry_every: int = _knob(50, "steps between telemetry snapshots (events, focus probe for swap rate "
                                     "and residency, their alerts); 0 = off", check=_nonneg,
                                     allowed="an integer >= 0", group=TELEMETRY)

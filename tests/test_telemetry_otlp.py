@@ -262,3 +262,23 @@ def test_missing_otlp_packages_warn_once_and_fall_back(tmp_path: Path, monkeypat
     assert len(messages) == 1 and "opentelemetry-exporter-otlp" in messages[0] and "JSONL" in messages[0]
     p1.close()
     p2.close()
+
+
+def test_mc_otel_endpoint_alone_sends_to_otlp_and_an_explicit_choice_wins(monkeypatch, tmp_path) -> None:
+    from megacontext_plugin.telemetry.providers import JsonlTelemetryProvider, OpenTelemetryProvider, make_run_provider
+
+    monkeypatch.setenv("MC_OTEL_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: export fails, training goes on
+    monkeypatch.setenv("MC_OTEL_INSECURE", "1")
+    provider, _, where = make_run_provider("auto", "base", telemetry_dir=tmp_path)
+    try:
+        assert isinstance(provider, OpenTelemetryProvider)
+        assert "127.0.0.1:9" in where and "MC_OTEL_ENDPOINT is set" in where
+    finally:
+        provider.close()
+    explicit, _, where = make_run_provider("jsonl", "base", telemetry_dir=tmp_path)
+    assert isinstance(explicit, JsonlTelemetryProvider) and "MC_OTEL_ENDPOINT" not in where
+    explicit.close()
+    monkeypatch.delenv("MC_OTEL_ENDPOINT")
+    default, _, _ = make_run_provider("auto", "base", telemetry_dir=tmp_path)
+    assert isinstance(default, JsonlTelemetryProvider)
+    default.close()

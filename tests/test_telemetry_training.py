@@ -93,7 +93,8 @@ def test_jsonl_run_emits_every_training_event(tmp_path: Path) -> None:
     monitor = host.plugin.monitor
     assert monitor is not None and isinstance(monitor.provider, JsonlTelemetryProvider)
     path = monitor.provider.path
-    V, K = host.plugin.controller.cfg.num_variants, 8
+    K = 8
+    (on_policy, teacher, random), H = host.plugin.controller.cfg.variant_counts, host.plugin.controller.cfg.mc_horizon
     assert path.parent.parent == tmp_path and path.parent.name == monitor.run_id and monitor.run_id.startswith("base-")
     host.close()  # closes the provider: everything is written
     rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -106,10 +107,12 @@ def test_jsonl_run_emits_every_training_event(tmp_path: Path) -> None:
     tree = by["mc_tree_snapshot"][0]
     assert tree["tokens_total"] == 128 and tree["nodes_per_level"] == [128 // K**lv for lv in range(tree["num_levels"])]
     wcs = [a for a in by["working_context_snapshot"] if a["step"] == 0]
-    assert [a["layout"] for a in wcs] == ["baseline"] + ["random"] * (V - 1) + ["recency", "refocused"]
+    assert [a["layout"] for a in wcs] == (["baseline"] + ["on-policy"] * on_policy + ["teacher"] * teacher
+                                          + ["random"] * random + ["recency", "refocused"])
     for a in wcs:
         assert sum(a["level_histogram"]) == a["wc_entries"] <= a["w_max"]
-    assert all(a["wc_tokens"] == 128 for a in wcs[1:])  # random variants and the probe tile the sequence
+    assert all(a["wc_tokens"] == 128 for a in wcs[1:-2])  # the variants tile the sequence
+    assert all(a["wc_tokens"] == 128 - H for a in wcs[-2:])  # the probe tiles the prompt, before the horizon
     focus = by["focus_allocator"][0]
     assert focus["edits"] == focus["expands"] + focus["collapses"] and 0 <= focus["residency"] <= 1
     assert focus["budget"] == logs[0]["mc/wc_budget"] and -1 <= focus["score_min"] <= focus["score_max"] <= 1

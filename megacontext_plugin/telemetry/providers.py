@@ -548,6 +548,7 @@ def make_run_provider(
 ) -> tuple[TelemetryProvider, str, str]:
     """The provider of one run of a nanochat ``stage``: returns ``(provider, run_id, where)``.
 
+    ``auto`` is ``otlp`` when ``MC_OTEL_ENDPOINT`` is set, else ``jsonl`` (``resolve_kind``).
     ``jsonl`` writes ``{telemetry_dir}/{run_id}/telemetry.jsonl`` (``telemetry_dir`` defaults to
     ``$NANOCHAT_BASE_DIR/megacontext/telemetry``; one directory per run, rotated by size).
     ``otlp`` exports to the collector configured by ``MC_OTEL_ENDPOINT`` / ``OTEL_*`` with
@@ -556,6 +557,8 @@ def make_run_provider(
     a configuration mistake (plaintext endpoint without ``MC_OTEL_INSECURE=1``, bad protocol)
     raises :class:`TelemetryConfigError`. ``where`` says where events go, for a log line.
     """
+    chosen_by_env = kind == "auto" and bool(os.environ.get("MC_OTEL_ENDPOINT"))
+    kind = resolve_kind(kind)
     run_id = run_id or new_run_id(stage)
     service = SERVICE_NAMES.get(stage, "megacontext-train")
     run_dir = Path(telemetry_dir) if telemetry_dir else default_telemetry_dir()
@@ -578,4 +581,14 @@ def make_run_provider(
         where = f"OTLP {provider.protocol} {provider.endpoint} (service.name {provider.service_name})"
     else:
         where = "nowhere (--mc_telemetry none)"
+    if chosen_by_env:
+        where += " (MC_OTEL_ENDPOINT is set; --mc_telemetry jsonl|none overrides it)"
     return provider, run_id, where
+
+
+def resolve_kind(kind: str) -> str:
+    """``--mc_telemetry``: ``auto`` is ``otlp`` when ``MC_OTEL_ENDPOINT`` is set (the operating guide's
+    promise), else ``jsonl``; an explicit ``jsonl``, ``otlp`` or ``none`` wins."""
+    if kind == "auto":
+        return "otlp" if os.environ.get("MC_OTEL_ENDPOINT") else "jsonl"
+    return kind

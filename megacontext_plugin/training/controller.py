@@ -271,7 +271,7 @@ class MCController(nn.Module):
                 T - H, cfg.block_size, self.prompt_recent, on_policy, teacher,
                 focus_config(self, budget - H, num_levels), max(1, num_levels - 1),
                 self._lens_scorer(levels, query_BHD) if on_policy else None, saliency, B)
-        layouts = with_guided(sampled, guided, H)
+        layouts = with_guided(sampled, guided, H, ("on-policy",) * on_policy + ("teacher",) * teacher)
         index = build_index(layouts, T, cfg.block_size, num_levels, H, x_BT.device)
         timings["guided_ms"] = _ms(t2)
 

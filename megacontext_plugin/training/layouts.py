@@ -41,7 +41,13 @@ class VariantLayouts:
     batch: int
     variants: int
     duplicates: int
-    """Random variants that repeat another of the same sequence (only when the layout space is too small)."""
+    """Variants that repeat another of the same sequence (the layout space is too small, or guided
+    layouts agree)."""
+    kinds: tuple[str, ...] = ()
+    """What made each variant column: ``baseline``, ``on-policy``, ``teacher`` or ``random``."""
+
+    def kind(self, v: int) -> str:
+        return self.kinds[v] if self.kinds else ("baseline" if v == 0 else "random")
 
     @property
     def width(self) -> int:
@@ -136,11 +142,12 @@ def sample_layouts(
     return VariantLayouts(levels, indices, starts, ends, lengths, batch, variants, duplicates)
 
 
-def with_guided(sampled: VariantLayouts, guided: list[list[WorkingContext]], horizon: int) -> VariantLayouts:
+def with_guided(sampled: VariantLayouts, guided: list[list[WorkingContext]], horizon: int,
+                kinds: tuple[str, ...] = ()) -> VariantLayouts:
     """``sampled`` (baseline + random rows per sequence) with each sequence's guided prompt layouts
     (``guided[b]``, each followed by the ``horizon`` raw) inserted after its baseline: rows
-    ``[baseline, guided..., random...]``. A guided layout equal to an earlier row of its sequence
-    counts as a duplicate."""
+    ``[baseline, guided..., random...]``; ``kinds`` names the guided columns. A guided layout equal
+    to an earlier row of its sequence counts as a duplicate."""
     B, Vs, W = sampled.batch, sampled.variants, sampled.width
     G = len(guided[0]) if guided else 0
     if G == 0:
@@ -169,7 +176,9 @@ def with_guided(sampled: VariantLayouts, guided: list[list[WorkingContext]], hor
             key = arrays[0][r].tobytes()
             duplicates += key in seen
             seen.add(key)
-    return VariantLayouts(*arrays, lengths, B, V, duplicates)
+    guided_kinds = tuple(kinds) or ("guided",) * G
+    all_kinds = ("baseline", *guided_kinds, *(sampled.kind(v) for v in range(1, Vs)))
+    return VariantLayouts(*arrays, lengths, B, V, duplicates, all_kinds)
 
 
 _Sampled = tuple[VariantLayouts, np.random.Generator]

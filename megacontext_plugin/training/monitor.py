@@ -243,7 +243,7 @@ class TrainingMonitor:
         for v in range(lay.variants):  # the first sequence's variants (rows 0..V-1)
             n = int(lay.lengths_R[v])
             self._emit_wc(step, lay.levels_RW[v, :n], int(lay.starts_RW[v, 0]), int(lay.ends_RW[v, n - 1]), L,
-                          w_max=batch.budget, layout="baseline" if v == 0 else "random", variant_index=v,
+                          w_max=batch.budget, layout=lay.kind(v), variant_index=v,
                           padding=lay.width - n)
         probe = probe_focus(c, idx[0], wte, batch.budget)
         if probe is None:
