@@ -64,6 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override the checkpoint's --allocator_collapse_threshold for the MC arm")
     p.add_argument("--max-replacements", type=int, default=None,
                    help="override the checkpoint's --allocator_max_replacements for the MC arm")
+    p.add_argument("--expand-neighbours", type=int, default=None,
+                   help="override the checkpoint's --allocator_expand_neighbours for the MC arm (ablation)")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--png", type=Path, default=None,
                    help="heatmap PNG (default: beside --json); the ΔNLL plot gets the suffix _nll")
@@ -94,7 +96,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--checkpoint {e}")
     overrides = {k: v for k, v in (("allocator_expand_threshold", args.expand_threshold),
                                    ("allocator_collapse_threshold", args.collapse_threshold),
-                                   ("allocator_max_replacements", args.max_replacements)) if v is not None}
+                                   ("allocator_max_replacements", args.max_replacements),
+                                   ("allocator_expand_neighbours", args.expand_neighbours)) if v is not None}
     if overrides:
         ctrl.cfg = dataclasses.replace(ctrl.cfg, **overrides)
     result = evaluate(model, ctrl, budget=args.budget, lengths=lengths, depths=depths, samples=args.samples,
@@ -337,7 +340,8 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
                          "expand_threshold": cfg.allocator_expand_threshold,
                          "collapse_threshold": cfg.allocator_collapse_threshold,
                          "max_replacements": cfg.allocator_max_replacements,
-                         "iterations": cfg.allocator_iterations, "type": cfg.allocator_type},
+                         "iterations": cfg.allocator_iterations, "type": cfg.allocator_type,
+                         "expand_neighbours": cfg.allocator_expand_neighbours},
                      "sequence_len": runner.seq_len, "tokens": "bytes (vocab 256)",
                      "passkey_chance_digit": 0.1},
         "seconds": time.perf_counter() - t0,
