@@ -326,3 +326,76 @@ def test_the_shipped_patches_stay_small() -> None:
             elif line.startswith("-") and not line.startswith("---"):
                 removed += 1
     assert removed <= added < 150, (added, removed)
+
+
+_DUMMY = '''
+import pluggy
+from megacontext_plugin import hookspecs
+
+hookimpl = pluggy.HookimplMarker("nanochat")
+
+
+class Plugin:
+    hookspecs = hookspecs  # every plugin ships the same contract
+
+    @hookimpl
+    def register_arguments(self, parser):
+        parser.add_argument("--{flag}")
+
+
+plugin = Plugin()
+'''
+_MISSPELT = '''
+import pluggy
+from megacontext_plugin import hookspecs
+
+hookimpl = pluggy.HookimplMarker("nanochat")
+
+
+class Plugin:
+    hookspecs = hookspecs
+
+    @hookimpl
+    def register_argumentz(self, parser):  # no such hook
+        parser.add_argument("--misspelt")
+
+
+plugin = Plugin()
+'''
+
+
+def _installed_plugin(site: Path, name: str, source: str) -> None:
+    """A plugin as an installed distribution: a module and a dist-info with its entry point."""
+    (site / f"{name}.py").write_text(source)
+    dist = site / f"{name}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[nanochat]\n{name} = {name}:plugin\n")
+
+
+@pytest.mark.integration
+@needs_git
+def test_real_pin_host_loads_several_plugins_and_skips_broken_ones(nanochat_dir: Path, tmp_path: Path) -> None:
+    root = _pristine_copy(nanochat_dir, tmp_path)
+    nanochat_patch.apply(root)
+    site = tmp_path / "site"
+    site.mkdir()
+    _installed_plugin(site, "dummy_a", _DUMMY.replace("{flag}", "dummy-a"))
+    _installed_plugin(site, "dummy_b", _DUMMY.replace("{flag}", "dummy-b"))
+    _installed_plugin(site, "broken", "raise ImportError('this plugin is broken')\n")
+    _installed_plugin(site, "no_contract", "plugin = object()\n")
+    _installed_plugin(site, "misspelt", _MISSPELT)
+    script = ("import argparse\nfrom nanochat.common import get_plugin_hooks\n"
+              "p = argparse.ArgumentParser()\nget_plugin_hooks().register_arguments(parser=p)\n"
+              "print(sorted(a.dest for a in p._actions))\n")
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{site}",
+           "NANOCHAT_PLUGINS": "dummy_a,dummy_b,broken,no_contract,misspelt"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "'dummy_a'" in proc.stdout and "'dummy_b'" in proc.stdout and "misspelt" not in proc.stdout
+    warnings = [line for line in proc.stderr.splitlines() if "nanochat plugin" in line and "not loaded" in line]
+    assert len(warnings) == 3, proc.stderr
+    for name, why in (("broken", "this plugin is broken"), ("no_contract", "hookspecs"),
+                      ("misspelt", "register_argumentz")):
+        assert any(f"'{name}'" in w and why in w for w in warnings), (name, warnings)
