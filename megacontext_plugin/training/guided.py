@@ -12,11 +12,11 @@ raw. Two kinds differ only in who scores the entries:
   own focus makes, and LensNet's preference pairs include its own choices.
 - **teacher**: how much the horizon's loss depends on each span, from one full-context pass of the
   base model: ``|sum_d grad_d * x_d|`` of the horizon NLL with respect to each LOD0 embedding
-  (gradient times input), summed over the entry's span, as a share of what the coarsest layout
-  holds in gists. The horizon is the sequence's own next tokens: no label, no knowledge of where
-  an answer is. The teacher expands only gists holding at least ``TEACHER_SHARE`` of it (half that
-  for the 2nd teacher variant, and so on), so it drills into what matters instead of spending the
-  budget at the top level.
+  (gradient times input); an entry's score is the peak over the tokens it covers, relative to the
+  peak over what the coarsest layout holds in gists. The horizon is the sequence's own next
+  tokens: no label, no knowledge of where an answer is. The teacher expands only gists reaching
+  ``TEACHER_SHARE`` of the peak (half that for the 2nd teacher variant, and so on), so it drills
+  into what matters instead of spending the budget at the top level.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import torch
 from ..context.working_context import WorkingContext
 from ..focus import FocusAllocator, FocusConfig
 
-TEACHER_SHARE = 0.25
-"""The first teacher variant expands a gist holding at least this share of the saliency in gists
-(the second half of it, and so on)."""
+TEACHER_SHARE = 0.5
+"""The first teacher variant expands a gist whose most salient token reaches this fraction of the
+peak saliency in gists (the second variant half of it, and so on)."""
 
 BatchScorer = Callable[[list[WorkingContext]], list[np.ndarray]]
 """Utilities ``[W_b]`` of one working context per sequence, scored in one call."""
@@ -72,29 +72,41 @@ def horizon_saliency(nll_fn: NllFn, lod0_BTD: torch.Tensor, y_BT: torch.Tensor, 
 
 
 def teacher_scorer(saliency_BT: np.ndarray, start: WorkingContext, threshold: float) -> BatchScorer:
-    """Utilities from saliency: each gist's share of the saliency of everything ``start`` (the
-    coarsest layout) holds in gists; gists below ``threshold`` get 0 (never expanded), raw entries 0.
-    A fixed denominator: once what matters is raw, the filler left in gists stays below it."""
-    cumsum_BT1 = np.concatenate([np.zeros((saliency_BT.shape[0], 1)), np.cumsum(saliency_BT, axis=1)], axis=1)
-    in_gists = start.levels > 0
-    total_B = (cumsum_BT1[:, start.ends[in_gists]] - cumsum_BT1[:, start.starts[in_gists]]).sum(axis=1)
+    """Utilities from saliency: each gist's peak (the largest saliency of a token it covers) relative
+    to the peak of everything ``start`` (the coarsest layout) holds in gists; gists below
+    ``threshold`` get 0 (never expanded), raw entries 0. The peak, not the sum: the node holding the
+    most salient token keeps utility 1 at every level, so the allocator drills straight down to it
+    (a sum spreads over the children and stops one level down); the fixed denominator lets the
+    teacher stop once what matters is raw, instead of expanding the filler left in gists."""
+    gist_tokens = np.concatenate([np.arange(s, e) for s, e in zip(start.starts[start.levels > 0],
+                                                                  start.ends[start.levels > 0], strict=True)]
+                                 + [np.zeros(0, dtype=np.int64)])
+    peak_B = saliency_BT[:, gist_tokens].max(axis=1) if gist_tokens.size else np.zeros(len(saliency_BT))
 
     def score(wcs: list[WorkingContext]) -> list[np.ndarray]:
         out = []
         for b, wc in enumerate(wcs):
-            share_W = (cumsum_BT1[b, wc.ends] - cumsum_BT1[b, wc.starts]) / max(float(total_B[b]), 1e-30)
-            u_W = np.where((wc.levels > 0) & (share_W >= threshold), np.minimum(share_W, 1.0), 0.0)
+            if len(wc) == 0 or peak_B[b] <= 0:
+                out.append(np.zeros(len(wc), dtype=np.float32))
+                continue
+            entry_peak_W = np.maximum.reduceat(saliency_BT[b, :wc.num_tokens], wc.starts) / peak_B[b]
+            u_W = np.where((wc.levels > 0) & (entry_peak_W >= threshold), np.minimum(entry_peak_W, 1.0), 0.0)
             out.append(u_W.astype(np.float32))
         return out
 
     return score
 
 
-def teacher_config(config: FocusConfig) -> FocusConfig:
-    """The run's allocator, greedy and expanding only (the teacher's scores are shares in [0, 1];
-    its threshold is applied by ``teacher_scorer``), with no hysteresis within one layout."""
-    return dataclasses.replace(config, type="greedy", expand_threshold=0.0, collapse_threshold=1.0,
-                               soft_max_length=None, cooldown=0)
+def teacher_config(config: FocusConfig, k: int = 0) -> FocusConfig:
+    """The run's allocator as the ``k``-th teacher: expanding only (the teacher's scores are peaks in
+    [0, 1], its threshold applied by ``teacher_scorer``), one anchor per round (with its neighbours)
+    so that it drills best-first down to the most salient token before spending the budget on the
+    next one, no hysteresis within one layout; greedy for the first, stochastic greedy among the top
+    few for the others, so that teacher variants differ."""
+    return dataclasses.replace(config, type="greedy" if k == 0 else "stochastic_greedy", seed=config.seed + k,
+                               sample_top_k=4, sample_temperature=0.1, expand_threshold=0.0,
+                               collapse_threshold=1.0, soft_max_length=None, cooldown=0,
+                               max_replacements=1 + config.expand_neighbours)
 
 
 def guided_prompt_layouts(prompt_len: int, block_size: int, prompt_tail: int, on_policy: int, teacher: int,
@@ -112,9 +124,10 @@ def guided_prompt_layouts(prompt_len: int, block_size: int, prompt_tail: int, on
         cfg_k = config if k == 0 else dataclasses.replace(config, type="stochastic_greedy", seed=config.seed + k)
         for b, wc in enumerate(refocus_prompts([start] * batch, lens_score, cfg_k, rounds)):
             out[b].append(wc)
+    drill_rounds = config.budget // (block_size - 1) + 1  # enough single expansions to fill the budget
     for k in range(teacher):
         assert saliency_BT is not None
         score = teacher_scorer(saliency_BT, start, threshold=TEACHER_SHARE / 2**k)
-        for b, wc in enumerate(refocus_prompts([start] * batch, score, teacher_config(config), rounds)):
+        for b, wc in enumerate(refocus_prompts([start] * batch, score, teacher_config(config, k), drill_rounds)):
             out[b].append(wc)
     return out
