@@ -319,6 +319,32 @@ def knob_fields() -> Iterator[dataclasses.Field[Any]]:
     yield from dataclasses.fields(MCConfig)
 
 
+def is_checkpoint_knob(name: str) -> bool:
+    """Knobs that shape the aux nets' parameters or the working context they were trained on: a
+    later stage (mid, SFT, chat) takes them from the checkpoint it starts from."""
+    return (name == "block_size" or name.startswith(("gistnet_", "lensnet_"))
+            or name in ("mc_horizon", "allocator_recent_tokens", "mc_position_scheme", "mc_rope_gist_sigma"))
+
+
+EXPLICIT_ATTR = "mc_explicit_knobs"
+"""Namespace attribute: the set of knobs the user gave on the command line (``register_arguments``)."""
+
+
+class _StoreExplicit(argparse.Action):
+    """Stores the value and records that the user gave this knob: a later stage takes the knobs its
+    checkpoint was trained with unless the user gave them (then a contradiction is an error)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, EXPLICIT_ATTR, {*getattr(namespace, EXPLICIT_ATTR, ()), self.dest})
+
+
+def explicit_knobs(args: argparse.Namespace) -> set[str]:
+    """The knobs given on the command line that ``args`` was parsed from."""
+    return set(getattr(args, EXPLICIT_ATTR, ()))
+
+
 def flag_names(f: dataclasses.Field[Any]) -> list[str]:
     """Every accepted spelling of a knob's flag, documented name first."""
     names = [f.name, *f.metadata["flags"]]
@@ -378,13 +404,15 @@ def register_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(*(f"--{f.name}_enabled", f"--{f.name}-enabled"), dest=f.name, type=_parse_enabled,
                                metavar="1|0", help=f"--{f.name}_enabled 1 is --{f.name}, 0 leaves it off")
         elif f.metadata["choices"] is not None and str(f.type) == "int":
-            group.add_argument(*names, dest=f.name, type=_parse_bool_int, default=default,
+            group.add_argument(*names, dest=f.name, type=_parse_bool_int, default=default, action=_StoreExplicit,
                                metavar="|".join(str(c) for c in f.metadata["choices"]), help=help_text)
         elif f.metadata["choices"] is not None:
             group.add_argument(*names, dest=f.name, type=str, choices=f.metadata["choices"], default=default,
+                               action=_StoreExplicit,
                                metavar="|".join(f.metadata["choices"]), help=help_text)
         else:
-            group.add_argument(*names, dest=f.name, type=_arg_type(f), default=default, help=help_text)
+            group.add_argument(*names, dest=f.name, type=_arg_type(f), default=default, help=help_text,
+                               action=_StoreExplicit)
 
 
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> MCConfig:

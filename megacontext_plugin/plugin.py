@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import math
 import os
 import sys
@@ -22,7 +23,7 @@ from typing import Any, NoReturn
 import torch
 
 from megacontext_plugin import hookspecs as _hookspecs
-from megacontext_plugin.config import ConfigError, MCConfig, config_from_args
+from megacontext_plugin.config import ConfigError, MCConfig, config_from_args, explicit_knobs, is_checkpoint_knob
 from megacontext_plugin.config import register_arguments as _register_config_arguments
 from megacontext_plugin.hookspecs import ForwardOverride, hookimpl
 from megacontext_plugin.inference import InferenceRuntime, SessionError
@@ -160,6 +161,8 @@ class MegaContextPlugin:
         self.stage, self.anneal = stage, stage == "base"
         try:
             self.cfg = config_from_args(args)
+            if self.source is not None:
+                self.cfg = self._restore_settings(self.cfg, explicit_knobs(args), *self.source)
             self.controller = MCController(self.cfg, dim=dim, head_dim=head_dim, sequence_len=sequence_len,
                                            total_steps=max(1, num_iterations), device=device)
         except ConfigError as e:
@@ -228,6 +231,34 @@ class MegaContextPlugin:
             atexit.unregister(provider.close)
             self.chat_provider = None
 
+    def _restore_settings(self, cfg: MCConfig, explicit: set[str], checkpoint_dir: str, step: int) -> MCConfig:
+        """The knobs the starting checkpoint's aux nets were trained with (``is_checkpoint_knob``), as
+        nanochat rebuilds its model from the checkpoint's meta: ``--mc`` alone is enough. A flag given
+        explicitly that contradicts one is a one-line error naming both values; other knobs stay free."""
+        path = self.state_path(checkpoint_dir, step)
+        if not path.is_file():
+            return cfg
+        saved = self._read_state(path)["config"]
+        current = cfg.as_dict()
+        differ = {k: saved[k] for k in current if is_checkpoint_knob(k) and k in saved and saved[k] != current[k]}
+        explicit = explicit & set(differ)
+        if explicit:
+            was = ", ".join(f"--{k} {saved[k]}" for k in sorted(explicit))
+            now = ", ".join(f"--{k} {current[k]}" for k in sorted(explicit))
+            _fail(f"{path} was trained with {was} but this run asks for {now}: drop the flag (the checkpoint's "
+                  f"value is used) or start from a checkpoint trained with it")
+        if differ:
+            print("megacontext: from " + path.name + ": " + ", ".join(f"--{k} {v}" for k, v in differ.items()))
+        return dataclasses.replace(cfg, **differ)
+
+    def _read_state(self, path: Path) -> dict[str, Any]:
+        """``megacontext_{step}.pt`` as data only (a file that would run code on load is refused)."""
+        try:
+            device = self.controller.device_ if self.controller is not None else "cpu"
+            return torch.load(path, map_location=device, weights_only=True)
+        except Exception as e:  # not a torch file, truncated, or a pickle that is not plain data
+            _fail(f"{path} cannot be read as MegaContext state: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+
     def _load_source(self, checkpoint_dir: str, step: int) -> None:
         """Start this stage from the aux nets saved beside the checkpoint the host loaded."""
         assert self.controller is not None
@@ -236,7 +267,7 @@ class MegaContextPlugin:
             print(f"megacontext: {path.name} not found beside {checkpoint_dir} (that model was trained without "
                   f"--mc): GistNet and LensNet start fresh")
             return
-        saved = torch.load(path, map_location=self.controller.device_, weights_only=True)
+        saved = self._read_state(path)
         self._check_structure(saved["config"], path)
         state = saved["controller"]
         self.controller.gistnet.load_state_dict(state["gistnet"])
@@ -318,7 +349,7 @@ class MegaContextPlugin:
         if not path.is_file():
             _fail(f"resuming from step {step} with --mc, but {path} is missing: the checkpoint was saved "
                   f"without MegaContext (drop --mc, or resume from a step saved with it)")
-        saved = torch.load(path, map_location=self.controller.device_, weights_only=True)
+        saved = self._read_state(path)
         self._check_structure(saved["config"], path)
         self.controller.load_controller_state(saved["controller"])
         self.step = saved["step"]

@@ -322,6 +322,34 @@ def test_load_state_hook_before_setup_starts_the_next_stage_from_the_saved_nets(
     assert "--lensnet_layers 1 but this run asks for --lensnet_layers 2" in capsys.readouterr().err
 
 
+def test_a_later_stage_takes_the_checkpoints_settings_with_mc_alone(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = SmallHost(["--mc", *SMALL])
+    base.step(0, *_data(40))
+    base.pm.hook.save_state(checkpoint_dir=str(tmp_path), step=1, rank=0)
+    trained = base.plugin.controller.cfg
+    lens_state = base.plugin.controller.lensnet.state_dict()
+    base.close()
+    capsys.readouterr()
+
+    chat = SmallHost(["--mc", "--mc_refocus_every", "4"], stage="chat", source=(tmp_path, 1))  # inference: free
+    cfg = chat.plugin.controller.cfg
+    for knob in ("block_size", "mc_horizon", "allocator_recent_tokens", "gistnet_layers", "lensnet_dim"):
+        assert getattr(cfg, knob) == getattr(trained, knob), knob
+    assert cfg.mc_refocus_every == 4
+    out = capsys.readouterr().out
+    assert "--block_size 8" in out and "loaded from" in out
+    for key, value in chat.plugin.controller.lensnet.state_dict().items():
+        assert torch.equal(value, lens_state[key])
+    chat.close()
+
+    with pytest.raises(SystemExit) as exc:  # an explicit contradiction: one line naming both values
+        SmallHost(["--mc", "--block_size", "16"], stage="chat", source=(tmp_path, 1))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--block_size 8" in err[0] and "--block_size 16" in err[0]
+
+
 class _ChatTokenizer:
     """The tokenizer surface the Engine's stream needs; specials lie outside the tiny vocabulary."""
 
