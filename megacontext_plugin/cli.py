@@ -42,11 +42,14 @@ def _cmd_nanochat(args: argparse.Namespace) -> int:
             print("\n".join(status.describe()))
             return 0 if status.ok else 1
         changed = getattr(nanochat_patch, args.action)(args.dir)
+        note = nanochat_patch.verify(args.dir).note
     except nanochat_patch.PatchError as exc:
         print(f"megacontext nanochat {args.action}: error: {exc}", file=sys.stderr)
         return 2
     done = {"apply": ("patched", "already patched"), "revert": ("reverted to pristine", "already pristine")}
     print(f"{args.dir}: {done[args.action][0 if changed else 1]}")
+    if note:
+        print(note)
     return 0
 
 

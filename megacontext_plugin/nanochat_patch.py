@@ -12,8 +12,10 @@ fully patched file; every operation checks those first:
 - anything else (local edits, a half-applied series, a missing file): a :class:`PatchError`,
   and nothing is written.
 
-If the directory is a git checkout, its HEAD must be the pin. After writing, the files are hashed
-again to confirm the result.
+The files decide, never git: a checkout whose HEAD is not the pin (a user who committed the
+patched tree, or cherry-picked something unrelated) is patched or reverted when every touched file
+hashes as the pin's pristine or patched file, exactly as a ``git archive`` extract is, and
+``Status.note`` says so. After writing, the files are hashed again to confirm the result.
 
 API: ``apply(dir) -> bool`` (True if it wrote), ``revert(dir) -> bool``, ``verify(dir) -> Status``,
 ``load_manifest()``, ``build_manifest(pristine_dir)`` (to regenerate ``manifest.json`` after editing a
@@ -72,12 +74,20 @@ class Status:
     def ok(self) -> bool:
         return self.state == PATCHED
 
+    @property
+    def note(self) -> str | None:
+        """A line for a git checkout whose HEAD is not the pin (the files' hashes decided)."""
+        if self.head is None or self.head == self.pin:
+            return None
+        return (f"note: {self.dir} is a git checkout at {self.head[:7]}, not the pin {self.pin[:7]}; "
+                f"its touched files were checked by their hashes against the pin's")
+
     def describe(self) -> list[str]:
         width = max(len(p) for p in self.files)
         lines = [f"{path.ljust(width)}  {state}" for path, state in self.files.items()]
         where = f"git checkout at {self.head[:12]}" if self.head else "plain directory"
         lines.append(f"{self.dir} ({where}, pin {self.pin[:7]}): {self.state}")
-        return lines
+        return lines + ([self.note] if self.note else [])
 
 
 def load_manifest(patches_dir: Path | str | None = None) -> Manifest:
@@ -141,9 +151,6 @@ def verify(root: Path | str, *, patches_dir: Path | str | None = None) -> Status
 
 def _checked_status(root: Path, manifest: Manifest) -> Status:
     status = _status(root, manifest)
-    if status.head is not None and status.head != manifest.pin:
-        raise PatchError(f"{root} is a git checkout at {status.head}, but the patches are for {manifest.pin}; "
-                         f"check out {manifest.pin[:7]} first")
     if status.state == "mixed":
         modified = [p for p, s in status.files.items() if s == MODIFIED]
         missing = [p for p, s in status.files.items() if s == MISSING]

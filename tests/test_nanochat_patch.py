@@ -151,15 +151,24 @@ def test_not_a_nanochat_dir(tmp_path: Path, series: Path) -> None:
 
 
 @needs_git
-def test_git_checkout_must_be_at_the_pin(tree: Path, series: Path) -> None:
+def test_a_checkout_off_the_pin_is_judged_by_its_files(tree: Path, series: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A user who committed the patched tree can still revert: the files' hashes decide, not HEAD."""
     _git(tree, "init", "-q")
     _git(tree, "add", "-A")
     _git(tree, "commit", "-q", "-m", "pristine")
     head = _git(tree, "rev-parse", "HEAD")
-    with pytest.raises(PatchError) as err:
-        nanochat_patch.apply(tree, patches_dir=series)
-    assert head in str(err.value) and FAKE_PIN in str(err.value)
+    assert head != FAKE_PIN
+    assert nanochat_patch.apply(tree, patches_dir=series) is True
+    _git(tree, "commit", "-qam", "patched")  # HEAD moves on; the files are the pin's patched files
+    status = nanochat_patch.verify(tree, patches_dir=series)
+    assert status.ok and status.note is not None and FAKE_PIN[:7] in status.note
+    assert nanochat_patch.revert(tree, patches_dir=series) is True
     assert _contents(tree) == PRISTINE
+    (tree / "nanochat" / "gpt.py").write_text("a local edit\n")  # files that are neither: refused, as always
+    with pytest.raises(PatchError, match="local changes"):
+        nanochat_patch.apply(tree, patches_dir=series)
+    _git(tree, "reset", "-q", "--hard", head)  # back at the pristine commit: now make it the pin
     _pin_manifest(series, head)
     assert nanochat_patch.apply(tree, patches_dir=series) is True
     status = nanochat_patch.verify(tree, patches_dir=series)
