@@ -320,12 +320,12 @@ class _CountingExporter:
         inner: SpanExporter,
         success: SpanExportResult,
         on_handed: Callable[[int], None],
-        on_failed: Callable[[int], None],
+        on_done: Callable[[int, bool], None],
     ) -> None:
         self._inner = inner
         self._success = success
         self._on_handed = on_handed
-        self._on_failed = on_failed
+        self._on_done = on_done
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
 
@@ -334,10 +334,9 @@ class _CountingExporter:
         try:
             result = self._inner.export(spans)
         except Exception:
-            self._on_failed(len(spans))
+            self._on_done(len(spans), False)
             raise
-        if result != self._success:
-            self._on_failed(len(spans))
+        self._on_done(len(spans), result == self._success)
         return result
 
     def shutdown(self) -> None:
@@ -358,7 +357,8 @@ class OpenTelemetryProvider:
     background export, exporter ``timeout``); the OTLP exporter's own bounded retry is the only
     retry. ``emit`` never blocks: when ``max_queue_size`` spans are waiting to be handed to the
     exporter, the event is dropped and counted in ``dropped``. Spans of failed exports are
-    counted in ``dropped`` too (and in ``export_failed``).
+    counted in ``dropped`` too (and in ``export_failed``), and so are spans that ``close`` leaves
+    behind: still queued, or in an export that had not finished by its deadline.
     """
 
     def __init__(
@@ -395,10 +395,12 @@ class OpenTelemetryProvider:
 
         self._lock = threading.Lock()
         self._in_flight = 0  # accepted by emit, not yet handed to the exporter
+        self._exporting = 0  # handed to the exporter, export not finished
+        self._settled = False  # close() has counted what was never sent: later outcomes change nothing
         self._dropped = 0
         self._export_failed = 0
         self._closed = False
-        self._exporter = _CountingExporter(inner, SpanExportResult.SUCCESS, self._handed, self._failed)
+        self._exporter = _CountingExporter(inner, SpanExportResult.SUCCESS, self._handed, self._done)
         self._processor = BatchSpanProcessor(
             self._exporter,  # type: ignore[arg-type]
             max_queue_size=self.max_queue_size,
@@ -414,12 +416,18 @@ class OpenTelemetryProvider:
 
     def _handed(self, n: int) -> None:
         with self._lock:
-            self._in_flight -= n
+            if not self._settled:
+                self._in_flight -= n
+                self._exporting += n
 
-    def _failed(self, n: int) -> None:
+    def _done(self, n: int, ok: bool) -> None:
         with self._lock:
-            self._export_failed += n
-            self._dropped += n
+            if self._settled:
+                return
+            self._exporting -= n
+            if not ok:
+                self._export_failed += n
+                self._dropped += n
 
     @property
     def dropped(self) -> int:
@@ -467,6 +475,10 @@ class OpenTelemetryProvider:
         worker.join(max(0.0, timeout_s))
         if worker.is_alive():
             self._exporter.shutdown()
+        with self._lock:  # spans still queued, or in an export that did not finish, were never sent
+            self._dropped += self._in_flight + self._exporting
+            self._in_flight = self._exporting = 0
+            self._settled = True
 
 
 # -- factory ---------------------------------------------------------------------------------
