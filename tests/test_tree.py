@@ -464,3 +464,69 @@ def test_million_token_disk_tree_keeps_memory_small(tmp_path: Path) -> None:
     assert stored_mib > 250
     assert growth_mib < 120, f"peak RSS grew by {growth_mib:.0f} MiB for {stored_mib:.0f} MiB stored"
     tree.close()
+
+
+# ---- disk: damage to the data itself ---------------------------------------------------------------
+def _flip(path: Path, offset: int, mask: int = 0x40) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def _big(tmp_path: Path, tokens: int = 20_000) -> Path:
+    """A tree whose levels span several checksum chunks (lod0: 16,384 ids per chunk)."""
+    path = tmp_path / "big"
+    tree = disk_tree(path)
+    tree.append(stream(tokens))
+    tree.close()
+    return path
+
+
+def test_flipped_token_ids_are_an_error_naming_file_and_offset(tmp_path: Path) -> None:
+    path = _big(tmp_path)
+    _flip(path / "lod0.ids", 64 + 4 * 100 + 3, 0x80)  # token 100 becomes a negative id
+    tree = disk_tree(path)
+    assert tree.token_ids(17_000, 17_010).tolist() == stream(20_000)[17_000:17_010].tolist()  # another chunk
+    with pytest.raises(TreeError, match=r"lod0.ids bytes 64-65600 \(records 0-16384\) fail their checksum"):
+        tree.token_ids(90, 110)
+    with pytest.raises(TreeError, match=r"lod0\.ids bytes 64-65600"):
+        tree.embeddings(0, torch.tensor([5]))
+    tree.close()
+
+
+def test_flipped_gist_bits_are_an_error(tmp_path: Path) -> None:
+    path = _big(tmp_path)
+    _flip(path / "lod1.gists", 64 + 4 * D * 10 + 1)  # a bit of gist 10
+    tree = disk_tree(path)
+    with pytest.raises(TreeError, match=r"lod1.gists bytes .* fail their checksum"):
+        tree.embeddings(1, torch.tensor([10]))
+    with pytest.raises(TreeError, match=r"lod1.gists bytes .* fail their checksum"):
+        tree.level_slice(1, 0, 20)
+    assert tree.embeddings(2, torch.tensor([0])).shape == (1, D)  # other levels are intact
+    tree.close()
+
+
+def test_a_flipped_id_in_the_open_tail_fails_the_reopen_cleanly(saved: Path) -> None:
+    # 70 tokens with K = 4: tokens 68, 69 are the incomplete block rebuilt on reopen
+    _flip(saved / "lod0.ids", 64 + 4 * 69 + 3, 0x80)
+    with pytest.raises(TreeError, match=r"lod0.ids bytes .* fail their checksum"):
+        disk_tree(saved)
+
+
+def test_a_version_1_tree_is_checksummed_on_open(saved: Path) -> None:
+    manifest = json.loads((saved / "manifest.json").read_text())
+    fields = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "checksum", "tail_crcs")}
+    record = {"format": "megacontext-tree", "format_version": 1, **fields}
+    record["checksum"] = disk_module._manifest_checksum(record)
+    (saved / "manifest.json").write_text(json.dumps(record, sort_keys=True) + "\n")
+    for crc in saved.glob("*.crc"):
+        crc.unlink()
+    tree = disk_tree(saved)
+    assert tree.token_ids(0, 70).tolist() == stream(70).tolist()
+    tree.close()
+    upgraded = json.loads((saved / "manifest.json").read_text())
+    assert upgraded["format_version"] == disk_module.FORMAT_VERSION and len(upgraded["tail_crcs"]) == 4
+    assert sorted(p.name for p in saved.glob("*.crc")) == ["lod0.crc", "lod1.crc", "lod2.crc", "lod3.crc"]
+    _flip(saved / "lod1.gists", 64 + 3)  # and now damage is caught
+    with pytest.raises(TreeError, match="fail their checksum"):
+        disk_tree(saved).embeddings(1, torch.tensor([0]))

@@ -1,10 +1,19 @@
 """The ``disk`` tree backend: one append-only file per level and an atomically replaced manifest.
 
-A tree directory holds (format version 1, little-endian; see docs/tree.md)::
+A tree directory holds (format version 2, little-endian; see docs/tree.md)::
 
-    manifest.json   the commit record: num_tokens, block_size, dim, dtype, gist_version, checksum
+    manifest.json   the commit record: num_tokens, block_size, dim, dtype, gist_version,
+                    tail_crcs (CRC32 of each level's last, incomplete chunk), checksum
     lod0.ids        64-byte header, then one int32 token id per token
     lod{k}.gists    64-byte header, then one [D] gist row per level-k node (k >= 1)
+    lod{k}.crc      one little-endian uint32 CRC32 per complete chunk of that level's records
+
+Data is checksummed per chunk of ``CHUNK_BYTES`` (whole records): a read verifies the chunks it
+touches (once per chunk while the tree is open), so flipped bits in any record, ids or gists,
+are a ``TreeError`` naming the file and the byte range, never wrong data. A complete chunk's CRC
+is written before the manifest that commits it; the incomplete last chunk's CRC lives in the
+manifest itself, so it changes atomically with what it covers. A version 1 tree (no checksums)
+is upgraded on open: its data is read once, checksummed and committed as version 2.
 
 An append writes the new records of every level at their committed offsets, fsyncs per policy,
 then commits by replacing the manifest (temp file + ``os.replace``). Only what the manifest
@@ -33,7 +42,14 @@ from .protocol import EmbedFn, GistFn, TreeError
 FsyncPolicy = Literal["always", "interval", "never"]
 FSYNC_POLICIES: tuple[str, ...] = ("always", "interval", "never")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LEVEL_FORMAT_VERSION = 1
+"""Layout of a level file (header + records): unchanged since tree format 1, so a version 1 tree's
+level files open as they are."""
+UPGRADABLE_VERSIONS = (1,)
+"""Older formats that open: version 1 had no data checksums (computed on open)."""
+CHUNK_BYTES = 64 * 1024
+"""Checksum granularity: a read verifies whole chunks of about this many bytes (whole records)."""
 MANIFEST_FORMAT = "megacontext-tree"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_TMP_NAME = "manifest.json.tmp"
@@ -52,6 +68,10 @@ STORAGE_NUMPY: dict[str, np.dtype[Any]] = {
 
 def level_file_name(level: int) -> str:
     return "lod0.ids" if level == 0 else f"lod{level}.gists"
+
+
+def crc_file_name(level: int) -> str:
+    return f"lod{level}.crc"
 
 
 # ---- manifest ----------------------------------------------------------------------------------
@@ -81,7 +101,7 @@ def decode_manifest(raw: bytes, where: Path) -> dict[str, Any]:
         raise TreeError(
             f"{where} is corrupted: {MANIFEST_NAME} checksum mismatch (stored {stored}, computed {computed})"
         )
-    if record.get("format_version") != FORMAT_VERSION:
+    if record.get("format_version") not in (FORMAT_VERSION, *UPGRADABLE_VERSIONS):
         raise TreeError(
             f"{where} has tree format version {record.get('format_version')!r}; "
             f"this megacontext_plugin reads version {FORMAT_VERSION}"
@@ -92,6 +112,10 @@ def decode_manifest(raw: bytes, where: Path) -> dict[str, Any]:
             raise TreeError(f"{where} is corrupted: {MANIFEST_NAME} field {key}={value!r}")
     if record.get("dtype") not in GIST_DTYPES:
         raise TreeError(f"{where} is corrupted: {MANIFEST_NAME} field dtype={record.get('dtype')!r}")
+    if record["format_version"] == FORMAT_VERSION:
+        tails = record.get("tail_crcs")
+        if not isinstance(tails, list) or not all(isinstance(c, int) and 0 <= c < 2**32 for c in tails):
+            raise TreeError(f"{where} is corrupted: {MANIFEST_NAME} field tail_crcs={tails!r}")
     return record
 
 
@@ -107,43 +131,62 @@ def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
 
 
 class LevelFile:
-    """One level's file: a fixed header, then fixed-size records ``[width]`` of ``kind``.
+    """One level's file: a fixed header, then fixed-size records ``[width]`` of ``kind``, with a CRC32
+    per chunk of ``chunk_records`` records (``lod{k}.crc`` for complete chunks, ``tail_crc`` for the
+    incomplete last one, which the manifest commits).
 
     Writes use ``pwrite`` and reads ``preadv`` at explicit offsets (never the file position),
     so junk left by a failed append is simply overwritten by the next one, and a query reads
-    only the records it returns.
+    only the records it returns (and, the first time, the chunks that hold them, to verify them).
     """
 
-    def __init__(self, path: Path, fd: int, kind: str, width: int) -> None:
+    def __init__(self, path: Path, fd: int, kind: str, width: int, crc_fd: int) -> None:
         self.path = path
         self.fd = fd
+        self.crc_fd = crc_fd
         self.np_dtype = STORAGE_NUMPY[kind]
         self.width = width
         self.record_bytes = self.np_dtype.itemsize * width
+        self.chunk_records = max(1, CHUNK_BYTES // self.record_bytes)
+        self.committed = 0
+        self.crcs: list[int] = []
+        """CRC32 of every complete chunk of committed records."""
+        self.tail_crc = 0
+        """CRC32 of the committed records after the last complete chunk (0 for none)."""
+        self._verified: set[int] = set()
 
     @classmethod
     def create(cls, path: Path, level: int, block_size: int, dim: int, kind: str) -> LevelFile:
         """A new, empty level file (truncating any uncommitted leftover of that name)."""
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        header = HEADER.pack(LEVEL_MAGIC, FORMAT_VERSION, level, block_size, dim, RECORD_CODES[kind])
+        crc_fd = os.open(path.with_name(crc_file_name(level)), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        header = HEADER.pack(LEVEL_MAGIC, LEVEL_FORMAT_VERSION, level, block_size, dim, RECORD_CODES[kind])
         _pwrite_all(fd, np.frombuffer(header.ljust(HEADER_SIZE, b"\0"), dtype=np.uint8), 0)
-        return cls(path, fd, kind, 1 if level == 0 else dim)
+        return cls(path, fd, kind, 1 if level == 0 else dim, crc_fd)
 
     @classmethod
     def open(
-        cls, path: Path, level: int, block_size: int, dim: int, kind: str, committed: int
+        cls, path: Path, level: int, block_size: int, dim: int, kind: str, committed: int, tail_crc: int | None
     ) -> tuple[LevelFile, int]:
         """Open and validate a level holding ``committed`` records; truncate any torn tail.
 
-        Returns the file and the number of torn bytes dropped.
+        ``tail_crc`` None: a version 1 tree, whose checksums are computed here (one read of the
+        data). Returns the file and the number of torn bytes dropped.
         """
         where, name = path.parent, path.name
         try:
             fd = os.open(path, os.O_RDWR)
         except FileNotFoundError:
             raise TreeError(f"{where} is corrupted: {name} is missing, manifest commits {committed} records") from None
+        crc_fd = -1
         try:
-            level_file = cls(path, fd, kind, 1 if level == 0 else dim)
+            crc_path = path.with_name(crc_file_name(level))
+            flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if tail_crc is None else 0)
+            try:
+                crc_fd = os.open(crc_path, flags, 0o644)
+            except FileNotFoundError:
+                raise TreeError(f"{where} is corrupted: {crc_path.name} (the checksums of {name}) is missing") from None
+            level_file = cls(path, fd, kind, 1 if level == 0 else dim, crc_fd)
             level_file._validate_header(level, block_size, dim, kind)
             size = os.fstat(fd).st_size
             wanted = HEADER_SIZE + committed * level_file.record_bytes
@@ -152,10 +195,86 @@ class LevelFile:
                 raise TreeError(f"{where} is corrupted: {name} holds {held} records, manifest commits {committed}")
             if size > wanted:
                 os.ftruncate(fd, wanted)
+            level_file.committed = committed
+            if tail_crc is None:
+                level_file._checksum_existing()
+            else:
+                level_file._load_crcs(tail_crc)
         except BaseException:
             os.close(fd)
+            if crc_fd >= 0:
+                os.close(crc_fd)
             raise
         return level_file, size - wanted
+
+    def _load_crcs(self, tail_crc: int) -> None:
+        full = self.committed // self.chunk_records
+        raw = os.pread(self.crc_fd, 4 * full, 0)
+        if len(raw) < 4 * full:
+            raise TreeError(f"{self.path.parent} is corrupted: {crc_file_name_of(self.path)} holds "
+                            f"{len(raw) // 4} checksums, {self.path.name} commits {full} complete chunks")
+        if os.fstat(self.crc_fd).st_size > 4 * full:  # checksums of an append that was never committed
+            os.ftruncate(self.crc_fd, 4 * full)
+        self.crcs = np.frombuffer(raw, dtype="<u4").astype(np.int64).tolist()
+        self.tail_crc = tail_crc
+
+    def _checksum_existing(self) -> None:
+        """Version 1 upgrade: checksum the committed records (one sequential read)."""
+        R = self.chunk_records
+        crcs = [zlib.crc32(self._read_bytes(c * R, min((c + 1) * R, self.committed)))
+                for c in range(self.committed // R)]
+        self.crcs = crcs
+        self.tail_crc = zlib.crc32(self._read_bytes(len(crcs) * R, self.committed))
+        _pwrite_all(self.crc_fd, np.asarray(crcs, dtype="<u4"), 0)
+
+    # ---- checksums -------------------------------------------------------------------------
+    def plan_append(self, rows: np.ndarray) -> tuple[list[int], int]:
+        """CRCs of the chunks that ``rows`` (appended after the committed records) complete, and the
+        new incomplete chunk's CRC. Changes nothing: ``accept`` adopts them once committed."""
+        data = memoryview(np.ascontiguousarray(rows)).cast("B")
+        R, rb = self.chunk_records, self.record_bytes
+        done: list[int] = []
+        crc, pos, at = self.tail_crc, self.committed, 0
+        while at < len(data):
+            take = min(R - pos % R, (len(data) - at) // rb)
+            crc = zlib.crc32(data[at:at + take * rb], crc)
+            at += take * rb
+            pos += take
+            if pos % R == 0:
+                done.append(crc)
+                crc = 0
+        return done, crc
+
+    def write_crcs(self, done: list[int]) -> None:
+        """Write the checksums of newly completed chunks (before the manifest that commits them)."""
+        _pwrite_all(self.crc_fd, np.asarray(done, dtype="<u4"), 4 * len(self.crcs))
+
+    def accept(self, added: int, done: list[int], tail_crc: int) -> None:
+        """The append of ``added`` records is committed: adopt its checksums."""
+        self._verified.discard(len(self.crcs))  # the chunk that was incomplete has changed
+        self.committed += added
+        self.crcs.extend(done)
+        self.tail_crc = tail_crc
+
+    def verify_chunks(self, chunks: np.ndarray) -> None:
+        """Check every chunk in ``chunks`` not checked since open against its CRC (``TreeError`` naming
+        the file and the byte range on a mismatch)."""
+        R = self.chunk_records
+        for c in np.unique(chunks).tolist():
+            if c in self._verified:
+                continue
+            start, end = c * R, min((c + 1) * R, self.committed)
+            expected = self.crcs[c] if c < len(self.crcs) else self.tail_crc
+            if zlib.crc32(self._read_bytes(start, end)) != expected:
+                first, last = HEADER_SIZE + start * self.record_bytes, HEADER_SIZE + end * self.record_bytes
+                raise TreeError(f"{self.path.parent} is corrupted: {self.path.name} bytes {first}-{last} (records "
+                                f"{start}-{end}) fail their checksum; the tree's data was damaged on disk")
+            self._verified.add(c)
+
+    def _read_bytes(self, start: int, end: int) -> bytes:
+        rows = np.empty((end - start, self.width), dtype=self.np_dtype)
+        self._pread_into(rows, start)
+        return rows.tobytes()
 
     def _validate_header(self, level: int, block_size: int, dim: int, kind: str) -> None:
         where, name = self.path.parent, self.path.name
@@ -168,7 +287,7 @@ class LevelFile:
                 f"{where} is corrupted: {name} starts with {magic!r}, not {LEVEL_MAGIC!r}; "
                 "it is not a MegaContext tree level file"
             )
-        expected = (FORMAT_VERSION, level, block_size, dim, RECORD_CODES[kind])
+        expected = (LEVEL_FORMAT_VERSION, level, block_size, dim, RECORD_CODES[kind])
         if (version, got_level, got_k, got_dim, code) != expected:
             raise TreeError(
                 f"{where} is corrupted: {name} header says (format_version, level, K, D, dtype code) = "
@@ -193,7 +312,9 @@ class LevelFile:
             offset += got
 
     def read(self, start: int, end: int) -> np.ndarray:
-        """Records ``[start, end)`` as a new array ``[end - start, width]`` (one syscall)."""
+        """Records ``[start, end)`` as a new array ``[end - start, width]`` (one syscall), checksums verified."""
+        if end > start:
+            self.verify_chunks(np.arange(start // self.chunk_records, (end - 1) // self.chunk_records + 1))
         rows = np.empty((end - start, self.width), dtype=self.np_dtype)
         self._pread_into(rows, start)
         return rows
@@ -205,6 +326,7 @@ class LevelFile:
         records it returns (a memory map would fault in whole large folios of page cache).
         """
         unique, inverse = np.unique(indices, return_inverse=True)
+        self.verify_chunks(unique // self.chunk_records)
         rows = np.empty((unique.shape[0], self.width), dtype=self.np_dtype)
         breaks = (np.flatnonzero(np.diff(unique) != 1) + 1).tolist()
         for run_start, run_end in zip([0, *breaks], [*breaks, unique.shape[0]], strict=True):
@@ -213,9 +335,15 @@ class LevelFile:
 
     def fsync(self) -> None:
         os.fsync(self.fd)
+        os.fsync(self.crc_fd)
 
     def close(self) -> None:
         os.close(self.fd)
+        os.close(self.crc_fd)
+
+
+def crc_file_name_of(level_path: Path) -> str:
+    return level_path.name.split(".")[0] + ".crc"
 
 
 # ---- the backend -------------------------------------------------------------------------------
@@ -318,6 +446,11 @@ class DiskTree(TreeBase):
             )
         self.gist_version = manifest["gist_version"]
         self._num_tokens = manifest["num_tokens"]
+        upgrade = manifest["format_version"] != FORMAT_VERSION
+        tails = manifest.get("tail_crcs", [])
+        if not upgrade and len(tails) != self.num_levels:
+            raise TreeError(f"{self.path} is corrupted: {MANIFEST_NAME} has {len(tails)} tail checksums "
+                            f"for {self.num_levels} levels")
         for level in range(self.num_levels):
             kind = "int32" if level == 0 else self._kind
             level_file, torn = LevelFile.open(
@@ -327,29 +460,41 @@ class DiskTree(TreeBase):
                 self.dim,
                 kind,
                 self.level_size(level),
+                None if upgrade else tails[level],
             )
             self._files.append(level_file)
             self.recovered_bytes += torn
+        if upgrade:  # version 1: the checksums just computed are committed with a version 2 manifest
+            self._new_files = True
+            self._sync_levels()
+            self._commit(self._num_tokens, durable=True)
 
     # ---- storage hooks -------------------------------------------------------------------------
     def _store(self, ids_N: torch.Tensor, new_gists: list[torch.Tensor], num_tokens: int) -> None:
         blocks = [ids_N.numpy(), *(_gists_to_numpy(g) for g in new_gists)]
+        sums: list[tuple[list[int], int]] = []
         for level, rows in enumerate(blocks):
             if level == len(self._files):
                 kind = "int32" if level == 0 else self._kind
                 path = self.path / level_file_name(level)
                 self._files.append(LevelFile.create(path, level, self.block_size, self.dim, kind))
                 self._new_files = True
-            self._files[level].write(self.level_size(level), rows)
+            level_file = self._files[level]
+            level_file.write(self.level_size(level), rows)
+            sums.append(level_file.plan_append(rows))
+            level_file.write_crcs(sums[-1][0])
+        tails = [s[1] for s in sums] + [f.tail_crc for f in self._files[len(sums):]]
         durable = self.fsync_policy == "always" or (
             self.fsync_policy == "interval" and time.monotonic() - self._last_sync >= self.fsync_interval_s
         )
         if durable:
             self._sync_levels()
-        self._commit(num_tokens, durable=durable)
+        self._commit(num_tokens, durable=durable, tail_crcs=tails)
+        for level_file, rows, (done, tail) in zip(self._files, blocks, sums, strict=False):
+            level_file.accept(len(rows), done, tail)
         self._dirty = self.fsync_policy == "interval" and not durable
 
-    def _commit(self, num_tokens: int, *, durable: bool) -> None:
+    def _commit(self, num_tokens: int, *, durable: bool, tail_crcs: list[int] | None = None) -> None:
         """Atomically replace the manifest: temp file, (fsync), ``os.replace``, (fsync dir)."""
         fields = {
             "num_tokens": num_tokens,
@@ -357,6 +502,7 @@ class DiskTree(TreeBase):
             "dim": self.dim,
             "dtype": self._kind,
             "gist_version": self.gist_version,
+            "tail_crcs": [f.tail_crc for f in self._files] if tail_crcs is None else tail_crcs,
         }
         tmp = self.path / MANIFEST_TMP_NAME
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
