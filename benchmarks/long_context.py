@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="1234", help="evaluation seeds (comma list); report seeds you did not tune on")
     p.add_argument("--lengths", default=None, help="lengths as multiples of W (default 1,2,4,8,16; quick 1,2,4,8)")
     p.add_argument("--expand-neighbours", type=int, default=None, help="ablation: override the MC arm's knob")
+    p.add_argument("--arms", default=None, help="comma list of arms (default: all four)")
     p.add_argument("--json", type=Path, default=Path("bench-out/long_context.json"))
     p.add_argument("--png", type=Path, default=None)
     args = p.parse_args(argv)
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                "--seed", str(seed), "--lengths", args.lengths or ("1,2,4,8" if args.quick else "1,2,4,8,16")]
         if args.quick:
             cmd += ["--samples", "2", "--recall-docs", "2", "--lens-docs", "2"]
+        if args.arms is not None:
+            cmd += ["--arms", args.arms]
         if args.expand_neighbours is not None:
             cmd += ["--expand-neighbours", str(args.expand_neighbours)]
         if i == 0 and args.png is not None:
