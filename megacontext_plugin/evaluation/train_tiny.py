@@ -73,8 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="bf16 autocast on the CPU (auto: only where the CPU has native bf16, avx512_bf16 or "
                         "amx_bf16; elsewhere emulated bf16 ran 10x slower than fp32 here)")
     p.add_argument("--from-plain", type=Path, default=None,
-                   help="skip the plain phase: start the MC phase from the plain.pt an earlier run wrote "
-                        "(same model, data generator and optimizer state: ablations of the MC phase share it)")
+                   help="start from the plain.pt an earlier run wrote (same model, data generator and optimizer "
+                        "state: ablations of the MC phase share it); a larger --plain-steps continues the phase")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=25)
 
@@ -184,8 +184,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["data_rng"]
-        plain_done = args.plain_steps = int(state["plain_steps"])
-        print(f"train-tiny: plain phase ({plain_done} steps) from {args.from_plain}", flush=True)
+        plain_done = int(state["plain_steps"])
+        args.plain_steps = max(args.plain_steps, plain_done)  # a larger --plain-steps continues the phase
+        print(f"train-tiny: plain phase ({plain_done} steps) from {args.from_plain}; "
+              f"{args.plain_steps - plain_done} more", flush=True)
     for step in range(plain_done, args.plain_steps):
         for group in opt.param_groups:
             group["lr"] = _lr(step, args.plain_steps + args.mc_steps, args.lr)
@@ -199,7 +201,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         if step % args.log_every == 0 or step == args.plain_steps - 1:
             emit({"phase": "plain", "step": step, "loss": loss.item()})
 
-    if args.from_plain is None:
+    if args.plain_steps > plain_done:
         torch.save({"format": PLAIN_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "data_rng": rng.bit_generator.state, "plain_steps": args.plain_steps}, args.out / "plain.pt")
     for step in range(args.mc_steps):
