@@ -313,13 +313,14 @@ LT, LK, LV = 256, 8, 64
 
 
 def _key_batch(g: torch.Generator, wte: nn.Embedding, batch: int = 8):
-    """Random tokens with one *key* block planted early; the last 8 tokens repeat the key."""
+    """Random tokens with one *key* block planted early; the 8 tokens before the horizon (the
+    prompt's end: the query LensNet sees) and the last 8 (the horizon) repeat the key."""
     x = torch.randint(1, LV, (batch, LT + 1), generator=g)
     keys = torch.randint(1, LV, (batch,), generator=g)
     blocks = torch.randint(0, (LT - 64) // LK, (batch,), generator=g)
     for b in range(batch):
         x[b, blocks[b] * LK:(blocks[b] + 1) * LK] = keys[b]
-        x[b, LT - 8:] = keys[b]
+        x[b, LT - 16:] = keys[b]
     return x[:, :-1], x[:, 1:], keys, blocks
 
 
@@ -328,7 +329,7 @@ def _oracle_nll(inputs_RWD, targets_RW, ends_RW, key_vec_RD, horizon):
     with c the best cosine between the key and any entry before the query."""
     valid = targets_RW >= 0
     cos = F.cosine_similarity(inputs_RWD.float(), key_vec_RD[:, None, :], dim=-1)
-    best = cos.masked_fill(~(valid & (ends_RW <= LT - 8)), -1).amax(1)
+    best = cos.masked_fill(~(valid & (ends_RW <= LT - 16)), -1).amax(1)
     col = torch.arange(inputs_RWD.shape[1])[None]
     tail = (col >= valid.sum(1, keepdim=True) - horizon) & valid
     return torch.where(tail, 1 + 3 * (1 - best[:, None]).clamp_min(0) ** 2, torch.full_like(cos, 0.5)) * valid
@@ -364,7 +365,7 @@ def test_lensnet_learns_which_block_matters() -> None:
         c.step_aux()
 
     margins, truths, hits = [], [], []
-    wc = WorkingContext.coarsest(LT, LK, 16)
+    wc = WorkingContext.coarsest(LT - cfg.mc_horizon, LK, 16)  # the prompt's layout inference starts from
     lv_W = torch.from_numpy(wc.levels.astype(np.int64))
     with torch.no_grad():
         for _ in range(8):
@@ -377,7 +378,8 @@ def test_lensnet_learns_which_block_matters() -> None:
                                   dim=1)
             B = x.shape[0]
             spans = torch.from_numpy(wc.ends - wc.starts).expand(B, -1)
-            u = c.lensnet(ent_BWD, lv_W.expand(B, -1), spans, wte(x[:, -cfg.mc_horizon:]).float())
+            query = wte(x[:, -2 * cfg.mc_horizon:-cfg.mc_horizon]).float()  # the prompt's last H tokens
+            u = c.lensnet(ent_BWD, lv_W.expand(B, -1), spans, query)
             best = u.masked_fill(lv_W == 0, -2).argmax(1).numpy()
             hits += [bool(wc.starts[best[r]] <= blocks[r] * LK < wc.ends[best[r]]) for r in range(B)]
     c.close()
