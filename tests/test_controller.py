@@ -28,8 +28,10 @@ T, K, D, VOCAB = 128, 8, 64, 64
 
 
 def small_cfg(**overrides: object) -> MCConfig:
+    """Random variants only unless a test asks for guided ones (tests/test_guided.py covers those)."""
     base = dict(mc=True, block_size=K, allocator_recent_tokens=16, mc_horizon=8, gistnet_heads=2, gistnet_layers=1,
-                lensnet_dim=32, lensnet_heads=2, lensnet_layers=1, mc_num_random_variants=3, mc_seed=7)
+                lensnet_dim=32, lensnet_heads=2, lensnet_layers=1, mc_num_random_variants=3, mc_seed=7,
+                mc_onpolicy_variants=0, mc_teacher_variants=0)
     base.update(overrides)
     return MCConfig(**base)  # type: ignore[arg-type]
 
@@ -142,8 +144,9 @@ def test_curriculum_anneals_from_80_percent_to_the_final_length_in_few_shapes() 
     assert all(a >= b for a, b in itertools.pairwise(budgets))
     assert len(set(budgets)) <= 8  # shapes change a handful of times, never per step
     # a final length too small to leave variants any choice is raised to the smallest useful budget
-    tight = make_controller(small_cfg(mc_train_wc_length=0.2, allocator_recent_tokens=20, mc_horizon=8))
-    assert tight.budget_at(10**6) == minimal_length(T, K, 20) + 2 * (K - 1)
+    tight = make_controller(small_cfg(mc_train_wc_length=0.2, allocator_recent_tokens=16, mc_horizon=8))
+    assert tight.recent == 16 + 8  # the prompt's tail, then the horizon
+    assert tight.budget_at(10**6) == minimal_length(T, K, tight.recent) + 2 * (K - 1)
 
 
 def test_gaussian_damping_follows_each_entrys_span() -> None:

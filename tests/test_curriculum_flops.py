@@ -14,10 +14,10 @@ from megacontext_plugin.tree import build_levels
 
 
 def test_auto_batch_scales_batch_by_peak_and_iterations_by_mean_multiplier() -> None:
-    cfg = MCConfig(mc=True, mc_num_random_variants=3)  # V = 4
+    cfg = MCConfig(mc=True, mc_num_random_variants=3)  # V = 1 + 1 on-policy + 2 teacher + 3 random
     plan = auto_batch(cfg, device_batch_size=32, num_iterations=1000, sequence_len=2048)
-    assert plan.applied
-    assert plan.peak_multiplier == pytest.approx(4 * 1536 / 2048)  # 80% of 2048, rounded down to 128s
+    assert plan.applied and cfg.num_variants == 7
+    assert plan.peak_multiplier == pytest.approx(7 * 1536 / 2048)  # 80% of 2048, rounded down to 128s
     assert plan.device_batch_size == int(32 / plan.peak_multiplier)
     assert plan.num_iterations == round(1000 / plan.mean_multiplier)
     # same base-model positions as vanilla (up to rounding of the iteration count)
