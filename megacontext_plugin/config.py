@@ -337,7 +337,8 @@ class _StoreExplicit(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
         setattr(namespace, self.dest, values)
-        setattr(namespace, EXPLICIT_ATTR, {*getattr(namespace, EXPLICIT_ATTR, ()), self.dest})
+        # a sorted list, not a set: nanochat saves the parsed arguments in its checkpoint's JSON meta
+        setattr(namespace, EXPLICIT_ATTR, sorted({*getattr(namespace, EXPLICIT_ATTR, ()), self.dest}))
 
 
 def explicit_knobs(args: argparse.Namespace) -> set[str]:

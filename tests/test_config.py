@@ -237,3 +237,16 @@ def test_mc_enabled_takes_only_one_or_zero() -> None:
     proc = subprocess.run([sys.executable, "-m", "megacontext_plugin.cli", "config", "--mc_enabled", "yes"],
                           capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 2 and "allowed: 1|0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_record_of_explicit_knobs_is_json_serialisable() -> None:
+    """nanochat writes vars(args) into its checkpoint's JSON meta."""
+    import json
+
+    from megacontext_plugin.config import explicit_knobs, register_arguments
+
+    parser = argparse.ArgumentParser()
+    register_arguments(parser)
+    args = parser.parse_args(["--mc", "--block_size", "8", "--mc-horizon", "16"])
+    assert explicit_knobs(args) == {"block_size", "mc_horizon"}
+    json.dumps(vars(args))
