@@ -64,3 +64,14 @@ def test_training_evaluation_and_inference_read_the_same_inputs(extra: list[str]
             torch.testing.assert_close(other.cos_sin[1][0], train.cos_sin[1][1, :W])
     assert (train.value_ids_RW[1, :W] >= 0).tolist() == (full_wc.levels == 0).tolist()
     ctrl.close()
+
+
+def test_value_ids_are_int64_whatever_the_token_dtype() -> None:
+    """nanochat's mid/SFT loaders give int32 token ids; value ids are always int64."""
+    ids = torch.arange(12, dtype=torch.int32)[None]
+    levels = [torch.randn(1, 12, 4), torch.randn(1, 3, 4)]
+    rows = EntryRows.of([WorkingContext.coarsest(12, 4, 4)])
+    out = model_inputs(LevelTable(levels, ids), rows, scheme="ordinal", sigma_scale=0.0, head_dim=4, sequence_len=12,
+                       rotary_dtype=torch.float32, targets_BT=ids)
+    assert out.value_ids_RW.dtype == torch.int64
+    assert out.value_ids_RW[0].tolist() == [-1, -1, 8, 9, 10, 11]

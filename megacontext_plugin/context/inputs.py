@@ -164,7 +164,7 @@ def model_inputs(source: EntrySource, rows: EntryRows, *, scheme: str, sigma_sca
     value_RnT = torch.from_numpy(value_ids).to(device)
     if raw_Rn.any():
         ids = source.token_ids(seq_Rn[raw_Rn], indices_Rn[raw_Rn])
-        value_RnT = value_RnT.masked_scatter(torch.from_numpy(raw_Rn).to(device), ids.to(device))
+        value_RnT = value_RnT.masked_scatter(torch.from_numpy(raw_Rn).to(device), ids.to(device, torch.int64))
     targets = None
     if targets_BT is not None:
         T = targets_BT.shape[1]
