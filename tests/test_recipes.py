@@ -99,6 +99,19 @@ def test_mc_setup_writes_mc_env_from_the_environment_private_and_ignored(tmp_pat
         assert ignored.stdout.split() == [".mc_env", ".mc/runcpu"]
 
 
+def test_mc_setup_writes_mc_env_on_a_machine_with_none_of_those_variables(tmp_path: Path) -> None:
+    """A fresh machine sets no WANDB_/HF_/OTEL_ variable: that must not stop the set-up."""
+    work = tmp_path / "repo"
+    (work / "integration").mkdir(parents=True)
+    (work / "megacontext_plugin" / "patches").mkdir(parents=True)
+    shutil.copy(MC_SETUP, work / "integration" / "mc_setup")
+    shutil.copy(ROOT / "megacontext_plugin" / "patches" / "manifest.json", work / "megacontext_plugin" / "patches")
+    proc = _bash(work / "integration" / "mc_setup", "--env-only", env={"PATH": os.environ["PATH"],
+                                                                       "HOME": str(tmp_path)}, cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert (work / ".mc_env").read_text().count("export ") == 1  # MC_NANOCHAT only
+
+
 def test_mc_setup_rejects_an_unknown_argument(tmp_path: Path) -> None:
     proc = _bash(MC_SETUP, "--tpu")
     assert proc.returncode == 2 and "unknown argument '--tpu'" in proc.stderr
