@@ -75,12 +75,18 @@ def test_runcpu_refuses_knobs_without_mc_before_any_work(tmp_path: Path) -> None
     assert not (tmp_path / "run").exists()
 
 
-def test_mc_setup_writes_mc_env_from_the_environment_private_and_ignored(tmp_path: Path) -> None:
+def _mc_setup_checkout(tmp_path: Path) -> Path:
+    """A minimal checkout holding what ``mc_setup --env-only`` reads: the script and the manifest."""
     work = tmp_path / "repo"
     (work / "integration").mkdir(parents=True)
     (work / "megacontext_plugin" / "patches").mkdir(parents=True)
     shutil.copy(MC_SETUP, work / "integration" / "mc_setup")
     shutil.copy(ROOT / "megacontext_plugin" / "patches" / "manifest.json", work / "megacontext_plugin" / "patches")
+    return work
+
+
+def test_mc_setup_writes_mc_env_from_the_environment_private_and_ignored(tmp_path: Path) -> None:
+    work = _mc_setup_checkout(tmp_path)
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "WANDB_API_KEY": "k3y with 'quotes' $and spaces",
            "MC_OTEL_ENDPOINT": "http://collector:4318", "UNRELATED_SECRET": "must-not-appear"}
     proc = _bash(work / "integration" / "mc_setup", "--env-only", env=env, cwd=work)
@@ -101,11 +107,7 @@ def test_mc_setup_writes_mc_env_from_the_environment_private_and_ignored(tmp_pat
 
 def test_mc_setup_writes_mc_env_on_a_machine_with_none_of_those_variables(tmp_path: Path) -> None:
     """A fresh machine sets no WANDB_/HF_/OTEL_ variable: that must not stop the set-up."""
-    work = tmp_path / "repo"
-    (work / "integration").mkdir(parents=True)
-    (work / "megacontext_plugin" / "patches").mkdir(parents=True)
-    shutil.copy(MC_SETUP, work / "integration" / "mc_setup")
-    shutil.copy(ROOT / "megacontext_plugin" / "patches" / "manifest.json", work / "megacontext_plugin" / "patches")
+    work = _mc_setup_checkout(tmp_path)
     proc = _bash(work / "integration" / "mc_setup", "--env-only", env={"PATH": os.environ["PATH"],
                                                                        "HOME": str(tmp_path)}, cwd=work)
     assert proc.returncode == 0, proc.stderr

@@ -19,10 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..context.inputs import PAD_LEVEL
 from ..context.working_context import WorkingContext
-
-PAD_LEVEL = -1
-"""Level of a padding entry (after a variant's last real entry; target -1, never attended to by a real entry)."""
 
 
 @dataclass(frozen=True)

@@ -140,10 +140,11 @@ class LevelFile:
     only the records it returns (and, the first time, the chunks that hold them, to verify them).
     """
 
-    def __init__(self, path: Path, fd: int, kind: str, width: int, crc_fd: int) -> None:
+    def __init__(self, path: Path, fd: int, kind: str, width: int, crc_fd: int, crc_name: str) -> None:
         self.path = path
         self.fd = fd
         self.crc_fd = crc_fd
+        self.crc_name = crc_name
         self.np_dtype = STORAGE_NUMPY[kind]
         self.width = width
         self.record_bytes = self.np_dtype.itemsize * width
@@ -162,7 +163,7 @@ class LevelFile:
         crc_fd = os.open(path.with_name(crc_file_name(level)), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         header = HEADER.pack(LEVEL_MAGIC, LEVEL_FORMAT_VERSION, level, block_size, dim, RECORD_CODES[kind])
         _pwrite_all(fd, np.frombuffer(header.ljust(HEADER_SIZE, b"\0"), dtype=np.uint8), 0)
-        return cls(path, fd, kind, 1 if level == 0 else dim, crc_fd)
+        return cls(path, fd, kind, 1 if level == 0 else dim, crc_fd, crc_file_name(level))
 
     @classmethod
     def open(
@@ -186,7 +187,7 @@ class LevelFile:
                 crc_fd = os.open(crc_path, flags, 0o644)
             except FileNotFoundError:
                 raise TreeError(f"{where} is corrupted: {crc_path.name} (the checksums of {name}) is missing") from None
-            level_file = cls(path, fd, kind, 1 if level == 0 else dim, crc_fd)
+            level_file = cls(path, fd, kind, 1 if level == 0 else dim, crc_fd, crc_path.name)
             level_file._validate_header(level, block_size, dim, kind)
             size = os.fstat(fd).st_size
             wanted = HEADER_SIZE + committed * level_file.record_bytes
@@ -211,7 +212,7 @@ class LevelFile:
         full = self.committed // self.chunk_records
         raw = os.pread(self.crc_fd, 4 * full, 0)
         if len(raw) < 4 * full:
-            raise TreeError(f"{self.path.parent} is corrupted: {crc_file_name_of(self.path)} holds "
+            raise TreeError(f"{self.path.parent} is corrupted: {self.crc_name} holds "
                             f"{len(raw) // 4} checksums, {self.path.name} commits {full} complete chunks")
         if os.fstat(self.crc_fd).st_size > 4 * full:  # checksums of an append that was never committed
             os.ftruncate(self.crc_fd, 4 * full)
@@ -341,9 +342,6 @@ class LevelFile:
         os.close(self.fd)
         os.close(self.crc_fd)
 
-
-def crc_file_name_of(level_path: Path) -> str:
-    return level_path.name.split(".")[0] + ".crc"
 
 
 # ---- the backend -------------------------------------------------------------------------------
