@@ -166,6 +166,7 @@ def generate(engine: Any, tokens: list[int], num_samples: int, max_tokens: int |
 def evaluate(model: torch.nn.Module, tokenizer: Any, args: argparse.Namespace, source: str, report: Any) -> None:
     """End of ``base_eval`` (``source`` ``"base"``) and ``chat_eval`` (``source`` = its ``-i``: ``"mid"``,
     ``"sft"``, ...), after the host printed and logged its own results: run the plugin's evaluation
-    of ``model`` with the run's ``tokenizer``, print it, and add it to nanochat's report through
-    ``report.log(section=..., data=[...])`` (``nanochat.report.Report``; a section of its own).
+    of ``model`` with the run's ``tokenizer``, print it, and add it to nanochat's report
+    (``nanochat.report.Report``, ``report.report_dir`` on rank 0): MegaContext appends to the
+    section the script has just logged, so the report needs no change of its own.
     ``chat_eval`` called ``setup_model`` before; ``base_eval`` did not (only ``adjust_arguments``)."""

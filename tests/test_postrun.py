@@ -56,12 +56,11 @@ class ByteTokenizer:
 
 
 class Report:
-    def __init__(self, report_dir: Path) -> None:
-        self.report_dir = str(report_dir)
-        self.sections: dict[str, list] = {}
+    """nanochat's Report as far as the hook uses it: the directory the sections live in."""
 
-    def log(self, section: str, data: list) -> None:
-        self.sections[section] = data
+    def __init__(self, report_dir: Path) -> None:
+        report_dir.mkdir(parents=True)
+        self.report_dir = str(report_dir)
 
 
 def _controller(tmp_path: Path) -> MCController:
@@ -95,6 +94,8 @@ def test_post_run_validation_prints_the_table_and_logs_a_report_section(tmp_path
                                                    "controller_ms": 20.0, "step": step}))
     provider.close()
     report = Report(tmp_path / "report")
+    upstream = "## Base model evaluation\ntimestamp: 2025-01-01 00:00:00\n\n- CORE metric: 0.1\n\n"
+    (tmp_path / "report" / "base-model-evaluation.md").write_text(upstream)
     result = post_run_validation(gpt, ByteTokenizer(), ctrl, "base", report)
 
     budget = validation_budget(ctrl)
@@ -105,7 +106,10 @@ def test_post_run_validation_prints_the_table_and_logs_a_report_section(tmp_path
     out = capsys.readouterr().out
     assert f"MegaContext validation: budget W={budget}" in out and "ΔNLL@H vs truncation" in out
 
-    (body,) = report.sections["MegaContext evaluation base"]
+    section = (tmp_path / "report" / "base-model-evaluation.md").read_text()
+    assert section.startswith(upstream + "### MegaContext\n")  # beside upstream's numbers, in its section
+    body = section[len(upstream):]
+    assert "CORE" not in body  # the report's summary greps upstream's metric names
     assert "| truncation | 2 |" in body and "ΔNLL@H vs full" in body and "`--mc_eval_lengths` | `2,3`" in body
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", body)
     assert links == ["megacontext/validation-base.png", "megacontext/training-curves.png"]
@@ -126,3 +130,38 @@ def test_read_curves_takes_losses_probe_and_timing_from_the_jsonl(tmp_path: Path
     curves = run_report.read_curves(tmp_path / "mid-20250101-000000-1" / "telemetry.jsonl")
     assert curves == {"token_loss": [(3, 2.0)], "lod0_loss": [(3, 2.0)], "lod1_loss": [(3, 2.5)],
                       "lod2_loss": [(3, 3.0)], "swap_rate": [(3, 0.0)], "residency": [(3, 1.0)]}
+
+
+def test_evaluate_hook_validates_with_mc_and_does_nothing_without(tmp_path: Path, capsys) -> None:
+    import argparse
+
+    import pluggy
+
+    from megacontext_plugin import hookspecs
+    from megacontext_plugin.plugin import MegaContextPlugin
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    plugin = MegaContextPlugin()
+    pm.register(plugin)
+    parser = argparse.ArgumentParser()
+    pm.hook.register_arguments(parser=parser)
+    report = Report(tmp_path / "report")
+    (tmp_path / "report" / "chat-evaluation-sft.md").write_text("## Chat evaluation sft\n\n")
+    try:
+        off = parser.parse_args([])
+        pm.hook.adjust_arguments(args=off, stage="eval")
+        pm.hook.evaluate(model=GPTStandIn(), tokenizer=ByteTokenizer(), args=off, source="sft", report=report)
+        assert plugin.controller is None and "MegaContext" not in capsys.readouterr().out
+        on = parser.parse_args(["--mc", "--block_size", "4", "--mc_horizon", "8", "--allocator_recent_tokens", "8",
+                                "--gistnet_heads", "2", "--gistnet_layers", "1", "--lensnet_dim", "16",
+                                "--lensnet_heads", "2", "--lensnet_layers", "1", "--mc_eval_lengths", "2",
+                                "--mc_eval_samples", "1", "--mc_telemetry_dir", str(tmp_path / "none")])
+        pm.hook.adjust_arguments(args=on, stage="eval")
+        pm.hook.evaluate(model=GPTStandIn(), tokenizer=ByteTokenizer(), args=on, source="sft", report=report)
+        assert plugin.controller is not None and plugin.monitor is None  # an eval stage trains nothing
+        assert "MegaContext validation: budget W=" in capsys.readouterr().out
+        assert "### MegaContext" in (tmp_path / "report" / "chat-evaluation-sft.md").read_text()
+    finally:
+        plugin.reset()
+        pm.unregister(plugin)

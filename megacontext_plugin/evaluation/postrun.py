@@ -2,9 +2,11 @@
 (``nanochat_model.validate``) printed as a table, and a MegaContext section in nanochat's report
 with that table, its plot, the training curves of the run's telemetry and the knobs.
 
-Files: ``{report_dir}/megacontext/validation-{source}.json`` and ``.png``, ``training-curves.png``;
-the section itself is ``megacontext-evaluation-{source}.md`` (nanochat's ``Report.log``), which the
-patched ``nanochat.report generate`` places after upstream's sections.
+Files: ``{report_dir}/megacontext/validation-{source}.json`` and ``.png``, ``training-curves.png``.
+The text goes under a ``### MegaContext`` heading at the end of the section the script has just
+logged (``base-model-evaluation.md``, ``chat-evaluation-{source}.md``), so ``nanochat.report
+generate`` shows it beside upstream's numbers with no change of its own, and ``reset`` removes it
+with upstream's. Nothing in it names an upstream metric (the report's summary greps for those).
 """
 
 from __future__ import annotations
@@ -61,5 +63,17 @@ def post_run_validation(model: nn.Module, tokenizer: Any, controller: MCControll
                                         out / "training-curves.png")
         images += [curves] if curves is not None else []
     body = run_report.section(source, knobs_used(controller), markdown_table(result), images, report_dir, runs)
-    report.log(section=f"MegaContext evaluation {source}", data=[body])
+    section_file = report_dir / host_section_file(source)
+    if hasattr(report, "report_dir") and section_file.is_file():
+        with open(section_file, "a", encoding="utf-8") as f:
+            f.write("### MegaContext\n\n" + body + "\n")
+        print(f"megacontext: validation added to {section_file}")
     return result
+
+
+def host_section_file(source: str) -> str:
+    """The report section the host script logged just before (nanochat's ``Report.log`` slug)."""
+    title = "Base model evaluation" if source == "base" else f"Chat evaluation {source}"
+    return title.lower().replace(" ", "-") + ".md"
+
+
