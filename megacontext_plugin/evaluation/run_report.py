@@ -81,6 +81,7 @@ def plot_curves(runs: dict[str, Curves], png: Path) -> Path | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
     fig, axes = plt.subplots(3, 2, figsize=(11, 10), layout="constrained")
@@ -108,6 +109,8 @@ def plot_curves(runs: dict[str, Curves], png: Path) -> Path | None:
                 ax.axvline(x, color="grey", linestyle=":", linewidth=1)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step (base, then mid, then sft)", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.ticklabel_format(axis="y", useOffset=False)  # plain values, no "1e-6 + 6.23" offsets
         ax.grid(alpha=0.3)
         if drawn:
             ax.legend(fontsize=7)
@@ -143,6 +146,7 @@ def plot_validation(result: dict[str, Any], png: Path) -> Path | None:
     for ax in (ax1, ax2):
         ax.set_xlabel(f"document length (x budget W={s['budget']})")
         ax.set_xticks(s["lengths_x"])
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(alpha=0.3)
         if ax.get_lines():
             ax.legend(fontsize=8)
