@@ -85,6 +85,16 @@ def test_uniform_layout_is_one_gist_level_within_budget(n: int) -> None:
     assert finer is None or len(finer) > budget or len(WorkingContext.coarsest(n, K, recent)) <= budget
 
 
+def test_min_task_len_is_the_shortest_document_the_plain_phase_can_write() -> None:
+    from megacontext_plugin.evaluation.train_tiny import MIN_TASK_LEN, make_batch
+    for seed in range(20):  # both tasks, several depths
+        x, y, answer = make_batch(np.random.default_rng(seed), 4, MIN_TASK_LEN)
+        assert x.shape == y.shape == answer.shape == (4, MIN_TASK_LEN)
+    with pytest.raises(ValueError):
+        for seed in range(20):
+            make_batch(np.random.default_rng(seed), 4, MIN_TASK_LEN - 1)
+
+
 def test_eval_runs_end_to_end_on_a_tiny_checkpoint(tmp_path) -> None:
     out = tmp_path / "ck"
     assert main(["eval", "train-tiny", "--out", str(out), "--plain-steps", "3", "--mc-steps", "2",

@@ -6,7 +6,10 @@ A reproducible CPU recipe (seeded data from ``data.tasks``, seeded init, fixed s
    attention on documents of ``--plain-len`` tokens: passkey and associative-recall documents
    (half each, depths uniform), next-token loss on every position plus ``--answer-weight`` x
    the mean loss on the answer digits (5 of ~256 tokens otherwise carry almost no signal: with
-   plain next-token loss only, 1,200 steps left the full-attention passkey at chance).
+   plain next-token loss only, 1,200 steps left the full-attention passkey at chance). The
+   first ``--plain-short-steps`` use documents of half the length: retrieval appears as a
+   sudden drop of the loss, whose step varies with the initialisation, and fewer distractors
+   bring it earlier (D24).
 2. **mc** (``--mc-steps``): the same model trains with the ``MCController`` on documents of
    ``--mc-len`` tokens (the tasks again, the answer at the end, so it is in the ``H``-token
    tail where ΔNLL is measured): the token loss over the baseline and random working-context
@@ -37,6 +40,9 @@ from ..training.reference_model import TinyGPTConfig
 from . import checkpoint
 from .long_context import RECALL
 
+MIN_TASK_LEN = 88
+"""Bytes below which ``tasks.make_passkey``/``make_recall`` (the ``RECALL`` shape) cannot write a document."""
+
 PLAIN_FORMAT = "megacontext-eval-tiny-plain/1"
 """``DIR/plain.pt``: the model, optimizer and data generator after the plain phase (``--from-plain``)."""
 
@@ -50,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plain-len", type=int, default=256)
     p.add_argument("--plain-steps", type=int, default=2500)
     p.add_argument("--plain-batch", type=int, default=16)
+    p.add_argument("--plain-short-steps", type=int, default=800,
+                   help="the first N plain steps use documents of half --plain-len, twice as many (the same "
+                        "tokens per step): retrieval is learned at the shorter length first")
     p.add_argument("--mc-len", type=int, default=512, help="also the model's sequence_len")
     p.add_argument("--mc-steps", type=int, default=1200)
     p.add_argument("--mc-batch", type=int, default=8)
@@ -188,10 +197,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         args.plain_steps = max(args.plain_steps, plain_done)  # a larger --plain-steps continues the phase
         print(f"train-tiny: plain phase ({plain_done} steps) from {args.from_plain}; "
               f"{args.plain_steps - plain_done} more", flush=True)
+    # the shortest document both tasks can be written in (make_batch adds one byte for the targets)
+    short_len = min(args.plain_len, max(args.plain_len // 2, MIN_TASK_LEN))
     for step in range(plain_done, args.plain_steps):
         for group in opt.param_groups:
             group["lr"] = _lr(step, args.plain_steps + args.mc_steps, args.lr)
-        x, y, ans = make_batch(rng, args.plain_batch, args.plain_len)
+        length = short_len if step < args.plain_short_steps else args.plain_len
+        x, y, ans = make_batch(rng, round(args.plain_batch * args.plain_len / length), length)
         with autocast():
             loss = lm_loss(model, x, y, ans, args.answer_weight)
         loss.backward()
