@@ -1,4 +1,4 @@
-"""Apply, verify and revert our patches to an upstream nanochat tree (DESIGN 2, ``patches/``).
+"""Apply, verify and revert our patches to an upstream nanochat tree (``patches/``).
 
 The patches are unified diffs against nanochat at the pinned commit, applied in the order that
 ``patches/manifest.json`` lists them, with ``git apply`` (which also works on a plain directory,

@@ -1,6 +1,6 @@
 """MCController: variants, packing, losses and their knobs, learning, determinism, checkpoints.
 
-Regression tests for DESIGN 9's defects that live here: targets are next tokens (never the
+Among them, the properties a controller can silently lose: targets are next tokens (never the
 input), every gist is aligned, the aux nets are optimised, the lens loss is non-zero and
 learns, the KL term is non-zero once scores move, advantage normalisation is used.
 """

@@ -1,4 +1,4 @@
-"""The long-context quality evaluation (issue 7): documents, metric code on hand-made predictors,
+"""The long-context quality evaluation (``docs/decisions.md`` D22): documents, metric code on hand-made predictors,
 the arms' layouts, and the whole command end to end on a tiny checkpoint."""
 
 from __future__ import annotations

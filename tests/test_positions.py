@@ -217,7 +217,7 @@ def test_gaussian_damping_is_the_expected_rotation_under_position_jitter() -> No
 
 
 def test_gaussian_width_comes_from_the_span_not_the_sequence_length() -> None:
-    """DESIGN 9 regression: the prior art took the Gaussian width from the sequence length."""
+    """The Gaussian width is the entry's span: the same gist gets the same damping in any history."""
     short_s, short_e = tiling([32, 1, 1, 1])  # W = 4, a history of 35 tokens
     long_s, long_e = tiling([1024] * 3 + [32] * 40 + [32] + [1] * 200)  # W = 244, 4,504 tokens
     gist_short, gist_long = 0, 3 + 40  # one 32-token gist in each layout

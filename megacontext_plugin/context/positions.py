@@ -14,7 +14,8 @@ history. A *position scheme* maps each entry's token span ``[start, end)`` to a 
 rotary table ``[B, W, 1, head_dim/2]``, optionally with Gaussian RoPE damping for gist
 entries: the expected rotation under a Gaussian jitter of the position with standard deviation
 ``sigma`` is the rotation damped by ``exp(-(sigma * inv_freq)^2 / 2)`` per frequency. ``sigma``
-comes from the entry's own span (``span_sigma``), never from the sequence length (DESIGN 9).
+comes from the entry's own span (``span_sigma``), never from the sequence length: a gist's
+uncertainty is its own span, whatever history surrounds it.
 
 ``PositionalCache`` keeps the last table of each inference session (LRU) so a batched override
 (B > 1, every row its own layout) can be assembled from per-session rows.

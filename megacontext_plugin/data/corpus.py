@@ -1,4 +1,4 @@
-"""Write a small offline corpus as nanochat-style parquet shards (DESIGN 10).
+"""Write a small offline corpus as nanochat-style parquet shards.
 
 Layout read by nanochat's ``dataset.py``/``dataloader.py``: a directory of ``shard_NNNNN.parquet``
 files, each with a ``text`` column (one document per row) split into several row groups; the LAST

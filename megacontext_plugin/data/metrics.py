@@ -1,4 +1,5 @@
-"""Scoring helpers for the long-context tasks (DESIGN 11: report per-digit and per-position too).
+"""Scoring helpers for the long-context tasks: exact match, and per digit and per position,
+where exact match alone hides partial recall.
 
 Predictions are compared after stripping surrounding whitespace; :func:`leading_answer` cuts a raw
 model continuation such as ``" 48213. Remember"`` down to its first run of digits.

@@ -1,6 +1,6 @@
 """Seeded generators of plain-text documents with planted long-range dependencies.
 
-Three tasks (DESIGN 10, 11) plus plain filler:
+Three tasks plus plain filler:
 
 - :func:`make_passkey`: a key line ``The pass key is 48213. Remember it.`` at a chosen depth inside
   filler, then ``What is the pass key? The pass key is`` -> ``48213``.

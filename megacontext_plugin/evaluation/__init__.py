@@ -1,4 +1,4 @@
-"""Long-context quality evaluation (issue 7): truncation, uniform compression, MegaContext and full
+"""Long-context quality evaluation (``docs/decisions.md`` D22): truncation, uniform compression, MegaContext and full
 attention at one working-context budget, on seeded tasks (``long_context``), and the tiny CPU
 recipe that trains the models it needs (``train_tiny``)."""
 

@@ -2,8 +2,8 @@
 
 A small bidirectional transformer runs inside each block of K children (token embeddings for
 LOD1, LOD1 gists for LOD2, ...). Learned within-block position embeddings make it sensitive to
-the order of the children: mean-pooled embeddings keep which tokens occur but not their order
-(DESIGN 11), which is useless for passkeys and most of language.
+the order of the children: mean-pooled embeddings keep which tokens occur but not their order,
+which is useless for passkeys and most of language.
 
 Output space: the ``wte`` space, *before* nanochat's ``norm(wte(idx))``, so a gist can stand in
 for a token embedding and goes through the same norm.

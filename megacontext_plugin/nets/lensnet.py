@@ -1,8 +1,8 @@
 """LensNet: a signed utility in [-1, 1] for every working-context entry.
 
 Positive = worth expanding into its children, negative = cheap to collapse into its parent.
-LensNet must see the recent tokens that the working context serves: the prior art ran a causal
-scan over the entries, so old entries (the ones worth editing) never saw the tail (DESIGN 9).
+LensNet must see the recent tokens that the working context serves: a causal scan over the
+entries would leave old entries (the ones worth editing) blind to the tail they are scored for.
 Two non-causal layouts, ``context``:
 
 - ``bidirectional``: self-attention over ``[entries; tail]`` in both directions (every entry
