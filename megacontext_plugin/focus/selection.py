@@ -106,6 +106,118 @@ def _rank_keys(scores_C: np.ndarray, second_C: np.ndarray) -> np.ndarray:
     )
 
 
+@dataclass(frozen=True)
+class _Candidates:
+    """Expansion positions ``e_pos[nE]`` and collapse group starts ``c_pos[nC]`` (with their
+    scores ``c_score[nC]``) that pass the thresholds, the tail and the cooldown."""
+
+    e_pos: np.ndarray
+    c_pos: np.ndarray
+    c_score: np.ndarray
+    considered: int  # before the cooldown
+    rejected_cooldown: int
+
+
+def _candidates(wc: WorkingContext, utilities_W: np.ndarray, config: FocusConfig, cooldown: CooldownTracker,
+                refocus_index: int) -> _Candidates:
+    K = wc.block_size
+    levels_W, indices_W, ends_W = wc.levels, wc.indices, wc.ends
+    tail_start = wc.num_tokens - min(config.recent_tokens, wc.num_tokens)
+    gist_G = np.flatnonzero(levels_W > 0)
+    gist_G = gist_G[: np.searchsorted(ends_W[gist_G], tail_start, side="right")]  # ends ascend
+    e_pos = gist_G[utilities_W[gist_G] > _float32_below(config.expand_threshold)]
+    c_pos = wc.collapsible_starts(config.recent_tokens, config.max_level)
+    if c_pos.size:
+        mean_C = utilities_W[c_pos[:, None] + np.arange(K)].mean(axis=1, dtype=np.float64)
+        below = mean_C < -np.float64(config.collapse_threshold)
+        c_pos, c_score = c_pos[below], (-mean_C[below]).astype(np.float32)
+    else:
+        c_score = np.zeros(0, dtype=np.float32)
+    considered = int(e_pos.size + c_pos.size)
+    rejected_cooldown = 0
+    if considered and len(cooldown):  # one lookup: expanded nodes, then the parents collapses would make
+        blocked = cooldown.blocked(
+            np.concatenate([levels_W[e_pos], levels_W[c_pos] + 1]),
+            np.concatenate([indices_W[e_pos], indices_W[c_pos] // K]),
+            refocus_index,
+        )
+        rejected_cooldown = int(np.count_nonzero(blocked))
+        if rejected_cooldown:
+            keep, n_e = ~blocked, e_pos.size
+            e_pos = e_pos[keep[:n_e]]
+            c_pos, c_score = c_pos[keep[n_e:]], c_score[keep[n_e:]]
+    return _Candidates(e_pos, c_pos, c_score, considered, rejected_cooldown)
+
+
+def _rank(scores_C: np.ndarray, is_collapse_C: np.ndarray, collapse_first: bool, config: FocusConfig,
+          rng: np.random.Generator | None) -> np.ndarray:
+    """Candidate ids ``[C]`` best first: by score (collapses first when over the target length);
+    stochastic greedy re-orders the top ``sample_top_k`` by Gumbel-perturbed scores."""
+    second_C = ~is_collapse_C if collapse_first else np.zeros(len(scores_C), dtype=bool)
+    order = (np.sort(_rank_keys(scores_C, second_C)) & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    if config.type == "stochastic_greedy":
+        if rng is None:
+            raise ValueError("stochastic_greedy needs a numpy Generator")
+        head = order[: config.sample_top_k]
+        gumbel = scores_C[head].astype(np.float64) / config.sample_temperature + rng.gumbel(size=head.size)
+        order = np.concatenate([head[np.lexsort((-gumbel, second_C[head]))], order[head.size :]])
+    return order
+
+
+def _conflicts(e_pos: np.ndarray, c_pos: np.ndarray, rank_C: np.ndarray, K: int) -> np.ndarray:
+    """``drop_C[C]``: an expansion inside a collapse group and the group exclude each other; the
+    better-ranked side stays (a group loses to its best-ranked member)."""
+    nE, nC = e_pos.size, c_pos.size
+    C = nE + nC
+    drop_C = np.zeros(C, dtype=bool)
+    if not (nE and nC):
+        return drop_C
+    rank_E, rank_G = rank_C[:nE], rank_C[nE:]
+    group_E = np.searchsorted(c_pos, e_pos, side="right") - 1  # the group an expansion may sit in
+    in_group = group_E >= 0
+    in_group[in_group] = e_pos[in_group] < c_pos[group_E[in_group]] + K
+    g_of, r_of = group_E[in_group], rank_E[in_group]
+    best_member_G = np.full(nC, C, dtype=np.int64)
+    np.minimum.at(best_member_G, g_of, r_of)
+    g_drop = best_member_G < rank_G
+    e_drop = np.zeros(nE, dtype=bool)
+    e_drop[in_group] = (rank_G[g_of] < r_of) & ~g_drop[g_of]
+    drop_C[:nE], drop_C[nE:] = e_drop, g_drop
+    return drop_C
+
+
+def _fit_budget(seq: np.ndarray, nE: int, slack: int, max_edits: int) -> tuple[list[tuple[int, int]], int, int]:
+    """Take survivors ``seq`` (candidate ids in rank order) while the budget and the edit count
+    allow: one walk over the runs of expansions between collapses (a collapse frees room for the
+    expansions after it). ``slack`` = net expansions allowed (may be negative). Returns the
+    ``[lo, hi)`` slices of ``seq`` taken, one past the last survivor reached, and how many
+    expansions the budget rejected."""
+    net = taken = rejected_budget = 0
+    picks: list[tuple[int, int]] = []
+    collapse_at = np.flatnonzero(seq >= nE)[: max_edits + 1].tolist()
+    prev = 0
+    for g in [*collapse_at, len(seq)]:
+        run = g - prev
+        if run:
+            take = min(run, max(0, slack - net), max_edits - taken)
+            if take:
+                picks.append((prev, prev + take))
+                net += take
+                taken += take
+            if taken == max_edits:
+                return picks, prev + take, rejected_budget
+            rejected_budget += run - take
+        if g == len(seq):
+            break
+        picks.append((g, g + 1))
+        net -= 1
+        taken += 1
+        if taken == max_edits:
+            return picks, g + 1, rejected_budget
+        prev = g + 1
+    return picks, len(seq), rejected_budget
+
+
 def select_edits(
     wc: WorkingContext,
     utilities_W: np.ndarray,
@@ -117,105 +229,26 @@ def select_edits(
     """Choose one iteration's edits for ``wc`` given ``utilities_W[W]`` (float32, finite).
 
     ``rng`` is required for ``stochastic_greedy``. Nothing is recorded in ``cooldown``.
+    Candidates, then rank, then conflicts settled by rank, then the budget and edit count.
     """
     K = wc.block_size
     W = len(wc)
-    levels_W, indices_W, ends_W = wc.levels, wc.indices, wc.ends
-    tail_start = wc.num_tokens - min(config.recent_tokens, wc.num_tokens)
-
-    # ---- candidates
-    utilities_W = lend_to_neighbours(levels_W, utilities_W, config.expand_neighbours, config.expand_threshold)
-    gist_G = np.flatnonzero(levels_W > 0)
-    gist_G = gist_G[: np.searchsorted(ends_W[gist_G], tail_start, side="right")]  # ends ascend
-    e_pos = gist_G[utilities_W[gist_G] > _float32_below(config.expand_threshold)]
-    c_pos = wc.collapsible_starts(config.recent_tokens, config.max_level)
-    if c_pos.size:
-        mean_C = utilities_W[c_pos[:, None] + np.arange(K)].mean(axis=1, dtype=np.float64)
-        below = mean_C < -np.float64(config.collapse_threshold)
-        c_pos, c_score = c_pos[below], (-mean_C[below]).astype(np.float32)
-    else:
-        c_score = np.zeros(0, dtype=np.float32)
-    candidates = int(e_pos.size + c_pos.size)
-    rejected_cooldown = 0
-    if candidates and len(cooldown):  # one lookup: expanded nodes, then the parents collapses would make
-        blocked = cooldown.blocked(
-            np.concatenate([levels_W[e_pos], levels_W[c_pos] + 1]),
-            np.concatenate([indices_W[e_pos], indices_W[c_pos] // K]),
-            refocus_index,
-        )
-        rejected_cooldown = int(np.count_nonzero(blocked))
-        if rejected_cooldown:
-            keep, n_e = ~blocked, e_pos.size
-            e_pos = e_pos[keep[:n_e]]
-            c_pos, c_score = c_pos[keep[n_e:]], c_score[keep[n_e:]]
+    utilities_W = lend_to_neighbours(wc.levels, utilities_W, config.expand_neighbours, config.expand_threshold)
+    cand = _candidates(wc, utilities_W, config, cooldown, refocus_index)
+    e_pos, c_pos = cand.e_pos, cand.c_pos
     nE, nC = int(e_pos.size), int(c_pos.size)
     C = nE + nC
     if C == 0:
-        return _empty_plan(candidates, rejected_cooldown)
-
-    # ---- ranking: candidate ids 0..nE-1 are expansions (by position), nE..C-1 collapses
-    scores_C = np.concatenate([utilities_W[e_pos].astype(np.float32), c_score])
-    is_collapse_C = np.zeros(C, dtype=bool)
-    is_collapse_C[nE:] = True
-    collapse_first = config.target_length < W
-    second_C = ~is_collapse_C if collapse_first else np.zeros(C, dtype=bool)
-    order = (np.sort(_rank_keys(scores_C, second_C)) & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    if config.type == "stochastic_greedy":
-        if rng is None:
-            raise ValueError("stochastic_greedy needs a numpy Generator")
-        head = order[: config.sample_top_k]
-        gumbel = scores_C[head].astype(np.float64) / config.sample_temperature + rng.gumbel(size=head.size)
-        order = np.concatenate([head[np.lexsort((-gumbel, second_C[head]))], order[head.size :]])
+        return _empty_plan(cand.considered, cand.rejected_cooldown)
+    # candidate ids 0..nE-1 are expansions (by position), nE..C-1 collapses
+    scores_C = np.concatenate([utilities_W[e_pos].astype(np.float32), cand.c_score])
+    is_collapse_C = np.arange(C) >= nE
+    order = _rank(scores_C, is_collapse_C, config.target_length < W, config, rng)
     rank_C = np.empty(C, dtype=np.int64)
     rank_C[order] = np.arange(C)
-
-    # ---- conflicts, settled by rank
-    drop_C = np.zeros(C, dtype=bool)
-    if nE and nC:
-        rank_E, rank_G = rank_C[:nE], rank_C[nE:]
-        group_E = np.searchsorted(c_pos, e_pos, side="right") - 1  # the group an expansion may sit in
-        in_group = group_E >= 0
-        in_group[in_group] = e_pos[in_group] < c_pos[group_E[in_group]] + K
-        g_of, r_of = group_E[in_group], rank_E[in_group]
-        best_member_G = np.full(nC, C, dtype=np.int64)
-        np.minimum.at(best_member_G, g_of, r_of)
-        g_drop = best_member_G < rank_G
-        e_drop = np.zeros(nE, dtype=bool)
-        e_drop[in_group] = (rank_G[g_of] < r_of) & ~g_drop[g_of]
-        drop_C[:nE], drop_C[nE:] = e_drop, g_drop
+    drop_C = _conflicts(e_pos, c_pos, rank_C, K)
     seq = order[~drop_C[order]]  # survivors, in rank order
-
-    # ---- budget and edit count: one walk over runs of expansions between collapses
-    M = config.max_replacements
-    slack = (config.budget - W) // (K - 1)  # net expansions allowed (may be negative)
-    net = 0  # expansions taken minus collapses taken
-    taken = 0
-    rejected_budget = 0
-    picks: list[tuple[int, int]] = []  # [lo, hi) slices of seq
-    collapse_at = np.flatnonzero(seq >= nE)[: M + 1].tolist()
-    prev = 0
-    stop = len(seq)  # one past the last survivor reached
-    for g in [*collapse_at, len(seq)]:
-        run = g - prev
-        if run:
-            take = min(run, max(0, slack - net), M - taken)
-            if take:
-                picks.append((prev, prev + take))
-                net += take
-                taken += take
-            if taken == M:
-                stop = prev + take
-                break
-            rejected_budget += run - take
-        if g == len(seq):
-            break
-        picks.append((g, g + 1))
-        net -= 1
-        taken += 1
-        if taken == M:
-            stop = g + 1
-            break
-        prev = g + 1
+    picks, stop, rejected_budget = _fit_budget(seq, nE, (config.budget - W) // (K - 1), config.max_replacements)
     chosen = seq[np.concatenate([np.arange(lo, hi) for lo, hi in picks])] if picks else _NO_POSITIONS
     reached_rank = rank_C[seq[stop - 1]] if stop < len(seq) else C
     rejected_conflict = int(np.count_nonzero(drop_C & (rank_C < reached_rank)))
@@ -224,8 +257,8 @@ def select_edits(
     return EditPlan(
         np.sort(e_pos[chosen_e]),
         np.sort(c_pos[chosen_c]),
-        candidates,
-        rejected_cooldown,
+        cand.considered,
+        cand.rejected_cooldown,
         rejected_conflict,
         rejected_budget,
     )
