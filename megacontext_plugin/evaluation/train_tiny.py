@@ -54,13 +54,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recent", type=int, default=16, help="protected raw tail (--allocator_recent_tokens)")
     p.add_argument("--horizon", type=int, default=16, help="H for LensNet and the gist loss (--mc_horizon)")
     p.add_argument("--plain-len", type=int, default=256)
-    p.add_argument("--plain-steps", type=int, default=2500)
+    p.add_argument("--plain-steps", type=int, default=1600)
     p.add_argument("--plain-batch", type=int, default=16)
     p.add_argument("--plain-short-steps", type=int, default=800,
                    help="the first N plain steps use documents of half --plain-len, twice as many (the same "
                         "tokens per step): retrieval is learned at the shorter length first")
     p.add_argument("--mc-len", type=int, default=512, help="also the model's sequence_len")
-    p.add_argument("--mc-steps", type=int, default=1200)
+    p.add_argument("--mc-steps", type=int, default=800)
     p.add_argument("--mc-batch", type=int, default=8)
     p.add_argument("--mix-batch", type=int, default=4, help="plain documents per MC step (0: none)")
     p.add_argument("--anneal", type=float, default=0.15, help="share of the MC phase over which the budget anneals")

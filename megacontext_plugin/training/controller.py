@@ -345,24 +345,33 @@ class MCController(nn.Module):
         """
         t0 = time.perf_counter()
         cfg = self.cfg
-        index, V = batch.index, batch.layouts.variants
-        B = batch.rows // V
-        valid = index.valid_RW
         nll_RW = nll_RW.float()
         supervised_RW = batch.targets_RW >= 0  # padding is -1 too: a subset of valid
         token_loss = L.mean_over(nll_RW, supervised_RW)
+        tails = _tail_verdicts(batch, nll_RW, supervised_RW)
+        gist_loss = L.mean_over(tails.dnll_BN, tails.has_tail_BN)
+        lens = self._lens_loss(batch, tails)
+        total = token_loss + cfg.mc_gist_loss_weight * gist_loss + cfg.mc_lens_loss_weight * lens.total
+        self._pending_ema = (lens.adv_var.detach(), lens.pressure.detach())
+        metrics = _loss_metrics(batch, nll_RW, supervised_RW, tails, token_loss, gist_loss, lens)
+        batch.timings_ms["losses_ms"] = _ms(t0)
+        terms = {"token_loss": token_loss, "gist_loss": gist_loss, "lens_loss": lens.total, "lens_bt": lens.bt,
+                 "lens_kl": lens.kl, "lens_budget": lens.budget_pen}
+        pairs = {"margin": lens.margin_BP.detach(), "adv": lens.adv_BP, "dnll": tails.dnll_BN.detach(),
+                 "supervised": tails.has_tail_B}
+        return MCLosses(total, terms, metrics, pairs)
 
-        # the tail holds the same last H tokens in every variant: one verdict per sequence
-        tail_BV = L.tail_nll(nll_RW, index.tail_RH, supervised_RW).view(B, V)
-        has_tail_B = L.tail_supervised(supervised_RW, index.tail_RH).view(B, V).all(dim=1)
-        has_tail_BN = has_tail_B[:, None].expand(B, V - 1)
-        dnll_BN = torch.where(has_tail_BN, tail_BV[:, 1:] - tail_BV[:, :1].detach(), tail_BV.new_zeros(()))
-        gist_loss = L.mean_over(dnll_BN, has_tail_BN)
-
-        gist_RW = valid & (index.levels_RW > 0)
+    def _lens_loss(self, batch: MCBatch, tails: _TailVerdicts) -> _LensTerms:
+        """LensNet's loss: Bradley-Terry on the preference pairs (advantages normalised by an EMA of
+        their scale, hard negatives kept), a KL anchor to the previous policy, and a penalty on
+        moving the mean expand pressure away from its EMA."""
+        cfg = self.cfg
+        index, V = batch.index, batch.layouts.variants
+        B = batch.rows // V
+        valid = index.valid_RW
         margin_BP = L.pair_margins(batch.scores_RW.view(B, V, -1)[:, 1:], index.refined_BPW, index.coarser_BPW)
-        adv_BP = L.preference_advantages(dnll_BN.detach())
-        pair_ok_BP = has_tail_B[:, None].expand_as(adv_BP)
+        adv_BP = L.preference_advantages(tails.dnll_BN.detach())
+        pair_ok_BP = tails.has_tail_B[:, None].expand_as(adv_BP)
         # EMA state stays on the device as 0-d tensors: no host sync on the training path. A batch
         # with no supervised pair leaves the EMA as it was; an EMA of 0 (none seen yet) is unset.
         has_pairs = pair_ok_BP.any()
@@ -384,43 +393,11 @@ class MCController(nn.Module):
         scored_RW = valid.clone()
         scored_RW.view(B, V, -1)[:, 0] = False  # baseline rows are not scored
         kl = L.bernoulli_kl(batch.prev_scores_RW, batch.scores_RW, scored_RW)
-        pressure = L.mean_over(batch.scores_RW, gist_RW)
+        pressure = L.mean_over(batch.scores_RW, valid & (index.levels_RW > 0))
         budget_target = pressure.detach() if self.budget_ema is None else self.budget_ema
         budget_pen = (pressure - budget_target).square()
-        lens_loss = bt + cfg.mc_lens_kl_weight * kl + cfg.mc_lens_budget_smooth_weight * budget_pen
-        total = token_loss + cfg.mc_gist_loss_weight * gist_loss + cfg.mc_lens_loss_weight * lens_loss
-
-        self._pending_ema = (adv_var.detach(), pressure.detach())
-        with torch.no_grad():
-            adv_delta = (tail_BV[:, :1] - tail_BV[:, 1:]).reshape(-1)
-            adv_delta_ok = has_tail_BN.reshape(-1)
-            nan = torch.full_like(adv_delta, float("nan"))
-            metrics: dict[str, torch.Tensor] = {
-                "token_loss": token_loss.detach(),
-                "gist_loss": gist_loss.detach(),
-                "lens_loss": lens_loss.detach(),
-                "lens_bt_loss": bt.detach(),
-                "lens_kl": kl.detach(),
-                "lens_budget_penalty": budget_pen.detach(),
-                "delta_nll_h": gist_loss.detach(),
-                "adv_delta_mean": L.mean_over(adv_delta, adv_delta_ok),
-                # NaN (no point: telemetry drops it) when no sequence has a supervised tail
-                "adv_delta_p95": torch.nanquantile(torch.where(adv_delta_ok, adv_delta, nan), 0.95),
-                # margin says "i better"; dnll_i - dnll_j = -adv is negative when i is better
-                "preference_corr_mean": L.correlation(margin_BP.detach(), -adv_BP),
-                "pairs_kept": keep_BP.sum().float(),
-                "tail_supervised_frac": has_tail_B.float().mean(),
-                "variants_total": torch.tensor(float(batch.rows)),
-                "wc_budget": torch.tensor(float(batch.budget)),
-            }
-            levels_RW = index.levels_RW.masked_fill(~supervised_RW, -1)  # unsupervised entries: no level
-            for level, value in L.level_losses(nll_RW, levels_RW, batch.num_levels).items():
-                metrics[f"lod{level}_loss"] = value
-        batch.timings_ms["losses_ms"] = _ms(t0)
-        terms = {"token_loss": token_loss, "gist_loss": gist_loss, "lens_loss": lens_loss, "lens_bt": bt,
-                 "lens_kl": kl, "lens_budget": budget_pen}
-        pairs = {"margin": margin_BP.detach(), "adv": adv_BP, "dnll": dnll_BN.detach(), "supervised": has_tail_B}
-        return MCLosses(total, terms, metrics, pairs)
+        total = bt + cfg.mc_lens_kl_weight * kl + cfg.mc_lens_budget_smooth_weight * budget_pen
+        return _LensTerms(total, bt, kl, budget_pen, margin_BP, adv_BP, keep_BP, adv_var, pressure)
 
     def step_aux(self) -> None:
         """After ``total.backward()``: all-reduce aux grads (DDP), step, refresh the KL snapshot and EMAs."""
@@ -440,6 +417,75 @@ class MCController(nn.Module):
 
     def close(self) -> None:
         self.layouts.close()
+
+
+@dataclass
+class _TailVerdicts:
+    """The horizon's NLL per variant: every variant holds the same last H tokens, so one verdict
+    per sequence. ``tail_BV[B, V]`` (variant 0 = the baseline), ``has_tail_B[B]`` (some of the
+    horizon is supervised), ``dnll_BN[B, V-1]`` = variant minus baseline (0 without a tail)."""
+
+    tail_BV: torch.Tensor
+    has_tail_B: torch.Tensor
+    has_tail_BN: torch.Tensor
+    dnll_BN: torch.Tensor
+
+
+def _tail_verdicts(batch: MCBatch, nll_RW: torch.Tensor, supervised_RW: torch.Tensor) -> _TailVerdicts:
+    index, V = batch.index, batch.layouts.variants
+    B = batch.rows // V
+    tail_BV = L.tail_nll(nll_RW, index.tail_RH, supervised_RW).view(B, V)
+    has_tail_B = L.tail_supervised(supervised_RW, index.tail_RH).view(B, V).all(dim=1)
+    has_tail_BN = has_tail_B[:, None].expand(B, V - 1)
+    dnll_BN = torch.where(has_tail_BN, tail_BV[:, 1:] - tail_BV[:, :1].detach(), tail_BV.new_zeros(()))
+    return _TailVerdicts(tail_BV, has_tail_B, has_tail_BN, dnll_BN)
+
+
+@dataclass
+class _LensTerms:
+    """LensNet's loss ``total`` and its parts; the pairs' margins and advantages ``[B, P]``; the
+    advantage scale and expand pressure the EMAs take after the step."""
+
+    total: torch.Tensor
+    bt: torch.Tensor
+    kl: torch.Tensor
+    budget_pen: torch.Tensor
+    margin_BP: torch.Tensor
+    adv_BP: torch.Tensor
+    keep_BP: torch.Tensor
+    adv_var: torch.Tensor
+    pressure: torch.Tensor
+
+
+@torch.no_grad()
+def _loss_metrics(batch: MCBatch, nll_RW: torch.Tensor, supervised_RW: torch.Tensor, tails: _TailVerdicts,
+                  token_loss: torch.Tensor, gist_loss: torch.Tensor, lens: _LensTerms) -> dict[str, torch.Tensor]:
+    """The step's ``mc/*`` metrics as 0-d tensors (no host sync here; telemetry reads them)."""
+    adv_delta = (tails.tail_BV[:, :1] - tails.tail_BV[:, 1:]).reshape(-1)
+    adv_delta_ok = tails.has_tail_BN.reshape(-1)
+    nan = torch.full_like(adv_delta, float("nan"))
+    metrics: dict[str, torch.Tensor] = {
+        "token_loss": token_loss.detach(),
+        "gist_loss": gist_loss.detach(),
+        "lens_loss": lens.total.detach(),
+        "lens_bt_loss": lens.bt.detach(),
+        "lens_kl": lens.kl.detach(),
+        "lens_budget_penalty": lens.budget_pen.detach(),
+        "delta_nll_h": gist_loss.detach(),
+        "adv_delta_mean": L.mean_over(adv_delta, adv_delta_ok),
+        # NaN (no point: telemetry drops it) when no sequence has a supervised tail
+        "adv_delta_p95": torch.nanquantile(torch.where(adv_delta_ok, adv_delta, nan), 0.95),
+        # margin says "i better"; dnll_i - dnll_j = -adv is negative when i is better
+        "preference_corr_mean": L.correlation(lens.margin_BP.detach(), -lens.adv_BP),
+        "pairs_kept": lens.keep_BP.sum().float(),
+        "tail_supervised_frac": tails.has_tail_B.float().mean(),
+        "variants_total": torch.tensor(float(batch.rows)),
+        "wc_budget": torch.tensor(float(batch.budget)),
+    }
+    levels_RW = batch.index.levels_RW.masked_fill(~supervised_RW, -1)  # unsupervised entries: no level
+    for level, value in L.level_losses(nll_RW, levels_RW, batch.num_levels).items():
+        metrics[f"lod{level}_loss"] = value
+    return metrics
 
 
 def _ms(t0: float) -> float:
