@@ -17,6 +17,8 @@ import dataclasses
 import math
 import os
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -28,6 +30,7 @@ from megacontext_plugin.config import register_arguments as _register_config_arg
 from megacontext_plugin.evaluation.postrun import post_run_validation
 from megacontext_plugin.hookspecs import ForwardOverride, hookimpl
 from megacontext_plugin.inference import InferenceRuntime, SessionError
+from megacontext_plugin.inference.cli_report import answer_report, host_is_chat_cli, timed
 from megacontext_plugin.telemetry import TelemetryConfigError, TelemetryEvent, TelemetryProvider, make_run_provider
 from megacontext_plugin.training import MCBatch, MCController
 from megacontext_plugin.training.curriculum import auto_batch
@@ -96,6 +99,10 @@ class MegaContextPlugin:
         """MC decoding for the Engine's ``generate`` (sessions, listeners, the level map); see ``inference``."""
         self.chat_provider: TelemetryProvider | None = None
         """Where the chat stage's ``inference_update`` events go (``--mc_telemetry``)."""
+        self.answer_reports = False
+        """Print each answer's latency and level map (``inference.cli_report``): set for ``chat_cli``."""
+        self._upstream_decoding = False
+        """True while the Engine decodes a prompt that fits on our behalf: the hook answers None then."""
 
     def reset(self) -> None:
         """Forget the run (tests, or a host that trains twice in one process)."""
@@ -108,6 +115,7 @@ class MegaContextPlugin:
         self._close_chat_provider()
         self.cfg, self.controller, self.step, self._last, self._last_at = None, None, 0, {}, -1
         self.stage, self.anneal, self.source = "", True, None
+        self.answer_reports = False
 
     @property
     def budget_step(self) -> int:
@@ -174,6 +182,7 @@ class MegaContextPlugin:
             self._start_monitor(model, stage)
         elif stage == "chat":  # check the inference knobs now and open a named session (clear errors before the prompt)
             self._inference_runtime(model)
+            self.answer_reports = host_is_chat_cli()
         return True
 
     def _inference_runtime(self, model: torch.nn.Module | None = None) -> InferenceRuntime:
@@ -383,10 +392,35 @@ class MegaContextPlugin:
     @hookimpl
     def generate(self, engine: Any, tokens: list[int], num_samples: int, max_tokens: int | None,
                  temperature: float, top_k: int | None, seed: int) -> Any:
-        if self.controller is None:
+        if self.controller is None or self._upstream_decoding:
             return None
-        return self._inference_runtime().generate(engine, tokens, num_samples=num_samples, max_tokens=max_tokens,
-                                                  temperature=temperature, top_k=top_k, seed=seed)
+        start = time.perf_counter()
+        runtime = self._inference_runtime()
+        kwargs = dict(num_samples=num_samples, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed)
+        stream = runtime.generate(engine, tokens, **kwargs)
+        if not self.answer_reports:
+            return stream
+        megacontext = stream is not None
+
+        def report(latency: Any) -> None:
+            session = runtime.last_session if megacontext else None
+            print("\n" + answer_report(latency, session.render_level_map() if session else None), flush=True)
+
+        return timed(stream if megacontext else self._upstream_decode(engine, tokens, kwargs), len(tokens),
+                     megacontext, start, report)
+
+    def _upstream_decode(self, engine: Any, tokens: list[int], kwargs: dict[str, Any]) -> Iterator[Any]:
+        """Upstream's own decode of a prompt that fits, driven from here so that ``chat_cli`` can time it:
+        ``Engine.generate`` asks this hook first, on its first ``next``, and gets None meanwhile."""
+        inner = engine.generate(tokens, **kwargs)
+        self._upstream_decoding = True
+        try:
+            first = next(inner, None)
+        finally:
+            self._upstream_decoding = False
+        if first is not None:
+            yield first
+            yield from inner
 
     @hookimpl
     def evaluate(self, model: torch.nn.Module, tokenizer: Any, args: argparse.Namespace, source: str,

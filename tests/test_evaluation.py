@@ -3,6 +3,7 @@ the arms' layouts, and the whole command end to end on a tiny checkpoint."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -140,3 +141,29 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line(tmp_path) -> No
         assert "Traceback" not in proc.stderr
         assert proc.stderr.strip().splitlines()[-1].startswith("megacontext eval long-context: error: --checkpoint")
     assert not marker.exists()
+
+
+def _eval_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "long-context", *argv])
+    assert exc.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_nanochat_checkpoint_directory_without_a_checkpoint_or_without_nanochat_is_one_line(
+        tmp_path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "base_checkpoints" / "d2"
+    empty.mkdir(parents=True)
+    err = _eval_error(["--checkpoint", str(empty)], capsys)
+    assert err.startswith("megacontext eval long-context: error: --checkpoint")
+    assert "holds no nanochat checkpoint" in err
+
+    (empty / "model_000003.pt").write_bytes(b"")
+    assert "--step 7: " in _eval_error(["--checkpoint", str(empty), "--step", "7"], capsys)
+    if importlib.util.find_spec("nanochat") is None:  # this venv has no nanochat: NANOCHAT_DIR is what finds it
+        monkeypatch.delenv("NANOCHAT_DIR", raising=False)
+        err = _eval_error(["--checkpoint", str(empty)], capsys)
+        assert "needs nanochat importable (NANOCHAT_DIR is not set" in err and "set NANOCHAT_DIR" in err
+    tiny = tmp_path / "tiny.pt"
+    tiny.write_bytes(b"")
+    assert "--step: only for a nanochat" in _eval_error(["--checkpoint", str(tiny), "--step", "1"], capsys)

@@ -1,5 +1,5 @@
-"""nanochat's chat CLI with --mc (needs NANOCHAT_DIR): a prompt of 12x the window answers, and a named
-disk session continues in the next process."""
+"""nanochat's chat CLI with --mc (needs NANOCHAT_DIR): a prompt of 12x the window answers with its latency
+and level map, and a named disk session continues in the next process."""
 
 from __future__ import annotations
 
@@ -32,6 +32,13 @@ def test_chat_cli_answers_a_prompt_twelve_windows_long_and_a_named_session_conti
     assert plain.returncode == 0, plain.stdout[-2000:] + plain.stderr[-3000:]
     assert "Assistant:" in plain.stdout and "Traceback" not in plain.stderr
     assert "GistNet and LensNet loaded from" in plain.stdout  # the aux nets trained with the base model
+    # the interactive smoke: latency after the answer and, past the window, the level map it was decoded from
+    latency = re.search(r"^megacontext: (\d+)-token prompt, over MegaContext: first token [\d.]+ s, (\d+) tokens?",
+                        plain.stdout, flags=re.M)
+    assert latency and int(latency.group(1)) > 11 * SEQUENCE_LEN, plain.stdout[-2000:]
+    level_map = re.search(r"^megacontext: level map: (\d+) tokens in \d+/\d+ entries \| L0: \d+ raw.*L[1-9]: \d+ gists"
+                          r".*\n\s+\[[.1-9+]+\]$", plain.stdout, flags=re.M)
+    assert level_map and int(level_map.group(1)) == int(latency.group(1)) + int(latency.group(2)), plain.stdout[-2000:]
 
     session = ["--mc_tree", "disk", "--mc_tree_dir", str(tmp_path / "trees"), "--mc_session", "notes"]
     first = _chat(patched, base_dir, prompt, *session)

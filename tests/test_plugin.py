@@ -415,3 +415,47 @@ def test_on_step_telemetry_hook_never_reports_an_older_steps_losses() -> None:
     assert "train/loss" in short and "mc/token_loss" not in short
     assert "mc/token_loss" in host.step(2, *_data(42))
     host.close()
+
+
+class _HookedEngine(_Engine):
+    """Engine.generate as the patch makes it: the plugin's hook first, else upstream's decode (token 7)."""
+
+    def __init__(self, model: torch.nn.Module, hooks: pluggy.HookRelay) -> None:
+        super().__init__(model)
+        self.hooks, self.upstream_calls = hooks, 0
+
+    def generate(self, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
+                 temperature: float = 1.0, top_k: int | None = None, seed: int = 42):
+        stream = self.hooks.generate(engine=self, tokens=tokens, num_samples=num_samples, max_tokens=max_tokens,
+                                     temperature=temperature, top_k=top_k, seed=seed)
+        if stream is not None:
+            yield from stream
+            return
+        self.upstream_calls += 1
+        for _ in range(max_tokens or 1):
+            yield [7] * num_samples, [1] * num_samples
+
+
+def test_chat_cli_answers_print_their_latency_and_past_the_window_the_level_map(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host = SmallHost(["--mc", *SMALL, "--mc_telemetry", "none"], stage="chat")
+    assert host.plugin.answer_reports is False  # pytest is not chat_cli: chat_web and chat_eval stay quiet
+    host.plugin.answer_reports = True
+    engine = _HookedEngine(host.model.eval(), host.pm.hook)
+    capsys.readouterr()
+
+    short = list(engine.generate([1] * (T - 8), max_tokens=5, temperature=0.0))
+    assert [c for c, _ in short] == [[7]] * 5 and engine.upstream_calls == 1  # upstream's decode, timed
+    out = capsys.readouterr().out
+    assert f"megacontext: {T - 8}-token prompt, upstream decode: first token " in out and "5 tokens" in out
+    assert "level map" not in out
+
+    long_prompt = torch.randint(0, 64, (6 * T,), generator=torch.Generator().manual_seed(0)).tolist()
+    columns = list(engine.generate(long_prompt, max_tokens=12, temperature=0.0))
+    assert len(columns) == 12 and engine.upstream_calls == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(f"megacontext: {6 * T}-token prompt, over MegaContext: first token ")
+    assert "12 tokens at " in lines[0] and lines[0].endswith(" tokens/s")
+    assert lines[1].startswith(f"megacontext: level map: {6 * T + 12} tokens in ") and f"/{T} entries" in lines[1]
+    assert lines[2].strip().startswith("[") and lines[2].strip().endswith("]")
+    host.close()

@@ -39,22 +39,31 @@ import torch
 from ..data import metrics, tasks
 from .arms import ARMS, ArmRunner
 from .checkpoint import load
-from .codec import BYTES, Codec
+from .codec import BYTES, Codec, tokenizer_codec
 
 PASSKEY_DIGITS = 5
 RECALL = {"num_pairs": 2, "num_symbols": 16, "value_digits": 3}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint from `megacontext eval train-tiny`")
-    p.add_argument("--budget", type=int, default=64, help="working-context budget W (entries), every arm")
+    p.add_argument("--checkpoint", required=True, type=Path,
+                   help="a tiny checkpoint from `megacontext eval train-tiny`, or a nanochat checkpoint directory "
+                        "(base, mid or SFT; trained with or without --mc; needs NANOCHAT_DIR or nanochat importable)")
+    p.add_argument("--step", type=int, default=None, help="nanochat checkpoint: the step to load (default: the last)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="working-context budget W (entries), every arm (default: 64 for a tiny checkpoint; a "
+                        "nanochat checkpoint's own budget, as its post-run validation uses)")
     p.add_argument("--lengths", default="1,2,4,8,16", help="document lengths as multiples of W (comma list)")
     p.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="passkey depths (fractions, comma list)")
     p.add_argument("--samples", type=int, default=8, help="passkey documents per (depth, length) cell")
     p.add_argument("--recall-docs", type=int, default=16, help="recall documents per length")
     p.add_argument("--lens-docs", type=int, default=8, help="passkey documents per length for lens_rank_corr")
-    p.add_argument("--horizon", type=int, default=16, help="H: tokens at the end of a document for ΔNLL@H")
-    p.add_argument("--arms", default=",".join(ARMS), help=f"comma list out of {','.join(ARMS)}")
+    p.add_argument("--horizon", type=int, default=None,
+                   help="H: tokens at the end of a document for ΔNLL@H (default: 16 for a tiny checkpoint; a "
+                        "nanochat checkpoint's --mc_horizon)")
+    p.add_argument("--arms", default=None,
+                   help=f"comma list out of {','.join(ARMS)} (default: all; a nanochat run trained without --mc "
+                        f"has no GistNet/LensNet, so truncation,full)")
     p.add_argument("--rounds", type=int, default=4, help="refocus calls of the MC arm per document")
     p.add_argument("--start", choices=("recency", "coarsest"), default="coarsest",
                    help="the MC arm's working context before refocusing")
@@ -80,30 +89,61 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         lengths = [int(v) for v in args.lengths.split(",") if v.strip()]
         depths = _floats(args.depths)
-        arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+        arms = None if args.arms is None else [a.strip() for a in args.arms.split(",") if a.strip()]
     except ValueError as exc:
         parser.error(str(exc))
-    bad = [a for a in arms if a not in ARMS]
-    if bad or not arms:
+    bad = [a for a in arms or () if a not in ARMS]
+    if bad or arms == []:
         parser.error(f"--arms: unknown {bad}; expected names out of {ARMS}")
     if any(x < 1 for x in lengths) or not lengths:
         parser.error("--lengths: multiples of the budget must be >= 1")
     if not args.checkpoint.exists():
-        parser.error(f"--checkpoint {args.checkpoint}: no such file")
+        parser.error(f"--checkpoint {args.checkpoint}: no such file or directory")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
-    try:
-        model, ctrl, recipe = load(args.checkpoint)
-    except ValueError as e:
-        parser.error(f"--checkpoint {e}")
+    codec = BYTES
+    if args.checkpoint.is_dir():  # a nanochat run: its GPT, its tokenizer, its aux nets (if trained with --mc)
+        from . import nanochat_checkpoint
+
+        try:
+            nc = nanochat_checkpoint.load(args.checkpoint, args.step)
+        except nanochat_checkpoint.CheckpointError as e:
+            parser.error(f"--checkpoint {e}")
+        model, ctrl, recipe, codec = nc.model, nc.controller, nc.recipe, tokenizer_codec(nc.tokenizer)
+        budget = args.budget or nc.budget
+        horizon = args.horizon or ctrl.cfg.mc_horizon
+        if not nc.trained_with_mc:
+            asked = [a for a in arms or () if a in nanochat_checkpoint.NEEDS_AUX_NETS]
+            if asked:
+                parser.error(f"--arms {','.join(asked)}: {args.checkpoint} step {nc.step} was trained without --mc "
+                             f"(no megacontext_{nc.step:06d}.pt), so there is no GistNet/LensNet to run them with; "
+                             f"use --arms truncation,full")
+            arms = arms or [a for a in ARMS if a not in nanochat_checkpoint.NEEDS_AUX_NETS]
+            print(f"{args.checkpoint} step {nc.step}: trained without --mc, so the arms are {','.join(arms)} "
+                  f"(vanilla attention at W={budget}; uniform and mc need the aux nets an --mc run trains)")
+        else:
+            print(f"{args.checkpoint} step {nc.step}: GistNet and LensNet from {recipe['megacontext_state']}")
+    else:
+        if args.step is not None:
+            parser.error("--step: only for a nanochat checkpoint directory")
+        try:
+            model, ctrl, recipe = load(args.checkpoint)
+        except ValueError as e:
+            parser.error(f"--checkpoint {e}")
+        budget, horizon = args.budget or 64, args.horizon or 16
+    arms = arms or list(ARMS)
+    if budget > int(model.config.sequence_len) or horizon >= budget:
+        parser.error(f"--budget {budget} / --horizon {horizon}: need horizon < budget <= the model's window "
+                     f"{model.config.sequence_len}")
     overrides = {k: v for k, v in (("allocator_expand_threshold", args.expand_threshold),
                                    ("allocator_collapse_threshold", args.collapse_threshold),
                                    ("allocator_max_replacements", args.max_replacements),
                                    ("allocator_expand_neighbours", args.expand_neighbours)) if v is not None}
     if overrides:
         ctrl.cfg = dataclasses.replace(ctrl.cfg, **overrides)
-    result = evaluate(model, ctrl, budget=args.budget, lengths=lengths, depths=depths, samples=args.samples,
-                      recall_docs=args.recall_docs, lens_docs=args.lens_docs, horizon=args.horizon, arms=arms,
-                      rounds=args.rounds, start=args.start, seed=args.seed)
+    with torch.no_grad():
+        result = evaluate(model, ctrl, budget=budget, lengths=lengths, depths=depths, samples=args.samples,
+                          recall_docs=args.recall_docs, lens_docs=args.lens_docs, horizon=horizon, arms=arms,
+                          rounds=args.rounds, start=args.start, seed=args.seed, codec=codec)
     result["checkpoint"] = str(args.checkpoint)
     result["recipe"] = recipe
     print(format_table(result))

@@ -1,0 +1,60 @@
+"""`megacontext eval long-context --checkpoint DIR` on a nanochat run's checkpoint directory (needs
+NANOCHAT_DIR): an --mc run through every arm, a vanilla run through truncation and full, and the
+one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_nanochat_hooks import MC, _base_train, base_dir, patched  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.integration
+SMALL_EVAL = ["--lengths", "2", "--depths", "0.5", "--samples", "1", "--recall-docs", "1", "--lens-docs", "0"]
+
+
+def _eval(nanochat: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command as a user runs it outside the tree: nanochat found through NANOCHAT_DIR alone, the
+    tokenizer found beside the checkpoints (no NANOCHAT_BASE_DIR)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NANOCHAT_BASE_DIR", "NANOCHAT_PLUGINS")}
+    env |= {"NANOCHAT_DIR": str(nanochat), "OMP_NUM_THREADS": "2"}
+    return subprocess.run([sys.executable, "-m", "megacontext_plugin.cli", "eval", "long-context", *args],
+                          env=env, capture_output=True, text=True, timeout=900, check=False)
+
+
+def test_eval_long_context_runs_the_arms_on_an_mc_run_and_a_vanilla_run(
+        patched: Path, base_dir: Path, nanochat_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    _base_train(patched, base_dir, None, [*MC, "--model-tag", "mc"])
+    _base_train(patched, base_dir, "none", ["--model-tag", "plain"])
+    runs = base_dir / "base_checkpoints"
+
+    proc = _eval(patched, "--checkpoint", str(runs / "mc"), *SMALL_EVAL, "--json", str(tmp_path / "mc.json"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "GistNet and LensNet from" in proc.stdout and "megacontext_000003.pt" in proc.stdout
+    mc = json.loads((tmp_path / "mc.json").read_text())
+    assert {r["arm"] for r in mc["rows"]} == {"truncation", "uniform", "mc", "full"}
+    assert mc["settings"]["tokens"] == "nanochat tokenizer (vocab 512)" and mc["settings"]["sequence_len"] == 256
+    assert mc["recipe"]["nanochat_step"] == 3 and all(r["nll_h"] is not None for r in mc["rows"])
+    budget, horizon = mc["settings"]["budget"], mc["settings"]["horizon"]
+    assert horizon == 16 and budget < 256  # the checkpoint's own: its --mc_horizon and final curriculum budget
+
+    same = ["--budget", str(budget), "--horizon", str(horizon)]  # compare at the MC run's budget
+    proc = _eval(patched, "--checkpoint", str(runs / "plain"), *SMALL_EVAL, *same, "--json", str(tmp_path / "v.json"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "trained without --mc, so the arms are truncation,full" in proc.stdout
+    vanilla = json.loads((tmp_path / "v.json").read_text())
+    assert [r["arm"] for r in vanilla["rows"]] == ["truncation", "full"]
+    assert vanilla["settings"]["budget"] == budget and vanilla["recipe"]["megacontext_state"] is None
+    assert all(r["nll_h"] is not None for r in vanilla["rows"])
+
+    proc = _eval(patched, "--checkpoint", str(runs / "plain"), *SMALL_EVAL, "--arms", "truncation,mc")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--arms mc: " in proc.stderr.splitlines()[-1] and "trained without --mc" in proc.stderr.splitlines()[-1]
+
+    proc = _eval(nanochat_dir, "--checkpoint", str(runs / "mc"), *SMALL_EVAL)  # the pristine tree
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "is not patched" in proc.stderr.splitlines()[-1]
