@@ -71,6 +71,18 @@ def version_line() -> str:
     return f"{nanochat_patch.DISTRIBUTION} {ver} from {nanochat_patch.PACKAGE_DIR}"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: one line, unwrapped (argparse's own version action wraps it to the terminal width)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(version_line())
+        parser.exit()
+
+
 _ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
 _LITERAL = re.compile(r"``([^`]+)``|`([^`]+)`")
 
@@ -97,8 +109,7 @@ def _walk(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megacontext", description="MegaContext for nanochat: long-context memory "
                                      "at constant compute. Each command has its own --help.")
-    parser.add_argument("--version", action="version", version=version_line(),
-                        help="print the installed version and where it runs from, and exit")
+    parser.add_argument("--version", action=_VersionAction, help="print the installed version and where it runs from")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_config = sub.add_parser("config", help="validate MegaContext flags and print the resolved knobs",
