@@ -18,8 +18,9 @@ TOOL=runcpu
 mc_require_flag "$@"
 MC_ARGS=()
 if [ $# -gt 0 ]; then
-    # tiny-model defaults (sequence length 256): blocks of 8, a 32-token protected tail, H = 16
-    MC_ARGS=(--block_size 8 --allocator_recent_tokens 32 --mc_horizon 16 "$@")
+    # tiny-model defaults (sequence length 256): blocks of 8, a 32-token protected tail, H = 16; telemetry
+    # every 4 steps so the report's training curves have points in every stage
+    MC_ARGS=(--block_size 8 --allocator_recent_tokens 32 --mc_horizon 16 --mc_telemetry_every 4 "$@")
 fi
 
 mc_load_env
@@ -59,7 +60,12 @@ stage "mid" "$PY" -m scripts.mid_train "${MODEL[@]}" --run "$RUN" --dtype float3
 stage "sft" "$PY" -m scripts.chat_sft "${MODEL[@]}" --run "$RUN" --dtype float32 --device-batch-size 4 \
     --target-examples-per-step 8 --num-iterations 12 --eval-every 6 --eval-steps 4 --eval-metrics-every -1 \
     ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+# after training, so the report's curves cover every stage: upstream's base_eval on a local one-task CORE
+# stand-in (offline), then with --mc the MegaContext validation
+"$PY" -c "from megacontext_plugin.data.core_bundle import write_core_bundle; write_core_bundle('$RUN_DIR')"
+stage "base eval" "$PY" -m scripts.base_eval ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 stage "chat" "$PY" -m scripts.chat_cli "${MODEL[@]}" --dtype float32 -t 0 \
     -p "My dog is called kel. What is my dog called?" ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 stage "report" "$PY" -m nanochat.report generate
-say "done in $((SECONDS - START)) s: checkpoints in $RUN_DIR/{base,mid,chatsft}_checkpoints, report $RUN_DIR/report/report.md"
+say "done in $((SECONDS - START)) s: checkpoints in $RUN_DIR/{base,mid,chatsft}_checkpoints"
+say "report: $RUN_DIR/report/report.md$([ ${#MC_ARGS[@]} -gt 0 ] && echo " (MegaContext validation and plots under 'Base model evaluation', PNGs in $RUN_DIR/report/megacontext)")"

@@ -60,6 +60,11 @@ def _beta(v: float) -> bool:
     return 0.0 <= v < 1.0
 
 
+def _multiples(v: str) -> bool:
+    parts = [p.strip() for p in v.split(",")]
+    return bool(v.strip()) and all(p.isdigit() and int(p) >= 1 for p in parts)
+
+
 def _nonneg(v: float) -> bool:
     return v >= 0
 
@@ -75,6 +80,7 @@ ALLOC = "Focus allocator"
 NETS = "GistNet / LensNet"
 LENS = "LensNet loss"
 TELEMETRY = "Telemetry"
+EVAL = "Post-run validation"
 
 
 @dataclass(frozen=True)
@@ -210,6 +216,14 @@ class MCConfig:
                                     allowed="an integer >= 0", group=TELEMETRY)
     mc_telemetry_dir: str = _knob("", "directory of JSONL telemetry runs (default: "
                                   "$NANOCHAT_BASE_DIR/megacontext/telemetry)", group=TELEMETRY)
+    mc_eval_lengths: str = _knob("2,4", "base_eval/chat_eval: held-out document lengths of the post-run validation, "
+                                 "as multiples of the checkpoint's budget", check=_multiples,
+                                 allowed="comma list of integers >= 1", group=EVAL)
+    mc_eval_samples: int = _knob(2, "base_eval/chat_eval: passkey documents per (depth, length) and recall documents "
+                                 "per length of the post-run validation (larger = steadier, slower)", check=_pos,
+                                 allowed="an integer >= 1", group=EVAL)
+    mc_eval_seed: int = _knob(4321, "base_eval/chat_eval: seed of the validation's documents (held out: the corpus "
+                              "and task generators use other seeds)", group=EVAL)
 
     # ---------------------------------------------------------------------------------------
     def __post_init__(self) -> None:

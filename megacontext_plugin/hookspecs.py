@@ -6,7 +6,7 @@ active nothing runs and nothing changes. Every spec here has a test of its own
 (``tests/test_plugin.py`` checks that).
 
 The host's scripts name their ``stage``: ``"base"`` (base_train), ``"mid"`` (mid_train),
-``"sft"`` (chat_sft) or ``"chat"`` (chat_cli, chat_web, chat_eval). Order of calls, as the
+``"sft"`` (chat_sft), ``"chat"`` (chat_cli, chat_web, chat_eval) or ``"eval"`` (base_eval). Order of calls, as the
 patched scripts make them::
 
     register_arguments(parser)                       # once, before parse_args
@@ -23,6 +23,7 @@ patched scripts make them::
     on_step_telemetry(step, metrics)                 # before the host logs the step
     save_state(checkpoint_dir, step, rank)           # right after the host saved a checkpoint
     generate(engine, tokens, ...)                    # chat: first thing in Engine.generate
+    evaluate(model, tokenizer, args, source, report) # base_eval / chat_eval: after the host's own results
 
 ``GPT.forward`` calls the forward hooks only on a model a plugin asked for (``setup_model``
 returned True, so the script called ``GPT.attach_plugin``): with no plugin active, or a plugin
@@ -159,3 +160,13 @@ def generate(engine: Any, tokens: list[int], num_samples: int, max_tokens: int |
     """First thing in ``Engine.generate`` (on a model a plugin drives): return an iterator of
     ``(token_column, token_masks)`` exactly as ``Engine.generate`` yields them to decode this
     prompt yourself, or None to let the Engine decode it."""
+
+
+@hookspec
+def evaluate(model: torch.nn.Module, tokenizer: Any, args: argparse.Namespace, source: str, report: Any) -> None:
+    """End of ``base_eval`` (``source`` ``"base"``) and ``chat_eval`` (``source`` = its ``-i``: ``"mid"``,
+    ``"sft"``, ...), after the host printed and logged its own results: run the plugin's evaluation
+    of ``model`` with the run's ``tokenizer``, print it, and add it to nanochat's report
+    (``nanochat.report.Report``, ``report.report_dir`` on rank 0): MegaContext appends to the
+    section the script has just logged, so the report needs no change of its own.
+    ``chat_eval`` called ``setup_model`` before; ``base_eval`` did not (only ``adjust_arguments``)."""

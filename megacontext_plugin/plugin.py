@@ -25,6 +25,7 @@ import torch
 from megacontext_plugin import hookspecs as _hookspecs
 from megacontext_plugin.config import ConfigError, MCConfig, config_from_args, explicit_knobs, is_checkpoint_knob
 from megacontext_plugin.config import register_arguments as _register_config_arguments
+from megacontext_plugin.evaluation.postrun import post_run_validation
 from megacontext_plugin.hookspecs import ForwardOverride, hookimpl
 from megacontext_plugin.inference import InferenceRuntime, SessionError
 from megacontext_plugin.telemetry import TelemetryConfigError, TelemetryEvent, TelemetryProvider, make_run_provider
@@ -169,9 +170,9 @@ class MegaContextPlugin:
             _fail(str(e))
         if self.source is not None:
             self._load_source(*self.source)
-        if stage != "chat":
+        if stage in ("base", "mid", "sft"):
             self._start_monitor(model, stage)
-        else:  # chat: check the inference knobs now and open a named session (clear errors before the prompt)
+        elif stage == "chat":  # check the inference knobs now and open a named session (clear errors before the prompt)
             self._inference_runtime(model)
         return True
 
@@ -313,6 +314,8 @@ class MegaContextPlugin:
         if self.controller is None or not isinstance(batch, MCBatch):
             return {}
         losses = self.controller.compute_losses(batch, per_entry_loss.view_as(batch.targets_RW))
+        if self.monitor is not None:  # mc_batch_stats and PrefDebug on telemetry cadence steps
+            self.monitor.on_losses(self.step, batch, losses)
         cfg = self.controller.cfg
         self._last_at = self.controller.steps_done  # the optimizer step these metrics belong to
         self._last = dict(losses.metrics) | {
@@ -384,6 +387,16 @@ class MegaContextPlugin:
             return None
         return self._inference_runtime().generate(engine, tokens, num_samples=num_samples, max_tokens=max_tokens,
                                                   temperature=temperature, top_k=top_k, seed=seed)
+
+    @hookimpl
+    def evaluate(self, model: torch.nn.Module, tokenizer: Any, args: argparse.Namespace, source: str,
+                 report: Any) -> None:
+        if not getattr(args, "mc", False):
+            return
+        if self.controller is None:  # base_eval: the aux nets saved beside the checkpoint it loaded
+            self.setup_model(model, args, 0, "eval")
+        assert self.controller is not None
+        post_run_validation(model, tokenizer, self.controller, source, report)
 
 
 plugin = MegaContextPlugin()

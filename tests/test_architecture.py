@@ -21,8 +21,9 @@ ALLOWED: dict[str, set[str]] = {
     "nanochat_patch": set(),
     "demo": {"tree", "context", "focus"},
     "inference": {"config", "tree", "context", "focus", "nets", "training"},
-    "plugin": {"config", "hookspecs", "tree", "context", "nets", "focus", "training", "telemetry", "inference"},
-    "evaluation": {"config", "tree", "context", "focus", "nets", "training", "data"},
+    "plugin": {"config", "hookspecs", "tree", "context", "nets", "focus", "training", "telemetry", "inference",
+               "evaluation"},
+    "evaluation": {"config", "tree", "context", "focus", "nets", "training", "data", "telemetry"},
     "cli": {"config", "demo", "data", "nanochat_patch", "evaluation"},
 }
 

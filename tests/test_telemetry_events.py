@@ -34,6 +34,8 @@ def test_documented_event_names() -> None:
         "focus_allocator",
         "mc_timing",
         "inference_update",
+        "mc_batch_stats",
+        "PrefDebug",
     }
     mc_timing = EVENT_SCHEMAS["mc_timing"]
     assert {"build_ms", "positional_ms", "lens_ms", "packing_ms", "losses_ms", "layouts_ms", "controller_ms"} <= set(

@@ -35,7 +35,8 @@ from megacontext_plugin.training.monitor import TrainingMonitor
 from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "telemetry.md"
-TRAINING_EVENTS = {"mc_tree_snapshot", "working_context_snapshot", "focus_allocator", "mc_timing"}
+TRAINING_EVENTS = {"mc_tree_snapshot", "working_context_snapshot", "focus_allocator", "mc_timing", "mc_batch_stats",
+                   "PrefDebug"}
 
 
 @pytest.fixture(autouse=True)
@@ -119,6 +120,25 @@ def test_jsonl_run_emits_every_training_event(tmp_path: Path) -> None:
     timing = by["mc_timing"][0]
     assert {"build_ms", "positional_ms", "lens_ms", "losses_ms", "step_ms", "telemetry_ms"} <= set(timing)
     assert timing["losses_ms"] > 0 and timing["dropped_events"] == 0
+
+    # the alerts' debugging aids: one of each per cadence step, matching what the step logged
+    stats, prefs = by["mc_batch_stats"], by["PrefDebug"]
+    assert [a["step"] for a in stats] == [a["step"] for a in prefs] == [0, 2]
+    first = stats[0]
+    B = first["sequences"]
+    assert first["variants_total"] == logs[0]["mc/variants_total"] == B * (1 + on_policy + teacher + random)
+    assert (first["baseline_rows"], first["onpolicy_rows"], first["teacher_rows"], first["random_rows"]) == (
+        B, B * on_policy, B * teacher, B * random)
+    assert first["wc_budget"] == logs[0]["mc/wc_budget"] and first["sequence_tokens"] == 128
+    assert first["token_loss"] == pytest.approx(logs[0]["mc/token_loss"], rel=1e-5)
+    assert first["lod_losses"][0] == pytest.approx(logs[0]["mc/lod0_loss"], rel=1e-5)
+    pref = prefs[0]
+    n = on_policy + teacher + random  # LensNet ranks every pair of non-baseline variants
+    assert pref["pairs"] <= B * n * (n - 1) // 2 and pref["pairs_kept"] == logs[0]["mc/pairs_kept"] <= pref["pairs"]
+    if pref["pairs"]:
+        assert pref["adv_min"] <= pref["adv_mean"] <= pref["adv_max"] and pref["adv_abs_p95"] >= 0
+        assert pref["margin_min"] <= pref["margin_mean"] <= pref["margin_max"]
+    assert not {"text", "prompt", "completion", "tokens", "token_ids"} & (set(first) | set(pref))
 
 
 @pytest.fixture

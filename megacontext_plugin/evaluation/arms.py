@@ -51,7 +51,8 @@ class Prediction:
 
 class ArmRunner:
     """Runs one arm on (prefix, cont) pairs. ``model`` is a TinyGPT-like module (``wte``,
-    ``forward(inputs_embeds=..., cos_sin=...)``, ``config.sequence_len``); ``controller`` an
+    ``forward(inputs_embeds=..., cos_sin=...)``, ``config.sequence_len``; nanochat's GPT through
+    ``evaluation.nanochat_model.NanochatArms``); ``controller`` an
     ``MCController`` (GistNet, LensNet, config) for the ``uniform`` and ``mc`` arms."""
 
     def __init__(self, model: nn.Module, controller: nn.Module | None, budget: int, *, rounds: int = 4,
@@ -160,7 +161,9 @@ class ArmRunner:
                               sigma_scale=ctrl.cfg.mc_rope_gist_sigma if ctrl is not None else 0.0,
                               head_dim=self.model.head_dim, sequence_len=self.seq_len, rotary_dtype=torch.float32)
         x = inputs.inputs_RWD.to(self.model.wte.weight.dtype)
-        logits = self.model(inputs_embeds=x, cos_sin=inputs.cos_sin)[0].float()  # [E, vocab]
+        # nanochat's GPT adds a value embedding per raw token (``value_ids``, -1 for gists); TinyGPT has none
+        extra = {"value_ids": inputs.value_ids_RW} if getattr(self.model, "uses_value_ids", False) else {}
+        logits = self.model(inputs_embeds=x, cos_sin=inputs.cos_sin, **extra)[0].float()  # [E, vocab]
         E = x.shape[1]
         pred_logits = logits[E - c:]  # entry E-c is the last prefix token
         logp = torch.log_softmax(pred_logits, dim=-1)

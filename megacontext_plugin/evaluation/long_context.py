@@ -38,7 +38,8 @@ import torch
 
 from ..data import metrics, tasks
 from .arms import ARMS, ArmRunner
-from .checkpoint import encode, load
+from .checkpoint import load
+from .codec import BYTES, Codec
 
 PASSKEY_DIGITS = 5
 RECALL = {"num_pairs": 2, "num_symbols": 16, "value_digits": 3}
@@ -192,14 +193,14 @@ Predictor = Any
 """Anything with ``predict(arm, prefix_ids, cont_ids) -> Prediction`` (``ArmRunner`` or a test double)."""
 
 
-def score_passkey(runner: Predictor, arm: str, docs: Sequence[tasks.PasskeySample]
+def score_passkey(runner: Predictor, arm: str, docs: Sequence[tasks.PasskeySample], codec: Codec = BYTES
                   ) -> tuple[metrics.PasskeyScore, list[float], list[dict[str, float]]]:
     """Exact/per-digit scores; per-document exact (1/0) in order; the arm's per-document info."""
     preds, answers, exact, infos = [], [], [], []
     for doc in docs:
-        cont = encode(" " + doc.answer + ".")
-        p = runner.predict(arm, encode(doc.prompt), cont)
-        digits = "".join(chr(int(t)) for t in p.argmax[1:1 + len(doc.answer)])
+        cont, n_answer = codec.answer(doc.answer)
+        p = runner.predict(arm, codec.prefix(doc.prompt), cont)
+        digits = codec.predicted(p.argmax, n_answer, doc.answer)
         preds.append(digits)
         answers.append(doc.answer)
         exact.append(float(digits == doc.answer))
@@ -207,30 +208,32 @@ def score_passkey(runner: Predictor, arm: str, docs: Sequence[tasks.PasskeySampl
     return metrics.passkey_accuracy(preds, answers), exact, infos
 
 
-def score_recall(runner: Predictor, arm: str, docs: Sequence[tasks.RecallSample]
+def score_recall(runner: Predictor, arm: str, docs: Sequence[tasks.RecallSample], codec: Codec = BYTES
                  ) -> tuple[metrics.RecallScore, list[dict[str, float]]]:
     preds, answers, infos = [], [], []
     for doc in docs:
         row = []
         for i, answer in enumerate(doc.answers):
-            p = runner.predict(arm, encode(doc.prompt_for(i)), encode(" " + answer + "."))
-            row.append("".join(chr(int(t)) for t in p.argmax[1:1 + len(answer)]))
+            cont, n_answer = codec.answer(answer)
+            p = runner.predict(arm, codec.prefix(doc.prompt_for(i)), cont)
+            row.append(codec.predicted(p.argmax, n_answer, answer))
             infos.append(p.info)
         preds.append(row)
         answers.append(list(doc.answers))
     return metrics.recall_accuracy(preds, answers), infos
 
 
-def nll_at_h(runner: Predictor, arm: str, texts: Sequence[str], horizon: int) -> list[float]:
+def nll_at_h(runner: Predictor, arm: str, texts: Sequence[str], horizon: int, codec: Codec = BYTES) -> list[float]:
     out = []
     for text in texts:
-        ids = encode(text)
+        ids = codec.prefix(text)
         out.append(float(runner.predict(arm, ids[:-horizon], ids[-horizon:]).nll.mean()))
     return out
 
 
 @torch.no_grad()
-def lens_rank_correlation(runner: ArmRunner, docs: Sequence[tasks.PasskeySample]) -> list[float]:
+def lens_rank_correlation(runner: ArmRunner, docs: Sequence[tasks.PasskeySample], codec: Codec = BYTES
+                          ) -> list[float]:
     """Per document: Spearman(LensNet utility of each gist of the recency WC, NLL drop when only that
     gist is expanded). Documents whose WC has fewer than 3 gists are skipped."""
     from ..context.working_context import WorkingContext
@@ -239,7 +242,7 @@ def lens_rank_correlation(runner: ArmRunner, docs: Sequence[tasks.PasskeySample]
     K, recent = ctrl.cfg.block_size, int(ctrl.prompt_recent)
     out = []
     for doc in docs:
-        prefix, cont = encode(doc.prompt), encode(" " + doc.answer + ".")
+        prefix, (cont, _) = codec.prefix(doc.prompt), codec.answer(doc.answer)
         n, room = int(prefix.numel()), runner.budget - (int(cont.numel()) - 1)
         if n <= room:
             continue
@@ -260,8 +263,12 @@ def lens_rank_correlation(runner: ArmRunner, docs: Sequence[tasks.PasskeySample]
 
 def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, lengths: Sequence[int],
              depths: Sequence[float], samples: int, recall_docs: int, lens_docs: int, horizon: int,
-             arms: Sequence[str], rounds: int = 4, start: str = "coarsest", seed: int = 1234) -> dict[str, Any]:
-    """All metrics as a JSON-able dict (see the module docstring); ``rows`` one per (arm, length)."""
+             arms: Sequence[str], rounds: int = 4, start: str = "coarsest", seed: int = 1234,
+             codec: Codec = BYTES) -> dict[str, Any]:
+    """All metrics as a JSON-able dict (see the module docstring); ``rows`` one per (arm, length).
+
+    Documents of ``x * budget`` tokens are ``x * budget * codec.chars_per_token`` characters long
+    (bytes: one character per token; a BPE tokenizer: its measured ratio, so lengths stay in tokens)."""
     t0 = time.perf_counter()
     runner = ArmRunner(model, ctrl, budget, rounds=rounds, start=start)
     if horizon >= budget:
@@ -273,16 +280,18 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
     all_rho: list[float] = []
     for x in lengths:
         L = x * budget
-        pk = make_passkey_docs(seed, L, depths, samples) if passkey_fits(L) else []
-        rc = make_recall_docs(seed, L, recall_docs) if recall_fits(L) and recall_docs > 0 else []
+        chars = max(1, round(L * codec.chars_per_token))
+        pk = make_passkey_docs(seed, chars, depths, samples) if passkey_fits(chars) else []
+        rc = make_recall_docs(seed, chars, recall_docs) if recall_fits(chars) and recall_docs > 0 else []
         texts = [d.text for d in pk] + [d.text for d in rc]
         nll_docs = "tasks"
         if not texts:
-            texts = [tasks.make_filler_document(_rng(seed, 3, L, s), L) for s in range(max(samples, 4))]
+            texts = [tasks.make_filler_document(_rng(seed, 3, L, s), chars) for s in range(max(samples, 4))]
             nll_docs = "filler"
-        texts = [t for t in texts if len(t) > horizon + 1]
-        full_fits = all(runner.fits_full(len(t) - horizon, horizon) for t in texts)
-        full_nll = nll_at_h(runner, "full", texts, horizon) if full_fits else None
+        lengths_ids = [int(codec.prefix(t).numel()) for t in texts]
+        texts = [t for t, n in zip(texts, lengths_ids, strict=True) if n > horizon + 1]
+        full_fits = all(runner.fits_full(n - horizon, horizon) for n in lengths_ids if n > horizon + 1)
+        full_nll = nll_at_h(runner, "full", texts, horizon, codec) if full_fits else None
         for arm in arms:
             if arm == "full" and not full_fits:
                 rows.append({"arm": arm, "length_x": x, "length_tokens": L, "passkey_acc": None,
@@ -292,7 +301,7 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
             row: dict[str, Any] = {"arm": arm, "length_x": x, "length_tokens": L, "nll_docs": nll_docs}
             infos: list[dict[str, float]] = []
             if pk:
-                score, exact, pk_infos = score_passkey(runner, arm, pk)
+                score, exact, pk_infos = score_passkey(runner, arm, pk, codec)
                 row.update(passkey_acc=score.exact, passkey_digit=score.per_digit, passkey_docs=len(pk))
                 infos += pk_infos
                 g = grid_cells[arm]
@@ -302,12 +311,13 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
             else:
                 row.update(passkey_acc=None, passkey_digit=None, passkey_docs=0)
             if rc:
-                rscore, rc_infos = score_recall(runner, arm, rc)
+                rscore, rc_infos = score_recall(runner, arm, rc, codec)
                 row.update(recall_acc=rscore.query_accuracy, recall_docs=len(rc))
                 infos += rc_infos
             else:
                 row.update(recall_acc=None, recall_docs=0)
-            nll = full_nll if arm == "full" and full_nll is not None else nll_at_h(runner, arm, texts, horizon)
+            nll = (full_nll if arm == "full" and full_nll is not None
+                   else nll_at_h(runner, arm, texts, horizon, codec))
             row["nll_h"] = _mean(nll)
             row["delta_nll_h"] = (_mean([a - b for a, b in zip(nll, full_nll, strict=True)])
                                   if full_nll is not None else None)
@@ -316,7 +326,7 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
                 row["residency"] = _mean([i["residency"] for i in infos if "residency" in i])
             rows.append(row)
         if "mc" in arms and lens_docs > 0 and pk:
-            rho = lens_rank_correlation(runner, pk[:: max(1, len(pk) // lens_docs)][:lens_docs])
+            rho = lens_rank_correlation(runner, pk[:: max(1, len(pk) // lens_docs)][:lens_docs], codec)
             lens_by_length[x] = _mean(rho)
             all_rho += rho
     for arm in arms:
@@ -342,7 +352,7 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
                          "max_replacements": cfg.allocator_max_replacements,
                          "iterations": cfg.allocator_iterations, "type": cfg.allocator_type,
                          "expand_neighbours": cfg.allocator_expand_neighbours},
-                     "sequence_len": runner.seq_len, "tokens": "bytes (vocab 256)",
+                     "sequence_len": runner.seq_len, "tokens": codec.name,
                      "passkey_chance_digit": 0.1},
         "seconds": time.perf_counter() - t0,
     }

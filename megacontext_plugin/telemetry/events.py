@@ -35,6 +35,8 @@ WORKING_CONTEXT_SNAPSHOT = "working_context_snapshot"
 FOCUS_ALLOCATOR = "focus_allocator"
 MC_TIMING = "mc_timing"
 INFERENCE_UPDATE = "inference_update"
+MC_BATCH_STATS = "mc_batch_stats"
+PREF_DEBUG = "PrefDebug"
 
 
 class TelemetryValidationError(ValueError):
@@ -177,6 +179,55 @@ EVENT_SCHEMAS: Mapping[str, EventSpec] = {
             "refocus_interval": _a("int", "tokens", "K: tokens between refocus passes"),
             "tokens_per_s": _a("float", "tokens/s", "decode throughput"),
             "latency_ms": _a("float", "ms", "latency of this step"),
+        },
+    ),
+    MC_BATCH_STATS: EventSpec(
+        MC_BATCH_STATS,
+        "What one training micro-batch trained: its variant rows per kind and its losses.",
+        required={
+            "variants_total": _a("int", "rows", "variant rows of the micro-batch (sequences x variants per sequence)"),
+            "sequences": _a("int", "count", "sequences in the micro-batch"),
+        },
+        optional={
+            "baseline_rows": _a("int", "rows", "recency-baseline rows (one per sequence)"),
+            "onpolicy_rows": _a("int", "rows", "on-policy rows (the allocator refocusing with the current LensNet)"),
+            "teacher_rows": _a("int", "rows", "teacher-guided rows (saliency of the full-context pass)"),
+            "random_rows": _a("int", "rows", "random rows (exploration)"),
+            "duplicate_rows": _a("int", "rows", "rows that repeat another variant of the same sequence"),
+            "wc_budget": _a("int", "entries", "working-context entries per variant at this step (the curriculum)"),
+            "sequence_tokens": _a("int", "tokens", "tokens per sequence (T)"),
+            "token_loss": _a("float", "nats", "mean NLL over every supervised entry of all variants"),
+            "lod_losses": _a("list[float]", "nats", "the same per level of detail, LOD0 first (it stops before the "
+                             "first level with no supervised entry)"),
+            "gist_loss": _a("float", "nats", "tail NLL of the random variants minus the baseline's"),
+            "delta_nll_h": _a("float", "nats", "ΔNLL@H of this micro-batch (mc/delta_nll_h)"),
+            "lens_loss": _a("float", "nats", "the weighted LensNet loss"),
+            "tail_supervised_frac": _a("float", "fraction 0-1", "sequences whose tail has a supervised target"),
+            "controller_ms": _a("float", "ms", "controller time of the micro-batch (process_batch + losses)"),
+        },
+    ),
+    PREF_DEBUG: EventSpec(
+        PREF_DEBUG,
+        "LensNet's preference pairs of one micro-batch, summarised: the true advantages and LensNet's margins.",
+        required={
+            "pairs": _a("int", "count", "preference pairs with a supervised tail"),
+            "pairs_kept": _a("int", "count", "pairs kept by the hard-negative filter (trained on)"),
+        },
+        optional={
+            "adv_mean": _a("float", "nats", "mean advantage dnll_j - dnll_i (> 0: variant i is better)"),
+            "adv_std": _a("float", "nats", "its standard deviation"),
+            "adv_abs_p95": _a("float", "nats", "95th percentile of |advantage|"),
+            "adv_min": _a("float", "nats", "lowest advantage"),
+            "adv_max": _a("float", "nats", "highest advantage"),
+            "adv_scale": _a("float", "nats", "the advantage normaliser (square root of the EMA of adv²)"),
+            "margin_mean": _a("float", "score", "mean LensNet margin for 'i is better'"),
+            "margin_std": _a("float", "score", "its standard deviation"),
+            "margin_min": _a("float", "score", "lowest margin"),
+            "margin_max": _a("float", "score", "highest margin"),
+            "agreement": _a("float", "fraction 0-1", "pairs with a non-zero advantage where the margin's sign agrees "
+                            "with it (0.5 = chance)"),
+            "corr": _a("float", "correlation", "Pearson correlation of margin with -advantage "
+                       "(mc/preference_corr_mean; near -1 is right)"),
         },
     ),
 }

@@ -30,8 +30,10 @@ import torch.nn as nn
 
 from ..telemetry import (
     FOCUS_ALLOCATOR,
+    MC_BATCH_STATS,
     MC_TIMING,
     MC_TREE_SNAPSHOT,
+    PREF_DEBUG,
     WORKING_CONTEXT_SNAPSHOT,
     AlertMonitor,
     NoOpTelemetryProvider,
@@ -40,7 +42,7 @@ from ..telemetry import (
     make_run_provider,
     new_run_id,
 )
-from .controller import MCBatch, MCController
+from .controller import MCBatch, MCController, MCLosses
 from .mfu import base_flops_fn, device_peak_flops, mfu_percent
 from .probe import FocusProbe, probe_focus
 
@@ -135,6 +137,22 @@ class TrainingMonitor:
                 self._snapshot(step, idx, wte, batch)
             except Exception as exc:  # telemetry must never stop training
                 self._error("snapshot", exc)
+        self._step_tel_s += self.clock() - t0
+
+    def on_losses(self, step: int, batch: MCBatch, losses: MCLosses) -> None:
+        """The losses of a micro-batch are computed. On a cadence step's snapshot micro-batch, emit
+        ``mc_batch_stats`` (variant rows per kind, losses) and ``PrefDebug`` (the preference pairs'
+        advantages and LensNet's margins, summarised): the debugging aids of the alerts on
+        ``mc/variants_total`` and ``mc/adv_delta_*``. One host sync, on cadence steps only."""
+        if not self.main or self._snap_step != step or self._step_timings is not batch.timings_ms:
+            return
+        t0 = self.clock()
+        try:
+            self._emit(MC_BATCH_STATS, batch_stats(batch, losses), step)
+            self._emit(PREF_DEBUG, pref_debug(losses, self.controller.adv_var_ema), step)
+        except Exception as exc:  # telemetry must never stop training
+            self._error("batch stats", exc)
+        self._step_timings = dict(batch.timings_ms)  # once per cadence step, even with several micro-batches
         self._step_tel_s += self.clock() - t0
 
     def after_step(self, step: int, last: Mapping[str, Any]) -> None:
@@ -289,6 +307,68 @@ class TrainingMonitor:
         if self.errors == 1:
             warnings.warn(f"megacontext telemetry: {where} failed ({exc!r}); training continues, later telemetry "
                           f"errors are counted silently", RuntimeWarning, stacklevel=3)
+
+
+def _finite(value: Any) -> float | None:
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def batch_stats(batch: MCBatch, losses: MCLosses) -> dict[str, Any]:
+    """``mc_batch_stats`` attributes: rows per variant kind, budget, losses (no token ids)."""
+    lay = batch.layouts
+    kinds = [lay.kind(v) for v in range(lay.variants)]
+    per_kind = {k: kinds.count(k) * lay.batch for k in ("baseline", "on-policy", "teacher", "random")}
+    attrs: dict[str, Any] = {
+        "variants_total": batch.rows, "sequences": lay.batch, "baseline_rows": per_kind["baseline"],
+        "onpolicy_rows": per_kind["on-policy"], "teacher_rows": per_kind["teacher"],
+        "random_rows": per_kind["random"], "duplicate_rows": int(lay.duplicates), "wc_budget": int(batch.budget),
+        "sequence_tokens": int(lay.ends_RW.max()) if lay.ends_RW.size else 0,
+    }
+    m = losses.metrics
+    for key in ("token_loss", "gist_loss", "delta_nll_h", "lens_loss", "tail_supervised_frac"):
+        value = _finite(m[key]) if key in m else None
+        if value is not None:
+            attrs[key] = value
+    lods = []
+    for level in range(batch.num_levels):
+        value = _finite(m[f"lod{level}_loss"]) if f"lod{level}_loss" in m else None
+        if value is None:
+            break
+        lods.append(value)
+    if lods:
+        attrs["lod_losses"] = lods
+    ms = batch.timings_ms.get("controller_ms", 0.0) + batch.timings_ms.get("losses_ms", 0.0)
+    attrs["controller_ms"] = float(ms)
+    return attrs
+
+
+def pref_debug(losses: MCLosses, adv_var_ema: torch.Tensor | None) -> dict[str, Any]:
+    """``PrefDebug`` attributes: the supervised preference pairs' advantages and LensNet's margins,
+    summarised (counts, moments, extremes, sign agreement, correlation)."""
+    pairs = losses.pairs
+    adv, margin = pairs["adv"].float(), pairs["margin"].float()
+    ok = pairs["supervised"][:, None].expand_as(adv) if adv.numel() else torch.zeros_like(adv, dtype=torch.bool)
+    adv, margin = adv[ok].cpu().numpy(), margin[ok].cpu().numpy()
+    kept = _finite(losses.metrics["pairs_kept"]) if "pairs_kept" in losses.metrics else None
+    attrs: dict[str, Any] = {"pairs": int(adv.size), "pairs_kept": int(kept or 0)}
+    if adv.size:
+        attrs |= {"adv_mean": float(adv.mean()), "adv_std": float(adv.std()),
+                  "adv_abs_p95": float(np.quantile(np.abs(adv), 0.95)), "adv_min": float(adv.min()),
+                  "adv_max": float(adv.max()), "margin_mean": float(margin.mean()),
+                  "margin_std": float(margin.std()), "margin_min": float(margin.min()),
+                  "margin_max": float(margin.max())}
+        decided = adv != 0
+        if decided.any():
+            attrs["agreement"] = float((np.sign(margin[decided]) == np.sign(adv[decided])).mean())
+        corr = _finite(losses.metrics["preference_corr_mean"]) if "preference_corr_mean" in losses.metrics else None
+        if corr is not None:
+            attrs["corr"] = corr
+    if adv_var_ema is not None:
+        scale = _finite(torch.as_tensor(adv_var_ema).float().sqrt())
+        if scale is not None:
+            attrs["adv_scale"] = scale
+    return attrs
 
 
 def _dist_info() -> tuple[int, int]:

@@ -1,0 +1,167 @@
+"""The post-run validation and the report section (no nanochat needed: a GPT stand-in with
+``forward_embeds`` and a byte tokenizer with a BOS)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+
+from megacontext_plugin.config import MCConfig
+from megacontext_plugin.evaluation import run_report
+from megacontext_plugin.evaluation.codec import BYTES, tokenizer_codec
+from megacontext_plugin.evaluation.nanochat_model import validation_budget
+from megacontext_plugin.evaluation.postrun import post_run_validation
+from megacontext_plugin.telemetry import TelemetryEvent, make_provider
+from megacontext_plugin.training.controller import MCController
+from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
+
+SEQ = 128
+
+
+class GPTStandIn(nn.Module):
+    """What the validation uses of nanochat's GPT: ``config``, ``transformer.wte``, ``cos``/``sin`` and
+    ``forward_embeds(x, value_ids, targets=None, cos, sin) -> logits``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tiny = TinyGPT(TinyGPTConfig(sequence_len=SEQ, vocab_size=258, n_layer=1, n_head=2, n_embd=32))
+        self.config = SimpleNamespace(n_embd=32, n_head=2, sequence_len=SEQ)
+        self.transformer = nn.ModuleDict({"wte": self.tiny.wte})
+        self.cos, self.sin = self.tiny.cos, self.tiny.sin
+        self.value_ids_seen: list[torch.Tensor] = []
+
+    def forward_embeds(self, x, value_ids, targets, cos, sin):
+        assert targets is None
+        self.value_ids_seen.append(value_ids)
+        return self.tiny(inputs_embeds=x, cos_sin=(cos, sin))
+
+
+class ByteTokenizer:
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+    def get_bos_token_id(self) -> int:
+        return 257
+
+    def get_vocab_size(self) -> int:
+        return 258
+
+
+class Report:
+    """nanochat's Report as far as the hook uses it: the directory the sections live in."""
+
+    def __init__(self, report_dir: Path) -> None:
+        report_dir.mkdir(parents=True)
+        self.report_dir = str(report_dir)
+
+
+def _controller(tmp_path: Path) -> MCController:
+    cfg = MCConfig(mc=True, block_size=4, mc_horizon=8, allocator_recent_tokens=8, gistnet_heads=2, gistnet_layers=1,
+                   lensnet_dim=16, lensnet_heads=2, lensnet_layers=1, mc_eval_lengths="2,3", mc_eval_samples=1,
+                   mc_telemetry_dir=str(tmp_path / "telemetry"))
+    return MCController(cfg, dim=32, head_dim=16, sequence_len=SEQ, total_steps=1)
+
+
+def test_tokenizer_codec_puts_bos_first_and_reads_answers_back() -> None:
+    codec = tokenizer_codec(ByteTokenizer())
+    assert codec.prefix("ab").tolist() == [257, 97, 98]
+    cont, n = codec.answer("123")
+    assert cont.tolist() == list(b" 123.") and n == 4
+    assert codec.predicted(list(b" 123"), n, "123") == "123"
+    assert codec.chars_per_token == 1.0
+    assert BYTES.prefix("ab").tolist() == [97, 98]  # the tiny models' documents: no BOS, as before
+
+
+def test_post_run_validation_prints_the_table_and_logs_a_report_section(tmp_path: Path, capsys) -> None:
+    torch.manual_seed(0)
+    gpt, ctrl = GPTStandIn(), _controller(tmp_path)
+    provider = make_provider("jsonl", tmp_path / "telemetry" / "base-20250101-000000-1")
+    for step in (0, 5):
+        provider.emit(TelemetryEvent("mc_batch_stats", {"variants_total": 12, "sequences": 2, "step": step,
+                                                        "token_loss": 3.0 - step / 10, "lod_losses": [3.0, 3.5],
+                                                        "lens_loss": 0.7, "delta_nll_h": 0.1}))
+        provider.emit(TelemetryEvent("focus_allocator", {"expands": 1, "collapses": 0, "swap_rate": 0.1,
+                                                         "residency": 0.9, "step": step}))
+        provider.emit(TelemetryEvent("mc_timing", {"build_ms": 1, "positional_ms": 1, "lens_ms": 1,
+                                                   "controller_ms": 20.0, "step": step}))
+    provider.close()
+    report = Report(tmp_path / "report")
+    upstream = "## Base model evaluation\ntimestamp: 2025-01-01 00:00:00\n\n- CORE metric: 0.1\n\n"
+    (tmp_path / "report" / "base-model-evaluation.md").write_text(upstream)
+    result = post_run_validation(gpt, ByteTokenizer(), ctrl, "base", report)
+
+    budget = validation_budget(ctrl)
+    assert result["settings"]["budget"] == budget and result["settings"]["lengths_x"] == [2, 3]
+    arms = {(r["arm"], r["length_x"]) for r in result["rows"]}
+    assert arms == {(a, x) for a in ("truncation", "uniform", "mc", "full") for x in (2, 3)}
+    assert any((v >= 0).any() for v in gpt.value_ids_seen)  # raw tokens carry their value-embedding id
+    out = capsys.readouterr().out
+    assert f"MegaContext validation: budget W={budget}" in out and "ΔNLL@H vs truncation" in out
+
+    section = (tmp_path / "report" / "base-model-evaluation.md").read_text()
+    assert section.startswith(upstream + "### MegaContext\n")  # beside upstream's numbers, in its section
+    body = section[len(upstream):]
+    assert "CORE" not in body  # the report's summary greps upstream's metric names
+    assert "| truncation | 2 |" in body and "ΔNLL@H vs full" in body and "`--mc_eval_lengths` | `2,3`" in body
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", body)
+    assert links == ["megacontext/validation-base.png", "megacontext/training-curves.png"]
+    assert all((tmp_path / "report" / link).stat().st_size > 0 for link in links)
+    saved = json.loads((tmp_path / "report" / "megacontext" / "validation-base.json").read_text())
+    assert saved["source"] == "base" and len(saved["rows"]) == 8
+
+
+def test_read_curves_takes_losses_probe_and_timing_from_the_jsonl(tmp_path: Path) -> None:
+    provider = make_provider("jsonl", tmp_path / "mid-20250101-000000-1")
+    provider.emit(TelemetryEvent("mc_batch_stats", {"variants_total": 4, "sequences": 1, "token_loss": 2.0,
+                                                    "lod_losses": [2.0, 2.5, 3.0], "step": 3}))
+    provider.emit(TelemetryEvent("focus_allocator", {"expands": 0, "collapses": 0, "swap_rate": 0.0,
+                                                     "residency": 1.0, "step": 3}))
+    provider.emit(TelemetryEvent("mc_timing", {"build_ms": 1, "positional_ms": 1, "lens_ms": 1, "step": 3}))
+    provider.close()
+    assert run_report.latest_runs(tmp_path) == {"mid": tmp_path / "mid-20250101-000000-1" / "telemetry.jsonl"}
+    curves = run_report.read_curves(tmp_path / "mid-20250101-000000-1" / "telemetry.jsonl")
+    assert curves == {"token_loss": [(3, 2.0)], "lod0_loss": [(3, 2.0)], "lod1_loss": [(3, 2.5)],
+                      "lod2_loss": [(3, 3.0)], "swap_rate": [(3, 0.0)], "residency": [(3, 1.0)]}
+
+
+def test_evaluate_hook_validates_with_mc_and_does_nothing_without(tmp_path: Path, capsys) -> None:
+    import argparse
+
+    import pluggy
+
+    from megacontext_plugin import hookspecs
+    from megacontext_plugin.plugin import MegaContextPlugin
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    plugin = MegaContextPlugin()
+    pm.register(plugin)
+    parser = argparse.ArgumentParser()
+    pm.hook.register_arguments(parser=parser)
+    report = Report(tmp_path / "report")
+    (tmp_path / "report" / "chat-evaluation-sft.md").write_text("## Chat evaluation sft\n\n")
+    try:
+        off = parser.parse_args([])
+        pm.hook.adjust_arguments(args=off, stage="eval")
+        pm.hook.evaluate(model=GPTStandIn(), tokenizer=ByteTokenizer(), args=off, source="sft", report=report)
+        assert plugin.controller is None and "MegaContext" not in capsys.readouterr().out
+        on = parser.parse_args(["--mc", "--block_size", "4", "--mc_horizon", "8", "--allocator_recent_tokens", "8",
+                                "--gistnet_heads", "2", "--gistnet_layers", "1", "--lensnet_dim", "16",
+                                "--lensnet_heads", "2", "--lensnet_layers", "1", "--mc_eval_lengths", "2",
+                                "--mc_eval_samples", "1", "--mc_telemetry_dir", str(tmp_path / "none")])
+        pm.hook.adjust_arguments(args=on, stage="eval")
+        pm.hook.evaluate(model=GPTStandIn(), tokenizer=ByteTokenizer(), args=on, source="sft", report=report)
+        assert plugin.controller is not None and plugin.monitor is None  # an eval stage trains nothing
+        assert "MegaContext validation: budget W=" in capsys.readouterr().out
+        assert "### MegaContext" in (tmp_path / "report" / "chat-evaluation-sft.md").read_text()
+    finally:
+        plugin.reset()
+        pm.unregister(plugin)
