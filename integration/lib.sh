@@ -28,3 +28,17 @@ mc_check_knobs() {  # ARGS...: a bad knob fails now, before any work
         "$PY" -m megacontext_plugin.cli config "$@" >/dev/null || die "bad MegaContext arguments (above)"
     fi
 }
+
+mc_use_plugin() {  # [--dry-run]: MEGACONTEXT_PLUGIN (a path, a wheel, a pip spec) wins over .venv's plugin; say which runs
+    if [ -n "${MEGACONTEXT_PLUGIN:-}" ]; then
+        if [ "${1:-}" = --dry-run ]; then
+            say "would install the plugin from MEGACONTEXT_PLUGIN=$MEGACONTEXT_PLUGIN into .venv"
+            return
+        fi
+        say "installing the plugin from MEGACONTEXT_PLUGIN=$MEGACONTEXT_PLUGIN into .venv (its dependencies: .venv's)"
+        "$PY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$MEGACONTEXT_PLUGIN" \
+            || die "could not install MEGACONTEXT_PLUGIN=$MEGACONTEXT_PLUGIN (above)"
+    fi
+    # the console script, not `python -m` from this checkout: it imports what .venv has installed
+    if [ -x "$ROOT/.venv/bin/megacontext" ]; then say "plugin: $("$ROOT/.venv/bin/megacontext" --version)"; fi
+}

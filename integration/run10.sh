@@ -11,7 +11,8 @@
 # Sources .mc_env (integration/mc_setup writes it: W&B, HF and OTEL settings carry across every
 # stage). WANDB_RUN names the W&B run (default: dummy = no W&B); NANOCHAT_BASE_DIR holds data and
 # checkpoints (default ~/.cache/nanochat). The training and eval stages get every MegaContext
-# argument you pass; without --mc the run is upstream's.
+# argument you pass; without --mc the run is upstream's. The plugin is the one in .venv (mc_setup installs
+# this checkout), or MEGACONTEXT_PLUGIN (a path, a wheel or a pip spec), installed into .venv first.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOOL=run10
@@ -49,7 +50,10 @@ run() {  # run CMD...: echo it; execute it in the nanochat tree unless --dry-run
 }
 if [ "$DRY" = 0 ]; then
     mc_ensure_nanochat gpu
+    mc_use_plugin
     mkdir -p "$NANOCHAT_BASE_DIR"
+else
+    mc_use_plugin --dry-run
 fi
 if [ -x "$PY" ]; then mc_check_knobs ${MC[@]+"${MC[@]}"}; fi  # a bad knob fails now, not hours later
 echo "run10: --gpu $GPU, depth 12, $ITERS iterations x $TOTAL tokens; MegaContext: ${MC[*]:-off}; run '$RUN'"

@@ -25,6 +25,7 @@ fi
 
 mc_load_env
 mc_ensure_nanochat cpu
+mc_use_plugin
 mc_check_knobs ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 RUN_DIR=${MC_RUNCPU_DIR:-$ROOT/.mc/runcpu}
 rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from megacontext_plugin.config import config_from_args, knobs_markdown, register_arguments
 
@@ -42,19 +43,73 @@ def _cmd_nanochat(args: argparse.Namespace) -> int:
             print("\n".join(status.describe()))
             return 0 if status.ok else 1
         changed = getattr(nanochat_patch, args.action)(args.dir)
-        note = nanochat_patch.verify(args.dir).note
+        status = nanochat_patch.verify(args.dir)
     except nanochat_patch.PatchError as exc:
         print(f"megacontext nanochat {args.action}: error: {exc}", file=sys.stderr)
         return 2
     done = {"apply": ("patched", "already patched"), "revert": ("reverted to pristine", "already pristine")}
     print(f"{args.dir}: {done[args.action][0 if changed else 1]}")
-    if note:
-        print(note)
+    if args.action == "apply":
+        print(f"speedrun.sh/run1000.sh with arguments install the plugin from: {status.source} "
+              f"(recorded in {nanochat_patch.SOURCE_FILE}; MEGACONTEXT_PLUGIN overrides)")
+    if status.note:
+        print(status.note)
     return 0
 
 
+def version_line() -> str:
+    """``megacontext-plugin VERSION from LOCATION``: the installed distribution's version (package metadata)
+    and where the code that runs was imported from, as ``pip --version`` does."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from megacontext_plugin import nanochat_patch
+
+    try:
+        ver = version(nanochat_patch.DISTRIBUTION)
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        ver = "(not installed)"
+    return f"{nanochat_patch.DISTRIBUTION} {ver} from {nanochat_patch.PACKAGE_DIR}"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: one line, unwrapped (argparse's own version action wraps it to the terminal width)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(version_line())
+        parser.exit()
+
+
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+_LITERAL = re.compile(r"``([^`]+)``|`([^`]+)`")
+
+
+def plain(text: str | None) -> str | None:
+    """TEXT with reStructuredText/Markdown inline markup made plain: help texts come from docstrings, and a
+    terminal shows backticks literally. ``x`` and `x` become 'x'; :class:`x` becomes x."""
+    if text is None:
+        return None
+    text = _ROLE.sub(r"\1", text)
+    return _LITERAL.sub(lambda m: f"'{m.group(1) or m.group(2)}'", text)
+
+
+def _walk(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                choice.help = plain(choice.help)
+            for sub in dict.fromkeys(action.choices.values()):
+                yield from _walk(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="megacontext", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="megacontext", description="MegaContext for nanochat: long-context memory "
+                                     "at constant compute. Each command has its own --help.")
+    parser.add_argument("--version", action=_VersionAction, help="print the installed version and where it runs from")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_config = sub.add_parser("config", help="validate MegaContext flags and print the resolved knobs",
@@ -86,12 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Patch an upstream nanochat tree at the pinned commit (verify exits 0 only "
                                         "when fully patched; user mistakes exit 2).")
     nano_sub = p_nano.add_subparsers(dest="action", required=True)
-    for action, text in (("apply", "apply the patches (a no-op if already patched)"),
-                         ("verify", "report pristine/patched/modified/missing per touched file"),
-                         ("revert", "restore the pristine files (a no-op if already pristine)")):
-        p_act = nano_sub.add_parser(action, help=text)
+    for action, text in (("apply", "apply the patches (a no-op if already patched) and record this plugin's "
+                                   "source for the patched speedrun.sh/run1000.sh"),
+                         ("verify", "report pristine/patched/modified/missing per touched file, and the source"),
+                         ("revert", "restore the pristine files and remove the source record")):
+        p_act = nano_sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
         p_act.add_argument("dir", metavar="DIR", help="the nanochat checkout or extract")
     p_nano.set_defaults(func=_cmd_nanochat)
+    for each in _walk(parser):
+        each.description = plain(each.description)
+        for action in each._actions:
+            action.help = plain(action.help)
     return parser
 
 

@@ -17,6 +17,11 @@ patched tree, or cherry-picked something unrelated) is patched or reverted when 
 hashes as the pin's pristine or patched file, exactly as a ``git archive`` extract is, and
 ``Status.note`` says so. After writing, the files are hashed again to confirm the result.
 
+``apply`` also records where this very plugin came from in ``DIR/.megacontext-plugin-source`` (one
+line: what ``uv pip install`` takes, see :func:`plugin_source`): the patched ``speedrun.sh`` and
+``run1000.sh`` install it when given arguments (``MEGACONTEXT_PLUGIN`` overrides), so a recipe never
+installs a package of the same name from an index. ``revert`` removes the record; ``verify`` shows it.
+
 API: ``apply(dir) -> bool`` (True if it wrote), ``revert(dir) -> bool``, ``verify(dir) -> Status``,
 ``load_manifest()``, ``build_manifest(pristine_dir)`` (to regenerate ``manifest.json`` after editing a
 patch). Each takes ``patches_dir=`` to use another patch series (tests do). CLI:
@@ -33,9 +38,14 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
-PATCHES_DIR = Path(__file__).resolve().parent / "patches"
+PACKAGE_DIR = Path(__file__).resolve().parent
+PATCHES_DIR = PACKAGE_DIR / "patches"
+DISTRIBUTION = "megacontext-plugin"
+SOURCE_FILE = ".megacontext-plugin-source"  # read by the patched speedrun.sh and run1000.sh
 MANIFEST_NAME = "manifest.json"
 PRISTINE, PATCHED, MODIFIED, MISSING = "pristine", "patched", "modified", "missing"
 MARKER_FILE = "nanochat/gpt.py"  # a directory without it is not a nanochat tree
@@ -63,6 +73,7 @@ class Status:
     pin: str
     head: str | None  # HEAD of a git checkout, None for a plain directory
     files: Mapping[str, str]  # path -> pristine | patched | modified | missing
+    source: str | None = None  # the plugin source recorded in DIR/SOURCE_FILE, None if there is none
 
     @property
     def state(self) -> str:
@@ -85,6 +96,11 @@ class Status:
     def describe(self) -> list[str]:
         width = max(len(p) for p in self.files)
         lines = [f"{path.ljust(width)}  {state}" for path, state in self.files.items()]
+        if self.source is not None:
+            lines.append(f"plugin source for speedrun.sh/run1000.sh ({SOURCE_FILE}): {self.source}")
+        elif self.state == PATCHED:
+            lines.append(f"no plugin source recorded ({SOURCE_FILE}): speedrun.sh/run1000.sh with arguments need "
+                         f"MEGACONTEXT_PLUGIN, or run 'megacontext nanochat apply {self.dir}' again")
         where = f"git checkout at {self.head[:12]}" if self.head else "plain directory"
         lines.append(f"{self.dir} ({where}, pin {self.pin[:7]}): {self.state}")
         return lines + ([self.note] if self.note else [])
@@ -141,7 +157,9 @@ def _status(root: Path, manifest: Manifest) -> Status:
             continue
         digest = _sha256(path)
         files[rel] = PATCHED if digest == sums["patched"] else PRISTINE if digest == sums["pristine"] else MODIFIED
-    return Status(dir=root, pin=manifest.pin, head=_head(root), files=files)
+    record = root / SOURCE_FILE
+    source = record.read_text().strip() if record.is_file() else None
+    return Status(dir=root, pin=manifest.pin, head=_head(root), files=files, source=source)
 
 
 def verify(root: Path | str, *, patches_dir: Path | str | None = None) -> Status:
@@ -208,9 +226,7 @@ def _run_apply(root: Path, manifest: Manifest, *, reverse: bool) -> None:
                 tmp_dst.unlink(missing_ok=True)
 
 
-def _change(root: Path | str, patches_dir: Path | str | None, *, reverse: bool) -> bool:
-    root = _check_dir(Path(root))
-    manifest = load_manifest(patches_dir)
+def _change(root: Path, manifest: Manifest, *, reverse: bool) -> bool:
     goal = PRISTINE if reverse else PATCHED
     if _checked_status(root, manifest).state == goal:
         return False
@@ -222,14 +238,74 @@ def _change(root: Path | str, patches_dir: Path | str | None, *, reverse: bool) 
     return True
 
 
-def apply(root: Path | str, *, patches_dir: Path | str | None = None) -> bool:
-    """Patch DIR in place. Returns False (and writes nothing) if it was already patched."""
-    return _change(root, patches_dir, reverse=False)
+def apply(root: Path | str, *, patches_dir: Path | str | None = None, source: str | None = None) -> bool:
+    """Patch DIR in place and record the plugin's source (SOURCE, default :func:`plugin_source`).
+
+    Returns False if the files were already patched (then only the record may be rewritten).
+    """
+    root = _check_dir(Path(root))
+    spec = plugin_source() if source is None else source  # before writing anything: it can fail
+    changed = _change(root, load_manifest(patches_dir), reverse=False)
+    record = root / SOURCE_FILE
+    if not record.is_file() or record.read_text() != spec + "\n":
+        tmp = record.with_name(record.name + ".mc-tmp")
+        tmp.write_text(spec + "\n")
+        os.replace(tmp, record)
+    return changed
 
 
 def revert(root: Path | str, *, patches_dir: Path | str | None = None) -> bool:
-    """Restore DIR's pristine files. Returns False (and writes nothing) if it was already pristine."""
-    return _change(root, patches_dir, reverse=True)
+    """Restore DIR's pristine files and remove the source record. Returns False if there was nothing to do."""
+    root = _check_dir(Path(root))
+    changed = _change(root, load_manifest(patches_dir), reverse=True)
+    record = root / SOURCE_FILE
+    if record.is_file():
+        record.unlink()
+        changed = True
+    return changed
+
+
+def _local_path(url: str) -> Path | None:
+    parsed = urlparse(url)
+    return Path(unquote(parsed.path)) if parsed.scheme == "file" else None
+
+
+def _is_our_source_tree(path: Path) -> bool:
+    pyproject = path / "pyproject.toml"
+    return pyproject.is_file() and f'name = "{DISTRIBUTION}"' in pyproject.read_text()
+
+
+def plugin_source() -> str:
+    """How to install exactly the plugin that is running, as one ``uv pip install``/``pip install`` argument.
+
+    - run from a source tree (a clone, an editable install, an unpacked sdist): that directory;
+    - installed from a local wheel, sdist or directory that still exists: its path;
+    - installed from a URL or a VCS: that URL (a VCS one at the installed commit);
+    - otherwise (an index install, or a local file since removed): ``megacontext-plugin==VERSION``.
+    """
+    if _is_our_source_tree(PACKAGE_DIR.parent):
+        return str(PACKAGE_DIR.parent)
+    try:
+        dist = metadata.distribution(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        dist = None
+    installed = None if dist is None else Path(str(dist.locate_file("megacontext_plugin/__init__.py"))).resolve()
+    if installed != PACKAGE_DIR / "__init__.py":
+        raise PatchError(f"cannot tell how to install the running plugin ({PACKAGE_DIR} is neither a source tree "
+                         f"nor the installed {DISTRIBUTION}); install it with pip, or run from a clone")
+    pinned = f"{DISTRIBUTION}=={dist.version}"
+    raw = dist.read_text("direct_url.json")
+    if not raw:
+        return pinned
+    direct = json.loads(raw)
+    url = direct["url"]
+    if "vcs_info" in direct:
+        vcs = direct["vcs_info"]
+        return f"{vcs['vcs']}+{url}@{vcs['commit_id']}"
+    local = _local_path(url)
+    if local is None:
+        return url
+    return str(local) if local.exists() else pinned
 
 
 def build_manifest(pristine_dir: Path | str, pin: str, patches: list[str],

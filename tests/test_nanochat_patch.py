@@ -143,6 +143,43 @@ def test_half_patched_and_missing_files_are_refused(tree: Path, series: Path) ->
         nanochat_patch.revert(tree, patches_dir=series)
 
 
+@needs_git
+def test_apply_records_the_plugin_source_verify_shows_it_revert_removes_it(tree: Path, series: Path) -> None:
+    record = tree / nanochat_patch.SOURCE_FILE
+    assert nanochat_patch.apply(tree, patches_dir=series, source="/opt/mc plugin") is True
+    assert record.read_text() == "/opt/mc plugin\n"
+    status = nanochat_patch.verify(tree, patches_dir=series)
+    assert status.ok and status.source == "/opt/mc plugin"
+    line = f"plugin source for speedrun.sh/run1000.sh ({nanochat_patch.SOURCE_FILE}): /opt/mc plugin"
+    assert line in status.describe()
+    patched = _contents(tree)
+    # applied again by another install of the plugin: the files stay, the record follows the plugin
+    assert nanochat_patch.apply(tree, patches_dir=series, source="megacontext-plugin==0.2.0") is False
+    assert record.read_text() == "megacontext-plugin==0.2.0\n" and _contents(tree) == patched
+    record.unlink()  # a tree patched before records existed: verify says what the recipes then need
+    assert any("no plugin source recorded" in line and "MEGACONTEXT_PLUGIN" in line
+               for line in nanochat_patch.verify(tree, patches_dir=series).describe())
+    nanochat_patch.apply(tree, patches_dir=series)  # the default: this plugin, here run from its source tree
+    assert record.read_text() == f"{Path(__file__).resolve().parents[1]}\n"
+    assert nanochat_patch.revert(tree, patches_dir=series) is True
+    assert not record.exists() and _contents(tree) == PRISTINE
+    record.write_text("stale\n")  # a pristine tree with a leftover record: revert still cleans it up
+    assert nanochat_patch.revert(tree, patches_dir=series) is True
+    assert not record.exists()
+    assert nanochat_patch.revert(tree, patches_dir=series) is False
+
+
+def test_a_source_that_cannot_be_told_fails_before_anything_is_written(tree: Path, series: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def unknown() -> str:
+        raise PatchError("cannot tell how to install the running plugin")
+
+    monkeypatch.setattr(nanochat_patch, "plugin_source", unknown)
+    with pytest.raises(PatchError, match="cannot tell"):
+        nanochat_patch.apply(tree, patches_dir=series)
+    assert _contents(tree) == PRISTINE and not (tree / nanochat_patch.SOURCE_FILE).exists()
+
+
 def test_not_a_nanochat_dir(tmp_path: Path, series: Path) -> None:
     with pytest.raises(PatchError, match=r"does not look like a nanochat tree \(no nanochat/gpt\.py\)"):
         nanochat_patch.apply(tmp_path, patches_dir=series)
@@ -201,7 +238,8 @@ def test_shipped_manifest_is_consistent() -> None:
     assert manifest.patches and all(p.is_file() for p in manifest.patch_paths)
     assert {"nanochat/gpt.py", "tests/test_engine.py"} <= set(manifest.files)
     repo_link = Path(__file__).resolve().parents[1] / "patches"
-    assert repo_link.resolve() == nanochat_patch.PATCHES_DIR
+    if repo_link.is_symlink():  # a clone's shortcut; an unpacked sdist has none (it keeps no symlinks)
+        assert repo_link.resolve() == nanochat_patch.PATCHES_DIR
 
 
 def test_missing_git_is_a_clear_error(tree: Path, series: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,6 +274,8 @@ def test_cli_verify_exit_status(tree: Path, series: Path, monkeypatch: pytest.Mo
     assert "pristine" in capsys.readouterr().out
     if shutil.which("git"):
         assert cli.main(["nanochat", "apply", str(tree)]) == 0
+        root = str(Path(__file__).resolve().parents[1])
+        assert f"install the plugin from: {root} (recorded in .megacontext-plugin-source" in capsys.readouterr().out
         assert cli.main(["nanochat", "apply", str(tree)]) == 0
         assert "already patched" in capsys.readouterr().out
         assert cli.main(["nanochat", "verify", str(tree)]) == 0
@@ -408,3 +448,34 @@ def test_real_pin_host_loads_several_plugins_and_skips_broken_ones(nanochat_dir:
     for name, why in (("broken", "this plugin is broken"), ("no_contract", "hookspecs"),
                       ("misspelt", "register_argumentz")):
         assert any(f"'{name}'" in w and why in w for w in warnings), (name, warnings)
+
+
+@pytest.mark.integration
+@needs_git
+@pytest.mark.parametrize("recipe", ["speedrun.sh", "run1000.sh"])
+def test_real_pin_recipes_install_the_plugin_that_patched_them(nanochat_dir: Path, tmp_path: Path, recipe: str) -> None:
+    """The patched recipe, run with every tool it calls (uv, python, torchrun, curl) stubbed to log its arguments."""
+    if shutil.which("bash") is None:
+        pytest.skip("the recipes are bash")
+    root = _pristine_copy(nanochat_dir, tmp_path)
+    nanochat_patch.apply(root)
+    (root / ".venv" / "bin").mkdir(parents=True)
+    (root / ".venv" / "bin" / "activate").write_text("")
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    for tool in ("uv", "python", "torchrun", "curl"):
+        (stubs / tool).write_text(f'#!/usr/bin/env bash\necho "{tool} $*" >> "$STUB_LOG"\n')
+        (stubs / tool).chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {"PATH": f"{stubs}:/usr/bin:/bin", "HOME": str(tmp_path), "STUB_LOG": str(log)}
+    proc = subprocess.run(["bash", recipe, "--mc", "--block_size", "32"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    plugin = str(Path(__file__).resolve().parents[1])  # this checkout: the plugin that applied the patch
+    calls = log.read_text().splitlines()
+    assert f"uv pip install {plugin}" in calls
+    assert f"{recipe}: installing the MegaContext plugin from {plugin}" in proc.stdout
+    assert calls.index(f"uv pip install {plugin}") == calls.index("uv sync --extra gpu") + 1
+    trains = [c for c in calls if c.startswith("torchrun") and any(s in c for s in ("base_train", "mid_train",
+                                                                                  "chat_sft", "chat_eval"))]
+    assert len(trains) == 5 and all(c.endswith("--mc --block_size 32") for c in trains)

@@ -117,3 +117,19 @@ def test_mc_setup_writes_mc_env_on_a_machine_with_none_of_those_variables(tmp_pa
 def test_mc_setup_rejects_an_unknown_argument(tmp_path: Path) -> None:
     proc = _bash(MC_SETUP, "--tpu")
     assert proc.returncode == 2 and "unknown argument '--tpu'" in proc.stderr
+
+
+def test_run10_names_the_plugin_it_runs_and_megacontext_plugin_wins() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MEGACONTEXT_PLUGIN"}
+    proc = _bash(RUN10, "--gpu", "h100", "--dry-run", "--mc", env=env)
+    assert proc.returncode == 0, proc.stderr
+    if (ROOT / ".venv" / "bin" / "megacontext").exists():  # the venv mc_setup makes: its plugin is named
+        assert "run10: plugin: megacontext-plugin " in proc.stdout
+    proc = _bash(RUN10, "--gpu", "h100", "--dry-run", "--mc", env=env | {"MEGACONTEXT_PLUGIN": "/wheels/mc.whl"})
+    assert proc.returncode == 0, proc.stderr
+    assert "run10: would install the plugin from MEGACONTEXT_PLUGIN=/wheels/mc.whl into .venv" in proc.stdout
+
+
+def test_release_refuses_an_unknown_argument_in_one_line() -> None:
+    proc = _bash(ROOT / "integration" / "release.sh", "--publish")
+    assert proc.returncode == 2 and proc.stderr == "release: error: unknown argument '--publish' (expected --upload)\n"
