@@ -54,6 +54,7 @@ from ..config import ConfigError, MCConfig
 from ..context import WorkingContext, WorkingContextError, entry_positions, max_representable_level
 from ..context.inputs import EntryRows, ModelInputs, TreeSource, model_inputs, rotary_tables
 from ..focus import CooldownTracker, FocusAllocator, FocusConfig
+from ..nets import activation_dtype, model_device, model_wte
 from ..tree import MCTree, TreeError, open_tree
 from .kv_cache import MCKVCache
 from .level_map import level_map, render_level_map
@@ -168,17 +169,6 @@ def gistnet_version(gistnet: nn.Module) -> int:
     return crc & 0x7FFFFFFF
 
 
-def model_wte(model: nn.Module) -> nn.Embedding:
-    """The token embedding: ``transformer.wte`` in nanochat, ``wte`` in ``TinyGPT``."""
-    transformer = getattr(model, "transformer", None)
-    return transformer["wte"] if transformer is not None else model.wte
-
-
-def model_device(model: nn.Module) -> torch.device:
-    get = getattr(model, "get_device", None)
-    return get() if callable(get) else next(model.parameters()).device
-
-
 def first_difference(a: WorkingContext, b: WorkingContext) -> int:
     """First entry index where ``a`` and ``b`` differ (level or node); the shorter length if one
     is a prefix of the other."""
@@ -270,7 +260,7 @@ class MCSession:
                 where = f"session {name!r}" if name else "the session's tree"
                 raise SessionError(f"{where} cannot be opened: {e}") from None
             C = settings.budget
-            kv_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32  # nanochat Engine's choice
+            kv_dtype = activation_dtype(self.device)
             self.kv = MCKVCache(1, getattr(mcfg, "n_kv_head", mcfg.n_head), C, self.head_dim, mcfg.n_layer,
                                 self.device, kv_dtype)
             self.x_CD = torch.zeros(2 * C, mcfg.n_embd, dtype=self.dtype, device=self.device)
@@ -433,7 +423,7 @@ class MCSession:
         s = self.settings
         return model_inputs(self.source, EntryRows.of([wc]), scheme=s.position_scheme, sigma_scale=s.rope_gist_sigma,
                             head_dim=self.head_dim, sequence_len=self.model.config.sequence_len,
-                            rotary_dtype=torch.bfloat16 if self.device.type == "cuda" else torch.float32,
+                            rotary_dtype=activation_dtype(self.device),
                             from_entry=start)
 
     def _gather(self, wc: WorkingContext, start: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -512,7 +502,7 @@ class MCSession:
         s = self.settings
         return rotary_tables(EntryRows.of([self.wc]), s.position_scheme, s.rope_gist_sigma, self.head_dim,
                              self.model.config.sequence_len,
-                             torch.bfloat16 if self.device.type == "cuda" else torch.float32, self.device)
+                             activation_dtype(self.device), self.device)
 
     def _cos_sin(self, tables: tuple[torch.Tensor, torch.Tensor] | None, start: int, end: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -623,6 +613,4 @@ __all__ = [
     "first_difference",
     "gistnet_version",
     "make_room",
-    "model_device",
-    "model_wte",
 ]

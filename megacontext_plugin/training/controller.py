@@ -36,7 +36,7 @@ import torch.nn as nn
 from ..config import MCConfig
 from ..context import EntryRows, LevelTable, model_inputs
 from ..context.positions import PositionalCache
-from ..nets import allreduce_gradients, build_gistnet, build_lensnet, resolve_aux_dtype
+from ..nets import AuxNets, activation_dtype, allreduce_gradients
 from ..tree.building import build_levels
 from . import losses as L
 from .curriculum import curriculum_budget, smallest_useful_budget
@@ -92,12 +92,16 @@ class MCBatch:
 
 @dataclass
 class MCLosses:
-    """``total`` is what to backpropagate; ``terms`` are its parts; ``metrics`` are detached scalars;
+    """``total`` is what to backpropagate: the token loss plus ``weighted`` (the aux losses at their
+    ``--mc_*_loss_weight``, the one place the weights are applied; a host whose forward already
+    returns the token loss adds ``weighted``, e.g. through the ``extra_loss`` hook); ``terms`` are
+    the unweighted parts; ``metrics`` are detached scalars;
     ``pairs`` holds the detached per-pair tensors (``margin`` = LensNet's "i is better" margin,
     ``adv`` = dnll_j - dnll_i, the truth), ``dnll`` ``[B, V-1]`` and ``supervised`` ``[B]`` (the
     sequence's tail has a target >= 0; ``adv`` and ``dnll`` are 0 on the other sequences)."""
 
     total: torch.Tensor
+    weighted: dict[str, torch.Tensor]
     terms: dict[str, torch.Tensor]
     metrics: dict[str, torch.Tensor]
     pairs: dict[str, torch.Tensor]
@@ -113,16 +117,14 @@ class MCController(nn.Module):
     def __init__(self, cfg: MCConfig, *, dim: int, head_dim: int, sequence_len: int, total_steps: int,
                  device: torch.device | str = "cpu") -> None:
         super().__init__()
-        cfg = cfg.for_model(sequence_len)
-        self.cfg = cfg
+        self.nets = AuxNets.build(cfg, dim=dim, sequence_len=sequence_len, device=device)
+        """GistNet and LensNet with the resolved knobs and dtype: what inference needs of this controller."""
+        cfg = self.cfg = self.nets.cfg
         self.dim, self.head_dim, self.sequence_len = dim, head_dim, sequence_len
         self.total_steps = max(1, total_steps)
-        self.device_ = torch.device(device)
-        self.aux_dtype = resolve_aux_dtype(cfg.mc_aux_dtype, self.device_)
-        width = cfg.gistnet_width or max(cfg.gistnet_heads, dim // 2)
-        torch.manual_seed(cfg.mc_seed)  # aux-net init is part of the seeded run
-        self.gistnet = build_gistnet(cfg, dim, width=width).to(self.device_, self.aux_dtype)
-        self.lensnet = build_lensnet(cfg, dim).to(self.device_, self.aux_dtype)
+        self.device_ = self.nets.device
+        self.aux_dtype = self.nets.aux_dtype
+        self.gistnet, self.lensnet = self.nets.gistnet, self.nets.lensnet
         self.lens_prev = copy.deepcopy(self.lensnet).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.aux_parameters(), lr=cfg.mc_aux_lr, weight_decay=0.0)
         self.layouts = LayoutPrefetcher(cfg.mc_seed)
@@ -160,8 +162,7 @@ class MCController(nn.Module):
         }
 
     def load_controller_state(self, state: dict[str, Any]) -> None:
-        self.gistnet.load_state_dict(state["gistnet"])
-        self.lensnet.load_state_dict(state["lensnet"])
+        self.nets.load_nets(state)
         self.lens_prev.load_state_dict(state["lens_prev"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.adv_var_ema = state["adv_var_ema"]
@@ -283,7 +284,7 @@ class MCController(nn.Module):
         inputs = model_inputs(LevelTable(levels, x_BT), rows, scheme=cfg.mc_position_scheme,
                               sigma_scale=cfg.mc_rope_gist_sigma, head_dim=self.head_dim,
                               sequence_len=self.sequence_len, targets_BT=y_BT,
-                              rotary_dtype=torch.bfloat16 if x_BT.is_cuda else torch.float32)
+                              rotary_dtype=activation_dtype(x_BT.device))
         inputs_RWD, targets_RW, cos_sin = inputs.inputs_RWD, inputs.targets_RW, inputs.cos_sin
         assert targets_RW is not None
         timings["packing_ms"] = _ms(t3)
@@ -351,7 +352,8 @@ class MCController(nn.Module):
         tails = _tail_verdicts(batch, nll_RW, supervised_RW)
         gist_loss = L.mean_over(tails.dnll_BN, tails.has_tail_BN)
         lens = self._lens_loss(batch, tails)
-        total = token_loss + cfg.mc_gist_loss_weight * gist_loss + cfg.mc_lens_loss_weight * lens.total
+        weighted = {"mc_gist": cfg.mc_gist_loss_weight * gist_loss, "mc_lens": cfg.mc_lens_loss_weight * lens.total}
+        total = token_loss + weighted["mc_gist"] + weighted["mc_lens"]
         self._pending_ema = (lens.adv_var.detach(), lens.pressure.detach())
         metrics = _loss_metrics(batch, nll_RW, supervised_RW, tails, token_loss, gist_loss, lens)
         batch.timings_ms["losses_ms"] = _ms(t0)
@@ -359,7 +361,7 @@ class MCController(nn.Module):
                  "lens_kl": lens.kl, "lens_budget": lens.budget_pen}
         pairs = {"margin": lens.margin_BP.detach(), "adv": lens.adv_BP, "dnll": tails.dnll_BN.detach(),
                  "supervised": tails.has_tail_B}
-        return MCLosses(total, terms, metrics, pairs)
+        return MCLosses(total, weighted, terms, metrics, pairs)
 
     def _lens_loss(self, batch: MCBatch, tails: _TailVerdicts) -> _LensTerms:
         """LensNet's loss: Bradley-Terry on the preference pairs (advantages normalised by an EMA of
