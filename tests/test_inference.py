@@ -116,7 +116,7 @@ def test_raw_entries_get_their_token_as_value_id_and_gists_none(tiny) -> None:
     tokens = prompt(3 * T)
     session.ingest(tokens)
     wc, W = session.wc, len(session.wc)
-    vid = session.vid_C[:W].numpy()
+    vid = session.entries.vid_C[:W].numpy()
     raw = wc.levels == 0
     assert (vid[~raw] == -1).all() and raw.any() and (~raw).any()
     assert (vid[raw] == np.asarray(tokens)[wc.indices[raw]]).all()
