@@ -72,7 +72,8 @@ class MCBatch:
     value_ids_RW: torch.Tensor
     """Token id of each raw entry (nanochat's value embeddings); -1 for gists and padding."""
     cos_sin: tuple[torch.Tensor, torch.Tensor] | None
-    """Per-row rotary tables ``[R, W, 1, head_dim/2]``, or None = the model's own table."""
+    """Per-row rotary tables ``[R, W, 1, head_dim/2]`` stitched from ``MCController.positional_caches``,
+    or None = the model's own table."""
     layouts: VariantLayouts
     index: PackIndex
     scores_RW: torch.Tensor
@@ -233,9 +234,10 @@ class MCController(nn.Module):
         horizon, against the H tokens before it (the query inference will have), never the tokens
         whose loss is measured.
 
-        With ``session_ids`` (one per sequence) and per-row positions in use, each packed row's
-        rotary table is also kept in ``positional_caches`` under ``(session_id, variant)``, so a
-        caller can stitch batched overrides (B > 1, every row its own layout) from it.
+        With per-row positions in use, each packed row's rotary table is kept in
+        ``positional_caches`` under ``(session_id, variant)`` (``session_ids``: one per sequence,
+        default the row index) and ``MCBatch.cos_sin`` is stitched from them (B > 1, every row its
+        own layout): see ``_stitched_rotary``.
         """
         cfg = self.cfg
         timings: dict[str, float] = {}
@@ -290,11 +292,7 @@ class MCController(nn.Module):
         timings["packing_ms"] = _ms(t3)
 
         t4 = time.perf_counter()
-        if cos_sin is not None and session_ids is not None:
-            if len(session_ids) != B:
-                raise ValueError(f"session_ids has {len(session_ids)} ids for a batch of {B} sequences")
-            for r in range(B * V):
-                self.positional_caches.put((session_ids[r // V], r % V), cos_sin[0][r], cos_sin[1][r])
+        cos_sin = self._stitched_rotary(cos_sin, session_ids, B, V)
         timings["positional_ms"] = _ms(t4)
 
         t5 = time.perf_counter()
@@ -315,6 +313,26 @@ class MCController(nn.Module):
         timings["controller_ms"] = _ms(t0)
         return MCBatch(inputs_RWD, targets_RW, inputs.value_ids_RW, cos_sin, layouts, index, scores_RW, prev_RW,
                        budget, len(levels), timings)
+
+    def _stitched_rotary(self, cos_sin: tuple[torch.Tensor, torch.Tensor] | None,
+                         session_ids: Sequence[Hashable] | None, B: int, V: int
+                         ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The batch's rotary override ``[B*V, W, 1, F]``, stitched from ``positional_caches``.
+
+        Every packed row's table is kept there under ``(session_id, variant)`` (the session id of
+        sequence ``b`` is ``session_ids[b]``, by default ``b``: a host's micro-batch has no other
+        identity), and the override the forward reads is stacked from those rows: the cache is the
+        one owner of per-row rotary tables, and a caller that intercepts it sees what trains."""
+        ids = list(range(B)) if session_ids is None else list(session_ids)
+        if len(ids) != B:
+            raise ValueError(f"session_ids has {len(ids)} ids for a batch of {B} sequences")
+        if cos_sin is None:
+            return None
+        keys = [(ids[r // V], r % V) for r in range(B * V)]
+        self.positional_caches.reserve(len(keys))
+        for r, key in enumerate(keys):
+            self.positional_caches.put(key, cos_sin[0][r], cos_sin[1][r])
+        return self.positional_caches.stack(keys, width=cos_sin[0].shape[1])
 
     def _lens_scorer(self, levels: list[torch.Tensor], query_BHD: torch.Tensor):
         """LensNet utilities of one prompt working context per sequence, in one call (on-policy variants)."""
