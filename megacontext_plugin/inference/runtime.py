@@ -31,7 +31,6 @@ context of the current answer).
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from torch import nn
 
 from ..config import MCConfig
 from ..nets import AuxNets, model_device
+from ..telemetry import nanochat_base_dir
 from .decode import SpecialTokens, decode_stream
 from .session import MCSession, SessionError, SessionSettings
 
@@ -52,8 +52,7 @@ def default_tree_dir(cfg: MCConfig) -> Path:
     """``--mc_tree_dir``, else ``$NANOCHAT_BASE_DIR/megacontext/trees`` (nanochat's default base dir)."""
     if cfg.mc_tree_dir:
         return Path(cfg.mc_tree_dir).expanduser()
-    base = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
-    return Path(base) / "megacontext" / "trees"
+    return nanochat_base_dir() / "megacontext" / "trees"
 
 
 def wants_megacontext(prompt_tokens: int, max_tokens: int | None, budget: int, named: bool) -> bool:
