@@ -296,23 +296,32 @@ class MCController(nn.Module):
         timings["positional_ms"] = _ms(t4)
 
         t5 = time.perf_counter()
-        # LensNet scores the non-baseline variants (the baseline rows hold no gist to rank), causally:
-        # the entries of the prompt against its last H tokens.
-        R, W = targets_RW.shape
-        rand_N = torch.arange(R, device=x_BT.device).view(B, V)[:, 1:].reshape(-1)
-        entries = inputs_RWD.detach().index_select(0, rand_N).to(self.aux_dtype)
-        prompt_RW = index.valid_RW & torch.from_numpy(layouts.ends_RW <= T - H).to(x_BT.device)
-        query_NHD = lod0_BTD[:, T - 2 * H:T - H].detach().to(self.aux_dtype).repeat_interleave(V - 1, dim=0)
-        lens_args = (entries, index.levels_RW[rand_N], index.spans_RW[rand_N], query_NHD, prompt_RW[rand_N])
-        scores_RW = torch.zeros(R, W, device=x_BT.device).index_copy(0, rand_N, self.lensnet(*lens_args).float())
-        prev_RW = torch.zeros(R, W, device=x_BT.device)
-        if cfg.mc_lens_kl_weight > 0:  # the KL anchor costs a forward; skip it when the term is off
-            with torch.no_grad():
-                prev_RW.index_copy_(0, rand_N, self.lens_prev(*lens_args).float())
+        scores_RW, prev_RW = self._variant_scores(inputs_RWD, lod0_BTD, layouts, index)
         timings["lens_ms"] = _ms(t5)
         timings["controller_ms"] = _ms(t0)
         return MCBatch(inputs_RWD, targets_RW, inputs.value_ids_RW, cos_sin, layouts, index, scores_RW, prev_RW,
                        budget, len(levels), timings)
+
+    def _variant_scores(self, inputs_RWD: torch.Tensor, lod0_BTD: torch.Tensor, layouts: VariantLayouts,
+                        index: PackIndex) -> tuple[torch.Tensor, torch.Tensor]:
+        """LensNet's utilities ``[R, W]`` of the non-baseline variants (the baseline rows hold no gist to
+        rank), causally: the entries of the prompt against its last H tokens; and the previous
+        step's LensNet's on the same inputs (zeros when the KL term is off: its forward is skipped)."""
+        B, T, _ = lod0_BTD.shape
+        H, V = self.cfg.mc_horizon, layouts.variants
+        R, W = inputs_RWD.shape[:2]
+        device = inputs_RWD.device
+        rand_N = torch.arange(R, device=device).view(B, V)[:, 1:].reshape(-1)
+        entries = inputs_RWD.detach().index_select(0, rand_N).to(self.aux_dtype)
+        prompt_RW = index.valid_RW & torch.from_numpy(layouts.ends_RW <= T - H).to(device)
+        query_NHD = lod0_BTD[:, T - 2 * H:T - H].detach().to(self.aux_dtype).repeat_interleave(V - 1, dim=0)
+        lens_args = (entries, index.levels_RW[rand_N], index.spans_RW[rand_N], query_NHD, prompt_RW[rand_N])
+        scores_RW = torch.zeros(R, W, device=device).index_copy(0, rand_N, self.lensnet(*lens_args).float())
+        prev_RW = torch.zeros(R, W, device=device)
+        if self.cfg.mc_lens_kl_weight > 0:  # the KL anchor costs a forward; skip it when the term is off
+            with torch.no_grad():
+                prev_RW.index_copy_(0, rand_N, self.lens_prev(*lens_args).float())
+        return scores_RW, prev_RW
 
     def _stitched_rotary(self, cos_sin: tuple[torch.Tensor, torch.Tensor] | None,
                          session_ids: Sequence[Hashable] | None, B: int, V: int
