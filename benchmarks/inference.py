@@ -143,7 +143,7 @@ def _worker(depth: int, history_x: int, tokens: int, repeats: int, seed: int) ->
         blocks = [vanilla.block() for _ in range(repeats)]
         return {"ms_per_token": _median([b[0] for b in blocks]), "cpu_ms_per_token": _median([b[1] for b in blocks]),
                 "peak_rss_mb": _peak_rss_mb()}
-    runtime = InferenceRuntime(controller)
+    runtime = InferenceRuntime(controller.nets)
     history = history_x * BUDGET
     prompt = torch.randint(0, VOCAB, (history,), generator=torch.Generator().manual_seed(seed)).tolist()
     stream = runtime.generate(_Engine(model), prompt, max_tokens=WARMUP + repeats * tokens, temperature=0.0)

@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
             x, y = data[steps + i]
             vanilla.step(x, y, autocast)
             mc.step(0, x, y, autocast)
-        mc.plugin.step = 0  # the measured steps run the whole curriculum from its start,
+        mc.plugin.training.step = 0  # the measured steps run the whole curriculum from its start,
         monitor._snap_step = -1  # and step 0 takes its telemetry snapshot again (a cadence step)
         monitor.metrics()  # the MFU window starts here
         flops0 = monitor.flops

@@ -83,7 +83,7 @@ def _child(tree_dir: str, name: str, prompt_len: int) -> None:
     from megacontext_plugin.inference import InferenceRuntime
 
     model, controller, _ = build(["--mc_tree", "disk", "--mc_tree_dir", tree_dir, "--mc_session", name])
-    runtime = InferenceRuntime(controller)
+    runtime = InferenceRuntime(controller.nets)
     stream = runtime.generate(FakeEngine(model), prompt(prompt_len), max_tokens=100_000, temperature=0.0)
     assert stream is not None
     session = runtime.named[name]

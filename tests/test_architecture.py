@@ -1,8 +1,10 @@
-"""The package's rooms import one way: a lower room never imports a higher one."""
+"""The package's rooms import one way (a lower room never imports a higher one), and no module
+imports itself back through others, inside a room or across rooms."""
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "megacontext_plugin"
@@ -20,9 +22,11 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"config", "tree", "context", "nets", "focus", "telemetry"},
     "nanochat_patch": set(),
     "demo": {"tree", "context", "focus"},
-    "inference": {"config", "tree", "context", "focus", "nets", "training"},
+    "checkpoint": {"config"},
+    # inference needs GistNet and LensNet (``nets.AuxNets``), never the training room's optimizer and state
+    "inference": {"config", "tree", "context", "focus", "nets", "telemetry"},
     "plugin": {"config", "hookspecs", "tree", "context", "nets", "focus", "training", "telemetry", "inference",
-               "evaluation"},
+               "evaluation", "checkpoint"},
     "evaluation": {"config", "tree", "context", "focus", "nets", "training", "data", "telemetry"},
     "cli": {"config", "demo", "data", "nanochat_patch", "evaluation"},
 }
@@ -67,3 +71,111 @@ def test_rooms_import_one_way() -> None:
             if other not in ALLOWED[room]:
                 bad.append(f"{path.relative_to(PACKAGE)} imports {other}")
     assert not bad, bad
+
+
+def test_inference_never_imports_training() -> None:
+    """The chat stage holds the aux nets alone: building a training controller (optimizer, EMAs,
+    layout thread) to borrow two networks is what this forbids."""
+    assert "training" not in ALLOWED["inference"]
+    inference = (PACKAGE / "inference").rglob("*.py")
+    bad = [str(p.relative_to(PACKAGE)) for p in inference if "training" in _imported_rooms(p)]
+    assert not bad, bad
+
+
+def test_the_rooms_graph_has_no_cycle() -> None:
+    assert not _cycles({room: set(allowed) for room, allowed in ALLOWED.items()})
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_module(name: str) -> bool:
+    rel = Path(*name.split(".")[1:]) if "." in name else Path()
+    return (PACKAGE / rel).with_suffix(".py").is_file() or (PACKAGE / rel / "__init__.py").is_file()
+
+
+def _top_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Imports that run when the module is imported (not inside functions, not ``TYPE_CHECKING``)."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    todo: list[ast.stmt] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+        elif isinstance(node, ast.If):
+            if "TYPE_CHECKING" not in ast.unparse(node.test):
+                todo.extend(node.body + node.orelse)
+        elif isinstance(node, ast.Try):
+            todo.extend(node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body])
+    return found
+
+
+def _module_imports(path: Path) -> set[str]:
+    """Package modules ``path`` imports at import time (``from pkg import mod`` counts as ``pkg.mod``)."""
+    me = _module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    out: set[str] = set()
+    for node in _top_level_imports(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith(PACKAGE.name + "."))
+            continue
+        if node.level:
+            base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+            target = ".".join(base + (node.module.split(".") if node.module else []))
+        else:
+            target = node.module or ""
+        if not target.startswith(PACKAGE.name):
+            continue
+        for alias in node.names:
+            sub = f"{target}.{alias.name}"
+            out.add(sub if _is_module(sub) else target)
+    out.discard(me)
+    return out
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one node (Tarjan)."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in list(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_module_imports_itself_back() -> None:
+    """A cycle of module-level imports, inside a room or across rooms, is an error."""
+    graph = {_module_name(p): _module_imports(p) for p in PACKAGE.rglob("*.py")}
+    assert not _cycles(graph), _cycles(graph)
+
+
+def test_the_cycle_finder_sees_a_cycle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -55,7 +55,7 @@ def _drain(stream) -> list[int]:
 
 def test_a_prompt_ten_windows_long_decodes_and_the_tree_holds_every_token(tiny) -> None:
     model, controller, _ = tiny
-    runtime = InferenceRuntime(controller)
+    runtime = InferenceRuntime(controller.nets)
     seen: list[dict] = []
     runtime.listeners.append(seen.append)
     tokens = prompt(10 * T)
@@ -116,7 +116,7 @@ def test_raw_entries_get_their_token_as_value_id_and_gists_none(tiny) -> None:
     tokens = prompt(3 * T)
     session.ingest(tokens)
     wc, W = session.wc, len(session.wc)
-    vid = session.vid_C[:W].numpy()
+    vid = session.entries.vid_C[:W].numpy()
     raw = wc.levels == 0
     assert (vid[~raw] == -1).all() and raw.any() and (~raw).any()
     assert (vid[raw] == np.asarray(tokens)[wc.indices[raw]]).all()
@@ -126,7 +126,7 @@ def test_greedy_decoding_is_deterministic_and_sampling_follows_the_seed() -> Non
     runs = []
     for temperature, seed in ((0.0, 1), (0.0, 2), (1.0, 5), (1.0, 5)):
         model, controller, _ = build()
-        runtime = InferenceRuntime(controller)
+        runtime = InferenceRuntime(controller.nets)
         runs.append(_drain(runtime.generate(FakeEngine(model), prompt(4 * T), max_tokens=16,
                                             temperature=temperature, top_k=8, seed=seed)))
         runtime.close()
@@ -147,7 +147,7 @@ def test_sampling_matches_nanochats_rules() -> None:
 
 def test_a_continued_conversation_ingests_only_the_new_turn_and_another_prompt_starts_fresh(tiny) -> None:
     model, controller, _ = tiny
-    runtime = InferenceRuntime(controller)
+    runtime = InferenceRuntime(controller.nets)
     engine = FakeEngine(model)
     first = prompt(3 * T)
     answer = _drain(runtime.generate(engine, first, max_tokens=10, temperature=0.0))
@@ -162,7 +162,7 @@ def test_a_continued_conversation_ingests_only_the_new_turn_and_another_prompt_s
 
 def test_short_prompts_go_to_upstreams_decode(tiny) -> None:
     model, controller, _ = tiny
-    runtime = InferenceRuntime(controller)
+    runtime = InferenceRuntime(controller.nets)
     assert wants_megacontext(T - 8, 8, T, named=False) is False
     assert runtime.generate(FakeEngine(model), prompt(T - 8), max_tokens=8) is None  # fits: upstream's path
     assert runtime.generate(FakeEngine(model), prompt(T - 8), max_tokens=9) is not None
@@ -171,7 +171,7 @@ def test_short_prompts_go_to_upstreams_decode(tiny) -> None:
 
 def test_several_samples_decode_in_lockstep_and_a_named_session_refuses_them(tiny, tmp_path: Path) -> None:
     model, controller, _ = tiny
-    runtime = InferenceRuntime(controller)
+    runtime = InferenceRuntime(controller.nets)
     columns = list(runtime.generate(FakeEngine(model), prompt(4 * T), num_samples=3, max_tokens=12,
                                     temperature=1.0, seed=3))
     assert len(columns) == 12 and all(len(c) == 3 and m == [1, 1, 1] for c, m in columns)
@@ -180,7 +180,7 @@ def test_several_samples_decode_in_lockstep_and_a_named_session_refuses_them(tin
     assert [s.num_tokens for s in runtime.unnamed] == [4 * T + 12] * 3
     runtime.close()
     _, named_controller, _ = build(["--mc_session", "notes"])
-    named = InferenceRuntime(named_controller)
+    named = InferenceRuntime(named_controller.nets)
     with pytest.raises(SessionError, match="one sample at a time"):
         named.generate(FakeEngine(model), prompt(4 * T), num_samples=2, max_tokens=4)
     named.close()
@@ -306,7 +306,7 @@ def test_a_named_disk_session_survives_sigkill_and_continues(tmp_path: Path) -> 
     assert child.returncode == -signal.SIGKILL, child.stderr.read() if child.stderr else ""
 
     model, controller, _ = build(["--mc_tree", "disk", "--mc_tree_dir", str(tmp_path), "--mc_session", "diary"])
-    runtime = InferenceRuntime(controller)
+    runtime = InferenceRuntime(controller.nets)
     try:
         session = runtime.open_named(model, "diary")
         stored = session.history().tolist()
@@ -324,11 +324,11 @@ def test_a_named_disk_session_survives_sigkill_and_continues(tmp_path: Path) -> 
 def test_a_disk_session_refuses_a_model_whose_gistnet_would_make_other_gists(tmp_path: Path) -> None:
     flags = ["--mc_tree", "disk", "--mc_tree_dir", str(tmp_path), "--mc_session", "s"]
     model, controller, _ = build(flags)
-    runtime = InferenceRuntime(controller)
+    runtime = InferenceRuntime(controller.nets)
     _drain(runtime.generate(FakeEngine(model), prompt(2 * T), max_tokens=4, temperature=0.0))
     runtime.close()
     controller.close()
     _, other, _ = build([*flags, "--mc_seed", "7"])  # other GistNet weights
     with pytest.raises(SessionError, match=r"session 's' cannot be opened: .*GistNet version"):
-        InferenceRuntime(other).open_named(model, "s")
+        InferenceRuntime(other.nets).open_named(model, "s")
     other.close()

@@ -50,7 +50,7 @@ def test_training_evaluation_and_inference_read_the_same_inputs(extra: list[str]
     settings = SessionSettings.from_config(cfg, T, max_level=ctrl.lensnet.max_level)
     session = MCSession(model, ctrl.gistnet, ctrl.lensnet, settings)
     session.ingest(ids[:-1])
-    inference = session._inputs(full_wc, 0)
+    inference = session.entries.inputs(full_wc, 0)
     session.close()
 
     W = len(full_wc)

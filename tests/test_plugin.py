@@ -333,13 +333,13 @@ def test_a_later_stage_takes_the_checkpoints_settings_with_mc_alone(
     capsys.readouterr()
 
     chat = SmallHost(["--mc", "--mc_refocus_every", "4"], stage="chat", source=(tmp_path, 1))  # inference: free
-    cfg = chat.plugin.controller.cfg
+    cfg = chat.plugin.nets.cfg  # the chat stage holds the aux nets alone, no training controller
     for knob in ("block_size", "mc_horizon", "allocator_recent_tokens", "gistnet_layers", "lensnet_dim"):
         assert getattr(cfg, knob) == getattr(trained, knob), knob
     assert cfg.mc_refocus_every == 4
     out = capsys.readouterr().out
     assert "--block_size 8" in out and "loaded from" in out
-    for key, value in chat.plugin.controller.lensnet.state_dict().items():
+    for key, value in chat.plugin.nets.lensnet.state_dict().items():
         assert torch.equal(value, lens_state[key])
     chat.close()
 
@@ -439,8 +439,8 @@ class _HookedEngine(_Engine):
 def test_chat_cli_answers_print_their_latency_and_past_the_window_the_level_map(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     host = SmallHost(["--mc", *SMALL, "--mc_telemetry", "none"], stage="chat")
-    assert host.plugin.answer_reports is False  # pytest is not chat_cli: chat_web and chat_eval stay quiet
-    host.plugin.answer_reports = True
+    assert host.plugin.chat.answer_reports is False  # pytest is not chat_cli: chat_web and chat_eval stay quiet
+    host.plugin.chat.answer_reports = True
     engine = _HookedEngine(host.model.eval(), host.pm.hook)
     capsys.readouterr()
 

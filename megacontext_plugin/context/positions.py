@@ -17,8 +17,8 @@ entries: the expected rotation under a Gaussian jitter of the position with stan
 comes from the entry's own span (``span_sigma``), never from the sequence length: a gist's
 uncertainty is its own span, whatever history surrounds it.
 
-``PositionalCache`` keeps the last table of each inference session (LRU) so a batched override
-(B > 1, every row its own layout) can be assembled from per-session rows.
+``PositionalCache`` keeps the last rotary rows of each session id (LRU); training stitches every
+batch's override (B > 1, every row its own layout) from it (``MCController.positional_caches``).
 """
 
 from __future__ import annotations
@@ -195,6 +195,10 @@ class PositionalCache:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def reserve(self, rows: int) -> None:
+        """Keep at least ``rows`` sessions: a batch's own rows are never evicted before they are stacked."""
+        self.max_sessions = max(self.max_sessions, rows)
 
     def __contains__(self, session_id: Hashable) -> bool:
         return session_id in self._rows

@@ -1,6 +1,7 @@
 """Inference with MegaContext: the Engine's decode over histories far longer than the model's window.
 
-``InferenceRuntime`` is what the plugin's ``generate`` hook calls (policy and sessions);
+``ChatRuntime`` is what the plugin's ``generate`` hook calls (an ``InferenceRuntime``: policy and
+sessions, with its telemetry and ``chat_cli``'s answer reports);
 ``MCSession`` is one history (tree), its working context, LensNet refocusing and a reused KV
 cache; ``decode_stream`` is nanochat ``Engine.generate``'s contract over sessions;
 ``level_map``/``render_level_map`` show which spans the model sees raw and which as gists.
@@ -8,6 +9,7 @@ cache; ``decode_stream`` is nanochat ``Engine.generate``'s contract over session
 
 from __future__ import annotations
 
+from .chat import ChatRuntime
 from .decode import SpecialTokens, decode_stream, sample_next_token
 from .kv_cache import MCKVCache
 from .level_map import level_bar, level_map, level_runs, render_level_map
@@ -24,6 +26,7 @@ from .session import (
 )
 
 __all__ = [
+    "ChatRuntime",
     "InferenceRuntime",
     "MCKVCache",
     "MCSession",

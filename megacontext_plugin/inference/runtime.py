@@ -31,7 +31,6 @@ context of the current answer).
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -43,17 +42,17 @@ import torch
 from torch import nn
 
 from ..config import MCConfig
-from ..training import MCController
+from ..nets import AuxNets, model_device
+from ..telemetry import nanochat_base_dir
 from .decode import SpecialTokens, decode_stream
-from .session import MCSession, SessionError, SessionSettings, model_device
+from .session import MCSession, SessionError, SessionSettings
 
 
 def default_tree_dir(cfg: MCConfig) -> Path:
     """``--mc_tree_dir``, else ``$NANOCHAT_BASE_DIR/megacontext/trees`` (nanochat's default base dir)."""
     if cfg.mc_tree_dir:
         return Path(cfg.mc_tree_dir).expanduser()
-    base = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
-    return Path(base) / "megacontext" / "trees"
+    return nanochat_base_dir() / "megacontext" / "trees"
 
 
 def wants_megacontext(prompt_tokens: int, max_tokens: int | None, budget: int, named: bool) -> bool:
@@ -62,13 +61,12 @@ def wants_megacontext(prompt_tokens: int, max_tokens: int | None, budget: int, n
 
 
 class InferenceRuntime:
-    """Sessions for one model's aux nets (the plugin's ``MCController``)."""
+    """Sessions for one model's aux nets (``nets.AuxNets``: loaded from a checkpoint, or a controller's)."""
 
-    def __init__(self, controller: MCController, cfg: MCConfig | None = None) -> None:
-        self.controller = controller
-        self.cfg = cfg or controller.cfg
-        self.settings = SessionSettings.from_config(self.cfg, controller.sequence_len,
-                                                    max_level=controller.lensnet.max_level)
+    def __init__(self, nets: AuxNets) -> None:
+        self.nets = nets
+        self.cfg = nets.cfg
+        self.settings = SessionSettings.from_config(self.cfg, nets.sequence_len, max_level=nets.lensnet.max_level)
         self.named: dict[str, MCSession] = {}
         self.unnamed: list[MCSession] = []
         self._temp_dirs: dict[int, Path] = {}
@@ -90,8 +88,8 @@ class InferenceRuntime:
                 path = root / name
             else:
                 path = temp = Path(tempfile.mkdtemp(prefix="unnamed-", dir=root))
-        session = MCSession(model, self.controller.gistnet, self.controller.lensnet, self.settings,
-                            aux_dtype=self.controller.aux_dtype, kind=cfg.mc_tree, path=path,
+        session = MCSession(model, self.nets.gistnet, self.nets.lensnet, self.settings,
+                            aux_dtype=self.nets.aux_dtype, kind=cfg.mc_tree, path=path,
                             fsync=cfg.mc_tree_fsync, name=name or None, listeners=())
         session.listeners.append(self._broadcast)
         if temp is not None:

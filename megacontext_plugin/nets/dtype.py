@@ -1,4 +1,4 @@
-"""``--mc_aux_dtype``: the dtype GistNet and LensNet run in."""
+"""Dtypes decided by the device: the aux nets' (``--mc_aux_dtype``) and the base model's activations."""
 
 from __future__ import annotations
 
@@ -26,3 +26,9 @@ def resolve_aux_dtype(setting: str, device: torch.device | str) -> torch.dtype:
     if setting == "auto":
         return torch.bfloat16 if native_bf16(device) else torch.float32
     raise ValueError(f"--mc_aux_dtype: got {setting!r}; allowed: {'|'.join(AUX_DTYPES)}")
+
+
+def activation_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of the base model's activations, KV cache and rotary tables: bf16 on CUDA, fp32
+    elsewhere (nanochat's choice for its own rotary table and ``Engine`` KV cache)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -506,8 +506,9 @@ def make_provider(
     """Build the provider named by ``kind`` ("none", "jsonl" or "otlp").
 
     JSONL writes ``run_dir/telemetry.jsonl``. "otlp" reads its endpoint and TLS settings from the
-    environment (see :func:`resolve_otlp_settings`); if the OTLP packages are missing it warns
-    once and falls back to JSONL in ``run_dir``.
+    environment (see :func:`resolve_otlp_settings`); if the OTLP packages are missing or the
+    exporter fails to start it warns once and falls back to JSONL in ``run_dir`` (a configuration
+    mistake is a ``TelemetryConfigError``).
     """
     if kind not in PROVIDER_KINDS:
         raise TelemetryConfigError(f"unknown telemetry provider {kind!r}; use one of: {', '.join(PROVIDER_KINDS)}")
@@ -518,11 +519,14 @@ def make_provider(
     if kind == "otlp":
         try:
             return OpenTelemetryProvider(service_name, allow_content=allow_content)
-        except TelemetryUnavailableError as exc:
+        except TelemetryConfigError:
+            raise
+        except Exception as exc:  # missing packages, or an exporter that cannot start: never stop training
             if run_dir is None:
                 raise
-            fallback = Path(run_dir) / JSONL_FILENAME
-            _warn_missing_otlp_once(exc, fallback)
+            if not isinstance(exc, TelemetryUnavailableError):
+                exc = TelemetryUnavailableError(f"the OTLP exporter failed to start: {exc!r}")
+            _warn_missing_otlp_once(exc, Path(run_dir) / JSONL_FILENAME)
     assert run_dir is not None
     return JsonlTelemetryProvider(Path(run_dir) / JSONL_FILENAME, allow_content=allow_content)
 
@@ -575,18 +579,7 @@ def make_run_provider(
     service = SERVICE_NAMES.get(stage, "megacontext-train")
     run_dir = Path(telemetry_dir) if telemetry_dir else default_telemetry_dir()
     run_dir = run_dir / run_id
-    if kind == "otlp":
-        try:
-            provider = make_provider("otlp", run_dir, service, allow_content=allow_content)
-        except TelemetryConfigError:
-            raise
-        except Exception as exc:  # an exporter that cannot start must never stop training
-            fallback = run_dir / JSONL_FILENAME
-            _warn_missing_otlp_once(TelemetryUnavailableError(f"the OTLP exporter failed to start: {exc!r}"),
-                                    fallback)
-            provider = JsonlTelemetryProvider(fallback, allow_content=allow_content)
-    else:
-        provider = make_provider(kind, run_dir, service, allow_content=allow_content)
+    provider = make_provider(kind, run_dir, service, allow_content=allow_content)
     if isinstance(provider, JsonlTelemetryProvider):
         where = str(provider.path)
     elif isinstance(provider, OpenTelemetryProvider):

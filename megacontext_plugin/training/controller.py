@@ -36,7 +36,7 @@ import torch.nn as nn
 from ..config import MCConfig
 from ..context import EntryRows, LevelTable, model_inputs
 from ..context.positions import PositionalCache
-from ..nets import allreduce_gradients, build_gistnet, build_lensnet, resolve_aux_dtype
+from ..nets import AuxNets, activation_dtype, allreduce_gradients
 from ..tree.building import build_levels
 from . import losses as L
 from .curriculum import curriculum_budget, smallest_useful_budget
@@ -72,7 +72,8 @@ class MCBatch:
     value_ids_RW: torch.Tensor
     """Token id of each raw entry (nanochat's value embeddings); -1 for gists and padding."""
     cos_sin: tuple[torch.Tensor, torch.Tensor] | None
-    """Per-row rotary tables ``[R, W, 1, head_dim/2]``, or None = the model's own table."""
+    """Per-row rotary tables ``[R, W, 1, head_dim/2]`` stitched from ``MCController.positional_caches``,
+    or None = the model's own table."""
     layouts: VariantLayouts
     index: PackIndex
     scores_RW: torch.Tensor
@@ -92,12 +93,16 @@ class MCBatch:
 
 @dataclass
 class MCLosses:
-    """``total`` is what to backpropagate; ``terms`` are its parts; ``metrics`` are detached scalars;
+    """``total`` is what to backpropagate: the token loss plus ``weighted`` (the aux losses at their
+    ``--mc_*_loss_weight``, the one place the weights are applied; a host whose forward already
+    returns the token loss adds ``weighted``, e.g. through the ``extra_loss`` hook); ``terms`` are
+    the unweighted parts; ``metrics`` are detached scalars;
     ``pairs`` holds the detached per-pair tensors (``margin`` = LensNet's "i is better" margin,
     ``adv`` = dnll_j - dnll_i, the truth), ``dnll`` ``[B, V-1]`` and ``supervised`` ``[B]`` (the
     sequence's tail has a target >= 0; ``adv`` and ``dnll`` are 0 on the other sequences)."""
 
     total: torch.Tensor
+    weighted: dict[str, torch.Tensor]
     terms: dict[str, torch.Tensor]
     metrics: dict[str, torch.Tensor]
     pairs: dict[str, torch.Tensor]
@@ -113,16 +118,14 @@ class MCController(nn.Module):
     def __init__(self, cfg: MCConfig, *, dim: int, head_dim: int, sequence_len: int, total_steps: int,
                  device: torch.device | str = "cpu") -> None:
         super().__init__()
-        cfg = cfg.for_model(sequence_len)
-        self.cfg = cfg
+        self.nets = AuxNets.build(cfg, dim=dim, sequence_len=sequence_len, device=device)
+        """GistNet and LensNet with the resolved knobs and dtype: what inference needs of this controller."""
+        cfg = self.cfg = self.nets.cfg
         self.dim, self.head_dim, self.sequence_len = dim, head_dim, sequence_len
         self.total_steps = max(1, total_steps)
-        self.device_ = torch.device(device)
-        self.aux_dtype = resolve_aux_dtype(cfg.mc_aux_dtype, self.device_)
-        width = cfg.gistnet_width or max(cfg.gistnet_heads, dim // 2)
-        torch.manual_seed(cfg.mc_seed)  # aux-net init is part of the seeded run
-        self.gistnet = build_gistnet(cfg, dim, width=width).to(self.device_, self.aux_dtype)
-        self.lensnet = build_lensnet(cfg, dim).to(self.device_, self.aux_dtype)
+        self.device_ = self.nets.device
+        self.aux_dtype = self.nets.aux_dtype
+        self.gistnet, self.lensnet = self.nets.gistnet, self.nets.lensnet
         self.lens_prev = copy.deepcopy(self.lensnet).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.aux_parameters(), lr=cfg.mc_aux_lr, weight_decay=0.0)
         self.layouts = LayoutPrefetcher(cfg.mc_seed)
@@ -160,8 +163,7 @@ class MCController(nn.Module):
         }
 
     def load_controller_state(self, state: dict[str, Any]) -> None:
-        self.gistnet.load_state_dict(state["gistnet"])
-        self.lensnet.load_state_dict(state["lensnet"])
+        self.nets.load_nets(state)
         self.lens_prev.load_state_dict(state["lens_prev"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.adv_var_ema = state["adv_var_ema"]
@@ -232,9 +234,10 @@ class MCController(nn.Module):
         horizon, against the H tokens before it (the query inference will have), never the tokens
         whose loss is measured.
 
-        With ``session_ids`` (one per sequence) and per-row positions in use, each packed row's
-        rotary table is also kept in ``positional_caches`` under ``(session_id, variant)``, so a
-        caller can stitch batched overrides (B > 1, every row its own layout) from it.
+        With per-row positions in use, each packed row's rotary table is kept in
+        ``positional_caches`` under ``(session_id, variant)`` (``session_ids``: one per sequence,
+        default the row index) and ``MCBatch.cos_sin`` is stitched from them (B > 1, every row its
+        own layout): see ``_stitched_rotary``.
         """
         cfg = self.cfg
         timings: dict[str, float] = {}
@@ -283,37 +286,62 @@ class MCController(nn.Module):
         inputs = model_inputs(LevelTable(levels, x_BT), rows, scheme=cfg.mc_position_scheme,
                               sigma_scale=cfg.mc_rope_gist_sigma, head_dim=self.head_dim,
                               sequence_len=self.sequence_len, targets_BT=y_BT,
-                              rotary_dtype=torch.bfloat16 if x_BT.is_cuda else torch.float32)
+                              rotary_dtype=activation_dtype(x_BT.device))
         inputs_RWD, targets_RW, cos_sin = inputs.inputs_RWD, inputs.targets_RW, inputs.cos_sin
         assert targets_RW is not None
         timings["packing_ms"] = _ms(t3)
 
         t4 = time.perf_counter()
-        if cos_sin is not None and session_ids is not None:
-            if len(session_ids) != B:
-                raise ValueError(f"session_ids has {len(session_ids)} ids for a batch of {B} sequences")
-            for r in range(B * V):
-                self.positional_caches.put((session_ids[r // V], r % V), cos_sin[0][r], cos_sin[1][r])
+        cos_sin = self._stitched_rotary(cos_sin, session_ids, B, V)
         timings["positional_ms"] = _ms(t4)
 
         t5 = time.perf_counter()
-        # LensNet scores the non-baseline variants (the baseline rows hold no gist to rank), causally:
-        # the entries of the prompt against its last H tokens.
-        R, W = targets_RW.shape
-        rand_N = torch.arange(R, device=x_BT.device).view(B, V)[:, 1:].reshape(-1)
-        entries = inputs_RWD.detach().index_select(0, rand_N).to(self.aux_dtype)
-        prompt_RW = index.valid_RW & torch.from_numpy(layouts.ends_RW <= T - H).to(x_BT.device)
-        query_NHD = lod0_BTD[:, T - 2 * H:T - H].detach().to(self.aux_dtype).repeat_interleave(V - 1, dim=0)
-        lens_args = (entries, index.levels_RW[rand_N], index.spans_RW[rand_N], query_NHD, prompt_RW[rand_N])
-        scores_RW = torch.zeros(R, W, device=x_BT.device).index_copy(0, rand_N, self.lensnet(*lens_args).float())
-        prev_RW = torch.zeros(R, W, device=x_BT.device)
-        if cfg.mc_lens_kl_weight > 0:  # the KL anchor costs a forward; skip it when the term is off
-            with torch.no_grad():
-                prev_RW.index_copy_(0, rand_N, self.lens_prev(*lens_args).float())
+        scores_RW, prev_RW = self._variant_scores(inputs_RWD, lod0_BTD, layouts, index)
         timings["lens_ms"] = _ms(t5)
         timings["controller_ms"] = _ms(t0)
         return MCBatch(inputs_RWD, targets_RW, inputs.value_ids_RW, cos_sin, layouts, index, scores_RW, prev_RW,
                        budget, len(levels), timings)
+
+    def _variant_scores(self, inputs_RWD: torch.Tensor, lod0_BTD: torch.Tensor, layouts: VariantLayouts,
+                        index: PackIndex) -> tuple[torch.Tensor, torch.Tensor]:
+        """LensNet's utilities ``[R, W]`` of the non-baseline variants (the baseline rows hold no gist to
+        rank), causally: the entries of the prompt against its last H tokens; and the previous
+        step's LensNet's on the same inputs (zeros when the KL term is off: its forward is skipped)."""
+        B, T, _ = lod0_BTD.shape
+        H, V = self.cfg.mc_horizon, layouts.variants
+        R, W = inputs_RWD.shape[:2]
+        device = inputs_RWD.device
+        rand_N = torch.arange(R, device=device).view(B, V)[:, 1:].reshape(-1)
+        entries = inputs_RWD.detach().index_select(0, rand_N).to(self.aux_dtype)
+        prompt_RW = index.valid_RW & torch.from_numpy(layouts.ends_RW <= T - H).to(device)
+        query_NHD = lod0_BTD[:, T - 2 * H:T - H].detach().to(self.aux_dtype).repeat_interleave(V - 1, dim=0)
+        lens_args = (entries, index.levels_RW[rand_N], index.spans_RW[rand_N], query_NHD, prompt_RW[rand_N])
+        scores_RW = torch.zeros(R, W, device=device).index_copy(0, rand_N, self.lensnet(*lens_args).float())
+        prev_RW = torch.zeros(R, W, device=device)
+        if self.cfg.mc_lens_kl_weight > 0:  # the KL anchor costs a forward; skip it when the term is off
+            with torch.no_grad():
+                prev_RW.index_copy_(0, rand_N, self.lens_prev(*lens_args).float())
+        return scores_RW, prev_RW
+
+    def _stitched_rotary(self, cos_sin: tuple[torch.Tensor, torch.Tensor] | None,
+                         session_ids: Sequence[Hashable] | None, B: int, V: int
+                         ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The batch's rotary override ``[B*V, W, 1, F]``, stitched from ``positional_caches``.
+
+        Every packed row's table is kept there under ``(session_id, variant)`` (the session id of
+        sequence ``b`` is ``session_ids[b]``, by default ``b``: a host's micro-batch has no other
+        identity), and the override the forward reads is stacked from those rows: the cache is the
+        one owner of per-row rotary tables, and a caller that intercepts it sees what trains."""
+        ids = list(range(B)) if session_ids is None else list(session_ids)
+        if len(ids) != B:
+            raise ValueError(f"session_ids has {len(ids)} ids for a batch of {B} sequences")
+        if cos_sin is None:
+            return None
+        keys = [(ids[r // V], r % V) for r in range(B * V)]
+        self.positional_caches.reserve(len(keys))
+        for r, key in enumerate(keys):
+            self.positional_caches.put(key, cos_sin[0][r], cos_sin[1][r])
+        return self.positional_caches.stack(keys, width=cos_sin[0].shape[1])
 
     def _lens_scorer(self, levels: list[torch.Tensor], query_BHD: torch.Tensor):
         """LensNet utilities of one prompt working context per sequence, in one call (on-policy variants)."""
@@ -351,7 +379,8 @@ class MCController(nn.Module):
         tails = _tail_verdicts(batch, nll_RW, supervised_RW)
         gist_loss = L.mean_over(tails.dnll_BN, tails.has_tail_BN)
         lens = self._lens_loss(batch, tails)
-        total = token_loss + cfg.mc_gist_loss_weight * gist_loss + cfg.mc_lens_loss_weight * lens.total
+        weighted = {"mc_gist": cfg.mc_gist_loss_weight * gist_loss, "mc_lens": cfg.mc_lens_loss_weight * lens.total}
+        total = token_loss + weighted["mc_gist"] + weighted["mc_lens"]
         self._pending_ema = (lens.adv_var.detach(), lens.pressure.detach())
         metrics = _loss_metrics(batch, nll_RW, supervised_RW, tails, token_loss, gist_loss, lens)
         batch.timings_ms["losses_ms"] = _ms(t0)
@@ -359,7 +388,7 @@ class MCController(nn.Module):
                  "lens_kl": lens.kl, "lens_budget": lens.budget_pen}
         pairs = {"margin": lens.margin_BP.detach(), "adv": lens.adv_BP, "dnll": tails.dnll_BN.detach(),
                  "supervised": tails.has_tail_B}
-        return MCLosses(total, terms, metrics, pairs)
+        return MCLosses(total, weighted, terms, metrics, pairs)
 
     def _lens_loss(self, batch: MCBatch, tails: _TailVerdicts) -> _LensTerms:
         """LensNet's loss: Bradley-Terry on the preference pairs (advantages normalised by an EMA of

@@ -74,3 +74,31 @@ def auto_batch(cfg: MCConfig, device_batch_size: int, num_iterations: int, seque
     batch = max(1, math.floor(device_batch_size / peak))
     iterations = max(1, round(num_iterations / mean))
     return AutoBatchPlan(batch, iterations, peak, mean, applied=True)
+
+
+def largest_divisor_at_most(n: int, limit: int) -> int:
+    """The largest divisor of ``n`` that is <= ``limit`` (>= 1): a smaller device batch that still
+    divides the host's total batch, so its gradient-accumulation arithmetic stays exact."""
+    return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(1, limit))
+
+
+def adjusted_device_batch(cfg: MCConfig, device_batch_size: int, sequence_len: int) -> tuple[int, str | None]:
+    """``--device-batch-size`` under ``--mc_auto_batch``: the batch to use and, when it changed, the
+    line that says why (a step feeds the base model more positions than vanilla's)."""
+    plan = auto_batch(cfg, device_batch_size, 1000, sequence_len)
+    batch = largest_divisor_at_most(device_batch_size, plan.device_batch_size)
+    if batch == device_batch_size:
+        return batch, None
+    return batch, (f"auto-batch: --device-batch-size {device_batch_size} -> {batch} (a step feeds the base model "
+                   f"{plan.peak_multiplier:.2f}x vanilla's positions at the widest budget; --mc_auto_batch 0 keeps "
+                   f"yours)")
+
+
+def adjusted_iterations(cfg: MCConfig, num_iterations: int, sequence_len: int) -> tuple[int, str | None]:
+    """The host's iteration count under ``--mc_auto_batch`` and, when it changed, the line that says why."""
+    plan = auto_batch(cfg, 1, num_iterations, sequence_len)
+    if plan.num_iterations == num_iterations:
+        return num_iterations, None
+    return plan.num_iterations, (f"auto-batch: {num_iterations} -> {plan.num_iterations} iterations (MC processes "
+                                 f"{plan.mean_multiplier:.2f}x vanilla's base-model positions per sequence on "
+                                 f"average; --mc_auto_batch 0 keeps yours)")

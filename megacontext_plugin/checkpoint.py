@@ -1,0 +1,84 @@
+"""The plugin's state beside nanochat's checkpoints: ``megacontext_{step:06d}.pt``.
+
+One file per saved step, beside the host's ``model_{step:06d}.pt``: the controller's state
+(``MCController.controller_state``: GistNet, LensNet, their optimizer and EMAs), the step, the
+knobs it was trained with and the telemetry's running axes. It is written atomically and read as
+data only. Three readers share :func:`read_state`: the knobs a later stage inherits
+(:func:`restore_settings`), the aux nets a later stage starts from, and an exact resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import MCConfig, is_checkpoint_knob
+
+STRUCTURAL_PREFIXES = ("block_size", "gistnet_", "lensnet_")
+"""Knobs that shape the aux nets' parameters: a later stage must use the values its checkpoint was trained with."""
+
+
+class CheckpointError(ValueError):
+    """A state file that cannot be used as asked (the message says why and what to do)."""
+
+
+def state_path(checkpoint_dir: str | Path, step: int) -> Path:
+    """Where the plugin's state for ``step`` lives, beside nanochat's ``model_{step:06d}.pt``."""
+    return Path(checkpoint_dir) / f"megacontext_{step:06d}.pt"
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    """Save ``state`` so that a crash mid-save leaves the previous file, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def read_state(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """``path`` as data only (a file that would run code on load is refused)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # not a torch file, truncated, or a pickle that is not plain data
+        raise CheckpointError(f"{path} cannot be read as MegaContext state: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}") from None
+
+
+def read_matching(path: Path, cfg: MCConfig, device: torch.device | str) -> dict[str, Any] | None:
+    """The state at ``path`` (None if there is none) after checking that its aux nets have the shape
+    ``cfg`` asks for (``STRUCTURAL_PREFIXES``): the one loader of a stage's start and of a resume."""
+    if not path.is_file():
+        return None
+    saved = read_state(path, device)
+    current = cfg.as_dict()
+    differ = [k for k in current if k.startswith(STRUCTURAL_PREFIXES) and k in saved["config"]
+              and saved["config"][k] != current[k]]
+    if differ:
+        was = ", ".join(f"--{k} {saved['config'][k]}" for k in differ)
+        now = ", ".join(f"--{k} {current[k]}" for k in differ)
+        raise CheckpointError(f"{path} was trained with {was} but this run asks for {now}: pass the values it "
+                              f"was trained with")
+    return saved
+
+
+def restore_settings(cfg: MCConfig, explicit: set[str], path: Path) -> tuple[MCConfig, dict[str, Any]]:
+    """``cfg`` with the knobs the checkpoint at ``path`` was trained with (``is_checkpoint_knob``), as
+    nanochat rebuilds its model from the checkpoint's meta: ``--mc`` alone is enough. Returns the new
+    config and the knobs taken from the file. A flag in ``explicit`` that contradicts one is a
+    ``CheckpointError`` naming both values; other knobs stay free."""
+    if not path.is_file():
+        return cfg, {}
+    saved = read_state(path)["config"]
+    current = cfg.as_dict()
+    differ = {k: saved[k] for k in current if is_checkpoint_knob(k) and k in saved and saved[k] != current[k]}
+    explicit = explicit & set(differ)
+    if explicit:
+        was = ", ".join(f"--{k} {saved[k]}" for k in sorted(explicit))
+        now = ", ".join(f"--{k} {current[k]}" for k in sorted(explicit))
+        raise CheckpointError(f"{path} was trained with {was} but this run asks for {now}: drop the flag (the "
+                              f"checkpoint's value is used) or start from a checkpoint trained with it")
+    return dataclasses.replace(cfg, **differ), differ

@@ -1,0 +1,106 @@
+"""The ``generate`` hook's side of the plugin: one ``InferenceRuntime`` over a set of aux nets, the
+telemetry its refocuses go to, and what ``chat_cli`` prints after each answer.
+
+The chat stage opens it in ``setup_model`` (so a bad inference knob, or a named session that
+cannot be opened, fails before the first prompt); a training stage whose script samples through
+the Engine opens it on the first ``generate`` call, over the nets being trained.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+
+from ..nets import AuxNets
+from ..telemetry import TelemetryEvent, make_run_provider
+from ..telemetry.lifecycle import ClosedAtExit
+from .cli_report import answer_report, timed
+from .runtime import InferenceRuntime
+from .session import MCSession
+
+
+class ChatRuntime:
+    """MC decoding for the Engine (``InferenceRuntime``) plus its telemetry and answer reports.
+
+    Raises ``ConfigError`` (inference knobs), ``SessionError`` (named session) or
+    ``TelemetryConfigError`` (``--mc_telemetry``) while opening; the log lines it has to say are
+    in ``messages``.
+    """
+
+    def __init__(self, nets: AuxNets, model: nn.Module | None = None, *, answer_reports: bool = False) -> None:
+        self.runtime = InferenceRuntime(nets)
+        self.answer_reports = answer_reports
+        """Print each answer's latency and level map (``cli_report``): set for ``chat_cli``."""
+        self.messages: list[str] = []
+        self._provider_exit: ClosedAtExit | None = None
+        self._upstream_decoding = False
+        """True while the Engine decodes a prompt that fits on our behalf: the hook answers None then."""
+        try:
+            self._send_updates()
+            name = self.runtime.cfg.mc_session
+            if model is not None and name:
+                session = self.runtime.open_named(model, name)
+                where = f"disk, {session.path}" if session.path is not None else "ram"
+                self.messages.append(f"session {session.name!r} ({where}): {session.num_tokens} tokens of history")
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def nets(self) -> AuxNets:
+        return self.runtime.nets
+
+    @property
+    def last_session(self) -> MCSession | None:
+        return self.runtime.last_session
+
+    def _send_updates(self) -> None:
+        """Every refocus's ``inference_update`` goes to the run's provider (``--mc_telemetry``,
+        service ``megacontext-chat``); ``none`` sends nothing."""
+        cfg = self.runtime.cfg
+        if cfg.mc_telemetry == "none":
+            return
+        provider, _, where = make_run_provider(cfg.mc_telemetry, "chat", telemetry_dir=cfg.mc_telemetry_dir or None)
+        self._provider_exit = ClosedAtExit(provider)
+        self.runtime.listeners.append(lambda payload: provider.emit(TelemetryEvent("inference_update", payload)))
+        self.messages.append(f"inference telemetry -> {where}")
+
+    def generate(self, engine: Any, tokens: list[int], **kwargs: Any) -> Iterator[Any] | None:
+        """The hook's answer: None (upstream decodes), the MC stream, or either one timed for ``chat_cli``."""
+        if self._upstream_decoding:
+            return None
+        start = time.perf_counter()
+        stream = self.runtime.generate(engine, tokens, **kwargs)
+        if not self.answer_reports:
+            return stream
+        megacontext = stream is not None
+        runtime = self.runtime
+
+        def report(latency: Any) -> None:
+            session = runtime.last_session if megacontext else None
+            print("\n" + answer_report(latency, session.render_level_map() if session else None), flush=True)
+
+        return timed(stream if megacontext else self._upstream_decode(engine, tokens, kwargs), len(tokens),
+                     megacontext, start, report)
+
+    def _upstream_decode(self, engine: Any, tokens: list[int], kwargs: dict[str, Any]) -> Iterator[Any]:
+        """Upstream's own decode of a prompt that fits, driven from here so that ``chat_cli`` can time it:
+        ``Engine.generate`` asks this hook first, on its first ``next``, and gets None meanwhile."""
+        inner = engine.generate(tokens, **kwargs)
+        self._upstream_decoding = True
+        try:
+            first = next(inner, None)
+        finally:
+            self._upstream_decoding = False
+        if first is not None:
+            yield first
+            yield from inner
+
+    def close(self) -> None:
+        self.runtime.close()
+        if self._provider_exit is not None:
+            self._provider_exit.close()
+            self._provider_exit = None

@@ -1,0 +1,63 @@
+"""What a session needs from the knobs and the model, checked once when the runtime opens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import ConfigError, MCConfig
+from ..context import max_representable_level
+from ..focus import FocusConfig
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """What a session needs from the knobs and the model (see ``from_config``)."""
+
+    budget: int
+    """W_max: entries the base model attends to (KV-cache capacity)."""
+    refocus_every: int
+    """Generated tokens between refocuses."""
+    headroom: int
+    """Entries freed when the WC is full (>= ``refocus_every``)."""
+    block_size: int
+    protected: int
+    """Raw tail never edited: ``max(--allocator_recent_tokens, H)``, the prompt's tail as in training."""
+    horizon: int
+    """Tail tokens LensNet scores the entries against."""
+    position_scheme: str
+    rope_gist_sigma: float
+    max_level: int
+    """Highest gist level (LensNet embeds levels up to its ``max_level``)."""
+    focus: FocusConfig
+
+    @classmethod
+    def from_config(cls, cfg: MCConfig, sequence_len: int, max_level: int = 16) -> SessionSettings:
+        """Settings for a model trained at ``sequence_len``; ``ConfigError`` naming the flags if
+        the budget leaves no room for the raw tail, the headroom and the history's gists."""
+        cfg = cfg.for_model(sequence_len)
+        budget = cfg.wc_budget(sequence_len)
+        every = cfg.mc_refocus_every
+        headroom = max(cfg.mc_wc_headroom or budget // 8, every)
+        protected = cfg.prompt_tail(sequence_len)
+        K = cfg.block_size
+        top = min(max_level, max_representable_level(K))
+        gists = 2 * (K - 1)  # the least room for older history (a very long one needs about K-1 per level)
+        if protected + headroom + gists > budget:
+            raise ConfigError(
+                f"the working-context budget ({budget}) leaves no room at inference for the raw tail "
+                f"({protected}: --allocator_recent_tokens/--mc_horizon), the headroom ({headroom}: "
+                f"--mc_wc_headroom/--mc_refocus_every) and the gists of older history ({gists} with --block_size "
+                f"{K}); lower those or raise --mc_wc_budget")
+        soft = min(cfg.allocator_soft_max_length or budget, budget - every)
+        focus = FocusConfig(
+            budget=budget - every, type=cfg.allocator_type,  # type: ignore[arg-type]
+            expand_threshold=cfg.allocator_expand_threshold, collapse_threshold=cfg.allocator_collapse_threshold,
+            max_replacements=cfg.allocator_max_replacements, iterations=cfg.allocator_iterations,
+            soft_max_length=soft, recent_tokens=protected, cooldown=cfg.allocator_cooldown,
+            sample_top_k=cfg.allocator_sample_top_k, sample_temperature=cfg.allocator_sample_temperature,
+            seed=cfg.mc_seed, max_level=top, expand_neighbours=cfg.allocator_expand_neighbours,
+        )
+        return cls(budget, every, headroom, K, protected, cfg.mc_horizon, cfg.mc_position_scheme,
+                   cfg.mc_rope_gist_sigma, top, focus)
+
+
