@@ -51,7 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="directory for tiny.pt and train_log.jsonl")
     p.add_argument("--budget", type=int, default=64, help="final working-context budget W (entries)")
     p.add_argument("--block-size", type=int, default=8, help="K")
-    p.add_argument("--recent", type=int, default=16, help="protected raw tail (--allocator_recent_tokens)")
+    p.add_argument("--recent", type=int, default=32,
+                   help="protected raw tail (--allocator_recent_tokens): 32 keeps the documents' 37-byte "
+                        "question nearly raw (16 left most of it in gists, D24)")
     p.add_argument("--horizon", type=int, default=16, help="H for LensNet and the gist loss (--mc_horizon)")
     p.add_argument("--plain-len", type=int, default=256)
     p.add_argument("--plain-steps", type=int, default=1600)
