@@ -29,8 +29,8 @@ import torch
 
 from .context import TreeSource, WorkingContext
 from .focus import FocusAllocator, FocusConfig
-from .tree import TREE_KINDS, open_tree
-from .tree.building import mean_pool_gist
+from .tree import TREE_KINDS, TreeError, open_tree
+from .tree.building import check_block_size, mean_pool_gist
 
 NEEDLE_TOKEN = 0
 """Token id reserved for the needle: the haystack never uses it."""
@@ -62,10 +62,11 @@ def _positive(text: str) -> int:
 
 
 def _power_of_two(text: str) -> int:
-    value = _positive(text)
-    if value < 2 or value & (value - 1):
-        raise argparse.ArgumentTypeError(f"got {value}; allowed: a power of two >= 2")
-    return value
+    """``--block-size``: the tree's own rule (``tree.building.check_block_size``), as an argparse type."""
+    try:
+        return check_block_size(_positive(text))
+    except TreeError:
+        raise argparse.ArgumentTypeError(f"got {text}; allowed: a power of two >= 2") from None
 
 
 NEEDLE_BLOCKS = 4
