@@ -398,23 +398,25 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
     }
 
 
+def format_cell(value: Any) -> str:
+    """One table cell: ``-`` for a missing value, floats to three decimals."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
 def format_table(result: dict[str, Any]) -> str:
     cols = ["arm", "length_x", "passkey_acc", "passkey_digit", "recall_acc", "nll_h", "delta_nll_h", "swap_rate",
             "residency"]
-
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.3f}"
-        return str(v)
 
     s = result["settings"]
     lines = [f"long-context eval: budget W={s['budget']}, K={s['block_size']}, H={s['horizon']}, "
              f"model window {s['sequence_len']}, {s['tokens']}"]
     for arm in s["arms"]:
         rows = [r for r in result["rows"] if r["arm"] == arm]
-        cells = [[fmt(r.get(c)) for c in cols] for r in rows]
+        cells = [[format_cell(r.get(c)) for c in cols] for r in rows]
         widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
         lines.append("")
         lines.append("  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True)))
@@ -423,7 +425,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append("")
     lr = result["lens_rank_corr"]
     lines.append(f"lens_rank_corr (Spearman, LensNet utility vs true NLL drop of expanding each gist): "
-                 f"{fmt(lr)} over {result['lens_rank_corr_docs']} documents")
+                 f"{format_cell(lr)} over {result['lens_rank_corr_docs']} documents")
     for arm, g in result["passkey_grid"].items():
         lines.append(f"\npasskey exact match, {arm} (rows: depth, columns: length x W)")
         head = "depth\\len " + " ".join(f"{n:>6d}" for n in g["lengths_x"])

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..training.controller import MCController
 from .codec import tokenizer_codec
-from .long_context import evaluate
+from .long_context import evaluate, format_cell
 
 
 class NanochatArms(nn.Module):
@@ -99,25 +99,17 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
 def markdown_table(result: dict[str, Any]) -> str:
     """The validation table (Markdown), one row per (arm, length)."""
     lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     for row in table_rows(result):
-        lines.append("| " + " | ".join(_fmt(row.get(key)) for key, _ in COLUMNS) + " |")
+        lines.append("| " + " | ".join(format_cell(row.get(key)) for key, _ in COLUMNS) + " |")
     return "\n".join(lines)
 
 
 def text_table(result: dict[str, Any]) -> str:
     """The same table for a terminal, with a title line naming the budget and the documents."""
-    rows = [[title for _, title in COLUMNS]] + [[_fmt(r.get(k)) for k, _ in COLUMNS] for r in table_rows(result)]
+    rows = [[title for _, title in COLUMNS]] + [[format_cell(r.get(k)) for k, _ in COLUMNS] for r in table_rows(result)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     s = result["settings"]
     head = (f"MegaContext validation: budget W={s['budget']} entries, K={s['block_size']}, H={s['horizon']}, "
