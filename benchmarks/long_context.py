@@ -22,7 +22,8 @@ import numpy as np
 
 from megacontext_plugin.cli import main as megacontext
 
-METRICS = ("passkey_acc", "passkey_digit", "recall_acc", "nll_h", "delta_nll_h", "swap_rate", "residency")
+METRICS = ("passkey_acc", "passkey_digit", "recall_acc", "nll_h", "delta_nll_h", "swap_rate", "residency", "key_raw",
+           "key_raw_reachable")
 
 
 def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -41,7 +42,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def format_summary(summary: list[dict[str, Any]], lens: list[float | None]) -> str:
-    cols = ["passkey_acc", "passkey_digit", "recall_acc", "nll_h", "delta_nll_h", "swap_rate", "residency"]
+    cols = list(METRICS)
     lines = ["arm        len  " + "  ".join(f"{c:>17s}" for c in cols)]
     for row in summary:
         cells = []

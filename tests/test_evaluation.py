@@ -22,7 +22,7 @@ from megacontext_plugin.evaluation.checkpoint import decode, encode
 class Oracle:
     """Always right: predicts every continuation token, with NLL 0."""
 
-    def predict(self, arm: str, prefix: torch.Tensor, cont: torch.Tensor) -> Prediction:
+    def predict(self, arm: str, prefix: torch.Tensor, cont: torch.Tensor, answer_span=None) -> Prediction:
         return Prediction(np.zeros(cont.numel()), cont.numpy().copy(), int(prefix.numel()))
 
 
@@ -32,7 +32,7 @@ class RandomModel:
     def __init__(self, seed: int = 0) -> None:
         self.rng = np.random.default_rng(seed)
 
-    def predict(self, arm: str, prefix: torch.Tensor, cont: torch.Tensor) -> Prediction:
+    def predict(self, arm: str, prefix: torch.Tensor, cont: torch.Tensor, answer_span=None) -> Prediction:
         return Prediction(np.full(cont.numel(), np.log(256.0)), self.rng.integers(0, 256, cont.numel()), 64)
 
 
@@ -64,6 +64,31 @@ def test_an_always_right_model_scores_100_and_a_random_one_chance() -> None:
     assert score.exact == 0.0 and score.per_digit < 0.05  # chance: 1/256 per byte
     assert lc.score_recall(rnd, "any", rc)[0].query_accuracy == 0.0
     assert np.allclose(lc.nll_at_h(rnd, "any", [d.text for d in pk], 16), np.log(256))
+
+
+def test_answer_span_is_the_digits_of_the_key_line() -> None:
+    for d in lc.make_passkey_docs(3, 300, [0.0, 0.5, 1.0], 2):
+        lo, hi = lc.answer_span(d)
+        assert encode(d.prompt)[lo:hi].tolist() == list(d.answer.encode())
+        assert d.prompt[lo - len("The pass key is "):lo] == "The pass key is "
+
+
+def test_answer_focus_tells_a_raw_key_from_a_gist_and_the_budget_ceiling() -> None:
+    from megacontext_plugin.evaluation.arms import answer_focus
+
+    K, n, recent = 4, 256, 16
+    coarsest = WorkingContext.coarsest(n, K, recent)
+    span = (100, 105)  # crosses a block boundary at 104: two level-1 blocks to open, all their ancestors
+    opened = coarsest
+    while (g := np.flatnonzero((opened.levels > 0) & (opened.starts < 105) & (opened.ends > 100))).size:
+        opened = opened.expand(g)
+    cost = len(opened)
+    assert answer_focus(opened, coarsest, span, room=cost) == {"key_raw": 1.0, "key_raw_reachable": 1.0}
+    assert answer_focus(coarsest, coarsest, span, room=cost) == {"key_raw": 0.0, "key_raw_reachable": 1.0}
+    assert answer_focus(coarsest, coarsest, span, room=cost - 1)["key_raw_reachable"] == 0.0
+    # one more gist opened elsewhere does not change the answer's state
+    other = int(np.flatnonzero((opened.levels > 0) & (opened.ends <= 64))[0])
+    assert answer_focus(opened.expand([other]), coarsest, span, room=cost)["key_raw"] == 1.0
 
 
 def test_spearman_on_hand_made_cases() -> None:
@@ -114,6 +139,9 @@ def test_eval_runs_end_to_end_on_a_tiny_checkpoint(tmp_path) -> None:
     assert rows[("full", 2)]["delta_nll_h"] == 0.0
     assert rows[("truncation", 1)]["delta_nll_h"] == pytest.approx(0.0, abs=1e-5)  # everything fits W
     assert rows[("mc", 2)]["swap_rate"] is not None and 0.0 <= rows[("mc", 2)]["residency"] <= 1.0
+    assert rows[("mc", 1)]["key_raw"] is None  # 64 bytes hold no passkey document
+    for x in (2, 8):
+        assert 0.0 <= rows[("mc", x)]["key_raw"] <= rows[("mc", x)]["key_raw_reachable"] <= 1.0
     assert "lens_rank_corr" in result
     assert js.with_suffix(".png").exists() and (tmp_path / "eval_nll.png").exists()
 

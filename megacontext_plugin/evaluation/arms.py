@@ -69,7 +69,11 @@ class ArmRunner:
         return n_prefix + n_cont - 1 <= self.seq_len
 
     @torch.no_grad()
-    def predict(self, arm: str, prefix: torch.Tensor, cont: torch.Tensor) -> Prediction:
+    def predict(self, arm: str, prefix: torch.Tensor, cont: torch.Tensor,
+                answer_span: tuple[int, int] | None = None) -> Prediction:
+        """``answer_span``: the prefix tokens ``[lo, hi)`` that hold the answer (evaluation only, never
+        shown to LensNet or the allocator); the ``mc`` arm then also reports whether they ended raw
+        (``key_raw``) and whether the budget could hold them raw at all (``key_raw_reachable``)."""
         n, c = int(prefix.numel()), int(cont.numel())
         room = self.budget - (c - 1)
         info: dict[str, float] = {}
@@ -84,10 +88,15 @@ class ArmRunner:
         if arm == "full" or n <= room:  # everything fits raw: uniform and mc are full attention too
             if arm == "mc":
                 info = {"swap_rate": 0.0, "residency": 1.0}
+                if answer_span is not None:
+                    info |= {"key_raw": 1.0, "key_raw_reachable": 1.0}
             return self._forward(self.raw_source(prefix, cont), EntryRows.raw(np.arange(n + c - 1)), cont, info)
         levels, num_levels = self.tree(prefix)
         source = self.source(levels, prefix, cont)
         wc, info = self._compressed(arm, source, prefix, room, num_levels)
+        if arm == "mc" and answer_span is not None:
+            coarsest = WorkingContext.coarsest(n, self.ctrl.cfg.block_size, int(self.ctrl.prompt_recent))
+            info |= answer_focus(wc, coarsest, answer_span, room)
         return self.predict_wc(wc, source, cont, info)
 
     def tree(self, prefix: torch.Tensor) -> tuple[list[torch.Tensor], int]:
@@ -115,8 +124,7 @@ class ArmRunner:
         K, n, recent = ctrl.cfg.block_size, int(prefix.numel()), int(ctrl.prompt_recent)
         if arm == "uniform":
             return uniform_layout(n, room, K, recent, num_levels - 1), {}
-        wc = (WorkingContext.recency(n, room, K, recent, max_level=num_levels - 1) if self.start == "recency"
-              else WorkingContext.coarsest(n, K, recent))
+        wc = self.start_layout(n, room, num_levels)
         scorer = self.scorer(source, prefix)
         allocator = FocusAllocator(focus_config(ctrl, room, num_levels))
         swaps, resid = [], []
@@ -127,6 +135,13 @@ class ArmRunner:
             resid.append(residency(before, wc))
         return wc, {"swap_rate": float(np.mean(swaps)), "residency": float(np.mean(resid)),
                     "gist_entries": float((wc.levels > 0).sum())}
+
+    def start_layout(self, n: int, room: int, num_levels: int) -> WorkingContext:
+        """The working context the ``mc`` arm's refocus calls start from (``start``)."""
+        K, recent = self.ctrl.cfg.block_size, int(self.ctrl.prompt_recent)
+        if self.start == "recency":
+            return WorkingContext.recency(n, room, K, recent, max_level=num_levels - 1)
+        return WorkingContext.coarsest(n, K, recent)
 
     def scorer(self, source: LevelTable, prefix: torch.Tensor):
         """LensNet utilities of a working context of the prefix against its last H tokens."""
@@ -169,6 +184,23 @@ class ArmRunner:
         logp = torch.log_softmax(pred_logits, dim=-1)
         nll = -logp.gather(1, cont[:, None])[:, 0]
         return Prediction(nll.numpy().astype(np.float64), pred_logits.argmax(-1).numpy(), E, info)
+
+
+def answer_focus(wc: WorkingContext, coarsest: WorkingContext, span: tuple[int, int], room: int
+                 ) -> dict[str, float]:
+    """Whether the answer's tokens ``span = [lo, hi)`` are raw in ``wc`` (``key_raw``), and whether any
+    legal layout can hold them raw within ``room`` entries (``key_raw_reachable``: the budget's ceiling,
+    independent of LensNet and of the model). The cheapest such layout is the ``coarsest`` one (same
+    tail) with exactly the gists above the span expanded, so that is the one measured."""
+    lo, hi = span
+
+    def covering_gists(w: WorkingContext) -> np.ndarray:
+        return np.flatnonzero((w.levels > 0) & (w.starts < hi) & (w.ends > lo))
+
+    reach = coarsest
+    while (g := covering_gists(reach)).size:
+        reach = reach.expand(g)
+    return {"key_raw": float(covering_gists(wc).size == 0), "key_raw_reachable": float(len(reach) <= room)}
 
 
 def uniform_layout(num_tokens: int, budget: int, block_size: int, recent: int, max_level: int) -> WorkingContext:

@@ -14,6 +14,10 @@ the sequence fits the model's window). Metrics per (arm, length):
   minus the full-attention NLL on the same tokens (None where full attention does not fit);
 - ``swap_rate``, ``residency`` (MC arm only): of the allocator's refocus calls (``FocusReport``
   swap rate; share of entries kept), averaged over the calls and documents;
+- ``key_raw``, ``key_raw_reachable`` (MC arm only, passkey documents): the share of documents whose
+  key digits are raw after the refocus calls, and the share in which the budget could hold them raw
+  at all (the cheapest legal layout, ``arms.answer_focus``): focus misses against layout limits. The
+  evaluation knows where the key is; LensNet and the allocator never do;
 - ``lens_rank_corr``: Spearman correlation, per passkey document, between LensNet's utility of
   each gist of the MC arm's starting (recency) working context and the true benefit of
   expanding that gist alone (NLL of the answer before minus after), averaged over documents.
@@ -239,13 +243,21 @@ def score_passkey(runner: Predictor, arm: str, docs: Sequence[tasks.PasskeySampl
     preds, answers, exact, infos = [], [], [], []
     for doc in docs:
         cont, n_answer = codec.answer(doc.answer)
-        p = runner.predict(arm, codec.prefix(doc.prompt), cont)
+        p = runner.predict(arm, codec.prefix(doc.prompt), cont, answer_span=answer_span(doc, codec))
         digits = codec.predicted(p.argmax, n_answer, doc.answer)
         preds.append(digits)
         answers.append(doc.answer)
         exact.append(float(digits == doc.answer))
         infos.append(p.info)
     return metrics.passkey_accuracy(preds, answers), exact, infos
+
+
+def answer_span(doc: tasks.PasskeySample, codec: Codec = BYTES) -> tuple[int, int]:
+    """The prefix tokens ``[lo, hi)`` that hold the key's digits in the key line (exact for bytes; for a
+    BPE tokenizer, the tokens of the text before and through the digits, which may differ from the
+    whole prompt's tokenization by a token at either edge)."""
+    first = doc.prompt.index(doc.answer, doc.key_offset)
+    return (len(codec.prefix(doc.prompt[:first])), len(codec.prefix(doc.prompt[:first + len(doc.answer)])))
 
 
 def score_recall(runner: Predictor, arm: str, docs: Sequence[tasks.RecallSample], codec: Codec = BYTES
@@ -362,8 +374,8 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
             row["delta_nll_h"] = (_mean([a - b for a, b in zip(nll, full_nll, strict=True)])
                                   if full_nll is not None else None)
             if arm == "mc":
-                row["swap_rate"] = _mean([i["swap_rate"] for i in infos if "swap_rate" in i])
-                row["residency"] = _mean([i["residency"] for i in infos if "residency" in i])
+                for key in ("swap_rate", "residency", "key_raw", "key_raw_reachable"):
+                    row[key] = _mean([i[key] for i in infos if key in i])
             rows.append(row)
         if "mc" in arms and lens_docs > 0 and pk:
             rho = lens_rank_correlation(runner, pk[:: max(1, len(pk) // lens_docs)][:lens_docs], codec)
@@ -409,7 +421,7 @@ def format_cell(value: Any) -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     cols = ["arm", "length_x", "passkey_acc", "passkey_digit", "recall_acc", "nll_h", "delta_nll_h", "swap_rate",
-            "residency"]
+            "residency", "key_raw", "key_raw_reachable"]
 
     s = result["settings"]
     lines = [f"long-context eval: budget W={s['budget']}, K={s['block_size']}, H={s['horizon']}, "
