@@ -80,3 +80,14 @@ def test_train_tiny_refuses_an_output_it_cannot_use(out: str, tmp_path: Path) ->
 def test_demo_budget_too_small_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--tokens", "100000", "--budget", "257", "--recent-tokens", "256", "--tree", "ram"]) == 1
     assert "cannot hold" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", [("--expand-threshold", "5"), ("--neighbours", "-1"), ("--recent", "-3")])
+def test_train_tiny_refuses_a_knob_out_of_range_before_writing(flag: tuple[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "megacontext_plugin.cli", "eval", "train-tiny", "--out", str(out),
+                           *flag], capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("megacontext eval train-tiny: error:")
+    assert not out.exists()

@@ -34,7 +34,7 @@ from typing import NoReturn
 import numpy as np
 import torch
 
-from ..config import MCConfig
+from ..config import ConfigError, MCConfig
 from ..data import tasks
 from ..training.reference_model import TinyGPTConfig
 from . import checkpoint
@@ -71,6 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", type=int, default=2,
                    help="teacher-guided variants per sequence (--mc_teacher_variants)")
     p.add_argument("--neighbours", type=int, default=1, help="--allocator_expand_neighbours")
+    p.add_argument("--expand-threshold", type=float, default=0.3,
+                   help="--allocator_expand_threshold (training's on-policy variants and the checkpoint's evaluation)")
     p.add_argument("--answer-weight", type=float, default=1.0,
                    help="extra weight of the mean loss on answer digits (0: plain next-token loss)")
     p.add_argument("--lr", type=float, default=3e-3)
@@ -148,6 +150,17 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     def autocast() -> torch.autocast:
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16)
 
+    try:
+        cfg = MCConfig(mc=True, block_size=args.block_size, allocator_recent_tokens=args.recent,
+                       mc_horizon=args.horizon,
+                       mc_train_wc_length=args.budget / args.mc_len, mc_num_random_variants=args.variants,
+                       mc_onpolicy_variants=args.onpolicy, mc_teacher_variants=args.teacher,
+                       allocator_expand_neighbours=args.neighbours,
+                       mc_aux_lr=args.aux_lr, mc_seed=args.seed, gistnet_layers=1, lensnet_layers=1,
+                       lensnet_dim=64, allocator_expand_threshold=args.expand_threshold,
+                       allocator_collapse_threshold=0.0)
+    except ConfigError as e:  # a knob out of range is the user's mistake: one line, exit 2
+        _fail(str(e))
     if args.out.exists() and not args.out.is_dir():
         _fail(f"--out {args.out} is not a directory")
     try:
@@ -158,12 +171,6 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     log = log_path.open("w")
     mcfg = TinyGPTConfig(vocab_size=256, sequence_len=args.mc_len, n_layer=args.layers, n_head=args.heads,
                          n_embd=args.width)
-    cfg = MCConfig(mc=True, block_size=args.block_size, allocator_recent_tokens=args.recent, mc_horizon=args.horizon,
-                   mc_train_wc_length=args.budget / args.mc_len, mc_num_random_variants=args.variants,
-                   mc_onpolicy_variants=args.onpolicy, mc_teacher_variants=args.teacher,
-                   allocator_expand_neighbours=args.neighbours,
-                   mc_aux_lr=args.aux_lr, mc_seed=args.seed, gistnet_layers=1, lensnet_layers=1,
-                   lensnet_dim=64, allocator_expand_threshold=0.3, allocator_collapse_threshold=0.0)
     anneal_steps = max(1, round(args.anneal * args.mc_steps))
     model, ctrl = checkpoint.build(mcfg, cfg, total_steps=anneal_steps)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
