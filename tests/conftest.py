@@ -10,6 +10,14 @@ import pytest
 
 REQUIRE_INTEGRATION = "MC_REQUIRE_INTEGRATION"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N`: N workers share the cores, so each worker, and every nanochat subprocess it starts
+    # (they inherit this environment), computes on one thread instead of all of them fighting over all.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture
 def nanochat_dir() -> Path:
