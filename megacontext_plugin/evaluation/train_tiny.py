@@ -51,9 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="directory for tiny.pt and train_log.jsonl")
     p.add_argument("--budget", type=int, default=64, help="final working-context budget W (entries)")
     p.add_argument("--block-size", type=int, default=8, help="K")
-    p.add_argument("--recent", type=int, default=32,
-                   help="protected raw tail (--allocator_recent_tokens): 32 keeps the documents' 37-byte "
-                        "question nearly raw (16 left most of it in gists, D24)")
+    p.add_argument("--recent", type=int, default=16,
+                   help="protected raw tail (--allocator_recent_tokens; at least --horizon): 16 leaves W=64 the "
+                        "room to open a key at 8x-16x, 32 does not (D25)")
     p.add_argument("--horizon", type=int, default=16, help="H for LensNet and the gist loss (--mc_horizon)")
     p.add_argument("--plain-len", type=int, default=256)
     p.add_argument("--plain-steps", type=int, default=1600)
@@ -71,8 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", type=int, default=2,
                    help="teacher-guided variants per sequence (--mc_teacher_variants)")
     p.add_argument("--neighbours", type=int, default=1, help="--allocator_expand_neighbours")
-    p.add_argument("--expand-threshold", type=float, default=0.3,
-                   help="--allocator_expand_threshold (training's on-policy variants and the checkpoint's evaluation)")
+    p.add_argument("--expand-threshold", type=float, default=0.1,
+                   help="--allocator_expand_threshold (training's on-policy variants and the checkpoint's "
+                        "evaluation; D25)")
     p.add_argument("--answer-weight", type=float, default=1.0,
                    help="extra weight of the mean loss on answer digits (0: plain next-token loss)")
     p.add_argument("--lr", type=float, default=3e-3)
