@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="1234", help="evaluation seeds (comma list); report seeds you did not tune on")
     p.add_argument("--lengths", default=None, help="lengths as multiples of W (default 1,2,4,8,16; quick 1,2,4,8)")
     p.add_argument("--expand-neighbours", type=int, default=None, help="ablation: override the MC arm's knob")
+    p.add_argument("--expand-threshold", type=float, default=None, help="ablation: override the MC arm's knob")
+    p.add_argument("--collapse-threshold", type=float, default=None, help="ablation: override the MC arm's knob")
     p.add_argument("--arms", default=None, help="comma list of arms (default: all four)")
     p.add_argument("--json", type=Path, default=Path("bench-out/long_context.json"))
     p.add_argument("--png", type=Path, default=None)
@@ -91,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             cmd += ["--samples", "2", "--recall-docs", "2", "--lens-docs", "2"]
         if args.arms is not None:
             cmd += ["--arms", args.arms]
-        if args.expand_neighbours is not None:
-            cmd += ["--expand-neighbours", str(args.expand_neighbours)]
+        for flag, value in (("--expand-neighbours", args.expand_neighbours),
+                            ("--expand-threshold", args.expand_threshold),
+                            ("--collapse-threshold", args.collapse_threshold)):
+            if value is not None:
+                cmd += [flag, str(value)]
         if i == 0 and args.png is not None:
             cmd += ["--png", str(args.png)]
         if megacontext(cmd) != 0:

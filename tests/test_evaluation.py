@@ -195,3 +195,13 @@ def test_a_nanochat_checkpoint_directory_without_a_checkpoint_or_without_nanocha
     tiny = tmp_path / "tiny.pt"
     tiny.write_bytes(b"")
     assert "--step: only for a nanochat" in _eval_error(["--checkpoint", str(tiny), "--step", "1"], capsys)
+
+
+@pytest.mark.parametrize("flag", ["--collapse-threshold=-1", "--expand-threshold=2", "--max-replacements=0"])
+def test_long_context_refuses_an_allocator_knob_out_of_range_before_loading(
+        flag: str, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "long-context", "--checkpoint", str(tmp_path / "absent.pt"), flag])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: --allocator_" in err and "Traceback" not in err  # the knob, not the missing checkpoint

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import ConfigError, MCConfig
 from ..data import metrics, tasks
 from .arms import ARMS, ArmRunner
 from .checkpoint import load
@@ -101,6 +102,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--arms: unknown {bad}; expected names out of {ARMS}")
     if any(x < 1 for x in lengths) or not lengths:
         parser.error("--lengths: multiples of the budget must be >= 1")
+    overrides = {k: v for k, v in (("allocator_expand_threshold", args.expand_threshold),
+                                   ("allocator_collapse_threshold", args.collapse_threshold),
+                                   ("allocator_max_replacements", args.max_replacements),
+                                   ("allocator_expand_neighbours", args.expand_neighbours)) if v is not None}
+    try:  # the knobs' own checks, before a checkpoint is loaded
+        dataclasses.replace(MCConfig(), **overrides)
+    except ConfigError as e:
+        parser.error(str(e))
     if not args.checkpoint.exists():
         parser.error(f"--checkpoint {args.checkpoint}: no such file or directory")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
@@ -138,10 +147,6 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if budget > int(model.config.sequence_len) or horizon >= budget:
         parser.error(f"--budget {budget} / --horizon {horizon}: need horizon < budget <= the model's window "
                      f"{model.config.sequence_len}")
-    overrides = {k: v for k, v in (("allocator_expand_threshold", args.expand_threshold),
-                                   ("allocator_collapse_threshold", args.collapse_threshold),
-                                   ("allocator_max_replacements", args.max_replacements),
-                                   ("allocator_expand_neighbours", args.expand_neighbours)) if v is not None}
     if overrides:
         ctrl.cfg = dataclasses.replace(ctrl.cfg, **overrides)
     with torch.no_grad():

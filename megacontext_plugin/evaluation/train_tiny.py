@@ -74,6 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expand-threshold", type=float, default=0.1,
                    help="--allocator_expand_threshold (training's on-policy variants and the checkpoint's "
                         "evaluation; D25)")
+    p.add_argument("--collapse-threshold", type=float, default=0.3,
+                   help="--allocator_collapse_threshold: a sibling group collapses only below -this (training's "
+                        "on-policy variants and the checkpoint's evaluation; D25)")
     p.add_argument("--answer-weight", type=float, default=1.0,
                    help="extra weight of the mean loss on answer digits (0: plain next-token loss)")
     p.add_argument("--lr", type=float, default=3e-3)
@@ -159,7 +162,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
                        allocator_expand_neighbours=args.neighbours,
                        mc_aux_lr=args.aux_lr, mc_seed=args.seed, gistnet_layers=1, lensnet_layers=1,
                        lensnet_dim=64, allocator_expand_threshold=args.expand_threshold,
-                       allocator_collapse_threshold=0.0)
+                       allocator_collapse_threshold=args.collapse_threshold)
     except ConfigError as e:  # a knob out of range is the user's mistake: one line, exit 2
         _fail(str(e))
     if args.out.exists() and not args.out.is_dir():
