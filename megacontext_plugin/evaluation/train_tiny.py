@@ -75,8 +75,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--allocator_expand_threshold (training's on-policy variants and the checkpoint's "
                         "evaluation; D25)")
     p.add_argument("--collapse-threshold", type=float, default=0.3,
-                   help="--allocator_collapse_threshold: a sibling group collapses only below -this (training's "
-                        "on-policy variants and the checkpoint's evaluation; D25)")
+                   help="--allocator_collapse_threshold: a sibling group collapses only below -this (the "
+                        "checkpoint's evaluation and chat; D25)")
+    p.add_argument("--train-collapse-threshold", type=float, default=0.0,
+                   help="--mc_onpolicy_collapse_threshold: the same for training's on-policy variants, which "
+                        "gain from collapsing freely (D25)")
     p.add_argument("--answer-weight", type=float, default=1.0,
                    help="extra weight of the mean loss on answer digits (0: plain next-token loss)")
     p.add_argument("--lr", type=float, default=3e-3)
@@ -84,8 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (1: under CPU contention 2 threads ran 7x slower here)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's default, every core; pass 1 on a shared machine: under "
+                        "CPU contention 2 threads ran 7x slower than 1 here)")
     p.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto",
                    help="bf16 autocast on the CPU (auto: only where the CPU has native bf16, avx512_bf16 or "
                         "amx_bf16; elsewhere emulated bf16 ran 10x slower than fp32 here)")
@@ -147,7 +151,10 @@ def _lr(step: int, total: int, peak: float, warmup: int = 30) -> float:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
-    torch.set_num_threads(args.threads)
+    if args.threads < 0:
+        _fail(f"--threads {args.threads}: expected 0 (every core) or a positive count")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     use_bf16 = args.autocast == "bf16" or (args.autocast == "auto" and cpu_has_native_bf16())
 
@@ -162,7 +169,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
                        allocator_expand_neighbours=args.neighbours,
                        mc_aux_lr=args.aux_lr, mc_seed=args.seed, gistnet_layers=1, lensnet_layers=1,
                        lensnet_dim=64, allocator_expand_threshold=args.expand_threshold,
-                       allocator_collapse_threshold=args.collapse_threshold)
+                       allocator_collapse_threshold=args.collapse_threshold,
+                       mc_onpolicy_collapse_threshold=args.train_collapse_threshold)
     except ConfigError as e:  # a knob out of range is the user's mistake: one line, exit 2
         _fail(str(e))
     if args.out.exists() and not args.out.is_dir():
@@ -182,7 +190,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     t0 = time.perf_counter()
     print(f"train-tiny: TinyGPT {args.layers}x{args.width} bytes, window {args.mc_len}; plain {args.plain_steps} "
           f"steps at {args.plain_len}, MC {args.mc_steps} steps at {args.mc_len} -> budget {args.budget}; "
-          f"{'bf16 autocast' if use_bf16 else 'fp32'}", flush=True)
+          f"{'bf16 autocast' if use_bf16 else 'fp32'}, {torch.get_num_threads()} threads", flush=True)
 
     def emit(rec: dict) -> None:
         rec["elapsed_s"] = round(time.perf_counter() - t0, 1)
