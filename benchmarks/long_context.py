@@ -23,7 +23,7 @@ import numpy as np
 from megacontext_plugin.cli import main as megacontext
 
 METRICS = ("passkey_acc", "passkey_digit", "recall_acc", "nll_h", "delta_nll_h", "swap_rate", "residency", "key_raw",
-           "key_raw_reachable")
+           "key_raw_reachable", "key_raw_acc")
 
 
 def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -151,6 +151,10 @@ class MCConfig:
     # ---- LensNet preference loss --------------------------------------------------------
     mc_lens_loss_weight: float = _knob(0.1, "weight of the LensNet loss added to the training loss",
                                        check=_nonneg, allowed="a number >= 0", group=LENS)
+    mc_lens_teacher_weight: float = _knob(1.0, "weight of LensNet's distillation of the teacher's saliency: "
+                                          "per variant, a listwise KL between its gists' scores and their "
+                                          "peak horizon saliency (needs the teacher pass; 0 = off)",
+                                          check=_nonneg, allowed="a number >= 0", group=LENS)
     mc_lens_temperature: float = _knob(1.0, "Bradley–Terry temperature (lower = sharper)",
                                        check=_pos, allowed="a number > 0", group=LENS)
     mc_lens_adv_norm_beta: float = _knob(0.9, "EMA beta of the advantage normaliser",

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from megacontext_plugin.config import MCConfig
 from megacontext_plugin.context import WorkingContext
+from megacontext_plugin.training import losses as L
 from megacontext_plugin.training.controller import MCController
 from megacontext_plugin.training.layouts import minimal_length
 from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
@@ -392,3 +393,46 @@ def test_lensnet_learns_which_block_matters() -> None:
     assert rho < -0.5, f"rank correlation of LensNet margins with the true ΔNLL is {rho:.2f}"
     assert np.mean(hits) >= 0.75, f"the key's node scored highest in {np.mean(hits):.0%} of rows"
     assert np.mean(first_bt[-50:]) < np.mean(first_bt[:50])  # the preference loss goes down
+
+
+def test_listwise_kl_fixes_ranks_and_gaps_not_the_level() -> None:
+    target = torch.tensor([[1.0, 0.2, 0.0, 0.5], [0.3, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True, False], [True, False, False, False]])  # row 1: one entry, left out
+    shifted = target - 0.7
+    assert L.listwise_kl(shifted, target, mask, 0.1).item() == pytest.approx(0.0, abs=1e-6)
+    swapped = torch.tensor([[0.2, 1.0, 0.0, 0.5], [0.3, 0.0, 0.0, 0.0]], requires_grad=True)
+    loss = L.listwise_kl(swapped, target, mask, 0.1)
+    assert loss.item() > 1.0
+    loss.backward()
+    assert swapped.grad is not None
+    assert swapped.grad[0, 0] < 0 < swapped.grad[0, 1]  # raise the salient entry, lower the other
+    assert swapped.grad[0, 3] == 0 and (swapped.grad[1] == 0).all()  # masked entries and short rows: nothing
+    none = torch.zeros(2, 4, requires_grad=True)
+    assert L.listwise_kl(none, target, torch.zeros(2, 4, dtype=torch.bool), 0.1).item() == 0.0
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_lensnet_distils_the_teacher_saliency_only_with_a_teacher_pass(weight: float) -> None:
+    model = tiny_model()
+    ctrl = make_controller(small_cfg(mc_lens_teacher_weight=weight))
+    x, y = data(3)
+
+    def nll_fn(emb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return model(inputs_embeds=emb, targets=targets, loss_reduction="none").float().view_as(targets)
+
+    batch = ctrl.process_batch(x, y, model.wte, step=9, nll_fn=nll_fn)
+    assert batch is not None
+    nll = model(inputs_embeds=batch.inputs_RWD, targets=batch.targets_RW, cos_sin=batch.cos_sin,
+                loss_reduction="none").float().view_as(batch.targets_RW)
+    out = ctrl.compute_losses(batch, nll)
+    if weight == 0:
+        assert batch.saliency_RW is None and out.terms["lens_teacher"].item() == 0.0
+    else:
+        assert batch.saliency_RW is not None and out.terms["lens_teacher"].item() > 0
+        gists = batch.index.levels_RW > 0
+        assert (batch.saliency_RW[~gists] == 0).all() and (batch.saliency_RW <= 1).all()
+        out.total.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ctrl.lensnet.parameters())
+    without = ctrl.process_batch(x, y, model.wte, step=9)  # no nll_fn: no teacher pass, nothing to distil
+    assert without is not None and without.saliency_RW is None
+    ctrl.close()

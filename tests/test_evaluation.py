@@ -141,7 +141,12 @@ def test_eval_runs_end_to_end_on_a_tiny_checkpoint(tmp_path) -> None:
     assert rows[("mc", 2)]["swap_rate"] is not None and 0.0 <= rows[("mc", 2)]["residency"] <= 1.0
     assert rows[("mc", 1)]["key_raw"] is None  # 64 bytes hold no passkey document
     for x in (2, 8):
-        assert 0.0 <= rows[("mc", x)]["key_raw"] <= rows[("mc", x)]["key_raw_reachable"] <= 1.0
+        mc = rows[("mc", x)]
+        assert 0.0 <= mc["key_raw"] <= mc["key_raw_reachable"] <= 1.0
+        if mc["key_raw"] == 0.0:
+            assert mc["key_raw_acc"] is None
+        else:  # the documents answered with the key raw are a part of all those answered
+            assert 0.0 <= mc["key_raw_acc"] * mc["key_raw"] <= mc["passkey_acc"] + 1e-9
     assert "lens_rank_corr" in result
     assert js.with_suffix(".png").exists() and (tmp_path / "eval_nll.png").exists()
 

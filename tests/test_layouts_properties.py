@@ -62,3 +62,23 @@ def test_pair_masks_mark_exactly_the_gists_the_other_variant_refines(args) -> No
                 s, e, lv = L.starts_RW[own, w], L.ends_RW[own, w], L.levels_RW[own, w]
                 want[w] = lv > 0 and bool((cover[other][s:e] < lv).any())
             assert np.array_equal(mask.numpy(), want)
+
+
+@settings(max_examples=50, deadline=None)
+@given(layout_args())
+def test_entry_saliency_is_each_gists_peak_relative_to_its_rows_top(args) -> None:
+    from megacontext_plugin.training.guided import entry_saliency
+
+    T, K, recent, budget, seed, V, B = args
+    rng = np.random.default_rng(seed)
+    L = sample_layouts(B, V, T, K, budget, recent, rng)
+    saliency_BT = rng.exponential(size=(B, T)) * (rng.uniform(size=(B, T)) < 0.3)  # sparse, some rows all 0
+    got = entry_saliency(saliency_BT, L)
+    assert got.shape == L.levels_RW.shape and got.dtype == np.float32
+    for r in range(B * V):
+        n = int(L.lengths_R[r])
+        peaks = np.array([saliency_BT[r // V, s:e].max() if lv > 0 else 0.0 for lv, s, e in
+                          zip(L.levels_RW[r, :n], L.starts_RW[r, :n], L.ends_RW[r, :n], strict=True)])
+        want = peaks / peaks.max() if peaks.max() > 0 else peaks
+        np.testing.assert_allclose(got[r, :n], want, rtol=1e-6)
+        assert (got[r, n:] == 0).all()

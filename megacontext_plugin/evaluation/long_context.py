@@ -17,7 +17,9 @@ the sequence fits the model's window). Metrics per (arm, length):
 - ``key_raw``, ``key_raw_reachable`` (MC arm only, passkey documents): the share of documents whose
   key digits are raw after the refocus calls, and the share in which the budget could hold them raw
   at all (the cheapest legal layout, ``arms.answer_focus``): focus misses against layout limits. The
-  evaluation knows where the key is; LensNet and the allocator never do;
+  evaluation knows where the key is; LensNet and the allocator never do; ``key_raw_acc``: exact
+  accuracy over the documents whose key was raw (the reader's share of the misses, apart from the
+  lens's; None when no key was raw);
 - ``lens_rank_corr``: Spearman correlation, per passkey document, between LensNet's utility of
   each gist of the MC arm's starting (recency) working context and the true benefit of
   expanding that gist alone (NLL of the answer before minus after), averaged over documents.
@@ -360,6 +362,9 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
             if pk:
                 score, exact, pk_infos = score_passkey(runner, arm, pk, codec)
                 row.update(passkey_acc=score.exact, passkey_digit=score.per_digit, passkey_docs=len(pk))
+                if arm == "mc":
+                    row["key_raw_acc"] = _mean([e for e, i in zip(exact, pk_infos, strict=True)
+                                                if i.get("key_raw") == 1.0])
                 infos += pk_infos
                 g = grid_cells[arm]
                 g[0].extend(d.depth for d in pk)
@@ -426,7 +431,7 @@ def format_cell(value: Any) -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     cols = ["arm", "length_x", "passkey_acc", "passkey_digit", "recall_acc", "nll_h", "delta_nll_h", "swap_rate",
-            "residency", "key_raw", "key_raw_reachable"]
+            "residency", "key_raw", "key_raw_reachable", "key_raw_acc"]
 
     s = result["settings"]
     lines = [f"long-context eval: budget W={s['budget']}, K={s['block_size']}, H={s['horizon']}, "

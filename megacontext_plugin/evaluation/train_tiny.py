@@ -265,7 +265,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
             m = out.metrics
             emit({"phase": "mc", "step": step, "budget": batch.budget, "plain_loss": plain.item(),
                   "token_loss": float(m["token_loss"]), "gist_loss": float(m["gist_loss"]),
-                  "lens_loss": float(m["lens_loss"]), "pref_corr": float(m["preference_corr_mean"])})
+                  "lens_loss": float(m["lens_loss"]), "teacher_kl": float(m["lens_teacher_kl"]),
+                  "pref_corr": float(m["preference_corr_mean"])})
     ctrl.close()
     recipe = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
     recipe["train_seconds"] = round(time.perf_counter() - t0, 1)

@@ -41,10 +41,15 @@ from ..tree.building import build_levels
 from . import losses as L
 from .curriculum import curriculum_budget, smallest_useful_budget
 from .flops import StepFlops, mc_step_flops, vanilla_step_flops
-from .guided import NllFn, guided_prompt_layouts, horizon_saliency
+from .guided import NllFn, entry_saliency, guided_prompt_layouts, horizon_saliency
 from .layouts import LayoutPrefetcher, VariantLayouts, max_tree_level, with_guided
 from .packing import PackIndex, build_index
 from .probe import focus_config
+
+TEACHER_TEMPERATURE = 0.1
+"""Softmax temperature of LensNet's distillation of the teacher's saliency: scores and relative
+saliencies both live in about a unit range, and at 0.1 a gist 0.3 above another carries e^3 of
+its weight, so the KL tells the key's gist from the filler without saturating ``tanh``."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,9 @@ class MCBatch:
     budget: int
     num_levels: int
     timings_ms: dict[str, float] = field(default_factory=dict)
+    saliency_RW: torch.Tensor | None = None
+    """The teacher's relative peak saliency of every gist entry (``guided.entry_saliency``), the
+    target of LensNet's distillation; None without a teacher pass."""
 
     @property
     def rows(self) -> int:
@@ -266,8 +274,11 @@ class MCController(nn.Module):
 
         t2 = time.perf_counter()
         guided: list[list] = [[] for _ in range(B)]
+        distil = nll_fn is not None and cfg.mc_lens_teacher_weight > 0
+        saliency = None
+        if (teacher or distil) and nll_fn is not None:
+            saliency = horizon_saliency(nll_fn, lod0_BTD, y_BT, H)
         if on_policy or teacher:
-            saliency = horizon_saliency(nll_fn, lod0_BTD, y_BT, H) if teacher else None
             timings["teacher_ms"] = _ms(t2)
             query_BHD = lod0_BTD[:, T - 2 * H:T - H].detach().to(self.aux_dtype)
             guided = guided_prompt_layouts(
@@ -299,8 +310,10 @@ class MCController(nn.Module):
         scores_RW, prev_RW = self._variant_scores(inputs_RWD, lod0_BTD, layouts, index)
         timings["lens_ms"] = _ms(t5)
         timings["controller_ms"] = _ms(t0)
+        saliency_RW = (torch.from_numpy(entry_saliency(saliency, layouts)).to(device=x_BT.device)
+                       if distil and saliency is not None else None)
         return MCBatch(inputs_RWD, targets_RW, inputs.value_ids_RW, cos_sin, layouts, index, scores_RW, prev_RW,
-                       budget, len(levels), timings)
+                       budget, len(levels), timings, saliency_RW)
 
     def _variant_scores(self, inputs_RWD: torch.Tensor, lod0_BTD: torch.Tensor, layouts: VariantLayouts,
                         index: PackIndex) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,7 +398,7 @@ class MCController(nn.Module):
         metrics = _loss_metrics(batch, nll_RW, supervised_RW, tails, token_loss, gist_loss, lens)
         batch.timings_ms["losses_ms"] = _ms(t0)
         terms = {"token_loss": token_loss, "gist_loss": gist_loss, "lens_loss": lens.total, "lens_bt": lens.bt,
-                 "lens_kl": lens.kl, "lens_budget": lens.budget_pen}
+                 "lens_kl": lens.kl, "lens_budget": lens.budget_pen, "lens_teacher": lens.teacher}
         pairs = {"margin": lens.margin_BP.detach(), "adv": lens.adv_BP, "dnll": tails.dnll_BN.detach(),
                  "supervised": tails.has_tail_B}
         return MCLosses(total, weighted, terms, metrics, pairs)
@@ -425,8 +438,14 @@ class MCController(nn.Module):
         pressure = L.mean_over(batch.scores_RW, valid & (index.levels_RW > 0))
         budget_target = pressure.detach() if self.budget_ema is None else self.budget_ema
         budget_pen = (pressure - budget_target).square()
-        total = bt + cfg.mc_lens_kl_weight * kl + cfg.mc_lens_budget_smooth_weight * budget_pen
-        return _LensTerms(total, bt, kl, budget_pen, margin_BP, adv_BP, keep_BP, adv_var, pressure)
+        if batch.saliency_RW is not None:
+            gists_RW = scored_RW & (index.levels_RW > 0) & (batch.saliency_RW.amax(-1, keepdim=True) > 0)
+            teacher = L.listwise_kl(batch.scores_RW, batch.saliency_RW, gists_RW, TEACHER_TEMPERATURE)
+        else:
+            teacher = batch.scores_RW.sum() * 0.0
+        total = (bt + cfg.mc_lens_kl_weight * kl + cfg.mc_lens_budget_smooth_weight * budget_pen
+                 + cfg.mc_lens_teacher_weight * teacher)
+        return _LensTerms(total, bt, kl, budget_pen, teacher, margin_BP, adv_BP, keep_BP, adv_var, pressure)
 
     def step_aux(self) -> None:
         """After ``total.backward()``: all-reduce aux grads (DDP), step, refresh the KL snapshot and EMAs."""
@@ -479,6 +498,7 @@ class _LensTerms:
     bt: torch.Tensor
     kl: torch.Tensor
     budget_pen: torch.Tensor
+    teacher: torch.Tensor
     margin_BP: torch.Tensor
     adv_BP: torch.Tensor
     keep_BP: torch.Tensor
@@ -500,6 +520,7 @@ def _loss_metrics(batch: MCBatch, nll_RW: torch.Tensor, supervised_RW: torch.Ten
         "lens_bt_loss": lens.bt.detach(),
         "lens_kl": lens.kl.detach(),
         "lens_budget_penalty": lens.budget_pen.detach(),
+        "lens_teacher_kl": lens.teacher.detach(),
         "delta_nll_h": gist_loss.detach(),
         "adv_delta_mean": L.mean_over(adv_delta, adv_delta_ok),
         # NaN (no point: telemetry drops it) when no sequence has a supervised tail

@@ -29,6 +29,7 @@ import torch
 
 from ..context.working_context import WorkingContext
 from ..focus import FocusAllocator, FocusConfig
+from .layouts import VariantLayouts
 
 TEACHER_SHARE = 0.5
 """The first teacher variant expands a gist whose most salient token reaches this fraction of the
@@ -69,6 +70,25 @@ def horizon_saliency(nll_fn: NllFn, lod0_BTD: torch.Tensor, y_BT: torch.Tensor, 
             return np.zeros(tuple(y_BT.shape), dtype=np.float64)
         (grad_BTD,) = torch.autograd.grad(loss, emb_BTD)
     return (grad_BTD.float() * emb_BTD.detach().float()).sum(-1).abs().double().cpu().numpy()
+
+
+def entry_saliency(saliency_BT: np.ndarray, layouts: VariantLayouts) -> np.ndarray:
+    """``target[R, W]`` (float32): each gist entry's peak saliency (the largest of the tokens it
+    covers, as ``teacher_scorer``) relative to the largest among its row's gists, so 1 for the row's
+    most salient gist; 0 for raw entries, padding and rows whose gists are not salient at all.
+    Row ``r`` lays out sequence ``r // V``; every row tiles ``[0, T)`` in order, so one
+    ``maximum.reduceat`` over the rows laid end to end finds every entry's peak."""
+    T = saliency_BT.shape[1]
+    V = layouts.variants
+    valid_RW = layouts.valid_RW
+    rows_N, cols_N = np.nonzero(valid_RW)  # row-major: each row's entries in order
+    flat = np.repeat(saliency_BT, V, axis=0).reshape(-1)
+    peak_RW = np.zeros(valid_RW.shape, dtype=np.float64)
+    if rows_N.size:
+        peak_RW[rows_N, cols_N] = np.maximum.reduceat(flat, rows_N * T + layouts.starts_RW[rows_N, cols_N])
+    peak_RW = np.where(valid_RW & (layouts.levels_RW > 0), peak_RW, 0.0)
+    top_R = peak_RW.max(axis=1, keepdims=True)
+    return np.divide(peak_RW, top_R, out=np.zeros_like(peak_RW), where=top_R > 0).astype(np.float32)
 
 
 def teacher_scorer(saliency_BT: np.ndarray, start: WorkingContext, threshold: float) -> BatchScorer:

@@ -114,6 +114,20 @@ def bradley_terry_loss(
     return mean_over(loss_BP, keep_BP)
 
 
+def listwise_kl(scores_RW: torch.Tensor, target_RW: torch.Tensor, mask_RW: torch.Tensor,
+                temperature: float) -> torch.Tensor:
+    """Mean over rows of ``KL(softmax(target / T) || softmax(scores / T))`` over each row's masked
+    entries; rows with fewer than two masked entries are left out (0 with the graph when none is
+    left). Zero exactly when ``scores = target + c`` per row: it fixes the ranks and the gaps of the
+    scores, not their level (the thresholds' business, left to the preference loss)."""
+    fill = -1e4  # finite: a fully masked row stays NaN-free before it is left out
+    log_q = torch.log_softmax((scores_RW.float() / temperature).masked_fill(~mask_RW, fill), dim=-1)
+    log_p = torch.log_softmax((target_RW.float() / temperature).masked_fill(~mask_RW, fill), dim=-1)
+    p = log_p.exp() * mask_RW
+    kl_R = (p * (log_p - log_q).masked_fill(~mask_RW, 0.0)).sum(-1)
+    return mean_over(kl_R, mask_RW.sum(-1) >= 2)
+
+
 def bernoulli_kl(prev_RW: torch.Tensor, now_RW: torch.Tensor, mask_RW: torch.Tensor) -> torch.Tensor:
     """Mean ``KL(Bern(p_prev) || Bern(p_now))`` with ``p = (u + 1) / 2``, over masked entries."""
     eps = 1e-4
