@@ -210,3 +210,23 @@ def test_long_context_refuses_an_allocator_knob_out_of_range_before_loading(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "error: --allocator_" in err and "Traceback" not in err  # the knob, not the missing checkpoint
+
+
+def test_mc_arm_starts_at_the_levels_lensnet_trained_on_where_they_fit() -> None:
+    from megacontext_plugin.config import MCConfig
+    from megacontext_plugin.evaluation.arms import ArmRunner
+    from megacontext_plugin.evaluation.checkpoint import build
+    from megacontext_plugin.training.reference_model import TinyGPTConfig
+
+    cfg = MCConfig(mc=True, block_size=8, allocator_recent_tokens=16, mc_horizon=16, gistnet_layers=1,
+                   lensnet_layers=1, lensnet_dim=64)
+    model, ctrl = build(TinyGPTConfig(vocab_size=256, sequence_len=512, n_layer=1, n_head=4, n_embd=64), cfg)
+    # training prompts are 496 tokens: level-2 gists at most (a level-3 node spans 512)
+    assert ctrl.lens_level == 2
+    runner = ArmRunner(model, ctrl, budget=64)
+    long = runner.start_layout(1008, room=58, num_levels=4)  # 16x: the coarsest would hold a level-3 gist
+    assert int(long.levels.max()) == 2 and len(long) <= 58
+    assert int(WorkingContext.coarsest(1008, 8, 16).levels.max()) == 3
+    huge = runner.start_layout(8192, room=58, num_levels=5)  # level 2 cannot fit: the coarsest it is
+    assert huge == WorkingContext.coarsest(8192, 8, 16) and int(huge.levels.max()) > 2
+    ctrl.close()

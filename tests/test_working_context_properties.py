@@ -236,3 +236,22 @@ def test_model_inputs_match_tree_vectors(cases: list[tuple[WorkingContext, int]]
         assert rows.starts_RW[row, :n].tolist() == wc.starts.tolist()
         assert rows.levels_RW[row, :n].tolist() == wc.levels.tolist()
         assert ((batch.value_ids_RW[row] >= 0).numpy() == (rows.levels_RW[row] == 0)).all()
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from([2, 4, 8]), st.integers(0, 3000), st.integers(0, 64), st.integers(1, 6))
+def test_coarsest_at_a_level_cap_is_legal_and_no_shorter_than_without(K: int, n: int, recent: int, cap: int) -> None:
+    from megacontext_plugin.focus import start_layout
+
+    capped = WorkingContext.coarsest(n, K, recent, max_level=cap)
+    capped.validate(recent_tokens=min(recent, n))
+    assert int(capped.levels.max(initial=0)) <= cap
+    free = WorkingContext.coarsest(n, K, recent)
+    assert len(free) <= len(capped)  # the cap can only cost entries
+    if int(free.levels.max(initial=0)) <= cap:
+        assert capped == free
+    # the start: the capped layout where it fits the room, the coarsest otherwise
+    for room in (len(capped), len(capped) - 1):
+        start = start_layout(n, K, recent, room, cap)
+        assert start == (capped if len(capped) <= room else free)
+    assert start_layout(n, K, recent, 0, None) == free

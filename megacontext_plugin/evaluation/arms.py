@@ -9,7 +9,8 @@ last prefix token raw, so its output predicts ``cont[0]``.
 - ``truncation``: the last prefix tokens that fit, raw (what vanilla attention does at ``W``).
 - ``uniform``: the protected tail raw, the older history as gists of one level, the finest level
   whose tiling fits (no focus; room it cannot use stays empty).
-- ``mc``: MegaContext: GistNet's tree of the prefix, the coarsest (or recency) working context,
+- ``mc``: MegaContext: GistNet's tree of the prefix, the coarsest working context at the levels
+  LensNet trained on where it fits (``focus.start_layout``; or the recency one),
   then the focus allocator refocusing it with LensNet's scores against the last ``H`` prefix tokens
   (``--mc_horizon``) for ``rounds`` refocus calls. LensNet never sees ``cont`` (no leak of the
   answer into what is expanded).
@@ -30,7 +31,7 @@ import torch.nn as nn
 
 from ..context import EntryRows, LevelTable, model_inputs
 from ..context.working_context import WorkingContext
-from ..focus import FocusAllocator
+from ..focus import FocusAllocator, start_layout
 from ..training.layouts import max_tree_level
 from ..training.probe import focus_config, residency
 from ..tree.building import build_levels
@@ -141,7 +142,7 @@ class ArmRunner:
         K, recent = self.ctrl.cfg.block_size, int(self.ctrl.prompt_recent)
         if self.start == "recency":
             return WorkingContext.recency(n, room, K, recent, max_level=num_levels - 1)
-        return WorkingContext.coarsest(n, K, recent)
+        return start_layout(n, K, recent, room, self.ctrl.lens_level)
 
     def scorer(self, source: LevelTable, prefix: torch.Tensor):
         """LensNet utilities of a working context of the prefix against its last H tokens."""

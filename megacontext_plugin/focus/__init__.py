@@ -6,6 +6,7 @@ from .allocator import FocusAllocator, FocusReport, Scorer, Utilities, as_utilit
 from .config import ALLOCATOR_TYPES, AllocatorType, FocusConfig, FocusError
 from .cooldown import CooldownTracker
 from .selection import EditPlan, select_edits
+from .start import start_layout
 
 __all__ = [
     "ALLOCATOR_TYPES",
@@ -20,4 +21,5 @@ __all__ = [
     "Utilities",
     "as_utilities",
     "select_edits",
+    "start_layout",
 ]

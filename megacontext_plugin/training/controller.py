@@ -36,6 +36,7 @@ import torch.nn as nn
 from ..config import MCConfig
 from ..context import EntryRows, LevelTable, model_inputs
 from ..context.positions import PositionalCache
+from ..context.working_context import WorkingContext
 from ..nets import AuxNets, activation_dtype, allreduce_gradients
 from ..tree.building import build_levels
 from . import losses as L
@@ -141,6 +142,12 @@ class MCController(nn.Module):
         """Raw tail of every training variant: the prompt's tail, then the horizon H."""
         self.prompt_recent = cfg.prompt_tail(sequence_len)
         """Raw tail of a prompt (training's prompt is everything before the horizon; inference's the user's)."""
+        prompt = max(0, sequence_len - cfg.mc_horizon)
+        self.lens_level = max(1, int(WorkingContext.coarsest(prompt, cfg.block_size, self.prompt_recent).levels.max(
+            initial=0)))
+        """The coarsest gist level LensNet learns to score: that of the coarsest layout of the longest
+        training prompt (on-policy and teacher variants start there). Refocus starts at levels up
+        to it where the budget allows (``focus.start_layout``)."""
         self._plans: dict[int, LengthPlan] = {}
         full = self.length_plan(sequence_len)
         self.num_levels, self.budget_floor = full.num_levels, full.budget_floor  # at T = sequence_len
@@ -284,7 +291,7 @@ class MCController(nn.Module):
             guided = guided_prompt_layouts(
                 T - H, cfg.block_size, self.prompt_recent, on_policy, teacher,
                 focus_config(self, budget - H, num_levels, training=True), max(1, num_levels - 1),
-                self._lens_scorer(levels, query_BHD) if on_policy else None, saliency, B)
+                self._lens_scorer(levels, query_BHD) if on_policy else None, saliency, B, self.lens_level)
         layouts = with_guided(sampled, guided, H, ("on-policy",) * on_policy + ("teacher",) * teacher)
         index = build_index(layouts, T, cfg.block_size, num_levels, H, x_BT.device)
         timings["guided_ms"] = _ms(t2)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..context.working_context import WorkingContext
-from ..focus import FocusAllocator, FocusConfig
+from ..focus import FocusAllocator, FocusConfig, start_layout
 from .layouts import VariantLayouts
 
 TEACHER_SHARE = 0.5
@@ -131,13 +131,15 @@ def teacher_config(config: FocusConfig, k: int = 0) -> FocusConfig:
 
 def guided_prompt_layouts(prompt_len: int, block_size: int, prompt_tail: int, on_policy: int, teacher: int,
                           config: FocusConfig, rounds: int, lens_score: BatchScorer | None,
-                          saliency_BT: np.ndarray | None, batch: int) -> list[list[WorkingContext]]:
+                          saliency_BT: np.ndarray | None, batch: int,
+                          lens_level: int | None = None) -> list[list[WorkingContext]]:
     """Per sequence: ``on_policy`` LensNet layouts then ``teacher`` saliency layouts of the prompt.
 
-    On-policy variants after the first start from the same coarsest context with the stochastic
-    greedy allocator (seeded per variant), so they explore around LensNet's choice.
+    Every variant starts from ``focus.start_layout`` (the coarsest layout at levels up to
+    ``lens_level`` within the budget), as the evaluation does; on-policy variants after the first
+    use the stochastic greedy allocator (seeded per variant), so they explore around LensNet's choice.
     """
-    start = WorkingContext.coarsest(prompt_len, block_size, prompt_tail)
+    start = start_layout(prompt_len, block_size, prompt_tail, config.budget, lens_level)
     out: list[list[WorkingContext]] = [[] for _ in range(batch)]
     for k in range(on_policy):
         assert lens_score is not None

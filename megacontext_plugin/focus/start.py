@@ -1,0 +1,23 @@
+"""Where refocus starts on a prompt: the layout training's on-policy variants and the evaluation's
+``mc`` arm hand to the focus allocator before its first call."""
+
+from __future__ import annotations
+
+from ..context.working_context import WorkingContext
+
+
+def start_layout(num_tokens: int, block_size: int, recent_tokens: int, room: int,
+                 lens_level: int | None) -> WorkingContext:
+    """The coarsest layout of ``num_tokens`` (the last ``recent_tokens`` raw) whose gists are of level
+    at most ``lens_level``, the coarsest level LensNet has learned to score, when it fits ``room``
+    entries; otherwise (or with ``lens_level`` None) the coarsest layout of all.
+
+    LensNet scores a gist of a level it never trained on close to its neighbours whatever it
+    holds, so a key under one is never opened (D25): a longer start at known levels is cheaper
+    than an opening that never comes. Beyond the budget's reach the coarser levels are the only
+    layout that fits."""
+    coarsest = WorkingContext.coarsest(num_tokens, block_size, recent_tokens)
+    if lens_level is None or int(coarsest.levels.max(initial=0)) <= lens_level:
+        return coarsest
+    known = WorkingContext.coarsest(num_tokens, block_size, recent_tokens, max_level=lens_level)
+    return known if len(known) <= room else coarsest
