@@ -255,6 +255,20 @@ def test_make_room_collapses_what_lensnet_calls_cheap_then_the_oldest() -> None:
         make_room(WorkingContext.raw(16, K), np.zeros(16, np.float32), target=4, recent_tokens=12, max_level=4)
 
 
+def test_make_room_prefers_parents_at_levels_lensnet_trained_on() -> None:
+    K = 4
+    # tokens 0..63 as four level-2 gists, 64..95 as eight level-1 gists, 96..111 raw
+    wc = WorkingContext([2] * 4 + [1] * 8 + [0] * 16, [0, 1, 2, 3, *range(16, 24), *range(96, 112)], K, 112)
+    u = np.zeros(len(wc), dtype=np.float32)
+    u[0:4] = -0.9  # LensNet calls the level-2 group cheapest: folding it makes a level-3 parent
+    _, _, levels, _ = make_room(wc, u, target=len(wc) - 3, recent_tokens=8, max_level=4)
+    assert levels.tolist() == [3]
+    _, _, levels, _ = make_room(wc, u, target=len(wc) - 3, recent_tokens=8, max_level=4, lens_level=2)
+    assert levels.tolist() == [2]  # a level-2 parent LensNet knows, though its opinion ranks it behind
+    out, _, levels, _ = make_room(wc, u, target=len(wc) - 9, recent_tokens=16, max_level=4, lens_level=2)
+    assert sorted(levels.tolist()) == [2, 2, 3] and len(out) <= len(wc) - 9  # level 3 once level 2 is spent
+
+
 def test_the_level_map_shows_raw_spans_and_gists_without_token_ids() -> None:
     wc = WorkingContext.recency(4096, 100, 8, recent_tokens=16)
     m = level_map(wc, budget=100, width=32)

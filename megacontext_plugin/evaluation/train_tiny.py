@@ -12,8 +12,9 @@ A reproducible CPU recipe (seeded data from ``data.tasks``, seeded init, fixed s
    bring it earlier (D24).
 2. **mc** (``--mc-steps``): the same model trains with the ``MCController`` on documents of
    ``--mc-len`` tokens (the tasks again, the answer at the end, so it is in the ``H``-token
-   tail where ΔNLL is measured): the token loss over the baseline and random working-context
-   variants, GistNet's substitutability loss and LensNet's preference loss; the curriculum
+   tail where ΔNLL is measured): the token loss over the baseline, on-policy, teacher and random
+   working-context variants, GistNet's substitutability loss, LensNet's preference loss and its
+   distillation of the teacher's saliency; the curriculum
    anneals the budget to ``--budget`` over the first ``--anneal`` share of the phase. Each
    step also takes a plain full-attention step on ``--mix-batch`` documents of the same
    length, so the full-attention arm (the upper bound) stays trained.
@@ -80,6 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-collapse-threshold", type=float, default=0.0,
                    help="--mc_onpolicy_collapse_threshold: the same for training's on-policy variants, which "
                         "gain from collapsing freely (D25)")
+    p.add_argument("--lens-teacher-weight", type=float, default=1.0,
+                   help="--mc_lens_teacher_weight: LensNet's distillation of the teacher's saliency (0: off; D26)")
     p.add_argument("--answer-weight", type=float, default=1.0,
                    help="extra weight of the mean loss on answer digits (0: plain next-token loss)")
     p.add_argument("--lr", type=float, default=3e-3)
@@ -170,7 +173,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
                        mc_aux_lr=args.aux_lr, mc_seed=args.seed, gistnet_layers=1, lensnet_layers=1,
                        lensnet_dim=64, allocator_expand_threshold=args.expand_threshold,
                        allocator_collapse_threshold=args.collapse_threshold,
-                       mc_onpolicy_collapse_threshold=args.train_collapse_threshold)
+                       mc_onpolicy_collapse_threshold=args.train_collapse_threshold,
+                       mc_lens_teacher_weight=args.lens_teacher_weight)
     except ConfigError as e:  # a knob out of range is the user's mistake: one line, exit 2
         _fail(str(e))
     if args.out.exists() and not args.out.is_dir():

@@ -6,7 +6,7 @@ from .allocator import FocusAllocator, FocusReport, Scorer, Utilities, as_utilit
 from .config import ALLOCATOR_TYPES, AllocatorType, FocusConfig, FocusError
 from .cooldown import CooldownTracker
 from .selection import EditPlan, select_edits
-from .start import start_layout
+from .start import start_layout, trained_level
 
 __all__ = [
     "ALLOCATOR_TYPES",
@@ -22,4 +22,5 @@ __all__ = [
     "as_utilities",
     "select_edits",
     "start_layout",
+    "trained_level",
 ]

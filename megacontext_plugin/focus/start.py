@@ -6,6 +6,14 @@ from __future__ import annotations
 from ..context.working_context import WorkingContext
 
 
+def trained_level(sequence_len: int, horizon: int, block_size: int, prompt_tail: int) -> int:
+    """The coarsest gist level LensNet learns to score in a run at ``sequence_len``: that of the
+    coarsest layout of the longest training prompt (``sequence_len - horizon`` tokens, the last
+    ``prompt_tail`` raw), where on-policy and teacher variants start; at least 1."""
+    prompt = max(0, sequence_len - horizon)
+    return max(1, int(WorkingContext.coarsest(prompt, block_size, prompt_tail).levels.max(initial=0)))
+
+
 def start_layout(num_tokens: int, block_size: int, recent_tokens: int, room: int,
                  lens_level: int | None) -> WorkingContext:
     """The coarsest layout of ``num_tokens`` (the last ``recent_tokens`` raw) whose gists are of level

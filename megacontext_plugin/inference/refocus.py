@@ -72,7 +72,7 @@ class Refocuser:
             now = self.allocator.refocus_count
             cooldown = self.allocator.cooldown_tracker
             wc1, u1, lv, ix = make_room(wc0, u0, s.budget - s.headroom, s.protected, s.max_level,
-                                        s.focus.collapse_threshold, cooldown, now, answer_from)
+                                        s.focus.collapse_threshold, cooldown, now, answer_from, s.lens_level)
             cooldown.record(lv, ix, now)  # the allocator may not undo them at once
             forced = int(lv.size)
 

@@ -26,8 +26,13 @@ def first_difference(a: WorkingContext, b: WorkingContext) -> int:
 
 def make_room(wc: WorkingContext, utilities_W: np.ndarray, target: int, recent_tokens: int, max_level: int,
               collapse_threshold: float = 0.1, cooldown: CooldownTracker | None = None, now: int = 0,
-              prefer_from: int | None = None) -> tuple[WorkingContext, np.ndarray, np.ndarray, np.ndarray]:
+              prefer_from: int | None = None, lens_level: int | None = None
+              ) -> tuple[WorkingContext, np.ndarray, np.ndarray, np.ndarray]:
     """Collapse sibling groups until ``len(wc) <= target`` (see the module docstring for the order).
+
+    With ``lens_level``, only collapses that make a parent of level at most ``lens_level`` (the
+    coarsest LensNet trained on) are candidates while there are any; coarser parents come only
+    when the history cannot fit otherwise (``focus.start_layout`` is the same rule for a prompt).
 
     Order: groups in cooldown last; then by LensNet's opinion (mean utility below
     ``-collapse_threshold`` first, most negative first; above ``+collapse_threshold`` last); among
@@ -44,7 +49,11 @@ def make_room(wc: WorkingContext, utilities_W: np.ndarray, target: int, recent_t
     made_levels: list[np.ndarray] = []
     made_indices: list[np.ndarray] = []
     while len(wc) > target:
-        starts_C = wc.collapsible_starts(recent_tokens, max_level)
+        starts_C = np.zeros(0, dtype=np.int64)
+        if lens_level is not None and lens_level < max_level:
+            starts_C = wc.collapsible_starts(recent_tokens, lens_level)
+        if starts_C.size == 0:
+            starts_C = wc.collapsible_starts(recent_tokens, max_level)
         if starts_C.size == 0:
             raise SessionError(
                 f"cannot fit {wc.num_tokens} tokens of history into {target} working-context entries with the "

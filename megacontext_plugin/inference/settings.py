@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..config import ConfigError, MCConfig
 from ..context import max_representable_level
-from ..focus import FocusConfig
+from ..focus import FocusConfig, trained_level
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,9 @@ class SessionSettings:
     max_level: int
     """Highest gist level (LensNet embeds levels up to its ``max_level``)."""
     focus: FocusConfig
+    lens_level: int | None = None
+    """The coarsest level LensNet trained on (``focus.trained_level``): room is made at levels up to
+    it while that suffices (None: at any level up to ``max_level``)."""
 
     @classmethod
     def from_config(cls, cfg: MCConfig, sequence_len: int, max_level: int = 16) -> SessionSettings:
@@ -58,6 +61,7 @@ class SessionSettings:
             seed=cfg.mc_seed, max_level=top, expand_neighbours=cfg.allocator_expand_neighbours,
         )
         return cls(budget, every, headroom, K, protected, cfg.mc_horizon, cfg.mc_position_scheme,
-                   cfg.mc_rope_gist_sigma, top, focus)
+                   cfg.mc_rope_gist_sigma, top, focus,
+                   trained_level(sequence_len, cfg.mc_horizon, K, protected))
 
 

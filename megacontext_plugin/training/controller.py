@@ -36,7 +36,7 @@ import torch.nn as nn
 from ..config import MCConfig
 from ..context import EntryRows, LevelTable, model_inputs
 from ..context.positions import PositionalCache
-from ..context.working_context import WorkingContext
+from ..focus import trained_level
 from ..nets import AuxNets, activation_dtype, allreduce_gradients
 from ..tree.building import build_levels
 from . import losses as L
@@ -142,12 +142,9 @@ class MCController(nn.Module):
         """Raw tail of every training variant: the prompt's tail, then the horizon H."""
         self.prompt_recent = cfg.prompt_tail(sequence_len)
         """Raw tail of a prompt (training's prompt is everything before the horizon; inference's the user's)."""
-        prompt = max(0, sequence_len - cfg.mc_horizon)
-        self.lens_level = max(1, int(WorkingContext.coarsest(prompt, cfg.block_size, self.prompt_recent).levels.max(
-            initial=0)))
-        """The coarsest gist level LensNet learns to score: that of the coarsest layout of the longest
-        training prompt (on-policy and teacher variants start there). Refocus starts at levels up
-        to it where the budget allows (``focus.start_layout``)."""
+        self.lens_level = trained_level(sequence_len, cfg.mc_horizon, cfg.block_size, self.prompt_recent)
+        """The coarsest gist level LensNet learns to score. Refocus starts at levels up to it where the
+        budget allows (``focus.start_layout``); chat's room-making collapses prefer it too."""
         self._plans: dict[int, LengthPlan] = {}
         full = self.length_plan(sequence_len)
         self.num_levels, self.budget_floor = full.num_levels, full.budget_floor  # at T = sequence_len
