@@ -223,6 +223,8 @@ def test_mc_arm_starts_at_the_levels_lensnet_trained_on_where_they_fit() -> None
     model, ctrl = build(TinyGPTConfig(vocab_size=256, sequence_len=512, n_layer=1, n_head=4, n_embd=64), cfg)
     # training prompts are 496 tokens: level-2 gists at most (a level-3 node spans 512)
     assert ctrl.lens_level == 2
+    from megacontext_plugin.inference.settings import SessionSettings
+    assert SessionSettings.from_config(cfg, 512).lens_level == 2  # chat reads the same level
     runner = ArmRunner(model, ctrl, budget=64)
     long = runner.start_layout(1008, room=58, num_levels=4)  # 16x: the coarsest would hold a level-3 gist
     assert int(long.levels.max()) == 2 and len(long) <= 58
