@@ -121,10 +121,6 @@ class MCConfig:
     mc_teacher_variants: int = _knob(2, "teacher-guided variants per sequence: the spans the horizon's loss "
                                      "depends on (input-gradient saliency of one full-context pass; no labels)",
                                      check=_nonneg, allowed="an integer >= 0")
-    mc_onpolicy_collapse_threshold: float = _knob(0.0, "collapse threshold of training's on-policy variants "
-                                                  "(inference and evaluation use --allocator_collapse_threshold): "
-                                                  "lower explores the layouts a collapse leaves",
-                                                  check=_unit, allowed="a number in [0, 1]")
     mc_max_counterfactuals: int = _knob(8, "cap on variants per sequence (baseline + on-policy + teacher + random; "
                                         "random ones are dropped first)",
                                         check=lambda v: v >= 2, allowed="an integer >= 2")

@@ -183,25 +183,3 @@ def test_on_policy_layouts_are_what_the_allocator_makes(neighbours: int) -> None
         wc, _ = alloc.refocus(wc, lambda w: score([w])[0])
     assert guided == wc
 
-
-def test_on_policy_variants_collapse_at_the_training_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Training's on-policy variants refocus with ``--mc_onpolicy_collapse_threshold``; everything served
-    (evaluation, chat, the focus probe) with ``--allocator_collapse_threshold``."""
-    from megacontext_plugin.training import controller as controller_module
-    from megacontext_plugin.training.probe import focus_config
-
-    ctrl, wte = _controller(mc_onpolicy_variants=1, mc_teacher_variants=0, mc_num_random_variants=1,
-                            mc_onpolicy_collapse_threshold=0.05, allocator_collapse_threshold=0.4)
-    seen: list[FocusConfig] = []
-    real = controller_module.guided_prompt_layouts
-
-    def spy(*args, **kwargs):
-        seen.append(args[5])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(controller_module, "guided_prompt_layouts", spy)
-    x = torch.randint(0, 32, (2, 64), generator=torch.Generator().manual_seed(3))
-    ctrl.process_batch(x, torch.roll(x, -1, dims=1), wte, step=5)
-    assert [c.collapse_threshold for c in seen] == [0.05]
-    assert focus_config(ctrl, 40, 3).collapse_threshold == 0.4
-    ctrl.close()

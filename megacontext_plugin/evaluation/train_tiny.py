@@ -76,11 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--allocator_expand_threshold (training's on-policy variants and the checkpoint's "
                         "evaluation; D25)")
     p.add_argument("--collapse-threshold", type=float, default=0.3,
-                   help="--allocator_collapse_threshold: a sibling group collapses only below -this (the "
-                        "checkpoint's evaluation and chat; D25)")
-    p.add_argument("--train-collapse-threshold", type=float, default=0.0,
-                   help="--mc_onpolicy_collapse_threshold: the same for training's on-policy variants, which "
-                        "gain from collapsing freely (D25)")
+                   help="--allocator_collapse_threshold: a sibling group collapses only below -this (training's "
+                        "on-policy variants, the checkpoint's evaluation and chat; D25)")
     p.add_argument("--lens-teacher-weight", type=float, default=1.0,
                    help="--mc_lens_teacher_weight: LensNet's distillation of the teacher's saliency (0: off; D26)")
     p.add_argument("--answer-weight", type=float, default=1.0,
@@ -173,7 +170,6 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
                        mc_aux_lr=args.aux_lr, mc_seed=args.seed, gistnet_layers=1, lensnet_layers=1,
                        lensnet_dim=64, allocator_expand_threshold=args.expand_threshold,
                        allocator_collapse_threshold=args.collapse_threshold,
-                       mc_onpolicy_collapse_threshold=args.train_collapse_threshold,
                        mc_lens_teacher_weight=args.lens_teacher_weight)
     except ConfigError as e:  # a knob out of range is the user's mistake: one line, exit 2
         _fail(str(e))

@@ -287,7 +287,7 @@ class MCController(nn.Module):
             query_BHD = lod0_BTD[:, T - 2 * H:T - H].detach().to(self.aux_dtype)
             guided = guided_prompt_layouts(
                 T - H, cfg.block_size, self.prompt_recent, on_policy, teacher,
-                focus_config(self, budget - H, num_levels, training=True), max(1, num_levels - 1),
+                focus_config(self, budget - H, num_levels), max(1, num_levels - 1),
                 self._lens_scorer(levels, query_BHD) if on_policy else None, saliency, B, self.lens_level)
         layouts = with_guided(sampled, guided, H, ("on-policy",) * on_policy + ("teacher",) * teacher)
         index = build_index(layouts, T, cfg.block_size, num_levels, H, x_BT.device)

@@ -67,14 +67,12 @@ def residency(before: WorkingContext, after: WorkingContext) -> float:
     return float(np.isin(key_b, key_a, assume_unique=True).mean())
 
 
-def focus_config(controller: nn.Module, budget: int, num_levels: int, *, training: bool = False) -> FocusConfig:
-    """The run's allocator knobs at ``budget`` (the curriculum's) over a ``num_levels``-level tree;
-    ``training``: those of training's on-policy variants (``--mc_onpolicy_collapse_threshold``, D25)."""
+def focus_config(controller: nn.Module, budget: int, num_levels: int) -> FocusConfig:
+    """The run's allocator knobs at ``budget`` (the curriculum's) over a ``num_levels``-level tree."""
     cfg = controller.cfg
     soft = cfg.allocator_soft_max_length
-    collapse = cfg.mc_onpolicy_collapse_threshold if training else cfg.allocator_collapse_threshold
     return FocusConfig(budget=budget, type=cfg.allocator_type, expand_threshold=cfg.allocator_expand_threshold,
-                       collapse_threshold=collapse,
+                       collapse_threshold=cfg.allocator_collapse_threshold,
                        max_replacements=cfg.allocator_max_replacements, iterations=cfg.allocator_iterations,
                        soft_max_length=min(soft, budget) if soft else None, recent_tokens=controller.prompt_recent,
                        cooldown=cfg.allocator_cooldown, sample_top_k=cfg.allocator_sample_top_k,
