@@ -21,7 +21,7 @@ def start_layout(num_tokens: int, block_size: int, recent_tokens: int, room: int
     entries; otherwise (or with ``lens_level`` None) the coarsest layout of all.
 
     LensNet scores a gist of a level it never trained on close to its neighbours whatever it
-    holds, so a key under one is never opened (D25): a longer start at known levels is cheaper
+    holds, so a key under one is never opened (D26): a longer start at known levels is cheaper
     than an opening that never comes. Beyond the budget's reach the coarser levels are the only
     layout that fits."""
     coarsest = WorkingContext.coarsest(num_tokens, block_size, recent_tokens)

@@ -282,8 +282,8 @@ class MCController(nn.Module):
         saliency = None
         if (teacher or distil) and nll_fn is not None:
             saliency = horizon_saliency(nll_fn, lod0_BTD, y_BT, H)
-        if on_policy or teacher:
             timings["teacher_ms"] = _ms(t2)
+        if on_policy or teacher:
             query_BHD = lod0_BTD[:, T - 2 * H:T - H].detach().to(self.aux_dtype)
             guided = guided_prompt_layouts(
                 T - H, cfg.block_size, self.prompt_recent, on_policy, teacher,
