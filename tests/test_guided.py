@@ -182,4 +182,3 @@ def test_on_policy_layouts_are_what_the_allocator_makes(neighbours: int) -> None
     for _ in range(2):
         wc, _ = alloc.refocus(wc, lambda w: score([w])[0])
     assert guided == wc
-

@@ -24,8 +24,8 @@ def start_layout(num_tokens: int, block_size: int, recent_tokens: int, room: int
     holds, so a key under one is never opened (D26): a longer start at known levels is cheaper
     than an opening that never comes. Beyond the budget's reach the coarser levels are the only
     layout that fits."""
-    coarsest = WorkingContext.coarsest(num_tokens, block_size, recent_tokens)
-    if lens_level is None or int(coarsest.levels.max(initial=0)) <= lens_level:
-        return coarsest
-    known = WorkingContext.coarsest(num_tokens, block_size, recent_tokens, max_level=lens_level)
-    return known if len(known) <= room else coarsest
+    if lens_level is not None:
+        known = WorkingContext.coarsest(num_tokens, block_size, recent_tokens, max_level=lens_level)
+        if len(known) <= room:  # also when the cap changes nothing: then it is the coarsest
+            return known
+    return WorkingContext.coarsest(num_tokens, block_size, recent_tokens)

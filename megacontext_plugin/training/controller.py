@@ -409,8 +409,9 @@ class MCController(nn.Module):
 
     def _lens_loss(self, batch: MCBatch, tails: _TailVerdicts) -> _LensTerms:
         """LensNet's loss: Bradley-Terry on the preference pairs (advantages normalised by an EMA of
-        their scale, hard negatives kept), a KL anchor to the previous policy, and a penalty on
-        moving the mean expand pressure away from its EMA."""
+        their scale, hard negatives kept), a KL anchor to the previous policy, a penalty on moving
+        the mean expand pressure away from its EMA, and, where the batch carries the teacher's
+        saliency, its listwise distillation."""
         cfg = self.cfg
         index, V = batch.index, batch.layouts.variants
         B = batch.rows // V
