@@ -232,3 +232,34 @@ def test_mc_arm_starts_at_the_levels_lensnet_trained_on_where_they_fit() -> None
     huge = runner.start_layout(8192, room=58, num_levels=5)  # level 2 cannot fit: the coarsest it is
     assert huge == WorkingContext.coarsest(8192, 8, 16) and int(huge.levels.max()) > 2
     ctrl.close()
+
+
+@pytest.mark.parametrize("start", ["coarsest", "recency"])
+def test_lens_rank_correlation_scores_the_layout_the_mc_arm_starts_from(start: str) -> None:
+    from megacontext_plugin.config import MCConfig
+    from megacontext_plugin.evaluation.arms import ArmRunner
+    from megacontext_plugin.evaluation.checkpoint import build
+    from megacontext_plugin.training.reference_model import TinyGPTConfig
+
+    cfg = MCConfig(mc=True, block_size=8, allocator_recent_tokens=16, mc_horizon=16, gistnet_layers=1,
+                   lensnet_layers=1, lensnet_dim=64)
+    torch.manual_seed(0)
+    model, ctrl = build(TinyGPTConfig(vocab_size=256, sequence_len=1024, n_layer=1, n_head=4, n_embd=64), cfg)
+    runner = ArmRunner(model, ctrl, budget=64, start=start)
+    scored: list[WorkingContext] = []
+    score = runner.scorer
+
+    def recording_scorer(source, prefix):
+        inner = score(source, prefix)
+        return lambda wc: (scored.append(wc), inner(wc))[1]
+
+    runner.scorer = recording_scorer  # type: ignore[method-assign]
+    docs = lc.make_passkey_docs(3, 1024, [0.5], 1)
+    rho = lc.lens_rank_correlation(runner, docs)
+    prefix, (cont, _) = lc.BYTES.prefix(docs[0].prompt), lc.BYTES.answer(docs[0].answer)
+    n = int(prefix.numel())
+    expected = runner.start_layout(n, 64 - (int(cont.numel()) - 1), runner.tree(prefix)[1])
+    assert scored == [expected] and all(-1.0 <= r <= 1.0 for r in rho)
+    if start == "coarsest":  # 16x: the recency layout differs from the trained-level start
+        assert expected != WorkingContext.recency(n, 64 - (int(cont.numel()) - 1), 8, 16, max_level=3)
+    ctrl.close()

@@ -21,7 +21,7 @@ the sequence fits the model's window). Metrics per (arm, length):
   accuracy over the documents whose key was raw (the reader's share of the misses, apart from the
   lens's; None when no key was raw);
 - ``lens_rank_corr``: Spearman correlation, per passkey document, between LensNet's utility of
-  each gist of the MC arm's starting (recency) working context and the true benefit of
+  each gist of the working context the MC arm's refocus starts from (``--start``) and the true benefit of
   expanding that gist alone (NLL of the answer before minus after), averaged over documents.
 
 A task that cannot fit a document of that length (the passkey needs ~82 characters) reports
@@ -293,12 +293,9 @@ def nll_at_h(runner: Predictor, arm: str, texts: Sequence[str], horizon: int, co
 @torch.no_grad()
 def lens_rank_correlation(runner: ArmRunner, docs: Sequence[tasks.PasskeySample], codec: Codec = BYTES
                           ) -> list[float]:
-    """Per document: Spearman(LensNet utility of each gist of the recency WC, NLL drop when only that
-    gist is expanded). Documents whose WC has fewer than 3 gists are skipped."""
-    from ..context.working_context import WorkingContext
-
-    ctrl = runner.ctrl
-    K, recent = ctrl.cfg.block_size, int(ctrl.prompt_recent)
+    """Per document: Spearman(LensNet utility of each gist of the working context the ``mc`` arm's
+    refocus starts from (``ArmRunner.start_layout``: what LensNet scores first), NLL drop when only
+    that gist is expanded). Documents whose start has fewer than 3 gists are skipped."""
     out = []
     for doc in docs:
         prefix, (cont, _) = codec.prefix(doc.prompt), codec.answer(doc.answer)
@@ -307,7 +304,7 @@ def lens_rank_correlation(runner: ArmRunner, docs: Sequence[tasks.PasskeySample]
             continue
         levels, num_levels = runner.tree(prefix)
         source = runner.source(levels, prefix, cont)
-        wc = WorkingContext.recency(n, room, K, recent, max_level=num_levels - 1)
+        wc = runner.start_layout(n, room, num_levels)
         gists = np.flatnonzero(wc.levels > 0)
         if gists.size < 3:
             continue
