@@ -41,7 +41,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def format_summary(summary: list[dict[str, Any]], lens: list[float | None]) -> str:
+def format_summary(summary: list[dict[str, Any]], lens: list[float | None], top1: list[float | None]) -> str:
     cols = list(METRICS)
     lines = ["arm        len  " + "  ".join(f"{c:>17s}" for c in cols)]
     for row in summary:
@@ -53,6 +53,9 @@ def format_summary(summary: list[dict[str, Any]], lens: list[float | None]) -> s
     vals = [v for v in lens if v is not None]
     if vals:
         lines.append(f"lens_rank_corr: {np.mean(vals):.3f} ± {np.std(vals):.3f} over {len(vals)} seeds")
+    vals = [v for v in top1 if v is not None]
+    if vals:
+        lines.append(f"lens_top1: {np.mean(vals):.3f} ± {np.std(vals):.3f} over {len(vals)} seeds")
     return "\n".join(lines)
 
 
@@ -105,12 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         results.append(json.loads(seed_json.read_text()))
     summary = summarise(results)
     lens = [r.get("lens_rank_corr") for r in results]
+    top1 = [r.get("lens_top1") for r in results]
     print()
     print(f"summary over seeds {seeds} (mean ± population std)")
-    print(format_summary(summary, lens))
+    print(format_summary(summary, lens, top1))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"seeds": seeds, "checkpoint": str(ckpt), "summary": summary,
-                                     "lens_rank_corr": lens, "per_seed": results}, indent=2) + "\n")
+                                     "lens_rank_corr": lens, "lens_top1": top1, "per_seed": results}, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0
 

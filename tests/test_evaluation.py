@@ -148,6 +148,8 @@ def test_eval_runs_end_to_end_on_a_tiny_checkpoint(tmp_path) -> None:
         else:  # the documents answered with the key raw are a part of all those answered
             assert 0.0 <= mc["key_raw_acc"] * mc["key_raw"] <= mc["passkey_acc"] + 1e-9
     assert "lens_rank_corr" in result
+    assert result["lens_top1"] is None or 0.0 <= result["lens_top1"] <= 1.0
+    assert set(result["lens_top1_by_length"]) == set(result["lens_rank_corr_by_length"])
     assert js.with_suffix(".png").exists() and (tmp_path / "eval_nll.png").exists()
 
 
@@ -235,7 +237,7 @@ def test_mc_arm_starts_at_the_levels_lensnet_trained_on_where_they_fit() -> None
 
 
 @pytest.mark.parametrize("start", ["coarsest", "recency"])
-def test_lens_rank_correlation_scores_the_layout_the_mc_arm_starts_from(start: str) -> None:
+def test_lens_ranking_scores_the_layout_the_mc_arm_starts_from(start: str) -> None:
     from megacontext_plugin.config import MCConfig
     from megacontext_plugin.evaluation.arms import ArmRunner
     from megacontext_plugin.evaluation.checkpoint import build
@@ -255,11 +257,12 @@ def test_lens_rank_correlation_scores_the_layout_the_mc_arm_starts_from(start: s
 
     runner.scorer = recording_scorer  # type: ignore[method-assign]
     docs = lc.make_passkey_docs(3, 1024, [0.5], 1)
-    rho = lc.lens_rank_correlation(runner, docs)
+    ranking = lc.lens_ranking(runner, docs)
     prefix, (cont, _) = lc.BYTES.prefix(docs[0].prompt), lc.BYTES.answer(docs[0].answer)
     n = int(prefix.numel())
     expected = runner.start_layout(n, 64 - (int(cont.numel()) - 1), runner.tree(prefix)[1])
-    assert scored == [expected] and all(-1.0 <= r <= 1.0 for r in rho)
+    assert scored == [expected] and all(-1.0 <= r <= 1.0 for r in ranking.rho)
+    assert len(ranking.top1) == 1 and ranking.top1[0] in (0.0, 1.0)
     if start == "coarsest":  # 16x: the recency layout differs from the trained-level start
         assert expected != WorkingContext.recency(n, 64 - (int(cont.numel()) - 1), 8, 16, max_level=3)
     ctrl.close()

@@ -22,7 +22,9 @@ the sequence fits the model's window). Metrics per (arm, length):
   lens's; None when no key was raw);
 - ``lens_rank_corr``: Spearman correlation, per passkey document, between LensNet's utility of
   each gist of the working context the MC arm's refocus starts from (``--start``) and the true benefit of
-  expanding that gist alone (NLL of the answer before minus after), averaged over documents.
+  expanding that gist alone (NLL of the answer before minus after), averaged over documents;
+  ``lens_top1``: over the same documents, the share in which LensNet's highest-scored gist is the
+  one whose expansion helps most (the rank that refocus acts on first).
 
 A task that cannot fit a document of that length (the passkey needs ~82 characters) reports
 None; at such lengths ``nll_h`` is measured on plain filler documents instead (``nll_docs``).
@@ -290,13 +292,22 @@ def nll_at_h(runner: Predictor, arm: str, texts: Sequence[str], horizon: int, co
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class LensRanking:
+    """Per document (those whose start holds at least 3 gists): ``rho`` Spearman(LensNet utility of
+    each gist, true NLL drop when only that gist is expanded), where finite; ``top1`` 1.0 where
+    LensNet's highest-scored gist is the one whose expansion lowers the answer's NLL most."""
+
+    rho: list[float]
+    top1: list[float]
+
+
 @torch.no_grad()
-def lens_rank_correlation(runner: ArmRunner, docs: Sequence[tasks.PasskeySample], codec: Codec = BYTES
-                          ) -> list[float]:
-    """Per document: Spearman(LensNet utility of each gist of the working context the ``mc`` arm's
-    refocus starts from (``ArmRunner.start_layout``: what LensNet scores first), NLL drop when only
-    that gist is expanded). Documents whose start has fewer than 3 gists are skipped."""
-    out = []
+def lens_ranking(runner: ArmRunner, docs: Sequence[tasks.PasskeySample], codec: Codec = BYTES) -> LensRanking:
+    """LensNet's ranking of the gists of the working context the ``mc`` arm's refocus starts from
+    (``ArmRunner.start_layout``: what LensNet scores first) against the true benefit of expanding
+    each gist alone (answer NLL before minus after; see ``LensRanking``)."""
+    rho, top1 = [], []
     for doc in docs:
         prefix, (cont, _) = codec.prefix(doc.prompt), codec.answer(doc.answer)
         n, room = int(prefix.numel()), runner.budget - (int(cont.numel()) - 1)
@@ -310,11 +321,12 @@ def lens_rank_correlation(runner: ArmRunner, docs: Sequence[tasks.PasskeySample]
             continue
         scores = runner.scorer(source, prefix)(wc)[gists]
         base = runner.predict_wc(wc, source, cont).nll.sum()
-        gain = [base - runner.predict_wc(wc.expand([int(g)]), source, cont).nll.sum() for g in gists]
-        rho = spearman(scores, gain)
-        if math.isfinite(rho):
-            out.append(rho)
-    return out
+        gain = np.array([base - runner.predict_wc(wc.expand([int(g)]), source, cont).nll.sum() for g in gists])
+        top1.append(float(np.argmax(scores) == np.argmax(gain)))
+        r = spearman(scores, gain)
+        if math.isfinite(r):
+            rho.append(r)
+    return LensRanking(rho, top1)
 
 
 def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, lengths: Sequence[int],
@@ -333,7 +345,9 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
     grids: dict[str, dict[str, Any]] = {}
     grid_cells: dict[str, tuple[list[float], list[int], list[float]]] = {a: ([], [], []) for a in arms}
     lens_by_length: dict[int, float | None] = {}
+    top1_by_length: dict[int, float | None] = {}
     all_rho: list[float] = []
+    all_top1: list[float] = []
     for x in lengths:
         L = x * budget
         chars = max(1, round(L * codec.chars_per_token))
@@ -385,9 +399,11 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
                     row[key] = _mean([i[key] for i in infos if key in i])
             rows.append(row)
         if "mc" in arms and lens_docs > 0 and pk:
-            rho = lens_rank_correlation(runner, pk[:: max(1, len(pk) // lens_docs)][:lens_docs], codec)
-            lens_by_length[x] = _mean(rho)
-            all_rho += rho
+            ranking = lens_ranking(runner, pk[:: max(1, len(pk) // lens_docs)][:lens_docs], codec)
+            lens_by_length[x] = _mean(ranking.rho)
+            top1_by_length[x] = _mean(ranking.top1)
+            all_rho += ranking.rho
+            all_top1 += ranking.top1
     for arm in arms:
         d, n, s = grid_cells[arm]
         if s:
@@ -400,6 +416,8 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
         "lens_rank_corr": _mean(all_rho),
         "lens_rank_corr_by_length": {str(k): v for k, v in lens_by_length.items()},
         "lens_rank_corr_docs": len(all_rho),
+        "lens_top1": _mean(all_top1),
+        "lens_top1_by_length": {str(k): v for k, v in top1_by_length.items()},
         "passkey_grid": grids,
         "settings": {"budget": budget, "lengths_x": list(lengths), "depths": list(depths), "samples": samples,
                      "recall_docs": recall_docs, "horizon": horizon, "arms": list(arms), "rounds": rounds,
@@ -445,6 +463,7 @@ def format_table(result: dict[str, Any]) -> str:
     lr = result["lens_rank_corr"]
     lines.append(f"lens_rank_corr (Spearman, LensNet utility vs true NLL drop of expanding each gist): "
                  f"{format_cell(lr)} over {result['lens_rank_corr_docs']} documents")
+    lines.append(f"lens_top1 (LensNet's top gist is the most useful one to expand): {format_cell(result['lens_top1'])}")
     for arm, g in result["passkey_grid"].items():
         lines.append(f"\npasskey exact match, {arm} (rows: depth, columns: length x W)")
         head = "depth\\len " + " ".join(f"{n:>6d}" for n in g["lengths_x"])
