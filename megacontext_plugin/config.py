@@ -188,8 +188,7 @@ class MCConfig:
     allocator_iterations: int = _knob(1, "allocator rounds per refocus, re-scoring between rounds",
                                       check=_pos, allowed="an integer >= 1", group=ALLOC)
     allocator_expand_neighbours: int = _knob(1, "when a level-1 gist is expanded, also expand up to this many "
-                                             "level-1 gists on each side (the words that introduce and "
-                                             "close it; the left one first where the budget holds one)",
+                                             "level-1 gists to its left (the words that introduce it)",
                                              check=_nonneg, allowed="an integer >= 0", group=ALLOC)
     allocator_cooldown: int = _knob(2, "refocuses before an edited node may flip back (hysteresis)",
                                     check=_nonneg, allowed="an integer >= 0", group=ALLOC)

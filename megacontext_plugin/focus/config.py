@@ -66,11 +66,9 @@ class FocusConfig:
     """Highest level a collapse may create (None: any level the history has)."""
     expand_neighbours: int = 0
     """A level-1 gist that is an expansion candidate lends its utility to up to this many level-1
-    gists directly on each side, so the words that introduce what is expanded and the words that
-    close it come raw with it (a raw island of digits without them is unreadable; a key cut by a
-    block boundary needs the block on its right). The neighbours rank just behind their anchor, the
-    left one first, and obey the budget, the thresholds, the cooldown and the protected tail like
-    any expansion."""
+    gists directly to its left, so the words that introduce what is expanded come raw with it (a
+    raw island of digits without them is unreadable). The neighbours rank just behind their anchor
+    and obey the budget, the thresholds, the cooldown and the protected tail like any expansion."""
 
     def __post_init__(self) -> None:
         _int_at_least("budget", self.budget, 1)

@@ -80,22 +80,18 @@ def _empty_plan(candidates: int, rejected_cooldown: int) -> EditPlan:
 
 def lend_to_neighbours(levels_W: np.ndarray, utilities_W: np.ndarray, neighbours: int,
                        threshold: float) -> np.ndarray:
-    """``utilities[W]`` where the level-1 gists on each side of a level-1 expansion candidate (up to
-    ``neighbours`` per side, a contiguous run of level-1 gists) get at least its anchor's utility, a
-    hair less per step away so that the anchor ranks first and, at equal distance, the left one
-    (lower position) next (``FocusConfig.expand_neighbours``)."""
+    """``utilities[W]`` where each level-1 gist left of a level-1 expansion candidate (up to
+    ``neighbours`` of them, a contiguous run of level-1 gists) gets at least its anchor's utility,
+    a hair less per step so that the anchor ranks first (``FocusConfig.expand_neighbours``)."""
     if neighbours <= 0:
         return utilities_W
     out = utilities_W.copy()
     is_l1 = levels_W == 1
-    anchors = np.where(is_l1 & (utilities_W > _float32_below(threshold)), utilities_W, -np.inf).astype(np.float32)
-    pad = np.full(1, -np.inf, dtype=np.float32)
-    left, right = anchors, anchors
+    lent = np.where(is_l1 & (utilities_W > _float32_below(threshold)), utilities_W, -np.inf).astype(np.float32)
     for _ in range(neighbours):  # one shift per neighbour: a loop over the knob, never over entries
-        left = np.where(is_l1, np.nextafter(np.concatenate([left[1:], pad]), np.float32(-np.inf)), -np.inf)
-        right = np.where(is_l1, np.nextafter(np.concatenate([pad, right[:-1]]), np.float32(-np.inf)), -np.inf)
-        left, right = left.astype(np.float32), right.astype(np.float32)
-        out = np.maximum(out, np.maximum(left, right))
+        lent = np.nextafter(np.concatenate([lent[1:], [-np.inf]]).astype(np.float32), np.float32(-np.inf))
+        lent = np.where(is_l1, lent, -np.inf).astype(np.float32)
+        out = np.maximum(out, lent)
     return out
 
 

@@ -126,7 +126,7 @@ def teacher_config(config: FocusConfig, k: int = 0) -> FocusConfig:
     return dataclasses.replace(config, type="greedy" if k == 0 else "stochastic_greedy", seed=config.seed + k,
                                sample_top_k=4, sample_temperature=0.1, expand_threshold=0.0,
                                collapse_threshold=1.0, soft_max_length=None, cooldown=0,
-                               max_replacements=1 + 2 * config.expand_neighbours)
+                               max_replacements=1 + config.expand_neighbours)
 
 
 def guided_prompt_layouts(prompt_len: int, block_size: int, prompt_tail: int, on_policy: int, teacher: int,
