@@ -84,7 +84,7 @@ def test_demo_budget_too_small_is_reported(capsys: pytest.CaptureFixture[str]) -
 
 @pytest.mark.parametrize("flag", [("--expand-threshold", "5"), ("--collapse-threshold", "-1"), ("--neighbours", "-1"),
                                   ("--recent", "-3"), ("--threads", "-1"),
-                                  ("--lens-teacher-weight", "-1")])
+                                  ("--lens-teacher-weight", "-1"), ("--lens-layers", "0"), ("--lens-dim", "0")])
 def test_train_tiny_refuses_a_knob_out_of_range_before_writing(flag: tuple[str, str], tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "megacontext_plugin.cli", "eval", "train-tiny", "--out", str(out),

@@ -80,6 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "on-policy variants, the checkpoint's evaluation and chat; D25)")
     p.add_argument("--lens-teacher-weight", type=float, default=1.0,
                    help="--mc_lens_teacher_weight: LensNet's distillation of the teacher's saliency (0: off; D26)")
+    p.add_argument("--lens-layers", type=int, default=1, help="--lensnet_layers (the product default is 2)")
+    p.add_argument("--lens-dim", type=int, default=64, help="--lensnet_dim (the product default is 128)")
     p.add_argument("--answer-weight", type=float, default=1.0,
                    help="extra weight of the mean loss on answer digits (0: plain next-token loss)")
     p.add_argument("--lr", type=float, default=3e-3)
@@ -167,8 +169,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
                        mc_train_wc_length=args.budget / args.mc_len, mc_num_random_variants=args.variants,
                        mc_onpolicy_variants=args.onpolicy, mc_teacher_variants=args.teacher,
                        allocator_expand_neighbours=args.neighbours,
-                       mc_aux_lr=args.aux_lr, mc_seed=args.seed, gistnet_layers=1, lensnet_layers=1,
-                       lensnet_dim=64, allocator_expand_threshold=args.expand_threshold,
+                       mc_aux_lr=args.aux_lr, mc_seed=args.seed, gistnet_layers=1, lensnet_layers=args.lens_layers,
+                       lensnet_dim=args.lens_dim, allocator_expand_threshold=args.expand_threshold,
                        allocator_collapse_threshold=args.collapse_threshold,
                        mc_lens_teacher_weight=args.lens_teacher_weight)
     except ConfigError as e:  # a knob out of range is the user's mistake: one line, exit 2
