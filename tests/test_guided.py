@@ -107,6 +107,23 @@ def test_teacher_drills_down_to_the_salient_tokens_and_keeps_the_layout_legal() 
     assert np.count_nonzero(flat) <= 1
 
 
+def test_teacher_variants_alternate_opening_the_neighbours_and_not() -> None:
+    config = FocusConfig(budget=64, recent_tokens=8, expand_neighbours=2)
+    assert [teacher_config(config, k).expand_neighbours for k in range(4)] == [2, 0, 2, 0]
+    assert [teacher_config(config, k).max_replacements for k in range(4)] == [3, 1, 3, 1]
+    T, H, tail = 256, 8, 8
+    saliency = np.full((1, T), 1e-3)
+    saliency[0, 100:103] = 5.0  # one island, inside block 25 (tokens 100-103)
+    run = FocusConfig(budget=40 - H, recent_tokens=tail, expand_neighbours=1)
+    [[with_words, island_only]] = guided_prompt_layouts(T - H, K, tail, 0, 2, run, rounds=4, lens_score=None,
+                                                        saliency_BT=saliency, batch=1)
+    for wc in (with_words, island_only):
+        wc.validate(recent_tokens=tail, budget=40 - H)
+        assert {100, 101, 102} <= set(wc.starts[wc.levels == 0].tolist())
+    assert 96 in with_words.starts[with_words.levels == 0]  # block 24, the words before, raw
+    assert 96 not in island_only.starts[island_only.levels == 0]  # the island alone
+
+
 def test_with_guided_puts_guided_rows_after_the_baseline() -> None:
     rng = np.random.default_rng(0)
     T, H, budget = 64, 4, 40

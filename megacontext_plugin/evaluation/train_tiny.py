@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the first N plain steps use documents of half --plain-len, twice as many (the same "
                         "tokens per step): retrieval is learned at the shorter length first")
     p.add_argument("--mc-len", type=int, default=512, help="also the model's sequence_len")
-    p.add_argument("--mc-steps", type=int, default=800)
+    p.add_argument("--mc-steps", type=int, default=1200)
     p.add_argument("--mc-batch", type=int, default=8)
     p.add_argument("--mix-batch", type=int, default=4, help="plain documents per MC step (0: none)")
     p.add_argument("--anneal", type=float, default=0.15, help="share of the MC phase over which the budget anneals")

@@ -122,11 +122,15 @@ def teacher_config(config: FocusConfig, k: int = 0) -> FocusConfig:
     [0, 1], its threshold applied by ``teacher_scorer``), one anchor per round (with its neighbours)
     so that it drills best-first down to the most salient token before spending the budget on the
     next one, no hysteresis within one layout; greedy for the first, stochastic greedy among the top
-    few for the others, so that teacher variants differ."""
+    few for the others, so that teacher variants differ. Even ``k`` opens the run's neighbours with
+    each anchor, odd ``k`` none: where a long history leaves no room for the words around a raw
+    island, inference's allocator opens the island alone, and the reader must have read such
+    islands in training (D27)."""
+    neighbours = config.expand_neighbours if k % 2 == 0 else 0
     return dataclasses.replace(config, type="greedy" if k == 0 else "stochastic_greedy", seed=config.seed + k,
                                sample_top_k=4, sample_temperature=0.1, expand_threshold=0.0,
                                collapse_threshold=1.0, soft_max_length=None, cooldown=0,
-                               max_replacements=1 + config.expand_neighbours)
+                               expand_neighbours=neighbours, max_replacements=1 + neighbours)
 
 
 def guided_prompt_layouts(prompt_len: int, block_size: int, prompt_tail: int, on_policy: int, teacher: int,
