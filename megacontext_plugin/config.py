@@ -119,7 +119,8 @@ class MCConfig:
                                       "prompt with the current LensNet, as inference does",
                                       check=_nonneg, allowed="an integer >= 0")
     mc_teacher_variants: int = _knob(2, "teacher-guided variants per sequence: the spans the horizon's loss "
-                                     "depends on (input-gradient saliency of one full-context pass; no labels)",
+                                     "depends on (input-gradient saliency of one full-context pass; no labels); "
+                                     "every second one opens them without --allocator_expand_neighbours",
                                      check=_nonneg, allowed="an integer >= 0")
     mc_max_counterfactuals: int = _knob(8, "cap on variants per sequence (baseline + on-policy + teacher + random; "
                                         "random ones are dropped first)",
