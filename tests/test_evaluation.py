@@ -178,6 +178,29 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line(tmp_path) -> No
     assert not marker.exists()
 
 
+def test_a_checkpoint_from_another_version_is_refused_in_one_line(tmp_path) -> None:
+    from megacontext_plugin.config import MCConfig
+    from megacontext_plugin.evaluation.checkpoint import build, save
+    from megacontext_plugin.training.reference_model import TinyGPTConfig
+
+    model, ctrl = build(TinyGPTConfig(vocab_size=256, sequence_len=512, n_layer=1, n_head=4, n_embd=64),
+                        MCConfig(mc=True, block_size=8, allocator_recent_tokens=16, mc_horizon=16, gistnet_layers=1,
+                                 lensnet_layers=1, lensnet_dim=64))
+    ctrl.close()
+    good = tmp_path / "tiny.pt"
+    save(good, model, ctrl, {})
+    state = torch.load(good, weights_only=True)
+    state["mc_config"]["mc_knob_from_elsewhere"] = 0.3
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    proc = subprocess.run([sys.executable, "-m", "megacontext_plugin.cli", "eval", "long-context",
+                           "--checkpoint", str(old)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("megacontext eval long-context: error: --checkpoint") and "mc_knob_from_elsewhere" in last
+
+
 def _eval_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     with pytest.raises(SystemExit) as exc:
         main(["eval", "long-context", *argv])
