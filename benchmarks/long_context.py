@@ -50,12 +50,10 @@ def format_summary(summary: list[dict[str, Any]], lens: list[float | None], top1
             v = row[c]
             cells.append(f"{'-':>17s}" if v is None else f"{v['mean']:8.3f} ± {v['std']:6.3f}")
         lines.append(f"{row['arm']:10s} {row['length_x']:>3d}x " + "  ".join(cells))
-    vals = [v for v in lens if v is not None]
-    if vals:
-        lines.append(f"lens_rank_corr: {np.mean(vals):.3f} ± {np.std(vals):.3f} over {len(vals)} seeds")
-    vals = [v for v in top1 if v is not None]
-    if vals:
-        lines.append(f"lens_top1: {np.mean(vals):.3f} ± {np.std(vals):.3f} over {len(vals)} seeds")
+    for name, per_seed in (("lens_rank_corr", lens), ("lens_top1", top1)):
+        vals = [v for v in per_seed if v is not None]
+        if vals:
+            lines.append(f"{name}: {np.mean(vals):.3f} ± {np.std(vals):.3f} over {len(vals)} seeds")
     return "\n".join(lines)
 
 

@@ -338,6 +338,17 @@ def knob_fields() -> Iterator[dataclasses.Field[Any]]:
     yield from dataclasses.fields(MCConfig)
 
 
+def config_from_saved(values: dict[str, Any]) -> MCConfig:
+    """The ``MCConfig`` a checkpoint saved (``as_dict``), checked like flags; a setting this version
+    does not have is a ``ConfigError`` naming it: another version wrote the file, and its knob
+    would mean something this code cannot honour."""
+    unknown = sorted(set(values) - {f.name for f in knob_fields()})
+    if unknown:
+        raise ConfigError(f"written by another version of megacontext-plugin (settings this version does not "
+                          f"have: {', '.join(unknown)})")
+    return MCConfig(**values)
+
+
 def is_checkpoint_knob(name: str) -> bool:
     """Knobs that shape the aux nets' parameters or the working context they were trained on: a
     later stage (mid, SFT, chat) takes them from the checkpoint it starts from."""

@@ -250,3 +250,14 @@ def test_the_record_of_explicit_knobs_is_json_serialisable() -> None:
     args = parser.parse_args(["--mc", "--block_size", "8", "--mc-horizon", "16"])
     assert explicit_knobs(args) == {"block_size", "mc_horizon"}
     json.dumps(vars(args))
+
+
+def test_a_saved_config_round_trips_and_a_setting_of_another_version_is_named() -> None:
+    from megacontext_plugin.config import ConfigError, MCConfig, config_from_saved
+
+    cfg = MCConfig(mc=True, block_size=8, mc_horizon=16)
+    assert config_from_saved(cfg.as_dict()) == cfg
+    with pytest.raises(ConfigError, match=r"another version.*mc_knob_from_elsewhere"):
+        config_from_saved({**cfg.as_dict(), "mc_knob_from_elsewhere": 0.3})
+    with pytest.raises(ConfigError):  # a saved value is checked like a flag
+        config_from_saved({**cfg.as_dict(), "block_size": 0})

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..config import MCConfig
+from ..config import MCConfig, config_from_saved
 from ..training.controller import MCController
 from ..training.reference_model import TinyGPT, TinyGPTConfig
 
@@ -63,15 +63,11 @@ def load(path: str | Path) -> tuple[TinyGPT, MCController, dict[str, Any]]:
     state = load_data(path, f"a {FORMAT} checkpoint")
     if state.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} checkpoint (write one with `megacontext eval train-tiny`)")
-    for name, cls in (("model_config", TinyGPTConfig), ("mc_config", MCConfig)):
-        unknown = sorted(set(state.get(name, {})) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:  # written by another version: its knobs would mean something this code cannot honour
-            raise ValueError(f"{path}: written by another version of megacontext-plugin (settings this version "
-                             f"does not have: {', '.join(unknown)}); train it again with `megacontext eval train-tiny`")
     try:
-        model, ctrl = build(TinyGPTConfig(**state["model_config"]), MCConfig(**state["mc_config"]))
-    except (KeyError, TypeError, ValueError) as e:  # ConfigError is a ValueError: a knob out of range
-        raise ValueError(f"{path}: not a usable {FORMAT} checkpoint ({e})") from None
+        model, ctrl = build(TinyGPTConfig(**state["model_config"]), config_from_saved(state["mc_config"]))
+    except (KeyError, TypeError, ValueError) as e:  # ConfigError is a ValueError: a knob out of range or unknown
+        raise ValueError(f"{path}: not a usable {FORMAT} checkpoint ({e}); train one with "
+                         "`megacontext eval train-tiny`") from None
     model.load_state_dict(state["model"])
     ctrl.load_controller_state(state["controller"])
     model.eval()

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..config import MCConfig
+from ..config import MCConfig, config_from_saved
 from ..training.controller import MCController
 from .checkpoint import load_data
 from .nanochat_model import NanochatArms, validation_budget
@@ -122,7 +122,7 @@ def load(checkpoint_dir: Path, step: int | None = None, device: str | None = Non
     if trained_with_mc:
         try:
             saved = load_data(state_path, "MegaContext state (megacontext_{step}.pt)")
-            mc_cfg = MCConfig(**saved["config"])
+            mc_cfg = config_from_saved(saved["config"])
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{state_path}: not MegaContext state ({e})") from None
     controller = MCController(mc_cfg, dim=cfg.n_embd, head_dim=cfg.n_embd // cfg.n_head,
