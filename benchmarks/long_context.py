@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--expand-neighbours", type=int, default=None, help="ablation: override the MC arm's knob")
     p.add_argument("--expand-threshold", type=float, default=None, help="ablation: override the MC arm's knob")
     p.add_argument("--collapse-threshold", type=float, default=None, help="ablation: override the MC arm's knob")
+    p.add_argument("--max-replacements", type=int, default=None, help="ablation: override the MC arm's knob")
+    p.add_argument("--iterations", type=int, default=None, help="ablation: override the MC arm's knob")
     p.add_argument("--arms", default=None, help="comma list of arms (default: all four)")
     p.add_argument("--json", type=Path, default=Path("bench-out/long_context.json"))
     p.add_argument("--png", type=Path, default=None)
@@ -96,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             cmd += ["--arms", args.arms]
         for flag, value in (("--expand-neighbours", args.expand_neighbours),
                             ("--expand-threshold", args.expand_threshold),
-                            ("--collapse-threshold", args.collapse_threshold)):
+                            ("--collapse-threshold", args.collapse_threshold),
+                            ("--max-replacements", args.max_replacements),
+                            ("--iterations", args.iterations)):
             if value is not None:
                 cmd += [flag, str(value)]
         if i == 0 and args.png is not None:

@@ -184,9 +184,10 @@ class MCConfig:
     allocator_collapse_threshold: float = _knob(0.1, "collapse siblings when their mean utility is below "
                                                 "minus this", check=_unit, allowed="a number in [0, 1]",
                                                 group=ALLOC)
-    allocator_max_replacements: int = _knob(8, "edits per allocator iteration", check=_pos,
-                                            allowed="an integer >= 1", group=ALLOC)
-    allocator_iterations: int = _knob(1, "allocator rounds per refocus, re-scoring between rounds",
+    allocator_max_replacements: int = _knob(1, "edits per allocator iteration: 1 drills into the best gist, "
+                                            "re-scored every round, before spending the budget on the next",
+                                            check=_pos, allowed="an integer >= 1", group=ALLOC)
+    allocator_iterations: int = _knob(4, "allocator rounds per refocus, re-scoring between rounds",
                                       check=_pos, allowed="an integer >= 1", group=ALLOC)
     allocator_expand_neighbours: int = _knob(1, "when a level-1 gist is expanded, also expand up to this many "
                                              "level-1 gists to its left (the words that introduce it)",

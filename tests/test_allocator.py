@@ -312,3 +312,26 @@ def test_state_dict_resumes_exactly() -> None:
     assert a == b and first.refocus_count == second.refocus_count == 2
     first.reset()
     assert first.refocus_count == 0 and len(first.cooldown_tracker) == 0
+
+
+def test_the_default_allocator_drills_into_the_best_gist_before_opening_the_next() -> None:
+    # K = 2, 16 tokens: two level-2 gists [0, 4) and [4, 8) both worth opening (0.5 and 0.3), then a raw
+    # tail. The budget holds two expansions. Under the product's defaults (one edit per round, rounds
+    # re-scored) the best gist is opened and then its best child, down to raw tokens; eight edits in
+    # one round would open both level-2 gists and leave the budget spent above the tokens that matter.
+    from megacontext_plugin.config import MCConfig
+
+    cfg = MCConfig()
+    wc = WorkingContext.from_entries([2, 2, 0, 0, 0, 0, 0, 0, 0, 0], [0, 1, 8, 9, 10, 11, 12, 13, 14, 15], 2, 16)
+
+    def scorer(w: WorkingContext) -> np.ndarray:
+        # the tokens that matter are 2-3: every gist covering them scores 0.5; the other level-2 gist 0.3
+        holds = (w.starts <= 2) & (w.ends >= 4) & (w.levels > 0)
+        other = (w.levels == 2) & (w.starts == 4)
+        return np.where(holds, 0.5, np.where(other, 0.3, 0.0)).astype(np.float32)
+
+    drilled, _ = alloc(budget=len(wc) + 2, max_replacements=cfg.allocator_max_replacements,
+                       iterations=cfg.allocator_iterations).refocus(wc, scorer)
+    assert drilled.entries()[:4] == [(1, 0), (0, 2), (0, 3), (2, 1)]
+    spread, _ = alloc(budget=len(wc) + 2, max_replacements=8, iterations=1).refocus(wc, scorer)
+    assert spread.entries()[:4] == [(1, 0), (1, 1), (1, 2), (1, 3)]

@@ -221,3 +221,41 @@ def test_refocus_sequences_keep_budget_tail_and_cooldown(
                 assert r - last_flip[node] >= cooldown, f"{node} flipped at {last_flip[node]} and again at {r}"
             last_flip[node] = r
         wc = new
+
+
+@settings(max_examples=200, deadline=None)
+@given(legal_wcs(max_tokens=300), st.integers(1, 4), st.data())
+def test_lens_view_has_no_gist_above_the_level_and_pools_each_entry_to_its_best_descendant(
+    case: tuple[WorkingContext, int], level: int, data: st.DataObject
+) -> None:
+    from megacontext_plugin.focus import lens_view, pool_view
+
+    wc, recent = case
+    view = lens_view(wc, level)
+    view.validate(recent_tokens=recent)  # the same tokens, tiled in order, the tail untouched
+    assert int(view.levels.max(initial=0)) <= max(level, int(wc.levels[wc.levels <= level].max(initial=0)))
+    kept = {e for e in wc.entries() if e[0] <= level}
+    assert kept <= set(view.entries())  # entries at or below the level are left as they are
+    u_view = np.asarray(data.draw(st.lists(st.integers(-16, 16), min_size=len(view), max_size=len(view))),
+                        dtype=np.float32) / 16
+    pooled = pool_view(wc, view, u_view)
+    for i in range(len(wc)):  # plain reference: the best view entry inside each entry's span
+        inside = (view.starts >= wc.starts[i]) & (view.ends <= wc.ends[i])
+        assert pooled[i] == u_view[inside].max()
+    assert lens_view(wc, None) is wc
+
+
+def test_a_coarse_gist_is_scored_by_its_best_child() -> None:
+    from megacontext_plugin.focus import score_through_view
+
+    # K = 2, 10 tokens: one level-3 gist over [0, 8), then two raw tokens; LensNet knows level 1
+    wc = WorkingContext.from_entries([3, 0, 0], [0, 8, 9], 2, 10)
+    seen: list[list[tuple[int, int]]] = []
+
+    def lens(w: WorkingContext) -> np.ndarray:
+        seen.append(w.entries())
+        return np.array([0.1, 0.7, -0.2, 0.3, 0.0, 0.0], dtype=np.float32)[: len(w)]
+
+    u = score_through_view(lens, 1)(wc)
+    assert seen == [[(1, 0), (1, 1), (1, 2), (1, 3), (0, 8), (0, 9)]]
+    assert u.tolist() == [np.float32(0.7), 0.0, 0.0]

@@ -227,7 +227,8 @@ def test_a_nanochat_checkpoint_directory_without_a_checkpoint_or_without_nanocha
     assert "--step: only for a nanochat" in _eval_error(["--checkpoint", str(tiny), "--step", "1"], capsys)
 
 
-@pytest.mark.parametrize("flag", ["--collapse-threshold=-1", "--expand-threshold=2", "--max-replacements=0"])
+@pytest.mark.parametrize("flag", ["--collapse-threshold=-1", "--expand-threshold=2", "--max-replacements=0",
+                                  "--iterations=0"])
 def test_long_context_refuses_an_allocator_knob_out_of_range_before_loading(
         flag: str, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -237,7 +238,7 @@ def test_long_context_refuses_an_allocator_knob_out_of_range_before_loading(
     assert "error: --allocator_" in err and "Traceback" not in err  # the knob, not the missing checkpoint
 
 
-def test_mc_arm_starts_at_the_levels_lensnet_trained_on_where_they_fit() -> None:
+def test_mc_arm_starts_coarsest_and_lensnet_never_sees_a_level_it_did_not_train_on() -> None:
     from megacontext_plugin.config import MCConfig
     from megacontext_plugin.evaluation.arms import ArmRunner
     from megacontext_plugin.evaluation.checkpoint import build
@@ -251,11 +252,26 @@ def test_mc_arm_starts_at_the_levels_lensnet_trained_on_where_they_fit() -> None
     from megacontext_plugin.inference.settings import SessionSettings
     assert SessionSettings.from_config(cfg, 512).lens_level == 2  # chat reads the same level
     runner = ArmRunner(model, ctrl, budget=64)
-    long = runner.start_layout(1008, room=58, num_levels=4)  # 16x: the coarsest would hold a level-3 gist
-    assert int(long.levels.max()) == 2 and len(long) <= 58
-    assert int(WorkingContext.coarsest(1008, 8, 16).levels.max()) == 3
-    huge = runner.start_layout(8192, room=58, num_levels=5)  # level 2 cannot fit: the coarsest it is
-    assert huge == WorkingContext.coarsest(8192, 8, 16) and int(huge.levels.max()) > 2
+    long = runner.start_layout(1008, room=58, num_levels=4)  # 16x: the coarsest holds a level-3 gist
+    assert long == WorkingContext.coarsest(1008, 8, 16) and int(long.levels.max()) == 3
+    seen: list[int] = []
+    lensnet_forward = ctrl.lensnet.forward
+
+    def recording_forward(entries, levels, spans, tail, mask=None):
+        seen.append(int(levels.max()))
+        return lensnet_forward(entries, levels, spans, tail, mask)
+
+    ctrl.lensnet.forward = recording_forward  # type: ignore[method-assign]
+    with torch.no_grad():
+        prefix = torch.randint(0, 256, (1008,))
+        levels, _ = runner.tree(prefix)
+        u = runner.scorer(runner.source(levels, prefix, prefix[:2]), prefix)(long)
+        assert seen == [2] and u.shape == (len(long),)  # the level-3 gist was scored through its children
+        level3 = int(np.flatnonzero(long.levels == 3)[0])
+        view = long.expand(np.array([level3]))
+        seen.clear()
+        u_view = runner.scorer(runner.source(levels, prefix, prefix[:2]), prefix)(view)
+        assert u[level3] == pytest.approx(float(u_view[level3:level3 + 8].max()), abs=1e-6)
     ctrl.close()
 
 

@@ -199,3 +199,26 @@ def test_on_policy_layouts_are_what_the_allocator_makes(neighbours: int) -> None
     for _ in range(2):
         wc, _ = alloc.refocus(wc, lambda w: score([w])[0])
     assert guided == wc
+
+
+def test_on_policy_variants_run_every_allocator_round_inference_runs() -> None:
+    # one edit per round, three rounds per refocus call (as inference's allocator): two refocus calls
+    # are six scored rounds, so the on-policy layout drills as deep as inference's would
+    T, H, tail, budget = 128, 4, 4, 60
+    config = FocusConfig(budget=budget - H, recent_tokens=tail, expand_threshold=0.1, max_replacements=1,
+                         iterations=3)
+    start = WorkingContext.coarsest(T - H, K, tail)
+    calls = []
+
+    def score(wcs: list[WorkingContext]) -> list[np.ndarray]:  # a fixed scorer: newest gists matter
+        calls.append(len(wcs))
+        return [np.where(wc.levels > 0, 0.2 + wc.starts / T, 0.0).astype(np.float32) for wc in wcs]
+
+    [[guided]] = guided_prompt_layouts(T - H, K, tail, 1, 0, config, rounds=2, lens_score=score,
+                                       saliency_BT=None, batch=1)
+    assert len(calls) == 6
+    alloc = FocusAllocator(dataclasses.replace(config, iterations=1))
+    wc = start
+    for _ in range(6):
+        wc, _ = alloc.refocus(wc, lambda w: score([w])[0])
+    assert guided == wc and len(guided) > len(start) + 2 * (K - 1)

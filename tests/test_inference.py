@@ -346,3 +346,27 @@ def test_a_disk_session_refuses_a_model_whose_gistnet_would_make_other_gists(tmp
     with pytest.raises(SessionError, match=r"session 's' cannot be opened: .*GistNet version"):
         InferenceRuntime(other.nets).open_named(model, "s")
     other.close()
+
+
+def test_lensnet_scores_a_session_through_its_trained_levels(tiny) -> None:
+    # a session whose LensNet knows level 1 only: the working context of a long prompt holds coarser
+    # gists, and LensNet is handed their level-1 descendants instead (focus.lens_view), as in the evaluation
+    import dataclasses
+
+    model, controller, cfg = tiny
+    settings = dataclasses.replace(SessionSettings.from_config(cfg, T, max_level=controller.lensnet.max_level),
+                                   lens_level=1)
+    seen: list[int] = []
+    forward = controller.lensnet.forward
+
+    def recording_forward(entries, levels, spans, tail, mask=None):
+        seen.append(int(levels.max()))
+        return forward(entries, levels, spans, tail, mask)
+
+    controller.lensnet.forward = recording_forward  # type: ignore[method-assign]
+    session = MCSession(model, controller.gistnet, controller.lensnet, settings)
+    logits = session.ingest(prompt(10 * T))
+    for _ in range(9):
+        logits = session.step(int(logits.argmax()))
+    assert int(session.wc.levels.max()) > 1  # the history needed coarser gists than LensNet knows
+    assert seen and max(seen) == 1

@@ -250,8 +250,4 @@ def test_coarsest_at_a_level_cap_is_legal_and_no_shorter_than_without(K: int, n:
     assert len(free) <= len(capped)  # the cap can only cost entries
     if int(free.levels.max(initial=0)) <= cap:
         assert capped == free
-    # the start: the capped layout where it fits the room, the coarsest otherwise
-    for room in (len(capped), len(capped) - 1):
-        start = start_layout(n, K, recent, room, cap)
-        assert start == (capped if len(capped) <= room else free)
-    assert start_layout(n, K, recent, 0, None) == free
+    assert start_layout(n, K, recent) == free  # refocus starts from the cheapest tiling

@@ -9,10 +9,11 @@ last prefix token raw, so its output predicts ``cont[0]``.
 - ``truncation``: the last prefix tokens that fit, raw (what vanilla attention does at ``W``).
 - ``uniform``: the protected tail raw, the older history as gists of one level, the finest level
   whose tiling fits (no focus; room it cannot use stays empty).
-- ``mc``: MegaContext: GistNet's tree of the prefix, the coarsest working context at the levels
-  LensNet trained on where it fits (``focus.start_layout``; or the recency one),
-  then the focus allocator refocusing it with LensNet's scores against the last ``H`` prefix tokens
-  (``--mc_horizon``) for ``rounds`` refocus calls. LensNet never sees ``cont`` (no leak of the
+- ``mc``: MegaContext: GistNet's tree of the prefix, the coarsest working context
+  (``focus.start_layout``; or the recency one), then the focus allocator refocusing it with
+  LensNet's scores against the last ``H`` prefix tokens (``--mc_horizon``; gists coarser than
+  LensNet trained on scored through their descendants, ``focus.lens_view``) for ``rounds``
+  refocus calls. LensNet never sees ``cont`` (no leak of the
   answer into what is expanded).
 - ``full``: every prefix token raw (only where ``len(prefix) + len(cont) - 1`` fits the model's
   ``sequence_len``; the upper bound).
@@ -31,7 +32,7 @@ import torch.nn as nn
 
 from ..context import EntryRows, LevelTable, model_inputs
 from ..context.working_context import WorkingContext
-from ..focus import FocusAllocator, start_layout
+from ..focus import FocusAllocator, score_through_view, start_layout
 from ..training.layouts import max_tree_level
 from ..training.probe import focus_config, residency
 from ..tree.building import build_levels
@@ -142,10 +143,11 @@ class ArmRunner:
         K, recent = self.ctrl.cfg.block_size, int(self.ctrl.prompt_recent)
         if self.start == "recency":
             return WorkingContext.recency(n, room, K, recent, max_level=num_levels - 1)
-        return start_layout(n, K, recent, room, self.ctrl.lens_level)
+        return start_layout(n, K, recent)
 
     def scorer(self, source: LevelTable, prefix: torch.Tensor):
-        """LensNet utilities of a working context of the prefix against its last H tokens."""
+        """LensNet utilities of a working context of the prefix against its last H tokens, through its
+        ``focus.lens_view`` (gists above the level LensNet trained on scored by their descendants)."""
         ctrl = self.ctrl
         H, n = ctrl.cfg.mc_horizon, int(prefix.numel())
         tail = source.gather(np.zeros(H, dtype=np.int64), np.zeros(H, dtype=np.int64),
@@ -158,7 +160,7 @@ class ArmRunner:
             spans = torch.from_numpy((wc.ends - wc.starts).astype(np.int64))[None]
             return ctrl.lensnet(entries, lv, spans, tail)[0].float().numpy()
 
-        return score
+        return score_through_view(score, ctrl.lens_level)
 
     # ---- the base model over the view + the continuation ---------------------------------------
     @torch.no_grad()

@@ -83,6 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override the checkpoint's --allocator_collapse_threshold for the MC arm")
     p.add_argument("--max-replacements", type=int, default=None,
                    help="override the checkpoint's --allocator_max_replacements for the MC arm")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="override the checkpoint's --allocator_iterations for the MC arm (rounds per refocus call)")
     p.add_argument("--expand-neighbours", type=int, default=None,
                    help="override the checkpoint's --allocator_expand_neighbours for the MC arm (ablation)")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     overrides = {k: v for k, v in (("allocator_expand_threshold", args.expand_threshold),
                                    ("allocator_collapse_threshold", args.collapse_threshold),
                                    ("allocator_max_replacements", args.max_replacements),
+                                   ("allocator_iterations", args.iterations),
                                    ("allocator_expand_neighbours", args.expand_neighbours)) if v is not None}
     try:  # the knobs' own checks, before a checkpoint is loaded
         dataclasses.replace(MCConfig(), **overrides)

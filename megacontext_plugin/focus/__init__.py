@@ -6,7 +6,7 @@ from .allocator import FocusAllocator, FocusReport, Scorer, Utilities, as_utilit
 from .config import ALLOCATOR_TYPES, AllocatorType, FocusConfig, FocusError
 from .cooldown import CooldownTracker
 from .selection import EditPlan, select_edits
-from .start import start_layout, trained_level
+from .start import lens_view, pool_view, score_batch_through_view, score_through_view, start_layout, trained_level
 
 __all__ = [
     "ALLOCATOR_TYPES",
@@ -20,6 +20,10 @@ __all__ = [
     "Scorer",
     "Utilities",
     "as_utilities",
+    "lens_view",
+    "pool_view",
+    "score_batch_through_view",
+    "score_through_view",
     "select_edits",
     "start_layout",
     "trained_level",

@@ -1,7 +1,20 @@
-"""Where refocus starts on a prompt: the layout training's on-policy variants and the evaluation's
-``mc`` arm hand to the focus allocator before its first call."""
+"""Where refocus starts on a prompt, and how LensNet sees gists coarser than any it trained on.
+
+Refocus starts from the coarsest layout of the prompt (its protected tail raw): the cheapest
+tiling, so the most room to open what matters. LensNet trained on the layouts of training prompts,
+whose coarsest gists are of ``trained_level``; a gist above that level holds more history in one
+vector than any it scored, and LensNet scores it like the filler around it whatever it holds
+(D26). So LensNet scores a working context through its **lens view**: every gist above the trained
+level replaced by its descendants at that level, each entry's utility the largest of the view
+entries it covers. A coarse gist is then worth opening exactly when one of its descendants is,
+and the start costs coarse gists' entries only (D29).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from ..context.working_context import WorkingContext
 
@@ -14,18 +27,49 @@ def trained_level(sequence_len: int, horizon: int, block_size: int, prompt_tail:
     return max(1, int(WorkingContext.coarsest(prompt, block_size, prompt_tail).levels.max(initial=0)))
 
 
-def start_layout(num_tokens: int, block_size: int, recent_tokens: int, room: int,
-                 lens_level: int | None) -> WorkingContext:
-    """The coarsest layout of ``num_tokens`` (the last ``recent_tokens`` raw) whose gists are of level
-    at most ``lens_level``, the coarsest level LensNet has learned to score, when it fits ``room``
-    entries; otherwise (or with ``lens_level`` None) the coarsest layout of all.
-
-    LensNet scores a gist of a level it never trained on close to its neighbours whatever it
-    holds, so a key under one is never opened (D26): a longer start at known levels is cheaper
-    than an opening that never comes. Beyond the budget's reach the coarser levels are the only
-    layout that fits."""
-    if lens_level is not None:
-        known = WorkingContext.coarsest(num_tokens, block_size, recent_tokens, max_level=lens_level)
-        if len(known) <= room:  # also when the cap changes nothing: then it is the coarsest
-            return known
+def start_layout(num_tokens: int, block_size: int, recent_tokens: int) -> WorkingContext:
+    """The layout refocus starts from, in training's guided variants, the evaluation's ``mc`` arm
+    and its lens measures: the coarsest of ``num_tokens`` with the last ``recent_tokens`` raw."""
     return WorkingContext.coarsest(num_tokens, block_size, recent_tokens)
+
+
+def lens_view(wc: WorkingContext, level: int | None) -> WorkingContext:
+    """``wc`` with every gist above ``level`` expanded down to ``level`` (``wc`` itself when it has
+    none, or ``level`` is None). Its length is not bounded by a budget: only LensNet reads it."""
+    view = wc
+    if level is not None:
+        while (coarse := np.flatnonzero(view.levels > level)).size:
+            view = view.expand(coarse)
+    return view
+
+
+def pool_view(wc: WorkingContext, view: WorkingContext, view_utilities: np.ndarray) -> np.ndarray:
+    """``utilities[W]`` of ``wc`` from ``view_utilities[V]`` of its ``lens_view``: each entry's
+    largest over the view entries it covers (its own where the view holds it unchanged)."""
+    u_V = np.asarray(view_utilities, dtype=np.float32)
+    if view is wc:
+        return u_V
+    first_W = np.searchsorted(view.starts, wc.starts)  # both tile [0, N) in order
+    return np.maximum.reduceat(u_V, first_W).astype(np.float32)
+
+
+def score_through_view(score: Callable[[WorkingContext], np.ndarray], level: int | None
+                       ) -> Callable[[WorkingContext], np.ndarray]:
+    """A scorer of working contexts that scores each one's ``lens_view`` with ``score``."""
+
+    def scorer(wc: WorkingContext) -> np.ndarray:
+        view = lens_view(wc, level)
+        return pool_view(wc, view, score(view))
+
+    return scorer
+
+
+def score_batch_through_view(score: Callable[[list[WorkingContext]], Sequence[np.ndarray]], level: int | None
+                             ) -> Callable[[list[WorkingContext]], list[np.ndarray]]:
+    """``score_through_view`` for a scorer of one working context per sequence, scored in one call."""
+
+    def scorer(wcs: list[WorkingContext]) -> list[np.ndarray]:
+        views = [lens_view(wc, level) for wc in wcs]
+        return [pool_view(wc, v, u) for wc, v, u in zip(wcs, views, score(views), strict=True)]
+
+    return scorer

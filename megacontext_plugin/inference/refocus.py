@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..context import WorkingContext
-from ..focus import FocusAllocator
+from ..focus import FocusAllocator, lens_view, pool_view
 from .records import SessionStats
 from .room import make_room
 from .settings import SessionSettings
@@ -48,13 +48,19 @@ class Refocuser:
         self.aux_dtype, self.device = aux_dtype, device
         self.allocator = FocusAllocator(settings.focus)
 
-    def score(self, wc: WorkingContext, x_WD: torch.Tensor, tail_HD: torch.Tensor) -> np.ndarray:
-        """LensNet utilities ``[W]`` (float32 numpy) of ``wc``'s entries against the tail."""
-        levels = torch.from_numpy(wc.levels.astype(np.int64)).to(self.device)[None]
-        spans = torch.from_numpy(wc.widths).to(self.device)[None]
-        scores_1W = self.lensnet(x_WD[None].to(self.aux_dtype), levels, spans, tail_HD[None].to(self.aux_dtype))
+    def score(self, wc: WorkingContext, tail_HD: torch.Tensor,
+              embeddings_of: Callable[[WorkingContext], torch.Tensor], x_WD: torch.Tensor | None = None
+              ) -> np.ndarray:
+        """LensNet utilities ``[W]`` (float32 numpy) of ``wc``'s entries against the tail, through its
+        ``focus.lens_view`` (a gist coarser than LensNet trained on is scored by its descendants).
+        ``x_WD``: ``wc``'s entries when the caller has them; otherwise ``embeddings_of`` gives them."""
+        view = lens_view(wc, self.settings.lens_level)
+        x_VD = x_WD if view is wc and x_WD is not None else embeddings_of(view)
+        levels = torch.from_numpy(view.levels.astype(np.int64)).to(self.device)[None]
+        spans = torch.from_numpy(view.widths).to(self.device)[None]
+        scores_1V = self.lensnet(x_VD[None].to(self.aux_dtype), levels, spans, tail_HD[None].to(self.aux_dtype))
         self.stats.lens_calls += 1
-        return scores_1W[0].float().cpu().numpy()
+        return pool_view(wc, view, scores_1V[0].float().cpu().numpy())
 
     def refocus(self, wc0: WorkingContext, x_WD: torch.Tensor,
                 embeddings_of: Callable[[WorkingContext], torch.Tensor], answer_from: int | None) -> Refocused:
@@ -65,7 +71,7 @@ class Refocuser:
         t0 = time.perf_counter()
         W0 = len(wc0)
         tail_HD = x_WD[W0 - min(s.horizon, W0):W0]  # the protected tail is raw: these are the last H tokens
-        u0 = self.score(wc0, x_WD, tail_HD)
+        u0 = self.score(wc0, tail_HD, embeddings_of, x_WD)
         lens_s = time.perf_counter() - t0
         wc1, u1, forced = wc0, u0, 0
         if W0 + s.refocus_every > s.budget:
@@ -81,7 +87,7 @@ class Refocuser:
             if wc is wc1:
                 return u1
             t = time.perf_counter()
-            u = self.score(wc, embeddings_of(wc), tail_HD)
+            u = self.score(wc, tail_HD, embeddings_of)
             lens_s += time.perf_counter() - t
             return u
 

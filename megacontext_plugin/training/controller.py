@@ -36,7 +36,7 @@ import torch.nn as nn
 from ..config import MCConfig
 from ..context import EntryRows, LevelTable, model_inputs
 from ..context.positions import PositionalCache
-from ..focus import trained_level
+from ..focus import score_batch_through_view, trained_level
 from ..nets import AuxNets, activation_dtype, allreduce_gradients
 from ..tree.building import build_levels
 from . import losses as L
@@ -143,8 +143,8 @@ class MCController(nn.Module):
         self.prompt_recent = cfg.prompt_tail(sequence_len)
         """Raw tail of a prompt (training's prompt is everything before the horizon; inference's the user's)."""
         self.lens_level = trained_level(sequence_len, cfg.mc_horizon, cfg.block_size, self.prompt_recent)
-        """The coarsest gist level LensNet learns to score. Refocus starts at levels up to it where the
-        budget allows (``focus.start_layout``); chat's room-making collapses prefer it too."""
+        """The coarsest gist level LensNet learns to score: a coarser gist is scored through its
+        descendants at this level (``focus.lens_view``); chat's room-making collapses prefer it too."""
         self._plans: dict[int, LengthPlan] = {}
         full = self.length_plan(sequence_len)
         self.num_levels, self.budget_floor = full.num_levels, full.budget_floor  # at T = sequence_len
@@ -288,7 +288,7 @@ class MCController(nn.Module):
             guided = guided_prompt_layouts(
                 T - H, cfg.block_size, self.prompt_recent, on_policy, teacher,
                 focus_config(self, budget - H, num_levels), max(1, num_levels - 1),
-                self._lens_scorer(levels, query_BHD) if on_policy else None, saliency, B, self.lens_level)
+                self._lens_scorer(levels, query_BHD) if on_policy else None, saliency, B)
         layouts = with_guided(sampled, guided, H, ("on-policy",) * on_policy + ("teacher",) * teacher)
         index = build_index(layouts, T, cfg.block_size, num_levels, H, x_BT.device)
         timings["guided_ms"] = _ms(t2)
@@ -361,7 +361,8 @@ class MCController(nn.Module):
         return self.positional_caches.stack(keys, width=cos_sin[0].shape[1])
 
     def _lens_scorer(self, levels: list[torch.Tensor], query_BHD: torch.Tensor):
-        """LensNet utilities of one prompt working context per sequence, in one call (on-policy variants)."""
+        """LensNet utilities of one prompt working context per sequence, in one call (on-policy variants),
+        through each one's ``focus.lens_view`` as at inference."""
         B = levels[0].shape[0]
         table = LevelTable([level.detach().to(self.aux_dtype) for level in levels], levels[0].new_zeros(B, 1))
         device = query_BHD.device
@@ -378,7 +379,7 @@ class MCController(nn.Module):
             u_BW = self.lensnet(entries, t(levels_RW), t(spans), query_BHD, t(rows.valid_RW)).float().cpu().numpy()
             return [u_BW[b, :len(wc)] for b, wc in enumerate(wcs)]
 
-        return score
+        return score_batch_through_view(score, self.lens_level)
 
     def compute_losses(self, batch: MCBatch, nll_RW: torch.Tensor) -> MCLosses:
         """All losses from the base model's per-entry NLL ``[R, W]`` (0 where the target is -1).

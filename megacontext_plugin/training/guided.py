@@ -135,20 +135,22 @@ def teacher_config(config: FocusConfig, k: int = 0) -> FocusConfig:
 
 def guided_prompt_layouts(prompt_len: int, block_size: int, prompt_tail: int, on_policy: int, teacher: int,
                           config: FocusConfig, rounds: int, lens_score: BatchScorer | None,
-                          saliency_BT: np.ndarray | None, batch: int,
-                          lens_level: int | None = None) -> list[list[WorkingContext]]:
+                          saliency_BT: np.ndarray | None, batch: int) -> list[list[WorkingContext]]:
     """Per sequence: ``on_policy`` LensNet layouts then ``teacher`` saliency layouts of the prompt.
 
-    Every variant starts from ``focus.start_layout`` (the coarsest layout at levels up to
-    ``lens_level`` within the budget), as the evaluation does; on-policy variants after the first
+    ``rounds`` is the on-policy refocus calls, each of ``config.iterations`` allocator rounds as at
+    inference (one batched LensNet scoring per round).
+
+    Every variant starts from ``focus.start_layout`` (the coarsest layout), as the evaluation
+    does; on-policy variants after the first
     use the stochastic greedy allocator (seeded per variant), so they explore around LensNet's choice.
     """
-    start = start_layout(prompt_len, block_size, prompt_tail, config.budget, lens_level)
+    start = start_layout(prompt_len, block_size, prompt_tail)
     out: list[list[WorkingContext]] = [[] for _ in range(batch)]
     for k in range(on_policy):
         assert lens_score is not None
         cfg_k = config if k == 0 else dataclasses.replace(config, type="stochastic_greedy", seed=config.seed + k)
-        for b, wc in enumerate(refocus_prompts([start] * batch, lens_score, cfg_k, rounds)):
+        for b, wc in enumerate(refocus_prompts([start] * batch, lens_score, cfg_k, rounds * config.iterations)):
             out[b].append(wc)
     drill_rounds = config.budget // (block_size - 1) + 1  # enough single expansions to fill the budget
     for k in range(teacher):
