@@ -26,6 +26,19 @@ FLAGS = ["--mc", "--block_size", "8", "--allocator_recent_tokens", "16", "--mc_h
          "--mc_refocus_every", "8"]
 
 
+def record_lens_levels(lensnet: torch.nn.Module) -> list[int]:
+    """Patch ``lensnet.forward`` to record the highest entry level of every call; returns the record."""
+    seen: list[int] = []
+    forward = lensnet.forward
+
+    def recording_forward(entries, levels, spans, tail, mask=None):  # type: ignore[no-untyped-def]
+        seen.append(int(levels.max()))
+        return forward(entries, levels, spans, tail, mask)
+
+    lensnet.forward = recording_forward  # type: ignore[method-assign]
+    return seen
+
+
 def build(extra: Sequence[str] = (), seed: int = 0) -> tuple[TinyGPT, MCController, MCConfig]:
     """TinyGPT (attention that matters: its zero-initialised projections are randomised) and the aux nets."""
     cfg = parse_config([*FLAGS, *extra])

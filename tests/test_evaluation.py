@@ -254,14 +254,9 @@ def test_mc_arm_starts_coarsest_and_lensnet_never_sees_a_level_it_did_not_train_
     runner = ArmRunner(model, ctrl, budget=64)
     long = runner.start_layout(1008, room=58, num_levels=4)  # 16x: the coarsest holds a level-3 gist
     assert long == WorkingContext.coarsest(1008, 8, 16) and int(long.levels.max()) == 3
-    seen: list[int] = []
-    lensnet_forward = ctrl.lensnet.forward
+    from inference_support import record_lens_levels
 
-    def recording_forward(entries, levels, spans, tail, mask=None):
-        seen.append(int(levels.max()))
-        return lensnet_forward(entries, levels, spans, tail, mask)
-
-    ctrl.lensnet.forward = recording_forward  # type: ignore[method-assign]
+    seen = record_lens_levels(ctrl.lensnet)
     with torch.no_grad():
         prefix = torch.randint(0, 256, (1008,))
         levels, _ = runner.tree(prefix)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from inference_support import VOCAB, FakeEngine, FakeTokenizer, T, build, prompt, sharpen_lensnet
+from inference_support import VOCAB, FakeEngine, FakeTokenizer, T, build, prompt, record_lens_levels, sharpen_lensnet
 
 from megacontext_plugin.config import ConfigError
 from megacontext_plugin.context import WorkingContext
@@ -356,14 +356,7 @@ def test_lensnet_scores_a_session_through_its_trained_levels(tiny) -> None:
     model, controller, cfg = tiny
     settings = dataclasses.replace(SessionSettings.from_config(cfg, T, max_level=controller.lensnet.max_level),
                                    lens_level=1)
-    seen: list[int] = []
-    forward = controller.lensnet.forward
-
-    def recording_forward(entries, levels, spans, tail, mask=None):
-        seen.append(int(levels.max()))
-        return forward(entries, levels, spans, tail, mask)
-
-    controller.lensnet.forward = recording_forward  # type: ignore[method-assign]
+    seen = record_lens_levels(controller.lensnet)
     session = MCSession(model, controller.gistnet, controller.lensnet, settings)
     logits = session.ingest(prompt(10 * T))
     for _ in range(9):
