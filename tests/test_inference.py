@@ -363,3 +363,15 @@ def test_lensnet_scores_a_session_through_its_trained_levels(tiny) -> None:
         logits = session.step(int(logits.argmax()))
     assert int(session.wc.levels.max()) > 1  # the history needed coarser gists than LensNet knows
     assert seen and max(seen) == 1
+
+
+def test_the_training_probe_scores_through_the_trained_levels_too(tiny) -> None:
+    # the telemetry probe refocuses a sequence longer than the window (D19) as chat would: LensNet is
+    # handed the level-2 descendants of the recency layout's coarser gists, never the gists themselves
+    from megacontext_plugin.training.probe import probe_focus
+
+    model, controller, _ = tiny
+    seen = record_lens_levels(controller.lensnet)
+    probe = probe_focus(controller, torch.tensor(prompt(8 * T)), model.wte, budget=48)
+    assert probe is not None and int(probe.before.levels.max()) > controller.lens_level
+    assert seen and max(seen) == controller.lens_level

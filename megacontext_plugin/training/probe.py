@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..context.working_context import WorkingContext
-from ..focus import FocusAllocator, FocusConfig, FocusReport
+from ..focus import FocusAllocator, FocusConfig, FocusReport, score_through_view
 from ..tree.building import build_levels
 
 
@@ -110,14 +110,15 @@ def probe_focus(controller: nn.Module, ids_T: torch.Tensor, wte: nn.Module, budg
         spans_1W = torch.from_numpy(wc.ends - wc.starts).to(device)[None]
         return controller.lensnet(table_ND.index_select(0, rows)[None], levels_1W, spans_1W, tail_1HD)[0].float()
 
+    lens = score_through_view(lambda wc: score(wc).cpu().numpy(), controller.lens_level)  # as inference scores
     before = WorkingContext.recency(T, budget, K, controller.prompt_recent, max_level=num_levels - 1)
-    scores = score(before).cpu().numpy()
+    scores = lens(before)
     first = [scores]
 
     def scorer(wc: WorkingContext) -> np.ndarray:
         if first:  # the starting WC was just scored: reuse it
             return first.pop()
-        return score(wc).cpu().numpy()
+        return lens(wc)
 
     allocator = FocusAllocator(focus_config(controller, budget, num_levels))
     after, report = allocator.refocus(before, scorer)
