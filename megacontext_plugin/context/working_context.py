@@ -165,16 +165,14 @@ class WorkingContext:
         )
 
     @classmethod
-    def coarsest(cls, num_tokens: int, block_size: int, recent_tokens: int = 0,
-                 max_level: int | None = None) -> WorkingContext:
+    def coarsest(cls, num_tokens: int, block_size: int, recent_tokens: int = 0) -> WorkingContext:
         """The shortest legal layout: the last ``recent_tokens`` raw, everything older in the
-        largest aligned complete nodes (greedy from old to new; unaligned leftovers raw), of level
-        at most ``max_level`` (None: any)."""
+        largest aligned complete nodes (greedy from old to new; unaligned leftovers raw)."""
         block_size = _check_block_size(block_size)
         num_tokens = _check_count("num_tokens", num_tokens)
         boundary = num_tokens - min(_check_count("recent_tokens", recent_tokens), num_tokens)
         widths = _width_table(block_size)
-        top = len(widths) - 1 if max_level is None else min(_check_count("max_level", max_level), len(widths) - 1)
+        top = len(widths) - 1
         levels: list[np.ndarray] = []
         indices: list[np.ndarray] = []
         pos = 0
