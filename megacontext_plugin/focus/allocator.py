@@ -6,6 +6,10 @@ negative = cheap to collapse), chooses up to ``max_replacements`` edits (``selec
 thresholds, protected tail, cooldown, conflicts, budget; see ``focus.selection``), applies them
 in one vectorised ``WorkingContext.edit`` pass, and records the flipped nodes for the cooldown.
 A round that chooses nothing ends the refocus early (re-scoring an unchanged WC is wasted work).
+The refocus closes with the context pass (``focus.selection.context_edits``, when
+``expand_neighbours`` > 0): the level-1 gists left of the level-1 gists expanded on their own
+utility are expanded with the room the rounds left, so the words that introduce a raw island come
+with it without taking room from what is worth expanding on its own (D30).
 
 The allocator is stateful: it counts refocus calls (the cooldown clock), remembers recent flips
 and owns the seeded Generator of ``stochastic_greedy``. Use one allocator per sequence.
@@ -24,7 +28,7 @@ import torch
 from ..context.working_context import WorkingContext, WorkingContextError
 from .config import FocusConfig, FocusError
 from .cooldown import MAX_NODE_INDEX, CooldownTracker
-from .selection import EditPlan, select_edits
+from .selection import EditPlan, context_edits, float32_below, select_edits
 
 Utilities = np.ndarray | torch.Tensor | Sequence[float]
 Scorer = Callable[[WorkingContext], Utilities]
@@ -40,6 +44,9 @@ class FocusReport:
     iterations: int
     """Rounds actually run (a round with no edit ends the refocus)."""
     expands: int
+    """Expansions, those of the context pass included."""
+    context_expands: int
+    """Expansions made by the context pass (neighbours of this refocus's level-1 expansions)."""
     collapses: int
     candidates: int
     rejected_cooldown: int
@@ -81,6 +88,8 @@ class FocusAllocator:
         self._cooldown = CooldownTracker(config.cooldown)
         self._rng = np.random.default_rng(config.seed)
         self._refocus_index = 0
+        self._anchors = np.zeros(0, dtype=np.int64)  # level-1 nodes expanded since the last context pass
+        self._anchor_utilities = np.zeros(0, dtype=np.float32)
 
     @property
     def config(self) -> FocusConfig:
@@ -100,6 +109,8 @@ class FocusAllocator:
         self._cooldown = CooldownTracker(self._config.cooldown)
         self._rng = np.random.default_rng(self._config.seed)
         self._refocus_index = 0
+        self._anchors = np.zeros(0, dtype=np.int64)
+        self._anchor_utilities = np.zeros(0, dtype=np.float32)
 
     def _check_input(self, wc: WorkingContext) -> None:
         cfg = self._config
@@ -119,8 +130,12 @@ class FocusAllocator:
         u = as_utilities(utilities, len(wc))
         return select_edits(wc, u, self._config, self._cooldown, self._refocus_index, self._rng)
 
-    def refocus(self, wc: WorkingContext, scorer: Scorer) -> tuple[WorkingContext, FocusReport]:
-        """Run up to ``iterations`` score-select-apply rounds; return the new WC and a report."""
+    def refocus(self, wc: WorkingContext, scorer: Scorer, *,
+                context_pass: bool = True) -> tuple[WorkingContext, FocusReport]:
+        """Run up to ``iterations`` score-select-apply rounds, then the context pass (the neighbours
+        of the level-1 gists expanded on their own utility, with the room left; D30); return the new
+        WC and a report. ``context_pass=False`` defers the pass to a later call, for callers that
+        run one refocus as several single-round calls (training's batched re-scoring)."""
         t_start = time.perf_counter()
         self._check_input(wc)
         cfg = self._config
@@ -151,7 +166,21 @@ class FocusAllocator:
             flipped_levels = np.concatenate([wc.levels[plan.expand], wc.levels[plan.collapse] + 1])
             flipped_indices = np.concatenate([wc.indices[plan.expand], wc.indices[plan.collapse] // K])
             self._cooldown.record(flipped_levels, flipped_indices, now)
+            own = plan.expand[(wc.levels[plan.expand] == 1)
+                              & (u[plan.expand] > float32_below(cfg.expand_threshold))]
+            self._anchors = np.concatenate([self._anchors, wc.indices[own]])
+            self._anchor_utilities = np.concatenate([self._anchor_utilities, u[own]])
             wc = wc._apply(plan.expand, plan.collapse)
+        context_expands = 0
+        if context_pass:
+            plan = context_edits(wc, self._anchors, self._anchor_utilities, cfg, self._cooldown, now)
+            self._anchors = np.zeros(0, dtype=np.int64)
+            self._anchor_utilities = np.zeros(0, dtype=np.float32)
+            if plan.expand.size:
+                context_expands = int(plan.expand.size)
+                totals["expands"] += context_expands
+                self._cooldown.record(wc.levels[plan.expand], wc.indices[plan.expand], now)
+                wc = wc._apply(plan.expand, plan.collapse)
         self._refocus_index += 1
         self._cooldown.prune(self._refocus_index)
         total_s = time.perf_counter() - t_start
@@ -159,6 +188,7 @@ class FocusAllocator:
         return wc, FocusReport(
             refocus_index=now,
             iterations=rounds,
+            context_expands=context_expands,
             length_before=length_before,
             length_after=len(wc),
             swap_rate=replaced / length_before if length_before else 0.0,
@@ -174,9 +204,13 @@ class FocusAllocator:
             "refocus_index": self._refocus_index,
             "cooldown": self._cooldown.state_dict(),
             "rng": self._rng.bit_generator.state,
+            "context_anchors": self._anchors.tolist(),
+            "context_anchor_utilities": self._anchor_utilities.tolist(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._refocus_index = int(state["refocus_index"])
         self._cooldown.load_state_dict(state["cooldown"])
         self._rng.bit_generator.state = state["rng"]
+        self._anchors = np.asarray(state.get("context_anchors", []), dtype=np.int64)
+        self._anchor_utilities = np.asarray(state.get("context_anchor_utilities", []), dtype=np.float32)

@@ -65,8 +65,8 @@ class EditPlan:
         return int(self.expand.shape[0] + self.collapse.shape[0])
 
 
-def _float32_below(threshold: float) -> np.float32:
-    """Largest float32 <= ``threshold``: for float32 ``x``, ``x > threshold`` iff ``x > _float32_below``."""
+def float32_below(threshold: float) -> np.float32:
+    """Largest float32 <= ``threshold``: for float32 ``x``, ``x > threshold`` iff ``x > float32_below``."""
     top = np.finfo(np.float32).max
     if threshold >= float(top):
         return top
@@ -87,7 +87,7 @@ def lend_to_neighbours(levels_W: np.ndarray, utilities_W: np.ndarray, neighbours
         return utilities_W
     out = utilities_W.copy()
     is_l1 = levels_W == 1
-    lent = np.where(is_l1 & (utilities_W > _float32_below(threshold)), utilities_W, -np.inf).astype(np.float32)
+    lent = np.where(is_l1 & (utilities_W > float32_below(threshold)), utilities_W, -np.inf).astype(np.float32)
     for _ in range(neighbours):  # one shift per neighbour: a loop over the knob, never over entries
         lent = np.nextafter(np.concatenate([lent[1:], [-np.inf]]).astype(np.float32), np.float32(-np.inf))
         lent = np.where(is_l1, lent, -np.inf).astype(np.float32)
@@ -125,7 +125,7 @@ def _candidates(wc: WorkingContext, utilities_W: np.ndarray, config: FocusConfig
     tail_start = wc.num_tokens - min(config.recent_tokens, wc.num_tokens)
     gist_G = np.flatnonzero(levels_W > 0)
     gist_G = gist_G[: np.searchsorted(ends_W[gist_G], tail_start, side="right")]  # ends ascend
-    e_pos = gist_G[utilities_W[gist_G] > _float32_below(config.expand_threshold)]
+    e_pos = gist_G[utilities_W[gist_G] > float32_below(config.expand_threshold)]
     c_pos = wc.collapsible_starts(config.recent_tokens, config.max_level)
     if c_pos.size:
         mean_C = utilities_W[c_pos[:, None] + np.arange(K)].mean(axis=1, dtype=np.float64)
@@ -262,3 +262,45 @@ def select_edits(
         rejected_conflict,
         rejected_budget,
     )
+
+
+def context_edits(wc: WorkingContext, anchors_A: np.ndarray, anchor_utilities_A: np.ndarray, config: FocusConfig,
+                  cooldown: CooldownTracker, refocus_index: int) -> EditPlan:
+    """The context pass that closes a refocus: expand the level-1 gists left of this refocus's
+    level-1 expansions (``anchors_A``, node indices, expanded on their own utility
+    ``anchor_utilities_A``), up to ``config.expand_neighbours`` per anchor (a contiguous run of
+    level-1 gists), while the budget holds.
+
+    Neighbours come after every drilling round, so they only take room that the candidates worth
+    expanding on their own utility left over (D30). Ranked nearest first, then by the anchor's
+    utility (highest first), then older first; cooldown and protected tail apply as to any expansion.
+    """
+    n = config.expand_neighbours
+    slack = (config.budget - len(wc)) // (wc.block_size - 1)
+    if n <= 0 or anchors_A.size == 0 or slack <= 0:
+        return _empty_plan(0, 0)
+    l1_pos = np.flatnonzero(wc.levels == 1)
+    if l1_pos.size == 0:
+        return _empty_plan(0, 0)
+    l1_idx = wc.indices[l1_pos]  # ascending: the WC is time-ordered
+    tail_start = wc.num_tokens - min(config.recent_tokens, wc.num_tokens)
+    run_A = np.ones(anchors_A.size, dtype=bool)  # the neighbours so far form a run of level-1 gists
+    pos_c, dist_c, util_c = [], [], []
+    for d in range(1, n + 1):  # a loop over the knob, never over entries
+        want_A = anchors_A - d
+        at_A = np.minimum(np.searchsorted(l1_idx, want_A), l1_idx.size - 1)
+        run_A &= l1_idx[at_A] == want_A
+        pos_c.append(l1_pos[at_A[run_A]])
+        dist_c.append(np.full(int(run_A.sum()), d, dtype=np.int64))
+        util_c.append(anchor_utilities_A[run_A].astype(np.float32))
+    pos_C, dist_C, util_C = np.concatenate(pos_c), np.concatenate(dist_c), np.concatenate(util_c)
+    keep_C = wc.ends[pos_C] <= tail_start
+    pos_C, dist_C, util_C = pos_C[keep_C], dist_C[keep_C], util_C[keep_C]
+    order = np.lexsort((pos_C, -util_C, dist_C))
+    pos_C, dist_C = pos_C[order], dist_C[order]
+    pos_C = pos_C[np.sort(np.unique(pos_C, return_index=True)[1])]  # a gist claimed twice keeps its best rank
+    considered = int(pos_C.size)
+    blocked_C = cooldown.blocked(wc.levels[pos_C], wc.indices[pos_C], refocus_index)
+    pos_C = pos_C[~blocked_C]
+    chosen = pos_C[:slack]
+    return EditPlan(np.sort(chosen), _NO_POSITIONS, considered, int(blocked_C.sum()), 0, int(pos_C.size - chosen.size))

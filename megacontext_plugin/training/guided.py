@@ -44,16 +44,20 @@ per-token NLL on given LOD0 embeddings (0 where the target is -1)."""
 
 
 def refocus_prompts(starts: list[WorkingContext], score: BatchScorer, config: FocusConfig,
-                    rounds: int) -> list[WorkingContext]:
-    """``rounds`` refocus calls of one allocator per sequence (``config.iterations`` is taken as 1:
-    the batch is re-scored between rounds in one call of ``score``)."""
+                    calls: int) -> list[WorkingContext]:
+    """``calls`` refocus calls of one allocator per sequence, each as at inference: ``config.iterations``
+    rounds, then the context pass. Each round is one single-round ``refocus`` of every sequence, so
+    that the batch is re-scored between rounds in one call of ``score``; the context pass is
+    deferred to a call's last round."""
+    rounds = config.iterations
     config = dataclasses.replace(config, iterations=1)
     allocators = [FocusAllocator(config) for _ in starts]
     wcs = list(starts)
-    for _ in range(rounds):
+    for r in range(calls * rounds):
         utilities = score(wcs)
-        wcs = [alloc.refocus(wc, lambda _wc, u=u: u)[0] for alloc, wc, u in zip(allocators, wcs, utilities,
-                                                                                   strict=True)]
+        last = r % rounds == rounds - 1
+        wcs = [alloc.refocus(wc, lambda _wc, u=u: u, context_pass=last)[0]
+               for alloc, wc, u in zip(allocators, wcs, utilities, strict=True)]
     return wcs
 
 
@@ -150,12 +154,13 @@ def guided_prompt_layouts(prompt_len: int, block_size: int, prompt_tail: int, on
     for k in range(on_policy):
         assert lens_score is not None
         cfg_k = config if k == 0 else dataclasses.replace(config, type="stochastic_greedy", seed=config.seed + k)
-        for b, wc in enumerate(refocus_prompts([start] * batch, lens_score, cfg_k, rounds * config.iterations)):
+        for b, wc in enumerate(refocus_prompts([start] * batch, lens_score, cfg_k, rounds)):
             out[b].append(wc)
     drill_rounds = config.budget // (block_size - 1) + 1  # enough single expansions to fill the budget
     for k in range(teacher):
         assert saliency_BT is not None
         score = teacher_scorer(saliency_BT, start, threshold=TEACHER_SHARE / 2**k)
-        for b, wc in enumerate(refocus_prompts([start] * batch, score, teacher_config(config, k), drill_rounds)):
+        drill = dataclasses.replace(teacher_config(config, k), iterations=drill_rounds)
+        for b, wc in enumerate(refocus_prompts([start] * batch, score, drill, 1)):
             out[b].append(wc)
     return out
