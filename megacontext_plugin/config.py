@@ -189,8 +189,9 @@ class MCConfig:
                                             check=_pos, allowed="an integer >= 1", group=ALLOC)
     allocator_iterations: int = _knob(4, "allocator rounds per refocus, re-scoring between rounds",
                                       check=_pos, allowed="an integer >= 1", group=ALLOC)
-    allocator_expand_neighbours: int = _knob(1, "when a level-1 gist is expanded, also expand up to this many "
-                                             "level-1 gists to its left (the words that introduce it)",
+    allocator_expand_neighbours: int = _knob(1, "after each refocus's rounds, expand up to this many level-1 "
+                                             "gists left of each level-1 gist it expanded (the words that "
+                                             "introduce it), with the room the rounds left",
                                              check=_nonneg, allowed="an integer >= 0", group=ALLOC)
     allocator_cooldown: int = _knob(2, "refocuses before an edited node may flip back (hysteresis)",
                                     check=_nonneg, allowed="an integer >= 0", group=ALLOC)

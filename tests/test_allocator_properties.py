@@ -13,6 +13,7 @@ from test_working_context_properties import legal_wcs, ref_collapsible
 
 from megacontext_plugin.context import WorkingContext
 from megacontext_plugin.focus import CooldownTracker, FocusAllocator, FocusConfig, select_edits
+from megacontext_plugin.focus.selection import context_edits
 
 SETTINGS = settings(max_examples=300, deadline=None)
 
@@ -205,7 +206,8 @@ def test_refocus_sequences_keep_budget_tail_and_cooldown(
     case: tuple[WorkingContext, int], cooldown: int, seed: int, refocuses: int, data: st.DataObject
 ) -> None:
     wc, recent = case
-    cfg = data.draw(configs(len(wc), recent, cooldown=cooldown, iterations=1))
+    cfg = data.draw(configs(len(wc), recent, cooldown=cooldown, iterations=1,
+                            expand_neighbours=data.draw(st.integers(0, 2))))
     kind = data.draw(st.sampled_from(["greedy", "stochastic_greedy"]))
     allocator = FocusAllocator(dataclasses.replace(cfg, type=kind, seed=seed % 1000))
     rng = np.random.default_rng(seed)
@@ -215,12 +217,61 @@ def test_refocus_sequences_keep_budget_tail_and_cooldown(
         new.validate(recent_tokens=recent)
         assert new.entries()[len(new) - min(recent, len(new)) :] == wc.entries()[len(wc) - min(recent, len(wc)) :]
         assert len(new) <= max(cfg.budget, len(wc))
-        assert report.expands + report.collapses <= cfg.max_replacements
+        assert report.expands - report.context_expands + report.collapses <= cfg.max_replacements
+        assert report.context_expands <= cfg.expand_neighbours * report.expands
         for node in flips_between(wc, new):
             if node in last_flip:
                 assert r - last_flip[node] >= cooldown, f"{node} flipped at {last_flip[node]} and again at {r}"
             last_flip[node] = r
         wc = new
+
+
+def reference_context_pass(wc: WorkingContext, anchors: list[tuple[int, float]], cfg: FocusConfig,
+                           blocked: Callable[[int, int], bool]) -> list[int]:
+    """The context pass from its documented rules: per anchor (a level-1 node index and its
+    utility), the level-1 gists ``a-1, a-2, ...`` while they are entries (at most
+    ``expand_neighbours``); nearest first, then best anchor, then older; a gist
+    claimed twice keeps its best rank; cooldown; as many as the budget holds."""
+    K, W = wc.block_size, len(wc)
+    position = {node: i for i, node in enumerate(wc.entries())}
+    claims: list[tuple[int, float, int]] = []
+    for a, v in anchors:
+        for d in range(1, cfg.expand_neighbours + 1):
+            p = position.get((1, a - d))
+            if p is None:
+                break
+            claims.append((d, -v, p))
+    seen: set[int] = set()
+    ranked = []
+    for _, _, p in sorted(claims):
+        if p not in seen:
+            seen.add(p)
+            ranked.append(p)
+    free = [p for p in ranked if not blocked(*wc.entries()[p])]
+    return sorted(free[: max(0, (cfg.budget - W) // (K - 1))])
+
+
+@SETTINGS
+@given(st.one_of(cases(), gist_cases()), st.integers(1, 3), st.data())
+def test_context_pass_matches_the_reference(
+    case: tuple[WorkingContext, np.ndarray, FocusConfig], neighbours: int, data: st.DataObject
+) -> None:
+    wc, _, cfg = case
+    cfg = dataclasses.replace(cfg, expand_neighbours=neighbours)
+    K = wc.block_size
+    top = max(1, wc.num_tokens // K + 1)
+    anchors = data.draw(st.lists(st.tuples(st.integers(0, top), st.sampled_from([0.25, 0.5, 1.0])), max_size=5))
+    tracker = CooldownTracker(2)
+    flipped = set(data.draw(st.lists(st.sampled_from([(1, i) for i in range(top)]), max_size=3)))
+    for lv, ix in flipped:
+        tracker.record(np.array([lv]), np.array([ix]), 0)
+    plan = context_edits(wc, np.array([a for a, _ in anchors], dtype=np.int64),
+                         np.array([v for _, v in anchors], dtype=np.float32), cfg, tracker, 1)
+    assert plan.collapse.size == 0
+    assert plan.expand.tolist() == reference_context_pass(wc, anchors, cfg, lambda lv, ix: (lv, ix) in flipped)
+    new = wc.edit(plan.expand, plan.collapse, recent_tokens=cfg.recent_tokens)
+    new.validate(recent_tokens=cfg.recent_tokens)
+    assert len(new) <= max(cfg.budget, len(wc))
 
 
 @settings(max_examples=200, deadline=None)

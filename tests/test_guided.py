@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -65,6 +66,78 @@ def test_allocator_expands_the_gist_left_of_an_expansion_within_the_budget() -> 
     assert select_edits(wc, u, tight, CooldownTracker(0), 0, None).expand.tolist() == [3]
     off = dataclasses.replace(roomy, expand_neighbours=0)
     assert select_edits(wc, u, off, CooldownTracker(0), 0, None).expand.tolist() == [3]
+
+
+def _by_start(utility_of_gist_at: dict[int, float]) -> Callable[[WorkingContext], np.ndarray]:
+    """A scorer: the level-1 gist starting at token ``s`` scores ``utility_of_gist_at.get(s, 0)``, a
+    coarser gist the best of the level-1 gists it covers; raw tokens 0."""
+    def score(wc: WorkingContext) -> np.ndarray:
+        u = np.zeros(len(wc), dtype=np.float32)
+        for s, v in utility_of_gist_at.items():
+            covers = (wc.levels > 0) & (wc.starts <= s) & (wc.ends > s)
+            u[covers] = np.maximum(u[covers], v)
+        return u
+    return score
+
+
+def _raw_gists(wc: WorkingContext, before: WorkingContext) -> list[int]:
+    """Indices of the level-1 gists of ``before`` that are raw tokens in ``wc``."""
+    raw = set(wc.starts[wc.levels == 0].tolist())
+    return [int(i) for lv, i, s in zip(before.levels, before.indices, before.starts, strict=True)
+            if lv == 1 and int(s) in raw]
+
+
+def test_the_context_pass_opens_the_words_left_of_a_drilled_island_with_the_room_left() -> None:
+    # one edit per round (the product's default): the anchor is opened in the first round and lends
+    # nothing afterwards; the context pass that closes the refocus brings its left neighbour
+    wc = _l1_context(8, 4)
+    config = FocusConfig(budget=len(wc) + 2 * (K - 1), expand_threshold=0.1, recent_tokens=4, max_replacements=1,
+                         iterations=4, expand_neighbours=1)
+    out, report = FocusAllocator(config).refocus(wc, _by_start({5 * K: 0.8}))
+    assert _raw_gists(out, wc) == [4, 5] and report.context_expands == 1 and report.expands == 2
+    off, _ = FocusAllocator(dataclasses.replace(config, expand_neighbours=0)).refocus(wc, _by_start({5 * K: 0.8}))
+    assert _raw_gists(off, wc) == [5]
+
+
+def test_the_context_pass_takes_no_room_from_gists_worth_opening_on_their_own() -> None:
+    # two anchors (gists 3 and 6) and room for two expansions: both anchors open, no neighbour. With
+    # room for three, the better anchor's neighbour (2) comes before the other's (5); with four, both.
+    wc = _l1_context(8, 4)
+    scorer = _by_start({3 * K: 0.8, 6 * K: 0.5})
+    opened = []
+    for room in (2, 3, 4):
+        config = FocusConfig(budget=len(wc) + room * (K - 1), expand_threshold=0.1, recent_tokens=4,
+                             max_replacements=1, iterations=4, expand_neighbours=1)
+        opened.append(_raw_gists(FocusAllocator(config).refocus(wc, scorer)[0], wc))
+    assert opened == [[3, 6], [2, 3, 6], [2, 3, 5, 6]]
+
+
+def test_the_context_pass_follows_a_run_of_level_1_gists_and_the_cooldown() -> None:
+    # gists: a level-2 gist over tokens [0, 16) then level-1 gists 4..9; the anchor is gist 7
+    wc = WorkingContext([2, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0], [0, 4, 5, 6, 7, 8, 9, 40, 41, 42, 43], K, 44)
+    config = FocusConfig(budget=100, expand_threshold=0.1, recent_tokens=4, max_replacements=1, iterations=2,
+                         expand_neighbours=5)
+    out, _ = FocusAllocator(config).refocus(wc, _by_start({7 * K: 0.8}))
+    assert _raw_gists(out, wc) == [4, 5, 6, 7]  # stops at the level-2 gist, not after 5 neighbours
+    cooled = FocusAllocator(config)
+    cooled.cooldown_tracker.record(np.array([1]), np.array([5]), 0)  # gist 5 flipped at this refocus
+    out, report = cooled.refocus(wc, _by_start({7 * K: 0.8}))
+    assert _raw_gists(out, wc) == [4, 6, 7] and report.rejected_cooldown == 1
+
+
+def test_a_deferred_context_pass_serves_the_anchors_of_every_call_since_the_last_and_resumes() -> None:
+    wc = _l1_context(8, 4)
+    config = FocusConfig(budget=100, expand_threshold=0.1, recent_tokens=4, max_replacements=1, iterations=1,
+                         expand_neighbours=1)
+    scorer = _by_start({3 * K: 0.8, 6 * K: 0.5})
+    alloc = FocusAllocator(config)
+    first, report = alloc.refocus(wc, scorer, context_pass=False)
+    assert _raw_gists(first, wc) == [3] and report.context_expands == 0
+    resumed = FocusAllocator(config)
+    resumed.load_state_dict(alloc.state_dict())
+    for a in (alloc, resumed):
+        second, report = a.refocus(first, scorer)
+        assert _raw_gists(second, wc) == [2, 3, 5, 6] and report.context_expands == 2
 
 
 # ---- teacher ----------------------------------------------------------------------------------------
@@ -199,6 +272,27 @@ def test_on_policy_layouts_are_what_the_allocator_makes(neighbours: int) -> None
     for _ in range(2):
         wc, _ = alloc.refocus(wc, lambda w: score([w])[0])
     assert guided == wc
+
+
+def test_on_policy_variants_close_each_refocus_call_with_the_context_pass_as_inference_does() -> None:
+    # two refocus calls of three single-edit rounds: inference's allocator runs its context pass after
+    # each call, and so must the on-policy variant, whose rounds are separate batched calls. The budget
+    # holds the first call's neighbour and two more expansions: a pass deferred to the end of the
+    # second call would find the room taken by a third.
+    T, H, tail, budget = 128, 4, 4, 32
+    config = FocusConfig(budget=budget - H, recent_tokens=tail, expand_threshold=0.1, max_replacements=1,
+                         iterations=3, expand_neighbours=1)
+    start = WorkingContext.coarsest(T - H, K, tail)
+    score = _by_start({9 * K: 0.9, 21 * K: 0.7, 25 * K: 0.6, 17 * K: 0.5, 13 * K: 0.4})
+    [[guided]] = guided_prompt_layouts(T - H, K, tail, 1, 0, config, rounds=2,
+                                       lens_score=lambda wcs: [score(w) for w in wcs], saliency_BT=None, batch=1)
+    inference = FocusAllocator(config)
+    wc = start
+    reports = []
+    for _ in range(2):
+        wc, report = inference.refocus(wc, score)
+        reports.append(report.context_expands)
+    assert guided == wc and reports == [1, 0] and len(wc) == budget - H
 
 
 def test_on_policy_variants_run_every_allocator_round_inference_runs() -> None:

@@ -65,10 +65,12 @@ class FocusConfig:
     max_level: int | None = None
     """Highest level a collapse may create (None: any level the history has)."""
     expand_neighbours: int = 0
-    """A level-1 gist that is an expansion candidate lends its utility to up to this many level-1
-    gists directly to its left, so the words that introduce what is expanded come raw with it (a
-    raw island of digits without them is unreadable). The neighbours rank just behind their anchor
-    and obey the budget, the thresholds, the cooldown and the protected tail like any expansion."""
+    """The context pass that closes each refocus expands up to this many level-1 gists directly left
+    of each level-1 gist the refocus expanded on its own utility, so the words that introduce what
+    is expanded come raw with it (a raw island of digits without them reads worse). It takes only
+    the room the rounds left, nearest first and best anchor first, and obeys the cooldown (D30).
+    Within a round, a level-1 candidate also lends its utility to that many level-1 gists on its
+    left, ranked just behind it, where ``max_replacements`` leaves room for them."""
 
     def __post_init__(self) -> None:
         _int_at_least("budget", self.budget, 1)

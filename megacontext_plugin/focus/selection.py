@@ -273,7 +273,8 @@ def context_edits(wc: WorkingContext, anchors_A: np.ndarray, anchor_utilities_A:
 
     Neighbours come after every drilling round, so they only take room that the candidates worth
     expanding on their own utility left over (D30). Ranked nearest first, then by the anchor's
-    utility (highest first), then older first; cooldown and protected tail apply as to any expansion.
+    utility (highest first), then older first. The cooldown applies as to any expansion; the
+    protected tail holds no gist (``FocusAllocator`` checks its input), so no neighbour lies in it.
     """
     n = config.expand_neighbours
     slack = (config.budget - len(wc)) // (wc.block_size - 1)
@@ -283,7 +284,6 @@ def context_edits(wc: WorkingContext, anchors_A: np.ndarray, anchor_utilities_A:
     if l1_pos.size == 0:
         return _empty_plan(0, 0)
     l1_idx = wc.indices[l1_pos]  # ascending: the WC is time-ordered
-    tail_start = wc.num_tokens - min(config.recent_tokens, wc.num_tokens)
     run_A = np.ones(anchors_A.size, dtype=bool)  # the neighbours so far form a run of level-1 gists
     pos_c, dist_c, util_c = [], [], []
     for d in range(1, n + 1):  # a loop over the knob, never over entries
@@ -294,10 +294,7 @@ def context_edits(wc: WorkingContext, anchors_A: np.ndarray, anchor_utilities_A:
         dist_c.append(np.full(int(run_A.sum()), d, dtype=np.int64))
         util_c.append(anchor_utilities_A[run_A].astype(np.float32))
     pos_C, dist_C, util_C = np.concatenate(pos_c), np.concatenate(dist_c), np.concatenate(util_c)
-    keep_C = wc.ends[pos_C] <= tail_start
-    pos_C, dist_C, util_C = pos_C[keep_C], dist_C[keep_C], util_C[keep_C]
-    order = np.lexsort((pos_C, -util_C, dist_C))
-    pos_C, dist_C = pos_C[order], dist_C[order]
+    pos_C = pos_C[np.lexsort((pos_C, -util_C, dist_C))]
     pos_C = pos_C[np.sort(np.unique(pos_C, return_index=True)[1])]  # a gist claimed twice keeps its best rank
     considered = int(pos_C.size)
     blocked_C = cooldown.blocked(wc.levels[pos_C], wc.indices[pos_C], refocus_index)
