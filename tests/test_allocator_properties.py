@@ -290,23 +290,35 @@ def test_lens_view_has_no_gist_above_the_level_and_pools_each_entry_to_its_best_
     u_view = np.asarray(data.draw(st.lists(st.integers(-16, 16), min_size=len(view), max_size=len(view))),
                         dtype=np.float32) / 16
     pooled = pool_view(wc, view, u_view)
+    best = []
     for i in range(len(wc)):  # plain reference: the best view entry inside each entry's span
         inside = (view.starts >= wc.starts[i]) & (view.ends <= wc.ends[i])
-        assert pooled[i] == u_view[inside].max()
+        best.append(float(u_view[inside].max()))
+    gists = [b for b, lv in zip(best, wc.levels, strict=True) if lv > 0]
+    median = float(np.median(np.asarray(gists, dtype=np.float32))) if gists else 0.0
+    for i, b in enumerate(best):  # gists relative to their median (D31), raw entries as they are
+        want = min(1.0, max(-1.0, b - median)) if wc.levels[i] > 0 else b
+        assert abs(float(pooled[i]) - want) < 1e-6
+    shifted = pool_view(wc, view, np.clip(u_view + np.float32(0.25), -2, 2))
+    gist = wc.levels > 0
+    inner = gist & (np.abs(pooled) < 0.7)  # away from the clip: a uniform shift changes no gist's utility
+    assert np.allclose(shifted[inner], pooled[inner], atol=1e-6)
     assert lens_view(wc, None) is wc
 
 
 def test_a_coarse_gist_is_scored_by_its_best_child() -> None:
     from megacontext_plugin.focus import score_through_view
 
-    # K = 2, 10 tokens: one level-3 gist over [0, 8), then two raw tokens; LensNet knows level 1
-    wc = WorkingContext.from_entries([3, 0, 0], [0, 8, 9], 2, 10)
+    # K = 2, 12 tokens: a level-3 gist over [0, 8), a level-1 gist over [8, 10), two raw tokens;
+    # LensNet knows level 1. The level-3 gist gets its best child's 0.7; then both gists are read
+    # relative to their median (0.3): 0.4 and -0.4; raw entries keep theirs.
+    wc = WorkingContext.from_entries([3, 1, 0, 0], [0, 4, 10, 11], 2, 12)
     seen: list[list[tuple[int, int]]] = []
 
     def lens(w: WorkingContext) -> np.ndarray:
         seen.append(w.entries())
-        return np.array([0.1, 0.7, -0.2, 0.3, 0.0, 0.0], dtype=np.float32)[: len(w)]
+        return np.array([0.1, 0.7, -0.2, 0.3, -0.1, 0.05, 0.0], dtype=np.float32)[: len(w)]
 
     u = score_through_view(lens, 1)(wc)
-    assert seen == [[(1, 0), (1, 1), (1, 2), (1, 3), (0, 8), (0, 9)]]
-    assert u.tolist() == [np.float32(0.7), 0.0, 0.0]
+    assert seen == [[(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (0, 10), (0, 11)]]
+    assert np.allclose(u, [0.4, -0.4, 0.05, 0.0])
