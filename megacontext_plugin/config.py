@@ -152,12 +152,6 @@ class MCConfig:
                                           "per variant, a listwise KL between its gists' scores and their "
                                           "peak horizon saliency (needs the teacher pass; 0 = off)",
                                           check=_nonneg, allowed="a number >= 0", group=LENS)
-    mc_lens_calibration_weight: float = _knob(1.0, "weight of LensNet's calibration to the teacher: per gist, "
-                                              "a cross-entropy pulling its utility u to 2s - 1, s its peak "
-                                              "horizon saliency relative to the peak over the coarsest start's "
-                                              "gists, so the expand threshold has one meaning in every run "
-                                              "(needs the teacher pass; 0 = off)",
-                                              check=_nonneg, allowed="a number >= 0", group=LENS)
     mc_lens_temperature: float = _knob(1.0, "Bradley–Terry temperature (lower = sharper)",
                                        check=_pos, allowed="a number > 0", group=LENS)
     mc_lens_adv_norm_beta: float = _knob(0.9, "EMA beta of the advantage normaliser",

@@ -21,8 +21,7 @@ from megacontext_plugin.config import MCConfig
 from megacontext_plugin.context import WorkingContext
 from megacontext_plugin.training import losses as L
 from megacontext_plugin.training.controller import MCController
-from megacontext_plugin.training.guided import entry_saliency, start_peak
-from megacontext_plugin.training.layouts import minimal_length, sample_layouts, with_guided
+from megacontext_plugin.training.layouts import minimal_length
 from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
 from megacontext_plugin.tree import build_levels
 
@@ -412,42 +411,10 @@ def test_listwise_kl_fixes_ranks_and_gaps_not_the_level() -> None:
     assert L.listwise_kl(none, target, torch.zeros(2, 4, dtype=torch.bool), 0.1).item() == 0.0
 
 
-def test_calibration_pulls_each_utility_to_twice_its_relative_saliency_minus_one() -> None:
-    target = torch.tensor([[0.9, 0.1, 0.5, 0.3]])
-    mask = torch.tensor([[True, True, True, False]])
-    at_minimum = (2 * target - 1).requires_grad_(True)
-    L.calibration_bce(at_minimum, target, mask).backward()
-    assert at_minimum.grad is not None and at_minimum.grad.abs().max() < 1e-5
-    flat = torch.zeros(1, 4, requires_grad=True)
-    loss = L.calibration_bce(flat, target, mask)
-    loss.backward()
-    assert flat.grad is not None
-    assert flat.grad[0, 0] < 0 < flat.grad[0, 1] and flat.grad[0, 2].abs() < 1e-6  # raise, lower, stay
-    assert flat.grad[0, 3] == 0  # masked: nothing
-    assert loss.item() > L.calibration_bce(2 * target - 1, target, mask).item()
-    assert L.calibration_bce(flat, target, torch.zeros_like(mask)).item() == 0.0
-
-
-def test_calibration_targets_are_relative_to_the_start_peak_not_to_the_row() -> None:
-    # one sequence of 16 tokens, K = 4: tokens 5 (saliency 4) and 9 (saliency 2); the start's gists
-    # hold both, so the peak is 4. A row whose gists hold only token 9 gets 0.5 there (the row's own
-    # peak would make it 1): a variant with the salient part already raw does not look salient.
-    saliency_BT = np.zeros((1, 16))
-    saliency_BT[0, 5], saliency_BT[0, 9] = 4.0, 2.0
-    start = WorkingContext([1, 1, 1, 0, 0, 0, 0], [0, 1, 2, 12, 13, 14, 15], 4, 16)
-    assert start_peak(saliency_BT, start).tolist() == [4.0]
-    prompt = WorkingContext([1, 0, 0, 0, 0, 1], [0, 4, 5, 6, 7, 2], 4, 12)  # the horizon's 4 tokens follow raw
-    layouts = with_guided(sample_layouts(1, 1, 16, 4, 16, 4, np.random.default_rng(0)), [[prompt]], 4, ("teacher",))
-    rel = entry_saliency(saliency_BT, layouts)[1]
-    cal = entry_saliency(saliency_BT, layouts, np.array([4.0]))[1]
-    gists = layouts.levels_RW[1] > 0
-    assert rel[gists].tolist() == [0.0, 1.0] and cal[gists].tolist() == [0.0, 0.5]
-
-
-@pytest.mark.parametrize(("weight", "calibration"), [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)])
-def test_lensnet_distils_the_teacher_saliency_only_with_a_teacher_pass(weight: float, calibration: float) -> None:
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_lensnet_distils_the_teacher_saliency_only_with_a_teacher_pass(weight: float) -> None:
     model = tiny_model()
-    ctrl = make_controller(small_cfg(mc_lens_teacher_weight=weight, mc_lens_calibration_weight=calibration))
+    ctrl = make_controller(small_cfg(mc_lens_teacher_weight=weight))
     x, y = data(3)
 
     def nll_fn(emb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -458,17 +425,14 @@ def test_lensnet_distils_the_teacher_saliency_only_with_a_teacher_pass(weight: f
     nll = model(inputs_embeds=batch.inputs_RWD, targets=batch.targets_RW, cos_sin=batch.cos_sin,
                 loss_reduction="none").float().view_as(batch.targets_RW)
     out = ctrl.compute_losses(batch, nll)
-    gists = batch.index.levels_RW > 0
-    for w, target, term in ((weight, batch.saliency_RW, "lens_teacher"),
-                            (calibration, batch.calibration_RW, "lens_calibration")):
-        if w == 0:
-            assert target is None and out.terms[term].item() == 0.0
-        else:
-            assert target is not None and out.terms[term].item() > 0
-            assert (target[~gists] == 0).all() and (target <= 1).all()
-    if weight or calibration:
+    if weight == 0:
+        assert batch.saliency_RW is None and out.terms["lens_teacher"].item() == 0.0
+    else:
+        assert batch.saliency_RW is not None and out.terms["lens_teacher"].item() > 0
+        gists = batch.index.levels_RW > 0
+        assert (batch.saliency_RW[~gists] == 0).all() and (batch.saliency_RW <= 1).all()
         out.total.backward()
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ctrl.lensnet.parameters())
     without = ctrl.process_batch(x, y, model.wte, step=9)  # no nll_fn: no teacher pass, nothing to distil
-    assert without is not None and without.saliency_RW is None and without.calibration_RW is None
+    assert without is not None and without.saliency_RW is None
     ctrl.close()

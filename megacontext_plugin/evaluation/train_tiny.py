@@ -80,8 +80,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "on-policy variants, the checkpoint's evaluation and chat; D25)")
     p.add_argument("--lens-teacher-weight", type=float, default=1.0,
                    help="--mc_lens_teacher_weight: LensNet's distillation of the teacher's saliency (0: off; D26)")
-    p.add_argument("--lens-calibration-weight", type=float, default=1.0,
-                   help="--mc_lens_calibration_weight: LensNet's utilities pulled to the teacher's scale (0: off; D31)")
     p.add_argument("--lens-layers", type=int, default=1, help="--lensnet_layers (the product default is 2)")
     p.add_argument("--lens-dim", type=int, default=64, help="--lensnet_dim (the product default is 128)")
     p.add_argument("--answer-weight", type=float, default=1.0,
@@ -174,8 +172,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
                        mc_aux_lr=args.aux_lr, mc_seed=args.seed, gistnet_layers=1, lensnet_layers=args.lens_layers,
                        lensnet_dim=args.lens_dim, allocator_expand_threshold=args.expand_threshold,
                        allocator_collapse_threshold=args.collapse_threshold,
-                       mc_lens_teacher_weight=args.lens_teacher_weight,
-                       mc_lens_calibration_weight=args.lens_calibration_weight)
+                       mc_lens_teacher_weight=args.lens_teacher_weight)
     except ConfigError as e:  # a knob out of range is the user's mistake: one line, exit 2
         _fail(str(e))
     if args.out.exists() and not args.out.is_dir():
@@ -271,7 +268,6 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
             emit({"phase": "mc", "step": step, "budget": batch.budget, "plain_loss": plain.item(),
                   "token_loss": float(m["token_loss"]), "gist_loss": float(m["gist_loss"]),
                   "lens_loss": float(m["lens_loss"]), "teacher_kl": float(m["lens_teacher_kl"]),
-                  "calibration": float(m["lens_calibration"]),
                   "pref_corr": float(m["preference_corr_mean"])})
     ctrl.close()
     recipe = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}

@@ -36,13 +36,13 @@ import torch.nn as nn
 from ..config import MCConfig
 from ..context import EntryRows, LevelTable, model_inputs
 from ..context.positions import PositionalCache
-from ..focus import score_batch_through_view, start_layout, trained_level
+from ..focus import score_batch_through_view, trained_level
 from ..nets import AuxNets, activation_dtype, allreduce_gradients
 from ..tree.building import build_levels
 from . import losses as L
 from .curriculum import curriculum_budget, smallest_useful_budget
 from .flops import StepFlops, mc_step_flops, vanilla_step_flops
-from .guided import NllFn, entry_saliency, guided_prompt_layouts, horizon_saliency, start_peak
+from .guided import NllFn, entry_saliency, guided_prompt_layouts, horizon_saliency
 from .layouts import LayoutPrefetcher, VariantLayouts, max_tree_level, with_guided
 from .packing import PackIndex, build_index
 from .probe import focus_config
@@ -94,10 +94,6 @@ class MCBatch:
     saliency_RW: torch.Tensor | None = None
     """The teacher's relative peak saliency of every gist entry (``guided.entry_saliency``), the
     target of LensNet's distillation; None without a teacher pass."""
-    calibration_RW: torch.Tensor | None = None
-    """Every gist entry's peak saliency relative to its sequence's peak over the gists of the
-    coarsest start (the teacher's own scale, ``guided.start_peak``), clipped to 1: the target of
-    LensNet's calibration; None without a teacher pass."""
 
     @property
     def rows(self) -> int:
@@ -282,7 +278,7 @@ class MCController(nn.Module):
 
         t2 = time.perf_counter()
         guided: list[list] = [[] for _ in range(B)]
-        distil = nll_fn is not None and (cfg.mc_lens_teacher_weight > 0 or cfg.mc_lens_calibration_weight > 0)
+        distil = nll_fn is not None and cfg.mc_lens_teacher_weight > 0
         saliency = None
         if (teacher or distil) and nll_fn is not None:
             saliency = horizon_saliency(nll_fn, lod0_BTD, y_BT, H)
@@ -318,14 +314,10 @@ class MCController(nn.Module):
         scores_RW, prev_RW = self._variant_scores(inputs_RWD, lod0_BTD, layouts, index)
         timings["lens_ms"] = _ms(t5)
         timings["controller_ms"] = _ms(t0)
-        saliency_RW = calibration_RW = None
-        if saliency is not None and cfg.mc_lens_teacher_weight > 0:
-            saliency_RW = torch.from_numpy(entry_saliency(saliency, layouts)).to(device=x_BT.device)
-        if saliency is not None and cfg.mc_lens_calibration_weight > 0:
-            peak_B = start_peak(saliency, start_layout(T - H, cfg.block_size, self.prompt_recent))
-            calibration_RW = torch.from_numpy(entry_saliency(saliency, layouts, peak_B)).to(device=x_BT.device)
+        saliency_RW = (torch.from_numpy(entry_saliency(saliency, layouts)).to(device=x_BT.device)
+                       if distil and saliency is not None else None)
         return MCBatch(inputs_RWD, targets_RW, inputs.value_ids_RW, cos_sin, layouts, index, scores_RW, prev_RW,
-                       budget, len(levels), timings, saliency_RW, calibration_RW)
+                       budget, len(levels), timings, saliency_RW)
 
     def _variant_scores(self, inputs_RWD: torch.Tensor, lod0_BTD: torch.Tensor, layouts: VariantLayouts,
                         index: PackIndex) -> tuple[torch.Tensor, torch.Tensor]:
@@ -411,8 +403,7 @@ class MCController(nn.Module):
         metrics = _loss_metrics(batch, nll_RW, supervised_RW, tails, token_loss, gist_loss, lens)
         batch.timings_ms["losses_ms"] = _ms(t0)
         terms = {"token_loss": token_loss, "gist_loss": gist_loss, "lens_loss": lens.total, "lens_bt": lens.bt,
-                 "lens_kl": lens.kl, "lens_budget": lens.budget_pen, "lens_teacher": lens.teacher,
-                 "lens_calibration": lens.calibration}
+                 "lens_kl": lens.kl, "lens_budget": lens.budget_pen, "lens_teacher": lens.teacher}
         pairs = {"margin": lens.margin_BP.detach(), "adv": lens.adv_BP, "dnll": tails.dnll_BN.detach(),
                  "supervised": tails.has_tail_B}
         return MCLosses(total, weighted, terms, metrics, pairs)
@@ -421,7 +412,7 @@ class MCController(nn.Module):
         """LensNet's loss: Bradley-Terry on the preference pairs (advantages normalised by an EMA of
         their scale, hard negatives kept), a KL anchor to the previous policy, a penalty on moving
         the mean expand pressure away from its EMA, and, where the batch carries the teacher's
-        saliency, its listwise distillation (the ranks) and its calibration (the level, D31)."""
+        saliency, its listwise distillation."""
         cfg = self.cfg
         index, V = batch.index, batch.layouts.variants
         B = batch.rows // V
@@ -458,15 +449,9 @@ class MCController(nn.Module):
             teacher = L.listwise_kl(batch.scores_RW, batch.saliency_RW, gists_RW, TEACHER_TEMPERATURE)
         else:
             teacher = batch.scores_RW.sum() * 0.0
-        if batch.calibration_RW is not None:
-            calibration = L.calibration_bce(batch.scores_RW, batch.calibration_RW,
-                                            scored_RW & (index.levels_RW > 0))
-        else:
-            calibration = batch.scores_RW.sum() * 0.0
         total = (bt + cfg.mc_lens_kl_weight * kl + cfg.mc_lens_budget_smooth_weight * budget_pen
-                 + cfg.mc_lens_teacher_weight * teacher + cfg.mc_lens_calibration_weight * calibration)
-        return _LensTerms(total, bt, kl, budget_pen, teacher, calibration, margin_BP, adv_BP, keep_BP, adv_var,
-                          pressure)
+                 + cfg.mc_lens_teacher_weight * teacher)
+        return _LensTerms(total, bt, kl, budget_pen, teacher, margin_BP, adv_BP, keep_BP, adv_var, pressure)
 
     def step_aux(self) -> None:
         """After ``total.backward()``: all-reduce aux grads (DDP), step, refresh the KL snapshot and EMAs."""
@@ -520,7 +505,6 @@ class _LensTerms:
     kl: torch.Tensor
     budget_pen: torch.Tensor
     teacher: torch.Tensor
-    calibration: torch.Tensor
     margin_BP: torch.Tensor
     adv_BP: torch.Tensor
     keep_BP: torch.Tensor
@@ -543,7 +527,6 @@ def _loss_metrics(batch: MCBatch, nll_RW: torch.Tensor, supervised_RW: torch.Ten
         "lens_kl": lens.kl.detach(),
         "lens_budget_penalty": lens.budget_pen.detach(),
         "lens_teacher_kl": lens.teacher.detach(),
-        "lens_calibration": lens.calibration.detach(),
         "delta_nll_h": gist_loss.detach(),
         "adv_delta_mean": L.mean_over(adv_delta, adv_delta_ok),
         # NaN (no point: telemetry drops it) when no sequence has a supervised tail

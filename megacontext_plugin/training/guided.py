@@ -76,21 +76,12 @@ def horizon_saliency(nll_fn: NllFn, lod0_BTD: torch.Tensor, y_BT: torch.Tensor, 
     return (grad_BTD.float() * emb_BTD.detach().float()).sum(-1).abs().double().cpu().numpy()
 
 
-def start_peak(saliency_BT: np.ndarray, start: WorkingContext) -> np.ndarray:
-    """``peak[B]``: the largest saliency of a token that ``start`` (the coarsest layout of the
-    prompt) holds in gists: the scale the teacher measures every gist against."""
-    gist_end = int(start.ends[start.levels > 0].max()) if (start.levels > 0).any() else 0
-    return saliency_BT[:, :gist_end].max(axis=1) if gist_end else np.zeros(len(saliency_BT))
-
-
-def entry_saliency(saliency_BT: np.ndarray, layouts: VariantLayouts,
-                   reference_B: np.ndarray | None = None) -> np.ndarray:
+def entry_saliency(saliency_BT: np.ndarray, layouts: VariantLayouts) -> np.ndarray:
     """``target[R, W]`` (float32): each gist entry's peak saliency (the largest of the tokens it
     covers, as ``teacher_scorer``) relative to the largest among its row's gists, so 1 for the row's
-    most salient gist; with ``reference_B``, relative to its sequence's ``reference_B[b]`` instead
-    (``start_peak``), clipped to 1. 0 for raw entries, padding and rows (sequences) whose gists are
-    not salient at all. Row ``r`` lays out sequence ``r // V``; every row tiles ``[0, T)`` in order,
-    so one ``maximum.reduceat`` over the rows laid end to end finds every entry's peak."""
+    most salient gist; 0 for raw entries, padding and rows whose gists are not salient at all.
+    Row ``r`` lays out sequence ``r // V``; every row tiles ``[0, T)`` in order, so one
+    ``maximum.reduceat`` over the rows laid end to end finds every entry's peak."""
     T = saliency_BT.shape[1]
     V = layouts.variants
     valid_RW = layouts.valid_RW
@@ -100,9 +91,8 @@ def entry_saliency(saliency_BT: np.ndarray, layouts: VariantLayouts,
     if rows_N.size:
         peak_RW[rows_N, cols_N] = np.maximum.reduceat(flat, rows_N * T + layouts.starts_RW[rows_N, cols_N])
     peak_RW = np.where(valid_RW & (layouts.levels_RW > 0), peak_RW, 0.0)
-    top_R = peak_RW.max(axis=1, keepdims=True) if reference_B is None else np.repeat(reference_B, V)[:, None]
-    relative_RW = np.divide(peak_RW, top_R, out=np.zeros_like(peak_RW), where=top_R > 0)
-    return np.minimum(relative_RW, 1.0).astype(np.float32)
+    top_R = peak_RW.max(axis=1, keepdims=True)
+    return np.divide(peak_RW, top_R, out=np.zeros_like(peak_RW), where=top_R > 0).astype(np.float32)
 
 
 def teacher_scorer(saliency_BT: np.ndarray, start: WorkingContext, threshold: float) -> BatchScorer:
@@ -112,7 +102,10 @@ def teacher_scorer(saliency_BT: np.ndarray, start: WorkingContext, threshold: fl
     most salient token keeps utility 1 at every level, so the allocator drills straight down to it
     (a sum spreads over the children and stops one level down); the fixed denominator lets the
     teacher stop once what matters is raw, instead of expanding the filler left in gists."""
-    peak_B = start_peak(saliency_BT, start)
+    gist_tokens = np.concatenate([np.arange(s, e) for s, e in zip(start.starts[start.levels > 0],
+                                                                  start.ends[start.levels > 0], strict=True)]
+                                 + [np.zeros(0, dtype=np.int64)])
+    peak_B = saliency_BT[:, gist_tokens].max(axis=1) if gist_tokens.size else np.zeros(len(saliency_BT))
 
     def score(wcs: list[WorkingContext]) -> list[np.ndarray]:
         out = []

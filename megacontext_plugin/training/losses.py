@@ -128,17 +128,6 @@ def listwise_kl(scores_RW: torch.Tensor, target_RW: torch.Tensor, mask_RW: torch
     return mean_over(kl_R, mask_RW.sum(-1) >= 2)
 
 
-def calibration_bce(scores_RW: torch.Tensor, target_RW: torch.Tensor, mask_RW: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy between ``p = (u + 1) / 2`` of the utilities ``u`` in [-1, 1] and
-    ``target`` in [0, 1] over masked entries (0 with the graph when none is masked): its minimum is
-    ``u = 2 * target - 1``, which fixes the utilities' level that ``listwise_kl`` leaves free, so
-    the expand threshold ``t`` means "a gist whose saliency reaches (1 + t) / 2 of the peak"."""
-    eps = 1e-4
-    p = ((scores_RW.float() + 1) / 2).clamp(eps, 1 - eps)
-    bce = F.binary_cross_entropy(p, target_RW.float().clamp(0, 1), reduction="none")
-    return mean_over(bce, mask_RW)
-
-
 def bernoulli_kl(prev_RW: torch.Tensor, now_RW: torch.Tensor, mask_RW: torch.Tensor) -> torch.Tensor:
     """Mean ``KL(Bern(p_prev) || Bern(p_now))`` with ``p = (u + 1) / 2``, over masked entries."""
     eps = 1e-4
