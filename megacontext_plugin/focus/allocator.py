@@ -162,15 +162,11 @@ class FocusAllocator:
                 break
             totals["expands"] += int(plan.expand.size)
             totals["collapses"] += int(plan.collapse.size)
-            # flipped nodes: each expanded node, and each parent made by a collapse
-            flipped_levels = np.concatenate([wc.levels[plan.expand], wc.levels[plan.collapse] + 1])
-            flipped_indices = np.concatenate([wc.indices[plan.expand], wc.indices[plan.collapse] // K])
-            self._cooldown.record(flipped_levels, flipped_indices, now)
             own = plan.expand[(wc.levels[plan.expand] == 1)
                               & (u[plan.expand] > float32_below(cfg.expand_threshold))]
             self._anchors = np.concatenate([self._anchors, wc.indices[own]])
             self._anchor_utilities = np.concatenate([self._anchor_utilities, u[own]])
-            wc = wc._apply(plan.expand, plan.collapse)
+            wc = self._apply(wc, plan, now)
         context_expands = 0
         if context_pass:
             plan = context_edits(wc, self._anchors, self._anchor_utilities, cfg, self._cooldown, now)
@@ -179,8 +175,7 @@ class FocusAllocator:
             if plan.expand.size:
                 context_expands = int(plan.expand.size)
                 totals["expands"] += context_expands
-                self._cooldown.record(wc.levels[plan.expand], wc.indices[plan.expand], now)
-                wc = wc._apply(plan.expand, plan.collapse)
+                wc = self._apply(wc, plan, now)
         self._refocus_index += 1
         self._cooldown.prune(self._refocus_index)
         total_s = time.perf_counter() - t_start
@@ -197,6 +192,14 @@ class FocusAllocator:
             total_ms=total_s * 1e3,
             **totals,
         )
+
+    def _apply(self, wc: WorkingContext, plan: EditPlan, now: int) -> WorkingContext:
+        """``wc`` with ``plan`` applied, its flipped nodes recorded for the cooldown: each expanded
+        node, and each parent made by a collapse."""
+        K = wc.block_size
+        self._cooldown.record(np.concatenate([wc.levels[plan.expand], wc.levels[plan.collapse] + 1]),
+                              np.concatenate([wc.indices[plan.expand], wc.indices[plan.collapse] // K]), now)
+        return wc._apply(plan.expand, plan.collapse)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly: refocus count, cooldown memory, Generator state."""
