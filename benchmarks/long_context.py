@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from megacontext_plugin.cli import main as megacontext
+from megacontext_plugin.evaluation.long_context import LENS_KEYS
 
 METRICS = ("passkey_acc", "passkey_digit", "recall_acc", "nll_h", "delta_nll_h", "swap_rate", "residency", "key_raw",
            "key_raw_reachable", "key_raw_acc")
@@ -41,7 +42,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def format_summary(summary: list[dict[str, Any]], lens: list[float | None], top1: list[float | None]) -> str:
+def format_summary(summary: list[dict[str, Any]], lens: dict[str, list[float | None]]) -> str:
     cols = list(METRICS)
     lines = ["arm        len  " + "  ".join(f"{c:>17s}" for c in cols)]
     for row in summary:
@@ -50,7 +51,7 @@ def format_summary(summary: list[dict[str, Any]], lens: list[float | None], top1
             v = row[c]
             cells.append(f"{'-':>17s}" if v is None else f"{v['mean']:8.3f} ± {v['std']:6.3f}")
         lines.append(f"{row['arm']:10s} {row['length_x']:>3d}x " + "  ".join(cells))
-    for name, per_seed in (("lens_rank_corr", lens), ("lens_top1", top1)):
+    for name, per_seed in lens.items():
         vals = [v for v in per_seed if v is not None]
         if vals:
             lines.append(f"{name}: {np.mean(vals):.3f} ± {np.std(vals):.3f} over {len(vals)} seeds")
@@ -109,14 +110,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         results.append(json.loads(seed_json.read_text()))
     summary = summarise(results)
-    lens = [r.get("lens_rank_corr") for r in results]
-    top1 = [r.get("lens_top1") for r in results]
+    lens = {key: [r.get(key) for r in results] for key in LENS_KEYS.values()}
     print()
     print(f"summary over seeds {seeds} (mean ± population std)")
-    print(format_summary(summary, lens, top1))
+    print(format_summary(summary, lens))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"seeds": seeds, "checkpoint": str(ckpt), "summary": summary,
-                                     "lens_rank_corr": lens, "lens_top1": top1, "per_seed": results}, indent=2) + "\n")
+    args.json.write_text(json.dumps({"seeds": seeds, "checkpoint": str(ckpt), "summary": summary, **lens,
+                                     "per_seed": results}, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0
 

@@ -299,8 +299,47 @@ def test_lens_ranking_scores_the_layout_the_mc_arm_starts_from(start: str) -> No
     prefix, (cont, _) = lc.BYTES.prefix(docs[0].prompt), lc.BYTES.answer(docs[0].answer)
     n = int(prefix.numel())
     expected = runner.start_layout(n, 64 - (int(cont.numel()) - 1), runner.tree(prefix)[1])
-    assert scored == [expected] and all(-1.0 <= r <= 1.0 for r in ranking.rho)
+    # the document, then its twin (other key digits: the same bytes-long prompt, the same layout)
+    assert scored == [expected, expected] and all(-1.0 <= r <= 1.0 for r in ranking.rho)
     assert len(ranking.top1) == 1 and ranking.top1[0] in (0.0, 1.0)
     if start == "coarsest":  # 16x: the recency layout differs from the trained-level start
         assert expected != WorkingContext.recency(n, 64 - (int(cont.numel()) - 1), 8, 16, max_level=3)
     ctrl.close()
+
+
+def test_twin_passkey_changes_every_key_digit_and_nothing_else() -> None:
+    for i, doc in enumerate(lc.make_passkey_docs(5, 700, [0.0, 0.5, 1.0], 3)):
+        twin = lc.twin_passkey(doc, np.random.default_rng(i))
+        assert len(twin.answer) == len(doc.answer) and twin.answer.isdigit()
+        assert all(a != b for a, b in zip(twin.answer, doc.answer, strict=True))
+        lo, hi = lc.answer_span(doc)
+        assert lc.answer_span(twin) == (lo, hi)
+        assert twin.prompt[:lo] == doc.prompt[:lo] and twin.prompt[hi:] == doc.prompt[hi:]
+        assert twin.prompt[lo:hi] == twin.answer and twin.text == twin.prompt + " " + twin.answer + "."
+        assert (twin.key_offset, twin.query_offset, twin.depth) == (doc.key_offset, doc.query_offset, doc.depth)
+
+
+def test_lens_ranking_references_rank_the_truth_against_its_twin_and_the_key(monkeypatch) -> None:
+    """The references: ``retest`` ranks the document's true gains against its twin's, ``key_oracle``
+    an indicator of the gists over the key against the true gains; a twin whose layout differs is
+    left out of ``retest`` only."""
+    doc = lc.make_passkey_docs(3, 512, [0.5], 1)[0]
+    lo, hi = lc.answer_span(doc)
+    wc = WorkingContext.coarsest(len(doc.prompt), 8, 16)
+    gists = np.flatnonzero(wc.levels > 0)
+    key = (wc.starts[gists] < hi) & (wc.ends[gists] > lo)
+    gain = np.arange(gists.size, dtype=np.float64)
+    gain[key] = 100.0  # the key's gist helps most
+    twin_gain = gain[::-1].copy()
+    scores = np.linspace(-1, 1, gists.size)
+    other = WorkingContext.coarsest(len(doc.prompt), 8, 32)
+    for twin_wc, expect_retest in ((wc, [lc.spearman(gain, twin_gain)]), (other, [])):
+        def fake(runner, d, codec, twin_wc=twin_wc):
+            return (wc, scores, gain) if d.answer == doc.answer else (twin_wc, scores, twin_gain)
+
+        monkeypatch.setattr(lc, "_expansion_gains", fake)
+        ranking = lc.lens_ranking(None, [doc])  # type: ignore[arg-type]
+        assert ranking.rho == [pytest.approx(lc.spearman(scores, gain))]
+        assert ranking.retest == expect_retest
+        assert ranking.key_oracle == [pytest.approx(lc.spearman(key.astype(float), gain))]
+        assert ranking.key_oracle[0] > 0 and ranking.top1 == [float(np.argmax(scores) == np.argmax(gain))]

@@ -24,7 +24,12 @@ the sequence fits the model's window). Metrics per (arm, length):
   each gist of the working context the MC arm's refocus starts from (``--start``) and the true benefit of
   expanding that gist alone (NLL of the answer before minus after), averaged over documents;
   ``lens_top1``: over the same documents, the share in which LensNet's highest-scored gist is the
-  one whose expansion helps most (the rank that refocus acts on first).
+  one whose expansion helps most (the rank that refocus acts on first). Two references on the
+  same documents say what the correlation can reach: ``lens_rank_retest``, the Spearman
+  correlation between the true benefits and those of a twin document that differs only in the
+  key's digits (the truth against itself: how reproducible the ranking to be learned is), and
+  ``lens_rank_key_oracle``, that of a lens that knows where the key is (1 for the gists holding it,
+  0 for the rest).
 
 A task that cannot fit a document of that length (the passkey needs ~82 characters) reports
 None; at such lengths ``nll_h`` is measured on plain filler documents instead (``nll_docs``).
@@ -45,12 +50,16 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, MCConfig
+from ..context.working_context import WorkingContext
 from ..data import metrics, tasks
 from .arms import ARMS, ArmRunner
 from .checkpoint import load
 from .codec import BYTES, Codec, tokenizer_codec
 
 PASSKEY_DIGITS = 5
+LENS_KEYS = {"rho": "lens_rank_corr", "top1": "lens_top1", "retest": "lens_rank_retest",
+             "key_oracle": "lens_rank_key_oracle"}
+"""The result's key of each ``LensRanking`` field (each also ``KEY_by_length``)."""
 RECALL = {"num_pairs": 2, "num_symbols": 16, "value_digits": 3}
 
 
@@ -297,39 +306,76 @@ def nll_at_h(runner: Predictor, arm: str, texts: Sequence[str], horizon: int, co
 
 @dataclasses.dataclass(frozen=True)
 class LensRanking:
-    """Per document (those whose start holds at least 3 gists): ``rho`` Spearman(LensNet utility of
-    each gist, true NLL drop when only that gist is expanded), where finite; ``top1`` 1.0 where
-    LensNet's highest-scored gist is the one whose expansion lowers the answer's NLL most."""
+    """Per document (those whose start holds at least 3 gists), where finite: ``rho`` Spearman(LensNet
+    utility of each gist, true NLL drop when only that gist is expanded); ``top1`` 1.0 where
+    LensNet's highest-scored gist is the one whose expansion lowers the answer's NLL most;
+    ``retest`` Spearman(true drops, true drops of the twin document: other key digits, the same
+    layout; left out where the twin's layout differs); ``key_oracle`` Spearman(1 on the gists
+    holding the key and 0 elsewhere, true drops)."""
 
     rho: list[float]
     top1: list[float]
+    retest: list[float]
+    key_oracle: list[float]
+
+
+def twin_passkey(doc: tasks.PasskeySample, rng: np.random.Generator) -> tasks.PasskeySample:
+    """``doc`` with other key digits (each one changed) in its key line and answer; everything else,
+    the filler and the key line's position, is the same."""
+    first = doc.prompt.index(doc.answer, doc.key_offset)
+    answer = "".join(str((int(c) + int(rng.integers(1, 10))) % 10) for c in doc.answer)
+    prompt = doc.prompt[:first] + answer + doc.prompt[first + len(doc.answer):]
+    after = doc.text[len(doc.prompt):].replace(doc.answer, answer, 1)  # the answer after the query
+    return dataclasses.replace(doc, prompt=prompt, answer=answer, text=prompt + after)
+
+
+def _expansion_gains(runner: ArmRunner, doc: tasks.PasskeySample, codec: Codec
+                     ) -> tuple[WorkingContext, np.ndarray, np.ndarray] | None:
+    """The start layout of ``doc``'s prompt, its gists' LensNet utilities and the answer's NLL drop
+    when each gist alone is expanded (summed over the answer's tokens); None when the prompt fits
+    raw or the start holds fewer than 3 gists."""
+    prefix, (cont, _) = codec.prefix(doc.prompt), codec.answer(doc.answer)
+    n, room = int(prefix.numel()), runner.budget - (int(cont.numel()) - 1)
+    if n <= room:
+        return None
+    levels, num_levels = runner.tree(prefix)
+    source = runner.source(levels, prefix, cont)
+    wc = runner.start_layout(n, room, num_levels)
+    gists = np.flatnonzero(wc.levels > 0)
+    if gists.size < 3:
+        return None
+    scores = runner.scorer(source, prefix)(wc)[gists]
+    base = runner.predict_wc(wc, source, cont).nll.sum()
+    gain = np.array([base - runner.predict_wc(wc.expand([int(g)]), source, cont).nll.sum() for g in gists])
+    return wc, scores, gain
 
 
 @torch.no_grad()
-def lens_ranking(runner: ArmRunner, docs: Sequence[tasks.PasskeySample], codec: Codec = BYTES) -> LensRanking:
+def lens_ranking(runner: ArmRunner, docs: Sequence[tasks.PasskeySample], codec: Codec = BYTES,
+                 seed: int = 0) -> LensRanking:
     """LensNet's ranking of the gists of the working context the ``mc`` arm's refocus starts from
     (``ArmRunner.start_layout``: what LensNet scores first) against the true benefit of expanding
-    each gist alone (answer NLL before minus after; see ``LensRanking``)."""
-    rho, top1 = [], []
-    for doc in docs:
-        prefix, (cont, _) = codec.prefix(doc.prompt), codec.answer(doc.answer)
-        n, room = int(prefix.numel()), runner.budget - (int(cont.numel()) - 1)
-        if n <= room:
+    each gist alone (answer NLL before minus after), with the two references of ``LensRanking``
+    (``seed`` draws the twins' digits)."""
+    rho, top1, retest, key_oracle = [], [], [], []
+    for i, doc in enumerate(docs):
+        measured = _expansion_gains(runner, doc, codec)
+        if measured is None:
             continue
-        levels, num_levels = runner.tree(prefix)
-        source = runner.source(levels, prefix, cont)
-        wc = runner.start_layout(n, room, num_levels)
+        wc, scores, gain = measured
         gists = np.flatnonzero(wc.levels > 0)
-        if gists.size < 3:
-            continue
-        scores = runner.scorer(source, prefix)(wc)[gists]
-        base = runner.predict_wc(wc, source, cont).nll.sum()
-        gain = np.array([base - runner.predict_wc(wc.expand([int(g)]), source, cont).nll.sum() for g in gists])
         top1.append(float(np.argmax(scores) == np.argmax(gain)))
-        r = spearman(scores, gain)
-        if math.isfinite(r):
-            rho.append(r)
-    return LensRanking(rho, top1)
+        lo, hi = answer_span(doc, codec)
+        key = ((wc.starts[gists] < hi) & (wc.ends[gists] > lo)).astype(np.float64)
+        twin = _expansion_gains(runner, twin_passkey(doc, _rng(seed, 4, i)), codec)
+        pairs = [(rho, scores, gain), (key_oracle, key, gain)]
+        if twin is not None and twin[0] == wc:
+            pairs.append((retest, gain, twin[2]))
+        for out, a, b in pairs:
+            r = spearman(a, b)
+            if math.isfinite(r):
+                out.append(r)
+    return LensRanking(rho, top1, retest, key_oracle)
 
 
 def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, lengths: Sequence[int],
@@ -347,10 +393,9 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
     rows: list[dict[str, Any]] = []
     grids: dict[str, dict[str, Any]] = {}
     grid_cells: dict[str, tuple[list[float], list[int], list[float]]] = {a: ([], [], []) for a in arms}
-    lens_by_length: dict[int, float | None] = {}
-    top1_by_length: dict[int, float | None] = {}
-    all_rho: list[float] = []
-    all_top1: list[float] = []
+    lens_fields = [f.name for f in dataclasses.fields(LensRanking)]
+    lens_by_length: dict[str, dict[int, float | None]] = {name: {} for name in lens_fields}
+    lens_all: dict[str, list[float]] = {name: [] for name in lens_fields}
     for x in lengths:
         L = x * budget
         chars = max(1, round(L * codec.chars_per_token))
@@ -402,25 +447,25 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
                     row[key] = _mean([i[key] for i in infos if key in i])
             rows.append(row)
         if "mc" in arms and lens_docs > 0 and pk:
-            ranking = lens_ranking(runner, pk[:: max(1, len(pk) // lens_docs)][:lens_docs], codec)
-            lens_by_length[x] = _mean(ranking.rho)
-            top1_by_length[x] = _mean(ranking.top1)
-            all_rho += ranking.rho
-            all_top1 += ranking.top1
+            ranking = lens_ranking(runner, pk[:: max(1, len(pk) // lens_docs)][:lens_docs], codec, seed=seed)
+            for name, values in dataclasses.asdict(ranking).items():
+                lens_by_length[name][x] = _mean(values)
+                lens_all[name] += values
     for arm in arms:
         d, n, s = grid_cells[arm]
         if s:
             g = metrics.grid(d, n, s)
             grids[arm] = {"depths": list(g.depths), "lengths_x": list(g.lengths), "accuracy": g.accuracy.tolist(),
                           "counts": g.counts.tolist()}
+    lens_metrics: dict[str, Any] = {}
+    for name, key in LENS_KEYS.items():
+        lens_metrics[key] = _mean(lens_all[name])
+        lens_metrics[f"{key}_by_length"] = {str(k): v for k, v in lens_by_length[name].items()}
     cfg = ctrl.cfg
     return {
         "rows": rows,
-        "lens_rank_corr": _mean(all_rho),
-        "lens_rank_corr_by_length": {str(k): v for k, v in lens_by_length.items()},
-        "lens_rank_corr_docs": len(all_rho),
-        "lens_top1": _mean(all_top1),
-        "lens_top1_by_length": {str(k): v for k, v in top1_by_length.items()},
+        **lens_metrics,
+        "lens_rank_corr_docs": len(lens_all["rho"]),
         "passkey_grid": grids,
         "settings": {"budget": budget, "lengths_x": list(lengths), "depths": list(depths), "samples": samples,
                      "recall_docs": recall_docs, "horizon": horizon, "arms": list(arms), "rounds": rounds,
@@ -467,6 +512,9 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"lens_rank_corr (Spearman, LensNet utility vs true NLL drop of expanding each gist): "
                  f"{format_cell(lr)} over {result['lens_rank_corr_docs']} documents")
     lines.append(f"lens_top1 (LensNet's top gist is the most useful one to expand): {format_cell(result['lens_top1'])}")
+    lines.append(f"  references: lens_rank_retest (the true ranking against a twin document with other key digits) "
+                 f"{format_cell(result.get('lens_rank_retest'))}, lens_rank_key_oracle (a lens that knows where "
+                 f"the key is) {format_cell(result.get('lens_rank_key_oracle'))}")
     for arm, g in result["passkey_grid"].items():
         lines.append(f"\npasskey exact match, {arm} (rows: depth, columns: length x W)")
         head = "depth\\len " + " ".join(f"{n:>6d}" for n in g["lengths_x"])
