@@ -299,8 +299,9 @@ def test_lens_ranking_scores_the_layout_the_mc_arm_starts_from(start: str) -> No
     prefix, (cont, _) = lc.BYTES.prefix(docs[0].prompt), lc.BYTES.answer(docs[0].answer)
     n = int(prefix.numel())
     expected = runner.start_layout(n, 64 - (int(cont.numel()) - 1), runner.tree(prefix)[1])
-    # the document, then its twin (other key digits: the same bytes-long prompt, the same layout)
-    assert scored == [expected, expected] and all(-1.0 <= r <= 1.0 for r in ranking.rho)
+    assert scored == [expected] and all(-1.0 <= r <= 1.0 for r in ranking.rho)
+    # its twin (other key digits: the same bytes-long prompt, the same layout) enters the retest
+    assert len(ranking.retest) <= 1 and all(-1.0 <= r <= 1.0 for r in ranking.retest)
     assert len(ranking.top1) == 1 and ranking.top1[0] in (0.0, 1.0)
     if start == "coarsest":  # 16x: the recency layout differs from the trained-level start
         assert expected != WorkingContext.recency(n, 64 - (int(cont.numel()) - 1), 8, 16, max_level=3)
@@ -322,7 +323,9 @@ def test_twin_passkey_changes_every_key_digit_and_nothing_else() -> None:
 def test_lens_ranking_references_rank_the_truth_against_its_twin_and_the_key(monkeypatch) -> None:
     """The references: ``retest`` ranks the document's true gains against its twin's, ``key_oracle``
     an indicator of the gists over the key against the true gains; a twin whose layout differs is
-    left out of ``retest`` only."""
+    left out of ``retest`` only, and its gains are not measured."""
+    import types
+
     doc = lc.make_passkey_docs(3, 512, [0.5], 1)[0]
     lo, hi = lc.answer_span(doc)
     wc = WorkingContext.coarsest(len(doc.prompt), 8, 16)
@@ -332,14 +335,25 @@ def test_lens_ranking_references_rank_the_truth_against_its_twin_and_the_key(mon
     gain[key] = 100.0  # the key's gist helps most
     twin_gain = gain[::-1].copy()
     scores = np.linspace(-1, 1, gists.size)
+    entry_scores = np.zeros(len(wc))
+    entry_scores[gists] = scores
+    runner = types.SimpleNamespace(scorer=lambda source, prefix: lambda w: entry_scores)
     other = WorkingContext.coarsest(len(doc.prompt), 8, 32)
-    for twin_wc, expect_retest in ((wc, [lc.spearman(gain, twin_gain)]), (other, [])):
-        def fake(runner, d, codec, twin_wc=twin_wc):
-            return (wc, scores, gain) if d.answer == doc.answer else (twin_wc, scores, twin_gain)
+    for twin_wc, expect_retest, measured in ((wc, [lc.spearman(gain, twin_gain)], ["doc", "twin"]),
+                                             (other, [], ["doc"])):
+        gains_of: list[str] = []
 
-        monkeypatch.setattr(lc, "_expansion_gains", fake)
-        ranking = lc.lens_ranking(None, [doc])  # type: ignore[arg-type]
+        def start(runner, d, codec, twin_wc=twin_wc):
+            return (wc, "doc", None, None) if d.answer == doc.answer else (twin_wc, "twin", None, None)
+
+        def gains(runner, w, source, cont, gains_of=gains_of):
+            gains_of.append(source)
+            return gain if source == "doc" else twin_gain
+
+        monkeypatch.setattr(lc, "_ranking_start", start)
+        monkeypatch.setattr(lc, "_expansion_gains", gains)
+        ranking = lc.lens_ranking(runner, [doc])  # type: ignore[arg-type]
         assert ranking.rho == [pytest.approx(lc.spearman(scores, gain))]
-        assert ranking.retest == expect_retest
+        assert ranking.retest == expect_retest and gains_of == measured
         assert ranking.key_oracle == [pytest.approx(lc.spearman(key.astype(float), gain))]
         assert ranking.key_oracle[0] > 0 and ranking.top1 == [float(np.argmax(scores) == np.argmax(gain))]

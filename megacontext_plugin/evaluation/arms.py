@@ -195,15 +195,16 @@ def answer_focus(wc: WorkingContext, coarsest: WorkingContext, span: tuple[int, 
     legal layout can hold them raw within ``room`` entries (``key_raw_reachable``: the budget's ceiling,
     independent of LensNet and of the model). The cheapest such layout is the ``coarsest`` one (same
     tail) with exactly the gists above the span expanded, so that is the one measured."""
-    lo, hi = span
-
-    def covering_gists(w: WorkingContext) -> np.ndarray:
-        return np.flatnonzero((w.levels > 0) & (w.starts < hi) & (w.ends > lo))
-
     reach = coarsest
-    while (g := covering_gists(reach)).size:
+    while (g := covering_gists(reach, span)).size:
         reach = reach.expand(g)
-    return {"key_raw": float(covering_gists(wc).size == 0), "key_raw_reachable": float(len(reach) <= room)}
+    return {"key_raw": float(covering_gists(wc, span).size == 0), "key_raw_reachable": float(len(reach) <= room)}
+
+
+def covering_gists(wc: WorkingContext, span: tuple[int, int]) -> np.ndarray:
+    """Positions in ``wc`` of the gists that cover any of the tokens ``span = [lo, hi)``."""
+    lo, hi = span
+    return np.flatnonzero((wc.levels > 0) & (wc.starts < hi) & (wc.ends > lo))
 
 
 def uniform_layout(num_tokens: int, budget: int, block_size: int, recent: int, max_level: int) -> WorkingContext:

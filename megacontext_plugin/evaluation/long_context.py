@@ -50,9 +50,10 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, MCConfig
+from ..context import LevelTable
 from ..context.working_context import WorkingContext
 from ..data import metrics, tasks
-from .arms import ARMS, ArmRunner
+from .arms import ARMS, ArmRunner, covering_gists
 from .checkpoint import load
 from .codec import BYTES, Codec, tokenizer_codec
 
@@ -277,8 +278,13 @@ def answer_span(doc: tasks.PasskeySample, codec: Codec = BYTES) -> tuple[int, in
     """The prefix tokens ``[lo, hi)`` that hold the key's digits in the key line (exact for bytes; for a
     BPE tokenizer, the tokens of the text before and through the digits, which may differ from the
     whole prompt's tokenization by a token at either edge)."""
-    first = doc.prompt.index(doc.answer, doc.key_offset)
+    first = _key_start(doc)
     return (len(codec.prefix(doc.prompt[:first])), len(codec.prefix(doc.prompt[:first + len(doc.answer)])))
+
+
+def _key_start(doc: tasks.PasskeySample) -> int:
+    """The character offset in ``doc.prompt`` of the key's digits in the key line."""
+    return doc.prompt.index(doc.answer, doc.key_offset)
 
 
 def score_recall(runner: Predictor, arm: str, docs: Sequence[tasks.RecallSample], codec: Codec = BYTES
@@ -322,32 +328,35 @@ class LensRanking:
 def twin_passkey(doc: tasks.PasskeySample, rng: np.random.Generator) -> tasks.PasskeySample:
     """``doc`` with other key digits (each one changed) in its key line and answer; everything else,
     the filler and the key line's position, is the same."""
-    first = doc.prompt.index(doc.answer, doc.key_offset)
+    first = _key_start(doc)
     answer = "".join(str((int(c) + int(rng.integers(1, 10))) % 10) for c in doc.answer)
     prompt = doc.prompt[:first] + answer + doc.prompt[first + len(doc.answer):]
     after = doc.text[len(doc.prompt):].replace(doc.answer, answer, 1)  # the answer after the query
     return dataclasses.replace(doc, prompt=prompt, answer=answer, text=prompt + after)
 
 
-def _expansion_gains(runner: ArmRunner, doc: tasks.PasskeySample, codec: Codec
-                     ) -> tuple[WorkingContext, np.ndarray, np.ndarray] | None:
-    """The start layout of ``doc``'s prompt, its gists' LensNet utilities and the answer's NLL drop
-    when each gist alone is expanded (summed over the answer's tokens); None when the prompt fits
-    raw or the start holds fewer than 3 gists."""
+def _ranking_start(runner: ArmRunner, doc: tasks.PasskeySample, codec: Codec
+                   ) -> tuple[WorkingContext, LevelTable, torch.Tensor, torch.Tensor] | None:
+    """The start layout of ``doc``'s prompt, with the tree and tokens that scoring and predicting over
+    it take (``source``, ``prefix``, ``cont``); None when the prompt fits raw or the start holds
+    fewer than 3 gists."""
     prefix, (cont, _) = codec.prefix(doc.prompt), codec.answer(doc.answer)
     n, room = int(prefix.numel()), runner.budget - (int(cont.numel()) - 1)
     if n <= room:
         return None
     levels, num_levels = runner.tree(prefix)
-    source = runner.source(levels, prefix, cont)
     wc = runner.start_layout(n, room, num_levels)
-    gists = np.flatnonzero(wc.levels > 0)
-    if gists.size < 3:
+    if int((wc.levels > 0).sum()) < 3:
         return None
-    scores = runner.scorer(source, prefix)(wc)[gists]
+    return wc, runner.source(levels, prefix, cont), prefix, cont
+
+
+def _expansion_gains(runner: ArmRunner, wc: WorkingContext, source: LevelTable, cont: torch.Tensor) -> np.ndarray:
+    """``gain[G]``: the answer's NLL drop (summed over its tokens) when each gist of ``wc`` alone is
+    expanded, in the order of ``wc``'s gists."""
     base = runner.predict_wc(wc, source, cont).nll.sum()
-    gain = np.array([base - runner.predict_wc(wc.expand([int(g)]), source, cont).nll.sum() for g in gists])
-    return wc, scores, gain
+    return np.array([base - runner.predict_wc(wc.expand([int(g)]), source, cont).nll.sum()
+                     for g in np.flatnonzero(wc.levels > 0)])
 
 
 @torch.no_grad()
@@ -359,18 +368,19 @@ def lens_ranking(runner: ArmRunner, docs: Sequence[tasks.PasskeySample], codec: 
     (``seed`` draws the twins' digits)."""
     rho, top1, retest, key_oracle = [], [], [], []
     for i, doc in enumerate(docs):
-        measured = _expansion_gains(runner, doc, codec)
-        if measured is None:
+        start = _ranking_start(runner, doc, codec)
+        if start is None:
             continue
-        wc, scores, gain = measured
+        wc, source, prefix, cont = start
         gists = np.flatnonzero(wc.levels > 0)
+        scores = runner.scorer(source, prefix)(wc)[gists]
+        gain = _expansion_gains(runner, wc, source, cont)
         top1.append(float(np.argmax(scores) == np.argmax(gain)))
-        lo, hi = answer_span(doc, codec)
-        key = ((wc.starts[gists] < hi) & (wc.ends[gists] > lo)).astype(np.float64)
-        twin = _expansion_gains(runner, twin_passkey(doc, _rng(seed, 4, i)), codec)
+        key = np.isin(gists, covering_gists(wc, answer_span(doc, codec))).astype(np.float64)
         pairs = [(rho, scores, gain), (key_oracle, key, gain)]
-        if twin is not None and twin[0] == wc:
-            pairs.append((retest, gain, twin[2]))
+        twin = _ranking_start(runner, twin_passkey(doc, _rng(seed, 4, i)), codec)
+        if twin is not None and twin[0] == wc:  # the twin's layout is the document's: ranks compare
+            pairs.append((retest, gain, _expansion_gains(runner, wc, twin[1], twin[3])))
         for out, a, b in pairs:
             r = spearman(a, b)
             if math.isfinite(r):
