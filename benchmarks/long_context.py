@@ -8,6 +8,12 @@ runs). Each evaluation seed draws its own documents; the JSON holds every seed's
 (``per_seed``, the command's own JSON) and, per arm and length, the mean and the spread (population
 standard deviation, min, max) over the seeds (``summary``). The table printed is the summary; the
 PNGs are the first seed's (README, "Long-context quality").
+
+``--checkpoint`` repeated evaluates several training runs of one recipe (other ``--seed`` of
+``train-tiny``) on the same documents: each run's result is in ``runs``, and ``across_runs`` holds
+the mean and spread over the runs of each run's mean (a seed's luck in training is then part of
+the number, as it is for a user who trains once). Every result checks issue 11's targets per run
+(``targets``), met or not.
 """
 
 from __future__ import annotations
@@ -20,11 +26,26 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import plot_lines
+
 from megacontext_plugin.cli import main as megacontext
 from megacontext_plugin.evaluation.long_context import LENS_KEYS
 
 METRICS = ("passkey_acc", "passkey_digit", "recall_acc", "nll_h", "delta_nll_h", "swap_rate", "residency", "key_raw",
            "key_raw_reachable", "key_raw_acc")
+
+TARGETS: tuple[tuple[str, str, int, str, str, float], ...] = (
+    ("passkey exact, mc 8x", "mc", 8, "passkey_acc", ">=", 0.90),
+    ("passkey exact, mc 16x", "mc", 16, "passkey_acc", ">=", 0.75),
+    ("ΔNLL@H vs full, mc 4x", "mc", 4, "delta_nll_h", "<=", 0.10),
+    ("ΔNLL@H vs full, mc 8x", "mc", 8, "delta_nll_h", "<=", 0.10),
+    ("passkey exact, mc - uniform 8x", "mc-uniform", 8, "passkey_acc", ">=", 0.50),
+    ("|lens_rank_corr|", "lens", 0, "lens_rank_corr", ">=", 0.80),
+)
+"""Issue 11's targets for the tiny recipe: (name, arm, length x, metric, op, threshold), read from a run's
+summary means; arm ``mc-uniform`` is the difference of the two arms, ``lens`` the mean over seeds of a
+``LENS_KEYS`` value (its magnitude). A target whose cell a run does not report is null, not met."""
 
 
 def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -40,6 +61,63 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                        "max": float(max(vals)), "seeds": len(vals)} if vals else None)
         out.append(row)
     return out
+
+
+def _run_mean(summary: list[dict[str, Any]], arm: str, x: int, metric: str) -> float | None:
+    cell = next((r[metric] for r in summary if r["arm"] == arm and r["length_x"] == x), None)
+    return None if cell is None else float(cell["mean"])
+
+
+def target_value(run: dict[str, Any], arm: str, x: int, metric: str) -> float | None:
+    """One run's value for a ``TARGETS`` entry (``run``: ``summary`` and the ``LENS_KEYS`` lists)."""
+    if arm == "lens":
+        vals = [float(v) for v in run.get(metric) or () if v is not None]
+        return abs(float(np.mean(vals))) if vals else None
+    if arm == "mc-uniform":
+        mc, uniform = _run_mean(run["summary"], "mc", x, metric), _run_mean(run["summary"], "uniform", x, metric)
+        return None if mc is None or uniform is None else mc - uniform
+    return _run_mean(run["summary"], arm, x, metric)
+
+
+def check_targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per ``TARGETS`` entry: each run's value and whether it meets the threshold (null: not reported)."""
+    out = []
+    for name, arm, x, metric, op, threshold in TARGETS:
+        values = [target_value(run, arm, x, metric) for run in runs]
+        met = [v is not None and (v >= threshold if op == ">=" else v <= threshold) for v in values]
+        out.append({"target": name, "op": op, "threshold": threshold, "values": values, "met": met,
+                    "met_runs": sum(met), "runs": len(runs)})
+    return out
+
+
+def summarise_runs(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, dict[str, float] | None]]:
+    """Over training runs: per (arm, length) and metric, ``{mean, std, min, max, runs}`` of the runs' means
+    (``summary`` of each); the same for each ``LENS_KEYS`` value (each run's mean over its seeds)."""
+    out = []
+    for row0 in runs[0]["summary"]:
+        arm, x = row0["arm"], row0["length_x"]
+        row: dict[str, Any] = {"arm": arm, "length_x": x}
+        for m in METRICS:
+            vals = [v for v in (_run_mean(run["summary"], arm, x, m) for run in runs) if v is not None]
+            row[m] = ({"mean": float(np.mean(vals)), "std": float(np.std(vals)), "min": float(min(vals)),
+                       "max": float(max(vals)), "runs": len(vals)} if vals else None)
+        out.append(row)
+    lens: dict[str, dict[str, float] | None] = {}
+    for key in LENS_KEYS.values():
+        means = [float(np.mean(v)) for v in ([x for x in run.get(key) or () if x is not None] for run in runs) if v]
+        lens[key] = ({"mean": float(np.mean(means)), "std": float(np.std(means)), "min": float(min(means)),
+                      "max": float(max(means)), "runs": len(means)} if means else None)
+    return out, lens
+
+
+def format_targets(targets: list[dict[str, Any]], names: list[str]) -> str:
+    lines = ["target                                   " + "  ".join(f"{n[-12:]:>12s}" for n in names) + "  met"]
+    for t in targets:
+        cells = ["-" if v is None else f"{v:.3f}{'' if ok else ' x'}" for v, ok in zip(t["values"], t["met"],
+                                                                                   strict=True)]
+        lines.append(f"{t['target'] + ' ' + t['op'] + ' ' + format(t['threshold'], 'g'):40s} "
+                     + "  ".join(f"{c:>12s}" for c in cells) + f"  {t['met_runs']}/{t['runs']}")
+    return "\n".join(lines)
 
 
 def format_summary(summary: list[dict[str, Any]], lens: dict[str, list[float | None]]) -> str:
@@ -61,7 +139,9 @@ def format_summary(summary: list[dict[str, Any]], lens: dict[str, list[float | N
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a 20-step model and few documents (pipeline check)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="a tiny.pt from `megacontext eval train-tiny`")
+    p.add_argument("--checkpoint", type=Path, action="append", default=None,
+                   help="a tiny.pt from `megacontext eval train-tiny`; repeat it for several training runs of one "
+                        "recipe (summarised across the runs too)")
     p.add_argument("--seeds", default="1234", help="evaluation seeds (comma list); report seeds you did not tune on")
     p.add_argument("--lengths", default=None, help="lengths as multiples of W (default 1,2,4,8,16; quick 1,2,4,8)")
     p.add_argument("--expand-neighbours", type=int, default=None, help="ablation: override the MC arm's knob")
@@ -79,46 +159,85 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--seeds: expected a comma list of integers, got {args.seeds!r}")
     if not seeds:
         p.error("--seeds: give at least one seed")
-    ckpt = args.checkpoint
-    if ckpt is None:
+    checkpoints = list(args.checkpoint or [])
+    missing = [str(c) for c in checkpoints if not c.exists()]
+    if missing:
+        p.error(f"--checkpoint: no such file or directory: {', '.join(missing)}")
+    if len(set(checkpoints)) != len(checkpoints):
+        p.error("--checkpoint: the same checkpoint is given twice")
+    if not checkpoints:
         out = args.json.parent / "long_context_model"
         train = ["eval", "train-tiny", "--out", str(out)]
         if args.quick:
             train += ["--plain-steps", "10", "--mc-steps", "10"]
         if megacontext(train) != 0:
             return 1
-        ckpt = out / "tiny.pt"
-    results = []
-    for i, seed in enumerate(seeds):
-        seed_json = args.json.with_name(f"{args.json.stem}_seed{seed}.json")
-        cmd = ["eval", "long-context", "--checkpoint", str(ckpt), "--budget", "64", "--json", str(seed_json),
-               "--seed", str(seed), "--lengths", args.lengths or ("1,2,4,8" if args.quick else "1,2,4,8,16")]
-        if args.quick:
-            cmd += ["--samples", "2", "--recall-docs", "2", "--lens-docs", "2"]
-        if args.arms is not None:
-            cmd += ["--arms", args.arms]
-        for flag, value in (("--expand-neighbours", args.expand_neighbours),
-                            ("--expand-threshold", args.expand_threshold),
-                            ("--collapse-threshold", args.collapse_threshold),
-                            ("--max-replacements", args.max_replacements),
-                            ("--iterations", args.iterations)):
-            if value is not None:
-                cmd += [flag, str(value)]
-        if i == 0 and args.png is not None:
-            cmd += ["--png", str(args.png)]
-        if megacontext(cmd) != 0:
-            return 1
-        results.append(json.loads(seed_json.read_text()))
-    summary = summarise(results)
-    lens = {key: [r.get(key) for r in results] for key in LENS_KEYS.values()}
+        checkpoints = [out / "tiny.pt"]
+    runs = []
+    for k, ckpt in enumerate(checkpoints):
+        stem = args.json.stem if len(checkpoints) == 1 else f"{args.json.stem}_run{k}"
+        results = []
+        for i, seed in enumerate(seeds):
+            seed_json = args.json.with_name(f"{stem}_seed{seed}.json")
+            cmd = ["eval", "long-context", "--checkpoint", str(ckpt), "--budget", "64", "--json", str(seed_json),
+                   "--seed", str(seed), "--lengths", args.lengths or ("1,2,4,8" if args.quick else "1,2,4,8,16")]
+            if args.quick:
+                cmd += ["--samples", "2", "--recall-docs", "2", "--lens-docs", "2"]
+            if args.arms is not None:
+                cmd += ["--arms", args.arms]
+            for flag, value in (("--expand-neighbours", args.expand_neighbours),
+                                ("--expand-threshold", args.expand_threshold),
+                                ("--collapse-threshold", args.collapse_threshold),
+                                ("--max-replacements", args.max_replacements),
+                                ("--iterations", args.iterations)):
+                if value is not None:
+                    cmd += [flag, str(value)]
+            if i == 0 and k == 0 and args.png is not None:
+                cmd += ["--png", str(args.png)]
+            if megacontext(cmd) != 0:
+                return 1
+            results.append(json.loads(seed_json.read_text()))
+        summary = summarise(results)
+        lens = {key: [r.get(key) for r in results] for key in LENS_KEYS.values()}
+        print()
+        print(f"{ckpt}: summary over seeds {seeds} (mean ± population std)")
+        print(format_summary(summary, lens))
+        runs.append({"checkpoint": str(ckpt), "summary": summary, **lens, "per_seed": results})
+    targets = check_targets(runs)
+    names = [Path(r["checkpoint"]).parent.name or r["checkpoint"] for r in runs]
     print()
-    print(f"summary over seeds {seeds} (mean ± population std)")
-    print(format_summary(summary, lens))
+    print("targets (issue 11), per run; x: missed")
+    print(format_targets(targets, names))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"seeds": seeds, "checkpoint": str(ckpt), "summary": summary, **lens,
-                                     "per_seed": results}, indent=2) + "\n")
+    if len(runs) == 1:
+        payload: dict[str, Any] = {"seeds": seeds, **runs[0], "targets": targets}
+    else:
+        across, lens_across = summarise_runs(runs)
+        print()
+        print(f"across {len(runs)} training runs (mean ± population std of each run's mean)")
+        print(format_summary(across, {}))
+        for key, v in lens_across.items():
+            if v is not None:
+                print(f"{key}: {v['mean']:.3f} ± {v['std']:.3f} over {v['runs']} runs")
+        payload = {"seeds": seeds, "checkpoints": [r["checkpoint"] for r in runs], "runs": runs,
+                   "across_runs": across, "lens_across_runs": lens_across, "targets": targets}
+        plot_runs(args.png or args.json.with_name(f"{args.json.stem}_runs.png"), runs, names)
+    args.json.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0
+
+
+def plot_runs(path: Path, runs: list[dict[str, Any]], names: list[str]) -> None:
+    """MC passkey exact by length, one line per training run (the across-runs PNG)."""
+    series = {}
+    for name, run in zip(names, runs, strict=True):
+        cells = [(r["length_x"], r["passkey_acc"]["mean"]) for r in run["summary"]
+                 if r["arm"] == "mc" and r["passkey_acc"] is not None]
+        if cells:
+            series[name] = ([float(x) for x, _ in cells], [float(v) for _, v in cells])
+    if series:
+        plot_lines(path, series, title="MC passkey exact per training run", xlabel="length (x W)",
+                   ylabel="passkey exact", logx=True, hline=(0.90, "8x target"))
 
 
 if __name__ == "__main__":
