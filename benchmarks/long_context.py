@@ -48,6 +48,14 @@ summary means; arm ``mc-uniform`` is the difference of the two arms, ``lens`` th
 ``LENS_KEYS`` value (its magnitude). A target whose cell a run does not report is null, not met."""
 
 
+def spread(vals: list[float], unit: str) -> dict[str, float] | None:
+    """``{mean, std (population), min, max, UNIT: count}`` of ``vals``, None when there are none."""
+    if not vals:
+        return None
+    return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "min": float(min(vals)),
+            "max": float(max(vals)), unit: len(vals)}
+
+
 def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (arm, length): ``{metric: {"mean", "std", "min", "max"}}`` over the seeds that report it."""
     keys = [(r["arm"], r["length_x"]) for r in results[0]["rows"]]
@@ -57,8 +65,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for m in METRICS:
             vals = [r.get(m) for res in results for r in res["rows"] if r["arm"] == arm and r["length_x"] == x]
             vals = [float(v) for v in vals if v is not None]
-            row[m] = ({"mean": float(np.mean(vals)), "std": float(np.std(vals)), "min": float(min(vals)),
-                       "max": float(max(vals)), "seeds": len(vals)} if vals else None)
+            row[m] = spread(vals, "seeds")
         out.append(row)
     return out
 
@@ -99,14 +106,12 @@ def summarise_runs(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], di
         row: dict[str, Any] = {"arm": arm, "length_x": x}
         for m in METRICS:
             vals = [v for v in (_run_mean(run["summary"], arm, x, m) for run in runs) if v is not None]
-            row[m] = ({"mean": float(np.mean(vals)), "std": float(np.std(vals)), "min": float(min(vals)),
-                       "max": float(max(vals)), "runs": len(vals)} if vals else None)
+            row[m] = spread(vals, "runs")
         out.append(row)
     lens: dict[str, dict[str, float] | None] = {}
     for key in LENS_KEYS.values():
         means = [float(np.mean(v)) for v in ([x for x in run.get(key) or () if x is not None] for run in runs) if v]
-        lens[key] = ({"mean": float(np.mean(means)), "std": float(np.std(means)), "min": float(min(means)),
-                      "max": float(max(means)), "runs": len(means)} if means else None)
+        lens[key] = spread(means, "runs")
     return out, lens
 
 
