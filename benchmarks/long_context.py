@@ -210,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"checkpoint": str(ckpt), "summary": summary, **lens, "per_seed": results})
     targets = check_targets(runs)
     names = [Path(r["checkpoint"]).parent.name or r["checkpoint"] for r in runs]
+    if len(set(names)) < len(names):  # runs/a/tiny.pt and other/a/tiny.pt: the paths tell them apart
+        names = [r["checkpoint"] for r in runs]
     print()
     print("targets (issue 11), per run; x: missed")
     print(format_targets(targets, names))
@@ -226,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{key}: {v['mean']:.3f} ± {v['std']:.3f} over {v['runs']} runs")
         payload = {"seeds": seeds, "checkpoints": [r["checkpoint"] for r in runs], "runs": runs,
                    "across_runs": across, "lens_across_runs": lens_across, "targets": targets}
-        plot_runs(args.png or args.json.with_name(f"{args.json.stem}_runs.png"), runs, names)
+        base = args.png or args.json  # --png is the first seed's heatmap; the runs' plot goes beside it
+        plot_runs(base.with_name(f"{base.stem}_runs.png"), runs, names)
     args.json.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0

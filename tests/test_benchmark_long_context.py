@@ -100,6 +100,35 @@ def test_several_checkpoints_are_evaluated_on_the_same_documents_and_summarised(
     assert (tmp_path / "bench" / "lc_runs.png").exists()
 
 
+def test_the_runs_plot_does_not_overwrite_the_first_seeds_heatmap(bench, tmp_path, monkeypatch) -> None:
+    written: list[tuple[str, tuple[str, ...]]] = []
+
+    def fake_eval(argv: list[str]) -> int:  # what `megacontext eval long-context` writes, minus the work
+        js = Path(argv[argv.index("--json") + 1])
+        run = _run(bench, 0.9, 0.8, 0.0, 0.05, 0.05, [0.1])
+        rows = [{**{m: None if r[m] is None else r[m]["mean"] for m in bench.METRICS}, "arm": r["arm"],
+                 "length_x": r["length_x"]} for r in run["summary"]]
+        js.write_text(json.dumps({"rows": rows, "lens_rank_corr": 0.1}))
+        if "--png" in argv:
+            written.append(("heatmap", (argv[argv.index("--png") + 1],)))
+        return 0
+
+    monkeypatch.setattr(bench, "megacontext", fake_eval)
+    monkeypatch.setattr(bench, "plot_lines", lambda path, series, **kw: written.append(("runs", tuple(series))))
+    ckpts = []
+    for parent in ("x", "y"):  # two folders named "a": the runs are told apart by their paths
+        (tmp_path / parent / "a").mkdir(parents=True)
+        (tmp_path / parent / "a" / "tiny.pt").write_bytes(b"")
+        ckpts += ["--checkpoint", str(tmp_path / parent / "a" / "tiny.pt")]
+    png = tmp_path / "heat.png"
+    assert bench.main([*ckpts, "--seeds", "1", "--json", str(tmp_path / "r.json"), "--png", str(png)]) == 0
+    monkeypatch.setattr(bench, "plot_runs", lambda path, runs, names: written.append(("path", (str(path),))))
+    assert bench.main([*ckpts, "--seeds", "1", "--json", str(tmp_path / "r.json"), "--png", str(png)]) == 0
+    assert written[0] == ("heatmap", (str(png),))
+    assert written[1] == ("runs", tuple(c for c in ckpts if c != "--checkpoint"))
+    assert written[-1] == ("path", (str(tmp_path / "heat_runs.png"),))
+
+
 def test_a_checkpoint_given_twice_or_missing_is_refused(bench, tmp_path, capsys) -> None:
     ck = tmp_path / "tiny.pt"
     ck.write_bytes(b"")
