@@ -48,6 +48,10 @@ summary means; arm ``mc-uniform`` is the difference of the two arms, ``lens`` th
 ``LENS_KEYS`` value (its magnitude). A target whose cell a run does not report is null, not met."""
 
 
+TOLERANCE = 1e-9
+"""A target's threshold is met within this (means of document fractions are not exact in floating point)."""
+
+
 def spread(vals: list[float], unit: str) -> dict[str, float] | None:
     """``{mean, std (population), min, max, UNIT: count}`` of ``vals``, None when there are none."""
     if not vals:
@@ -91,7 +95,9 @@ def check_targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for name, arm, x, metric, op, threshold in TARGETS:
         values = [target_value(run, arm, x, metric) for run in runs]
-        met = [v is not None and (v >= threshold if op == ">=" else v <= threshold) for v in values]
+        # the mean of 0.95, 0.85 and 0.9 is 0.8999999999999999 in floating point: at the target is met
+        met = [v is not None and (v >= threshold - TOLERANCE if op == ">=" else v <= threshold + TOLERANCE)
+               for v in values]
         out.append({"target": name, "op": op, "threshold": threshold, "values": values, "met": met,
                     "met_runs": sum(met), "runs": len(runs)})
     return out
@@ -116,12 +122,13 @@ def summarise_runs(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], di
 
 
 def format_targets(targets: list[dict[str, Any]], names: list[str]) -> str:
-    lines = ["target                                   " + "  ".join(f"{n[-12:]:>12s}" for n in names) + "  met"]
+    w = max(9, *(len(n) for n in names))
+    lines = [f"{'target':40s} " + "  ".join(f"{n:>{w}s}" for n in names) + "  met"]
     for t in targets:
-        cells = ["-" if v is None else f"{v:.3f}{'' if ok else ' x'}" for v, ok in zip(t["values"], t["met"],
-                                                                                   strict=True)]
+        cells = ["- x" if v is None else f"{v:.3f}{'' if ok else ' x'}" for v, ok in zip(t["values"], t["met"],
+                                                                                     strict=True)]
         lines.append(f"{t['target'] + ' ' + t['op'] + ' ' + format(t['threshold'], 'g'):40s} "
-                     + "  ".join(f"{c:>12s}" for c in cells) + f"  {t['met_runs']}/{t['runs']}")
+                     + "  ".join(f"{c:>{w}s}" for c in cells) + f"  {t['met_runs']}/{t['runs']}")
     return "\n".join(lines)
 
 

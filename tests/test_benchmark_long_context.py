@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from megacontext_plugin.cli import main
@@ -56,6 +57,12 @@ def test_targets_read_each_runs_means_and_say_which_are_met(bench) -> None:
     rank = targets["|lens_rank_corr|"]  # the magnitude of each run's mean over its seeds
     assert rank["values"] == pytest.approx([0.85, 0.2]) and rank["met"] == [True, False]
     assert all(t["runs"] == 2 for t in targets.values())
+    # run d4's 8x over seeds 11-13 and 0.3 - 0.2, in floating point
+    at = [_run(bench, float(np.mean([0.95, 0.85, 0.9])), 0.75, 0.4, 0.1, 0.30000000000000004 - 0.2, [0.8])]
+    assert at[0]["summary"][2]["passkey_acc"]["mean"] < 0.9
+    assert all(t["met"] == [True] for t in bench.check_targets(at))  # at the threshold is met
+    assert not any(t["met"][0] for t in bench.check_targets([_run(bench, 0.8999, 0.7499, 0.4, 0.1001, 0.1001,
+                                                                       [0.7999])]))
 
 
 def test_across_runs_is_the_spread_of_the_runs_means(bench) -> None:
