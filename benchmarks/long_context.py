@@ -60,8 +60,9 @@ def spread(vals: list[float], unit: str) -> dict[str, float] | None:
             "max": float(max(vals)), unit: len(vals)}
 
 
-def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (arm, length): ``{metric: {"mean", "std", "min", "max"}}`` over the seeds that report it."""
+def summarise(results: list[dict[str, Any]], unit: str = "seeds") -> list[dict[str, Any]]:
+    """Per (arm, length) of ``results[i]["rows"]``: ``{metric: {"mean", "std", "min", "max", UNIT}}`` over
+    the results that report it (the seeds of one run, or the runs' means: ``run_means``)."""
     keys = [(r["arm"], r["length_x"]) for r in results[0]["rows"]]
     out = []
     for arm, x in keys:
@@ -69,7 +70,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for m in METRICS:
             vals = [r.get(m) for res in results for r in res["rows"] if r["arm"] == arm and r["length_x"] == x]
             vals = [float(v) for v in vals if v is not None]
-            row[m] = spread(vals, "seeds")
+            row[m] = spread(vals, unit)
         out.append(row)
     return out
 
@@ -103,17 +104,16 @@ def check_targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def run_means(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's ``summary`` as one result's ``rows``: each metric's mean over the run's seeds (or None)."""
+    return {"rows": [{"arm": r["arm"], "length_x": r["length_x"],
+                      **{m: None if r[m] is None else r[m]["mean"] for m in METRICS}} for r in run["summary"]]}
+
+
 def summarise_runs(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, dict[str, float] | None]]:
     """Over training runs: per (arm, length) and metric, ``{mean, std, min, max, runs}`` of the runs' means
     (``summary`` of each); the same for each ``LENS_KEYS`` value (each run's mean over its seeds)."""
-    out = []
-    for row0 in runs[0]["summary"]:
-        arm, x = row0["arm"], row0["length_x"]
-        row: dict[str, Any] = {"arm": arm, "length_x": x}
-        for m in METRICS:
-            vals = [v for v in (_run_mean(run["summary"], arm, x, m) for run in runs) if v is not None]
-            row[m] = spread(vals, "runs")
-        out.append(row)
+    out = summarise([run_means(run) for run in runs], "runs")
     lens: dict[str, dict[str, float] | None] = {}
     for key in LENS_KEYS.values():
         means = [float(np.mean(v)) for v in ([x for x in run.get(key) or () if x is not None] for run in runs) if v]

@@ -42,6 +42,19 @@ def _private_nanochat_base_dir(tmp_path_factory: pytest.TempPathFactory) -> None
         os.environ["NANOCHAT_BASE_DIR"] = old
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``tiny.pt`` from ``megacontext eval train-tiny`` at its smallest (a few steps, a 1-layer model):
+    the end-to-end paths of the evaluation and its benchmark, not its numbers."""
+    from megacontext_plugin.cli import main
+
+    out = tmp_path_factory.mktemp("tiny-checkpoint")
+    assert main(["eval", "train-tiny", "--out", str(out), "--plain-steps", "3", "--mc-steps", "2",
+                 "--plain-len", "128", "--plain-batch", "2", "--mc-len", "256", "--mc-batch", "2",
+                 "--mix-batch", "1", "--threads", "1", "--width", "32", "--heads", "2", "--layers", "1"]) == 0
+    return out / "tiny.pt"
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
     """Strict mode: an `integration` test that skips (no NANOCHAT_DIR, a missing dependency) fails, so a

@@ -121,13 +121,9 @@ def test_min_task_len_is_the_shortest_document_the_plain_phase_can_write() -> No
             make_batch(np.random.default_rng(seed), 4, MIN_TASK_LEN - 1)
 
 
-def test_eval_runs_end_to_end_on_a_tiny_checkpoint(tmp_path) -> None:
-    out = tmp_path / "ck"
-    assert main(["eval", "train-tiny", "--out", str(out), "--plain-steps", "3", "--mc-steps", "2",
-                 "--plain-len", "128", "--plain-batch", "2", "--mc-len", "256", "--mc-batch", "2",
-                 "--mix-batch", "1", "--threads", "1", "--width", "32", "--heads", "2", "--layers", "1"]) == 0
+def test_eval_runs_end_to_end_on_a_tiny_checkpoint(tmp_path, tiny_checkpoint) -> None:
     js = tmp_path / "eval.json"
-    assert main(["eval", "long-context", "--checkpoint", str(out / "tiny.pt"), "--budget", "64",
+    assert main(["eval", "long-context", "--checkpoint", str(tiny_checkpoint), "--budget", "64",
                  "--lengths", "1,2,8", "--depths", "0,1", "--samples", "1", "--recall-docs", "1",
                  "--lens-docs", "1", "--json", str(js)]) == 0
     result = json.loads(js.read_text())
