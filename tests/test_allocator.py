@@ -335,3 +335,23 @@ def test_the_default_allocator_drills_into_the_best_gist_before_opening_the_next
     assert drilled.entries()[:4] == [(1, 0), (0, 2), (0, 3), (2, 1)]
     spread, _ = alloc(budget=len(wc) + 2, max_replacements=8, iterations=1).refocus(wc, scorer)
     assert spread.entries()[:4] == [(1, 0), (1, 1), (1, 2), (1, 3)]
+
+
+def test_an_open_island_is_read_against_the_typical_gist_not_closed_for_low_absolute_scores() -> None:
+    # K = 2, 12 tokens: level-1 gists over [0, 2) and [2, 4), a raw island [4, 6), a gist over [6, 8),
+    # the protected tail [8, 12). This run's LensNet scores everything low: the gists -0.6, the island
+    # -0.35. Read absolutely the island would close (below -0.3); relative to the median gist it
+    # stands 0.25 above, and nothing closes. The edits do not depend on the level of the scores.
+    from megacontext_plugin.focus import score_through_view
+
+    wc = WorkingContext.from_entries([1, 1, 0, 0, 1, 0, 0, 0, 0], [0, 1, 4, 5, 3, 8, 9, 10, 11], 2, 12)
+
+    def lens(level: float) -> Callable[[WorkingContext], np.ndarray]:
+        return lambda w: np.where(w.levels > 0, -0.6, np.where(w.starts < 8, -0.35, 0.0)).astype(np.float32) + level
+
+    for level in (0.0, 0.5, -0.3):
+        out, report = alloc(recent_tokens=4, collapse_threshold=0.3, expand_threshold=0.1).refocus(
+            wc, score_through_view(lens(level), 1))
+        assert out.entries() == wc.entries() and report.collapses == 0
+    absolute, report = alloc(recent_tokens=4, collapse_threshold=0.3).refocus(wc, lens(0.0))
+    assert (1, 2) in absolute.entries()  # read absolutely, the island [4, 6) closes

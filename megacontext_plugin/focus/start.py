@@ -9,10 +9,13 @@ level replaced by its descendants at that level, each entry's utility the larges
 entries it covers. A coarse gist is then worth opening exactly when one of its descendants is,
 and the start costs coarse gists' entries only (D29).
 
-The allocator reads LensNet's gist utilities **relative to the working context's median gist**:
+The allocator reads LensNet's utilities **relative to the working context's median gist**:
 LensNet's distillation fixes the gaps between its scores, not their level, which differs from run
 to run, so an absolute expand threshold meant something else in every run; relative to the
-typical gist, the threshold reads "stands out from the gists around it by more than t" (D31).
+typical gist, the threshold reads "stands out from the gists around it by more than t" (D31). Raw
+entries are read against the same reference, so a collapse threshold means "falls below the
+typical gist by more than t" in every run, and an open island is not closed because its run's
+LensNet scores raw tokens low in absolute terms (D33).
 """
 
 from __future__ import annotations
@@ -49,19 +52,20 @@ def lens_view(wc: WorkingContext, level: int | None) -> WorkingContext:
 
 
 def relative_to_median_gist(wc: WorkingContext, utilities_W: np.ndarray) -> np.ndarray:
-    """``utilities[W]`` with every gist's utility minus the median utility of ``wc``'s gists,
-    clipped to [-1, 1]; raw entries keep theirs (D31)."""
+    """``utilities[W]`` with every entry's utility, raw or gist, minus the median utility of
+    ``wc``'s gists, clipped to [-1, 1]; unchanged when ``wc`` holds no gist (D31, D33)."""
     u_W = np.asarray(utilities_W, dtype=np.float32).copy()
     gist_W = wc.levels > 0
     if gist_W.any():
-        u_W[gist_W] = np.clip(u_W[gist_W] - np.median(u_W[gist_W]), -1.0, 1.0)
+        u_W = np.clip(u_W - np.median(u_W[gist_W]), -1.0, 1.0)
     return u_W
 
 
 def pool_view(wc: WorkingContext, view: WorkingContext, view_utilities: np.ndarray) -> np.ndarray:
     """``utilities[W]`` of ``wc`` from ``view_utilities[V]`` of its ``lens_view``: each entry's
     largest over the view entries it covers (its own where the view holds it unchanged), gists
-    then read relative to their median (``relative_to_median_gist``): what the allocator acts on."""
+    then every entry read relative to the median gist (``relative_to_median_gist``): what the
+    allocator acts on."""
     u_V = np.asarray(view_utilities, dtype=np.float32)
     if view is wc:
         return relative_to_median_gist(wc, u_V)
