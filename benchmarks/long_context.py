@@ -80,11 +80,17 @@ def _run_mean(summary: list[dict[str, Any]], arm: str, x: int, metric: str) -> f
     return None if cell is None else float(cell["mean"])
 
 
+def lens_mean(run: dict[str, Any], key: str) -> float | None:
+    """One run's mean over its seeds of the ``LENS_KEYS`` value ``key`` (None where no seed reports it)."""
+    vals = [float(v) for v in run.get(key) or () if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
 def target_value(run: dict[str, Any], arm: str, x: int, metric: str) -> float | None:
     """One run's value for a ``TARGETS`` entry (``run``: ``summary`` and the ``LENS_KEYS`` lists)."""
     if arm == "lens":
-        vals = [float(v) for v in run.get(metric) or () if v is not None]
-        return abs(float(np.mean(vals))) if vals else None
+        mean = lens_mean(run, metric)
+        return None if mean is None else abs(mean)
     if arm == "mc-uniform":
         mc, uniform = _run_mean(run["summary"], "mc", x, metric), _run_mean(run["summary"], "uniform", x, metric)
         return None if mc is None or uniform is None else mc - uniform
@@ -114,10 +120,8 @@ def summarise_runs(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], di
     """Over training runs: per (arm, length) and metric, ``{mean, std, min, max, runs}`` of the runs' means
     (``summary`` of each); the same for each ``LENS_KEYS`` value (each run's mean over its seeds)."""
     out = summarise([run_means(run) for run in runs], "runs")
-    lens: dict[str, dict[str, float] | None] = {}
-    for key in LENS_KEYS.values():
-        means = [float(np.mean(v)) for v in ([x for x in run.get(key) or () if x is not None] for run in runs) if v]
-        lens[key] = spread(means, "runs")
+    lens = {key: spread([m for m in (lens_mean(run, key) for run in runs) if m is not None], "runs")
+            for key in LENS_KEYS.values()}
     return out, lens
 
 
