@@ -128,6 +128,13 @@ class MCConfig:
     mc_train_wc_length: float = _knob(0.2, "final working-context length as a fraction of the sequence "
                                       "length (curriculum anneals from 0.8 down to this)",
                                       check=_open_unit, allowed="a fraction in (0, 1]")
+    mc_plain_steps: int = _knob(0, "base_train: the first N optimizer steps train the model plainly (full "
+                                "attention, no controller), so it learns to read its own context before it "
+                                "reads gists; the curriculum anneals over the steps after them",
+                                check=_nonneg, allowed="an integer >= 0")
+    mc_anneal_fraction: float = _knob(1.0, "base_train: share of the MC steps over which the budget anneals to "
+                                      "--mc_train_wc_length (it stays there for the rest)",
+                                      check=_open_unit, allowed="a fraction in (0, 1]")
     mc_horizon: int = _knob(0, "H: tail tokens (raw in every variant) on which ΔNLL@H is measured; LensNet's "
                             "query is the H tokens before them (0 = sequence length / 16, within [8, 64])",
                             check=_nonneg, allowed="0 (auto) or an integer >= 1")

@@ -287,6 +287,11 @@ class MegaContextPlugin:
             saved = read_matching(path, training.controller.cfg, training.controller.device_)
         except CheckpointError as e:
             _fail(str(e))
+        if saved is None and step <= training.plain_steps:  # the plain phase saves no MegaContext state
+            _say(f"resuming at step {step}, within --mc_plain_steps {training.plain_steps}: GistNet and LensNet "
+                 f"start fresh")
+            training.step = step
+            return
         if saved is None:
             _fail(f"resuming from step {step} with --mc, but {path} is missing: the checkpoint was saved "
                   f"without MegaContext (drop --mc, or resume from a step saved with it)")

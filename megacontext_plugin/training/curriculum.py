@@ -5,7 +5,7 @@ down to ``--mc_train_wc_length`` over training, rounded down to a multiple of ``
 (a handful of distinct shapes per run, each compiled once) and never below the smallest budget
 that leaves random variants a choice.
 
-``auto_batch`` (``--mc_auto_batch 1``): a ``--mc`` step feeds the base model ``V`` rows of up to
+``auto_batch`` (``--mc_auto_batch 1``): an MC step feeds the base model ``V`` rows of up to
 ``W`` entries per sequence instead of one row of ``T`` tokens. The multiplier
 ``m = V * W / T`` says how much more the base model processes. Auto-batch divides the device
 batch by the peak multiplier (the first steps, ``W`` = 80% of T: memory stays that of vanilla)
@@ -29,12 +29,14 @@ def smallest_useful_budget(sequence_len: int, block_size: int, recent_tokens: in
 
 
 def curriculum_budget(cfg: MCConfig, step: int, total_steps: int, sequence_len: int, floor: int) -> int:
-    """Working-context entries per variant at ``step`` of ``total_steps``, never below ``floor``
-    (``smallest_useful_budget``, computed once by the caller: it is constant over a run)."""
+    """Working-context entries per variant at MC step ``step`` of ``total_steps``, never below ``floor``
+    (``smallest_useful_budget``, computed once by the caller: it is constant over a run). The budget
+    reaches its final value after ``--mc_anneal_fraction`` of the steps and stays there."""
     T = sequence_len
     final = cfg.mc_train_wc_length
     start = max(0.8, final)
-    frac = start + (final - start) * min(1.0, step / max(1, total_steps - 1))
+    anneal_steps = max(1.0, cfg.mc_anneal_fraction * total_steps - 1)
+    frac = start + (final - start) * min(1.0, step / anneal_steps)
     if cfg.mc_wc_budget:
         frac = min(frac, cfg.mc_wc_budget / T)
     quantum = max(cfg.block_size, T // 16)
@@ -72,7 +74,9 @@ def auto_batch(cfg: MCConfig, device_batch_size: int, num_iterations: int, seque
     if not cfg.mc_auto_batch:
         return AutoBatchPlan(device_batch_size, num_iterations, peak, mean, applied=False)
     batch = max(1, math.floor(device_batch_size / peak))
-    iterations = max(1, round(num_iterations / mean))
+    # the plain steps (--mc_plain_steps) feed the base model what vanilla does: only the MC steps shrink
+    plain = min(cfg.mc_plain_steps, num_iterations)
+    iterations = plain + max(1, round((num_iterations - plain) / mean)) if num_iterations > plain else plain
     return AutoBatchPlan(batch, iterations, peak, mean, applied=True)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import MCConfig
+from ..config import ConfigError, MCConfig
 from ..nets import model_device, model_dims, model_wte
 from ..telemetry.lifecycle import ClosedAtExit
 from .controller import MCBatch, MCController
@@ -41,9 +41,15 @@ class TrainingRun:
 
     def __init__(self, cfg: MCConfig, model: nn.Module, *, num_iterations: int, stage: str) -> None:
         dim, head_dim, sequence_len = model_dims(model)
-        self.controller = MCController(cfg, dim=dim, head_dim=head_dim, sequence_len=sequence_len,
-                                       total_steps=max(1, num_iterations), device=model_device(model))
         self.anneal = stage == "base"
+        self.plain_steps = cfg.mc_plain_steps if self.anneal else 0
+        """base_train's first steps, trained plainly (``--mc_plain_steps``); the curriculum counts from the end."""
+        if self.plain_steps and self.plain_steps >= num_iterations:
+            raise ConfigError(f"--mc_plain_steps {self.plain_steps} leaves no MegaContext step of base_train's "
+                              f"{num_iterations} iterations")
+        self.controller = MCController(cfg, dim=dim, head_dim=head_dim, sequence_len=sequence_len,
+                                       total_steps=max(1, num_iterations - self.plain_steps),
+                                       device=model_device(model))
         self.step = 0
         """The host's next optimizer step."""
         self.monitor: TrainingMonitor | None = None
@@ -55,8 +61,14 @@ class TrainingRun:
 
     @property
     def budget_step(self) -> int:
-        """The step the curriculum reads: base_train's own; later stages sit at the final budget."""
-        return self.step if self.anneal else self.controller.total_steps
+        """The step the curriculum reads: base_train's own after its plain steps; later stages sit at
+        the final budget."""
+        return max(0, self.step - self.plain_steps) if self.anneal else self.controller.total_steps
+
+    @property
+    def plain(self) -> bool:
+        """Whether this step is one of base_train's plain steps (``--mc_plain_steps``)."""
+        return self.step < self.plain_steps
 
     def start_monitor(self, model: nn.Module, stage: str) -> str | None:
         """Open the run's telemetry (``TelemetryConfigError`` for an OTLP mistake); returns the line
@@ -86,7 +98,10 @@ class TrainingRun:
 
     # ---- one step ------------------------------------------------------------------------------
     def forward_batch(self, model: nn.Module, idx_BT: torch.Tensor, targets_BT: torch.Tensor) -> MCBatch | None:
-        """The packed variants of one micro-batch, or None: too short to compress, the plain forward trains it."""
+        """The packed variants of one micro-batch, or None: a plain step (``--mc_plain_steps``) or too short
+        to compress, the plain forward trains it."""
+        if self.plain:
+            return None
         idx_BT, targets_BT = align_right(idx_BT, targets_BT)  # SFT's right padding: its tails become supervised
         wte = model_wte(model)
         batch = self.controller.process_batch(idx_BT, targets_BT, wte, self.budget_step,

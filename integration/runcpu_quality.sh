@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# nanochat's own model learning to read a working context of gists, on CPU and offline, in under 45
+# minutes on 2 cores: nanochat's scripts (tok_train, base_train, mid_train, chat_sft) on the long-context
+# corpus, then the post-run validation and the report.
+#
+#   bash integration/runcpu_quality.sh [--mc] [MegaContext knobs...]
+#
+# The pretraining corpus (`megacontext corpus`): planted pass keys, key/value recall, copies and
+# chunks of the standard library's Python source (a seeded split of its files; the run trains on
+# those listed in corpus_train_files.txt). base_train runs twice on it, as nanochat resumes:
+#   1. plain: full attention at a short window on short documents (retrieval is learned first, with
+#      few distractors);
+#   2. resumed at the long window on documents of exactly that many tokens, so that each training
+#      row is one document whose answer ends the row; with --mc these are the MegaContext steps
+#      (--mc_plain_steps names the plain phase, the curriculum anneals over the rest).
+# Without --mc the same two invocations train the same model plainly: the baseline.
+# Then mid_train and chat_sft on `megacontext tasks` conversations longer than the window, base_eval
+# (with --mc: the MegaContext validation) and the report. Everything lands in $MC_RUNCPU_DIR
+# (default .mc/runcpu_quality), wiped first. Sizes come from the MC_Q_* variables below (the
+# defaults are the recipe; the tests shrink them).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+TOOL=runcpu_quality
+. "$ROOT/integration/lib.sh"
+
+mc_require_flag "$@"
+SEQ_PLAIN=${MC_Q_SEQ_PLAIN:-512}       # the plain phase's window (tokens)
+SEQ=${MC_Q_SEQ:-1024}                  # the model's window from the second phase on
+BUDGET=${MC_Q_BUDGET:-64}              # W: working-context entries (8x W = 512 fits the window: ΔNLL@H at 8x)
+PLAIN_STEPS=${MC_Q_PLAIN_STEPS:-2200}  # optimizer steps of the plain phase
+STEPS=${MC_Q_STEPS:-500}               # optimizer steps of the second phase
+BATCH_TOKENS=${MC_Q_BATCH_TOKENS:-8192}
+DEPTH=${MC_Q_DEPTH:-2}
+VOCAB=${MC_Q_VOCAB:-2048}
+MID_STEPS=${MC_Q_MID_STEPS:-60}
+SFT_STEPS=${MC_Q_SFT_STEPS:-40}
+WARMUP_DOCS=${MC_Q_WARMUP_DOCS:-75000} # short documents (the plain phase reads about this many)
+LONG_DOCS=${MC_Q_LONG_DOCS:-4400}      # documents of exactly SEQ tokens (the second phase's)
+MIX=${MC_Q_MIX:-passkey=0.35,recall=0.25,copy=0.1,python=0.3}
+MC_ARGS=()
+if [ $# -gt 0 ]; then
+    # the stand-in's geometry (D25): blocks of 8, a 16-token protected tail, H = 16, W = BUDGET; light aux nets;
+    # the curriculum anneals over the first 10% of the MC steps; no auto-batch (the steps are the recipe's)
+    MC_ARGS=(--block_size 8 --allocator_recent_tokens 16 --mc_horizon 16
+             --mc_train_wc_length "$(awk "BEGIN{print $BUDGET/$SEQ}")" --mc_anneal_fraction 0.1
+             --mc_auto_batch 0 --gistnet_layers 1 --lensnet_layers 1 --lensnet_dim 64
+             --allocator_expand_threshold 0.1 --allocator_collapse_threshold 0.3 --mc_telemetry_every 50
+             --mc_eval_lengths 2,4,8 "$@")
+fi
+
+mc_load_env
+mc_ensure_nanochat cpu
+mc_use_plugin
+mc_check_knobs ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+RUN_DIR=${MC_RUNCPU_DIR:-$ROOT/.mc/runcpu_quality}
+rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"
+export NANOCHAT_BASE_DIR="$RUN_DIR" NANOCHAT_TASK_DIR="$RUN_DIR/tasks"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} PYTHONPATH="$NC"
+[ ${#MC_ARGS[@]} -gt 0 ] && export NANOCHAT_PLUGINS=megacontext || export NANOCHAT_PLUGINS=none
+RUN=${WANDB_RUN:-dummy}
+MODEL=(--device-type cpu)
+LOG="$RUN_DIR/runcpu_quality.log"
+
+START=$SECONDS
+stage() {  # stage NAME command...: run one stage with its timing; a failing stage stops the run
+    local name=$1 t0=$SECONDS; shift
+    say "== $name"
+    if ! (cd "$NC" && "$@") 2>&1 | tee -a "$LOG"; then
+        die "$name failed; the full log is $LOG"
+    fi
+    say "$name: $((SECONDS - t0)) s"
+    echo "$name $((SECONDS - t0))" >>"$RUN_DIR/stage_seconds.txt"
+}
+say "output in $RUN_DIR; MegaContext: $([ ${#MC_ARGS[@]} -gt 0 ] && echo "on (${MC_ARGS[*]})" || echo off)"
+DATA="$RUN_DIR/base_data"
+# nanochat reads shards in name order, the last one as validation: the short documents first, then the
+# long ones (written after the tokenizer, which sets their length in tokens), renumbered after them
+WARM_SHARDS=$(( (WARMUP_DOCS + 1999) / 2000 ))
+stage "data (short documents)" "$PY" -m megacontext_plugin.cli corpus --out "$DATA" --shards $((WARM_SHARDS + 1)) \
+    --docs-per-shard $(( (WARMUP_DOCS + WARM_SHARDS - 1) / WARM_SHARDS )) --row-groups 16 --mix "$MIX" \
+    --min-chars 400 --max-chars 1400 --train-files-out "$RUN_DIR/corpus_train_files.txt"
+stage "report reset" "$PY" -m nanochat.report reset
+stage "tokenizer" "$PY" -m scripts.tok_train --max-chars 4000000 --vocab-size "$VOCAB"
+LONG_SHARDS=$(( (LONG_DOCS + 999) / 1000 ))
+stage "data (documents of $SEQ tokens)" "$PY" -m megacontext_plugin.cli corpus --out "$RUN_DIR/long_data" \
+    --shards $((LONG_SHARDS + 1)) --docs-per-shard $(( (LONG_DOCS + LONG_SHARDS - 1) / LONG_SHARDS )) --seed 1 \
+    --row-groups 8 --mix "$MIX" --doc-tokens "$SEQ" --tokenizer "$RUN_DIR/tokenizer"
+rm "$DATA/$(printf 'shard_%05d.parquet' "$WARM_SHARDS")"  # the short documents' validation shard
+for f in "$RUN_DIR"/long_data/shard_*.parquet; do
+    i=${f##*shard_}; i=$((10#${i%.parquet}))
+    mv "$f" "$DATA/$(printf 'shard_%05d.parquet' $((WARM_SHARDS + i)))"
+done
+rmdir "$RUN_DIR/long_data"
+stage "tasks" "$PY" -m megacontext_plugin.cli tasks --out "$NANOCHAT_TASK_DIR" --max-seq-len "$SEQ"
+BASE=(--run "$RUN" --depth "$DEPTH" --head-dim 64 --window-pattern L --total-batch-size "$BATCH_TOKENS"
+      --eval-tokens 65536 --core-metric-every -1 --sample-every -1)
+stage "base (plain, window $SEQ_PLAIN)" "$PY" -m scripts.base_train "${MODEL[@]}" "${BASE[@]}" \
+    --max-seq-len "$SEQ_PLAIN" --device-batch-size $((BATCH_TOKENS / SEQ_PLAIN)) \
+    --num-iterations "$PLAIN_STEPS" --warmdown-ratio 0 --eval-every $(( PLAIN_STEPS / 4 > 0 ? PLAIN_STEPS / 4 : 1 ))
+TOTAL=$((PLAIN_STEPS + STEPS))
+stage "base ($([ ${#MC_ARGS[@]} -gt 0 ] && echo MegaContext || echo plain), window $SEQ)" \
+    "$PY" -m scripts.base_train "${MODEL[@]}" "${BASE[@]}" --max-seq-len "$SEQ" \
+    --device-batch-size $((BATCH_TOKENS / SEQ)) --num-iterations "$TOTAL" --resume-from-step "$PLAIN_STEPS" \
+    --warmdown-ratio "$(awk "BEGIN{print 0.5 * $STEPS / $TOTAL}")" --eval-every "$STEPS" \
+    ${MC_ARGS[@]+"${MC_ARGS[@]}" --mc_plain_steps "$PLAIN_STEPS"}
+stage "mid" "$PY" -m scripts.mid_train "${MODEL[@]}" --run "$RUN" --dtype float32 --max-seq-len "$SEQ" \
+    --device-batch-size 4 --total-batch-size $((4 * SEQ)) --num-iterations "$MID_STEPS" --eval-every -1 \
+    --eval-tokens 16384 ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+stage "sft" "$PY" -m scripts.chat_sft "${MODEL[@]}" --run "$RUN" --dtype float32 --device-batch-size 4 \
+    --target-examples-per-step 8 --num-iterations "$SFT_STEPS" --eval-every "$SFT_STEPS" --eval-steps 4 --eval-metrics-every -1 \
+    ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+"$PY" -c "from megacontext_plugin.data.core_bundle import write_core_bundle; write_core_bundle('$RUN_DIR')"
+stage "base eval" "$PY" -m scripts.base_eval ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+stage "report" "$PY" -m nanochat.report generate
+say "done in $((SECONDS - START)) s: checkpoints in $RUN_DIR/{base,mid,chatsft}_checkpoints"
+say "evaluate: .venv/bin/megacontext eval long-context --checkpoint $RUN_DIR/base_checkpoints/d$DEPTH --budget $BUDGET"
