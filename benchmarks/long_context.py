@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import plot_lines
 
 from megacontext_plugin.cli import main as megacontext
-from megacontext_plugin.evaluation.long_context import LENS_KEYS
+from megacontext_plugin.evaluation.scoring import LENS_KEYS
 
 METRICS = ("passkey_acc", "passkey_digit", "recall_acc", "nll_h", "delta_nll_h", "swap_rate", "residency", "key_raw",
            "key_raw_reachable", "key_raw_acc")

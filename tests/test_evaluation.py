@@ -14,9 +14,10 @@ import torch
 
 from megacontext_plugin.cli import main
 from megacontext_plugin.context import WorkingContext
-from megacontext_plugin.evaluation import long_context as lc
+from megacontext_plugin.evaluation import documents, scoring
 from megacontext_plugin.evaluation.arms import Prediction, uniform_layout
 from megacontext_plugin.evaluation.checkpoint import decode, encode
+from megacontext_plugin.evaluation.codec import BYTES
 
 
 class Oracle:
@@ -37,38 +38,38 @@ class RandomModel:
 
 
 def test_documents_are_seeded_and_answers_checkable() -> None:
-    a = lc.make_passkey_docs(7, 256, [0.0, 0.5, 1.0], 3)
-    b = lc.make_passkey_docs(7, 256, [0.0, 0.5, 1.0], 3)
+    a = documents.make_passkey_docs(7, 256, [0.0, 0.5, 1.0], 3)
+    b = documents.make_passkey_docs(7, 256, [0.0, 0.5, 1.0], 3)
     assert [d.text for d in a] == [d.text for d in b]
-    assert [d.text for d in a] != [d.text for d in lc.make_passkey_docs(8, 256, [0.0, 0.5, 1.0], 3)]
+    assert [d.text for d in a] != [d.text for d in documents.make_passkey_docs(8, 256, [0.0, 0.5, 1.0], 3)]
     for d in a:
         assert f"The pass key is {d.answer}." in d.prompt and d.prompt.endswith(d.query)
         assert len(d.text) <= 256 and decode(encode(d.text)) == d.text
-    r = lc.make_recall_docs(7, 256, 4)
-    assert [d.text for d in r] == [d.text for d in lc.make_recall_docs(7, 256, 4)]
+    r = documents.make_recall_docs(7, 256, 4)
+    assert [d.text for d in r] == [d.text for d in documents.make_recall_docs(7, 256, 4)]
     for d in r:
         for k, v in zip(d.keys, d.values, strict=True):
             assert f"key {k} -> value {v}." in d.context
-    assert not lc.passkey_fits(64) and lc.passkey_fits(128)
+    assert not documents.passkey_fits(64) and documents.passkey_fits(128)
 
 
 def test_an_always_right_model_scores_100_and_a_random_one_chance() -> None:
-    pk = lc.make_passkey_docs(1, 256, [0.0, 0.5, 1.0], 10)
-    rc = lc.make_recall_docs(1, 256, 10)
-    score, exact, _ = lc.score_passkey(Oracle(), "any", pk)
+    pk = documents.make_passkey_docs(1, 256, [0.0, 0.5, 1.0], 10)
+    rc = documents.make_recall_docs(1, 256, 10)
+    score, exact, _ = scoring.score_passkey(Oracle(), "any", pk)
     assert score.exact == 1.0 and score.per_digit == 1.0 and exact == [1.0] * len(pk)
-    assert lc.score_recall(Oracle(), "any", rc)[0].query_accuracy == 1.0
-    assert lc.nll_at_h(Oracle(), "any", [d.text for d in pk], 16) == [0.0] * len(pk)
+    assert scoring.score_recall(Oracle(), "any", rc)[0].query_accuracy == 1.0
+    assert scoring.nll_at_h(Oracle(), "any", [d.text for d in pk], 16) == [0.0] * len(pk)
     rnd = RandomModel()
-    score, _, _ = lc.score_passkey(rnd, "any", pk)
+    score, _, _ = scoring.score_passkey(rnd, "any", pk)
     assert score.exact == 0.0 and score.per_digit < 0.05  # chance: 1/256 per byte
-    assert lc.score_recall(rnd, "any", rc)[0].query_accuracy == 0.0
-    assert np.allclose(lc.nll_at_h(rnd, "any", [d.text for d in pk], 16), np.log(256))
+    assert scoring.score_recall(rnd, "any", rc)[0].query_accuracy == 0.0
+    assert np.allclose(scoring.nll_at_h(rnd, "any", [d.text for d in pk], 16), np.log(256))
 
 
 def test_answer_span_is_the_digits_of_the_key_line() -> None:
-    for d in lc.make_passkey_docs(3, 300, [0.0, 0.5, 1.0], 2):
-        lo, hi = lc.answer_span(d)
+    for d in documents.make_passkey_docs(3, 300, [0.0, 0.5, 1.0], 2):
+        lo, hi = documents.answer_span(d)
         assert encode(d.prompt)[lo:hi].tolist() == list(d.answer.encode())
         assert d.prompt[lo - len("The pass key is "):lo] == "The pass key is "
 
@@ -92,10 +93,10 @@ def test_answer_focus_tells_a_raw_key_from_a_gist_and_the_budget_ceiling() -> No
 
 
 def test_spearman_on_hand_made_cases() -> None:
-    assert lc.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert lc.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert lc.spearman([1, 2, 3, 4], [1, 8, 27, 64]) == pytest.approx(1.0)  # ranks, not values
-    assert np.isnan(lc.spearman([1, 1, 1], [1, 2, 3]))
+    assert scoring.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert scoring.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert scoring.spearman([1, 2, 3, 4], [1, 8, 27, 64]) == pytest.approx(1.0)  # ranks, not values
+    assert np.isnan(scoring.spearman([1, 1, 1], [1, 2, 3]))
 
 
 @pytest.mark.parametrize("n", [200, 512, 1000])
@@ -290,9 +291,9 @@ def test_lens_ranking_scores_the_layout_the_mc_arm_starts_from(start: str) -> No
         return lambda wc: (scored.append(wc), inner(wc))[1]
 
     runner.scorer = recording_scorer  # type: ignore[method-assign]
-    docs = lc.make_passkey_docs(3, 1024, [0.5], 1)
-    ranking = lc.lens_ranking(runner, docs)
-    prefix, (cont, _) = lc.BYTES.prefix(docs[0].prompt), lc.BYTES.answer(docs[0].answer)
+    docs = documents.make_passkey_docs(3, 1024, [0.5], 1)
+    ranking = scoring.lens_ranking(runner, docs)
+    prefix, (cont, _) = BYTES.prefix(docs[0].prompt), BYTES.answer(docs[0].answer)
     n = int(prefix.numel())
     expected = runner.start_layout(n, 64 - (int(cont.numel()) - 1), runner.tree(prefix)[1])
     assert scored == [expected] and all(-1.0 <= r <= 1.0 for r in ranking.rho)
@@ -305,12 +306,12 @@ def test_lens_ranking_scores_the_layout_the_mc_arm_starts_from(start: str) -> No
 
 
 def test_twin_passkey_changes_every_key_digit_and_nothing_else() -> None:
-    for i, doc in enumerate(lc.make_passkey_docs(5, 700, [0.0, 0.5, 1.0], 3)):
-        twin = lc.twin_passkey(doc, np.random.default_rng(i))
+    for i, doc in enumerate(documents.make_passkey_docs(5, 700, [0.0, 0.5, 1.0], 3)):
+        twin = documents.twin_passkey(doc, np.random.default_rng(i))
         assert len(twin.answer) == len(doc.answer) and twin.answer.isdigit()
         assert all(a != b for a, b in zip(twin.answer, doc.answer, strict=True))
-        lo, hi = lc.answer_span(doc)
-        assert lc.answer_span(twin) == (lo, hi)
+        lo, hi = documents.answer_span(doc)
+        assert documents.answer_span(twin) == (lo, hi)
         assert twin.prompt[:lo] == doc.prompt[:lo] and twin.prompt[hi:] == doc.prompt[hi:]
         assert twin.prompt[lo:hi] == twin.answer and twin.text == twin.prompt + " " + twin.answer + "."
         assert (twin.key_offset, twin.query_offset, twin.depth) == (doc.key_offset, doc.query_offset, doc.depth)
@@ -322,8 +323,8 @@ def test_lens_ranking_references_rank_the_truth_against_its_twin_and_the_key(mon
     left out of ``retest`` only, and its gains are not measured."""
     import types
 
-    doc = lc.make_passkey_docs(3, 512, [0.5], 1)[0]
-    lo, hi = lc.answer_span(doc)
+    doc = documents.make_passkey_docs(3, 512, [0.5], 1)[0]
+    lo, hi = documents.answer_span(doc)
     wc = WorkingContext.coarsest(len(doc.prompt), 8, 16)
     gists = np.flatnonzero(wc.levels > 0)
     key = (wc.starts[gists] < hi) & (wc.ends[gists] > lo)
@@ -335,7 +336,7 @@ def test_lens_ranking_references_rank_the_truth_against_its_twin_and_the_key(mon
     entry_scores[gists] = scores
     runner = types.SimpleNamespace(scorer=lambda source, prefix: lambda w: entry_scores)
     other = WorkingContext.coarsest(len(doc.prompt), 8, 32)
-    for twin_wc, expect_retest, measured in ((wc, [lc.spearman(gain, twin_gain)], ["doc", "twin"]),
+    for twin_wc, expect_retest, measured in ((wc, [scoring.spearman(gain, twin_gain)], ["doc", "twin"]),
                                              (other, [], ["doc"])):
         gains_of: list[str] = []
 
@@ -346,10 +347,10 @@ def test_lens_ranking_references_rank_the_truth_against_its_twin_and_the_key(mon
             gains_of.append(source)
             return gain if source == "doc" else twin_gain
 
-        monkeypatch.setattr(lc, "_ranking_start", start)
-        monkeypatch.setattr(lc, "_expansion_gains", gains)
-        ranking = lc.lens_ranking(runner, [doc])  # type: ignore[arg-type]
-        assert ranking.rho == [pytest.approx(lc.spearman(scores, gain))]
+        monkeypatch.setattr(scoring, "_ranking_start", start)
+        monkeypatch.setattr(scoring, "_expansion_gains", gains)
+        ranking = scoring.lens_ranking(runner, [doc])  # type: ignore[arg-type]
+        assert ranking.rho == [pytest.approx(scoring.spearman(scores, gain))]
         assert ranking.retest == expect_retest and gains_of == measured
-        assert ranking.key_oracle == [pytest.approx(lc.spearman(key.astype(float), gain))]
+        assert ranking.key_oracle == [pytest.approx(scoring.spearman(key.astype(float), gain))]
         assert ranking.key_oracle[0] > 0 and ranking.top1 == [float(np.argmax(scores) == np.argmax(gain))]

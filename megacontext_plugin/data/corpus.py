@@ -211,6 +211,7 @@ def write_corpus(
     warmup_max_chars: int = 0,
     doc_tokens: int = 0,
     tokenizer: TokenCodec | None = None,
+    split_seed: int = 0,
     train_files_out: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> CorpusSummary:
@@ -219,7 +220,8 @@ def write_corpus(
     The first ``warmup_shards`` training shards hold documents of ``[max(400, warmup_max_chars // 2),
     warmup_max_chars]`` characters: nanochat reads shards in order, so a run starts on short documents
     (retrieval is learned with fewer distractors first). A ``python`` share in ``mix`` draws chunks of
-    the standard library's training split (``stdlib_text.split(seed)``); ``train_files_out`` gets that
+    the standard library's training split (``stdlib_text.split(split_seed)``: its own seed, so that
+    corpora of one run written with different ``seed`` share one split); ``train_files_out`` gets that
     list of files. With ``doc_tokens`` (and the run's ``tokenizer``) the shards after the warm-up hold
     documents of exactly that many tokens (``generate_token_documents``)."""
     for name, value, lo in (
@@ -242,7 +244,7 @@ def write_corpus(
         raise ValueError("doc_tokens needs the run's tokenizer")
     python_files: tuple[Path, ...] = ()
     if mix.get("python", 0) > 0:
-        python_files = stdlib_text.split(seed)[0]
+        python_files = stdlib_text.split(split_seed)[0]
         if not python_files:
             raise ValueError(f"no standard-library source files under {stdlib_text.stdlib_root()}")
     out = Path(out_dir)
@@ -324,6 +326,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "end; --min-chars/--max-chars then do not apply)")
     p.add_argument("--tokenizer", default=None,
                    help="the run's tokenizer directory (tok_train's, holding tokenizer.pkl), for --doc-tokens")
+    p.add_argument("--split-seed", type=int_at_least(0), default=0,
+                   help="seed of the standard library's train/held-out split of files (default 0)")
     p.add_argument("--train-files-out", default=None,
                    help="write the standard-library files the python documents come from here, one per line")
 
@@ -372,6 +376,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             warmup_max_chars=args.warmup_max_chars,
             doc_tokens=args.doc_tokens or 0,
             tokenizer=tokenizer,
+            split_seed=args.split_seed,
             train_files_out=args.train_files_out,
             progress=print,
         )

@@ -207,6 +207,15 @@ def covering_gists(wc: WorkingContext, span: tuple[int, int]) -> np.ndarray:
     return np.flatnonzero((wc.levels > 0) & (wc.starts < hi) & (wc.ends > lo))
 
 
+def coarsest_entries(num_tokens: int, block_size: int, recent: int, slack: float = 0.25) -> int:
+    """The most entries the coarsest layout (every level the tree has, the last ``recent`` tokens raw)
+    takes for a history of ``num_tokens`` tokens, or up to ``slack`` more (a document's length in
+    tokens varies with its text): the fewest a compressed arm can show it in."""
+    hi = max(num_tokens, round(num_tokens * (1 + slack)))
+    step = max(1, block_size // 2)
+    return max(len(WorkingContext.coarsest(n, block_size, recent)) for n in range(num_tokens, hi + 1, step))
+
+
 def uniform_layout(num_tokens: int, budget: int, block_size: int, recent: int, max_level: int) -> WorkingContext:
     """The protected tail raw, older history in gists of the finest single level that fits ``budget``
     (leftovers that no node of that level covers stay at lower levels, as alignment requires)."""

@@ -17,7 +17,8 @@ import torch.nn as nn
 
 from ..training.controller import MCController
 from .codec import tokenizer_codec
-from .long_context import evaluate, format_cell
+from .long_context import evaluate
+from .report import format_cell
 
 
 class NanochatArms(nn.Module):

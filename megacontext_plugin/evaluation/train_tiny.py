@@ -39,7 +39,7 @@ from ..config import ConfigError, MCConfig
 from ..data import tasks
 from ..training.reference_model import TinyGPTConfig
 from . import checkpoint
-from .long_context import RECALL
+from .documents import RECALL
 
 MIN_TASK_LEN = 88
 """Bytes below which ``tasks.make_passkey``/``make_recall`` (the ``RECALL`` shape) cannot write a document."""
