@@ -63,3 +63,21 @@ def test_step_flops_by_hand_and_measured_for_the_aux_nets() -> None:
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH), FlopCounterMode(display=False) as fc:
         build_levels(torch.randn(B, T, D), 8, gist)
     assert fc.get_total_flops() == gist.flops_per_gist() * B * 18
+
+
+def test_the_budget_reaches_its_final_value_after_the_anneal_fraction_and_stays() -> None:
+    cfg = MCConfig(mc=True, block_size=8, mc_train_wc_length=0.0625, mc_anneal_fraction=0.1)
+    floor = smallest_useful_budget(1024, 8, 16)
+    budgets = [curriculum_budget(cfg, s, 500, 1024, floor) for s in range(500)]
+    assert budgets[0] == 768  # 80% of 1024 in multiples of 64
+    assert budgets[49] == 64 and set(budgets[49:]) == {64}
+    assert budgets == sorted(budgets, reverse=True) and len(set(budgets[:49])) > 3
+    whole = MCConfig(mc=True, block_size=8, mc_train_wc_length=0.0625)  # the default anneals over every step
+    assert curriculum_budget(whole, 49, 500, 1024, floor) > 64 and curriculum_budget(whole, 499, 500, 1024, floor) == 64
+
+
+def test_auto_batch_leaves_the_plain_steps_as_they_are() -> None:
+    cfg = MCConfig(mc=True, mc_plain_steps=400)
+    plan = auto_batch(cfg, 32, 1000, 2048)
+    assert plan.num_iterations == 400 + round(600 / plan.mean_multiplier)
+    assert auto_batch(MCConfig(mc=True), 32, 1000, 2048).num_iterations == round(1000 / plan.mean_multiplier)

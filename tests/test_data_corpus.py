@@ -120,3 +120,56 @@ def test_megacontext_corpus_subcommand_writes_shards(tmp_path, capsys) -> None:
     assert cli_main(["corpus", "--out", str(out), "--shards", "2", "--docs-per-shard", "3", "--seed", "5"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["shard_00000.parquet", "shard_00001.parquet"]
     assert "wrote 2 shards" in capsys.readouterr().out
+
+
+def _byte_tokenizer(directory: Path) -> Path:
+    """A tiktoken encoding of single bytes pickled as nanochat's tok_train writes ``tokenizer.pkl``."""
+    import pickle
+
+    import tiktoken
+
+    enc = tiktoken.Encoding("bytes", pat_str=r"\S+|\s+", mergeable_ranks={bytes([i]): i for i in range(256)},
+                            special_tokens={})
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tokenizer.pkl").write_bytes(pickle.dumps(enc))
+    return directory
+
+
+def test_warmup_shards_hold_short_documents_and_the_rest_exactly_doc_tokens(tmp_path: Path) -> None:
+    tok = corpus.load_tokenizer(_byte_tokenizer(tmp_path / "tok"))
+    corpus.write_corpus(tmp_path / "c", 4, 12, mix={"passkey": 1.0, "recall": 1.0}, warmup_shards=1,
+                        warmup_max_chars=600, doc_tokens=700, tokenizer=tok)
+    shards = sorted((tmp_path / "c").glob("shard_*.parquet"))
+    assert all(300 <= len(t) <= 600 for t in _texts(shards[0]))
+    for shard in shards[1:]:
+        texts = _texts(shard)
+        assert len(texts) == 12 and {len(tok[0](t)) for t in texts} == {700}
+        assert all(re.search(r"\d\.?$", t) for t in texts)  # the answer ends the document
+
+
+def test_fit_to_tokens_cuts_the_front_and_keeps_the_end() -> None:
+    tok = (lambda s: list(s.encode()), lambda ids: bytes(ids).decode())
+    assert corpus.fit_to_tokens("abcdefgh", 3, tok) == "fgh"
+    assert corpus.fit_to_tokens("ab", 3, tok) is None
+
+
+def test_python_documents_come_from_the_training_split_that_is_written_down(tmp_path: Path) -> None:
+    from megacontext_plugin.data import stdlib_text
+
+    listing = tmp_path / "corpus_train_files.txt"
+    s = corpus.write_corpus(tmp_path / "c", 2, 8, mix={"python": 1.0}, train_files_out=listing, seed=3)
+    train, held = stdlib_text.split(0)  # the split's own seed, not the corpus's
+    root = stdlib_text.stdlib_root()
+    assert listing.read_text().splitlines() == [p.relative_to(root).as_posix() for p in train]
+    assert held and not set(held) & set(train) and s.kinds == {"python": 16}
+    sources = {p: stdlib_text.read_source(p) for p in train}
+    for text in corpus.read_split(tmp_path / "c", "train"):
+        assert any(text in source for source in sources.values())
+    assert not any(stdlib_text.is_held_out(p, 0) for p in train)
+
+
+def test_the_mix_flag_is_checked_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "megacontext_plugin.data.corpus", "--out", str(tmp_path / "o"),
+                           "--mix", "passkey=1,novel=2"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown document kinds in mix: ['novel']" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -354,3 +354,63 @@ def test_lens_ranking_references_rank_the_truth_against_its_twin_and_the_key(mon
         assert ranking.retest == expect_retest and gains_of == measured
         assert ranking.key_oracle == [pytest.approx(scoring.spearman(key.astype(float), gain))]
         assert ranking.key_oracle[0] > 0 and ranking.top1 == [float(np.argmax(scores) == np.argmax(gain))]
+
+
+def test_default_lengths_drop_what_the_budget_cannot_hold_and_an_explicit_one_is_one_line(
+        tmp_path, tiny_checkpoint, capsys: pytest.CaptureFixture[str]) -> None:
+    js = tmp_path / "eval.json"
+    assert main(["eval", "long-context", "--checkpoint", str(tiny_checkpoint), "--budget", "40", "--depths", "0",
+                 "--samples", "1", "--recall-docs", "0", "--lens-docs", "0", "--arms", "truncation,uniform",
+                 "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    left_out = next(line for line in out.splitlines() if line.startswith("lengths "))
+    assert "16x" in left_out.split()[1] and "tokens needs" in left_out and "more than the budget 40" in left_out
+    lengths = {r["length_x"] for r in json.loads(js.read_text())["rows"]}
+    assert 16 not in lengths and 1 in lengths
+    err = _eval_error(["--checkpoint", str(tiny_checkpoint), "--budget", "40", "--lengths", "1,16"], capsys)
+    assert err.startswith("megacontext eval long-context: error: --lengths 16: a history of 16x40 tokens needs")
+    assert "larger --budget" in err
+
+
+def test_documents_reports_nll_per_arm_on_text_files(tmp_path, tiny_checkpoint) -> None:
+    from megacontext_plugin.data import stdlib_text
+
+    files = [p for p in stdlib_text.split(0)[1] if p.stat().st_size > 3000][:2]
+    js = tmp_path / "docs.json"
+    assert main(["eval", "long-context", "--checkpoint", str(tiny_checkpoint), "--budget", "64", "--lengths", "2,8",
+                 "--documents", *map(str, files), "--documents-per-length", "3", "--json", str(js)]) == 0
+    result = json.loads(js.read_text())
+    rows = {(r["arm"], r["length_x"]): r for r in result["rows"]}
+    assert set(rows) == {(a, x) for a in ("truncation", "uniform", "mc", "full") for x in (2, 8)}
+    assert all(r["documents"] == 3 for r in result["rows"])
+    assert rows[("full", 8)]["nll_h"] is None  # 512 tokens do not fit the tiny model's 256-token window
+    assert rows[("truncation", 2)]["delta_nll_truncation"] == 0.0 and rows[("full", 2)]["gap_closed"] in (1.0, None)
+    assert rows[("mc", 2)]["nll_h"] > 0 and "passkey_acc" not in rows[("mc", 2)]
+    assert result["settings"]["files"] == [str(f) for f in files]
+
+
+def test_text_documents_are_full_length_and_taken_round_robin() -> None:
+    texts = ["a" * 50, "b" * 20, "c" * 5]
+    docs = documents.text_documents(texts, BYTES, 10, limit=6)
+    assert [bytes(d.tolist()).decode() for d in docs] == ["a" * 10, "b" * 10, "a" * 10, "b" * 10, "a" * 10, "a" * 10]
+
+
+@pytest.mark.parametrize("kind", ["missing", "binary", "latin1", "trained"])
+def test_documents_refuses_a_bad_or_training_file_in_one_line(
+        kind: str, tmp_path, tiny_checkpoint, capsys: pytest.CaptureFixture[str]) -> None:
+    from megacontext_plugin.data import stdlib_text
+
+    checkpoint = tmp_path / "tiny.pt"
+    checkpoint.write_bytes(tiny_checkpoint.read_bytes())
+    path = tmp_path / "doc.txt"
+    if kind == "binary":
+        path.write_bytes(b"text\0more")
+    elif kind == "latin1":
+        path.write_bytes("caf\u00e9".encode("latin-1"))
+    elif kind == "trained":
+        path = stdlib_text.split(0)[0][0]
+        stdlib_text.write_file_list(tmp_path / "corpus_train_files.txt", [path])
+    err = _eval_error(["--checkpoint", str(checkpoint), "--documents", str(path)], capsys)
+    assert err.startswith(f"megacontext eval long-context: error: --documents {path}: ")
+    assert {"missing": "no such file", "binary": "a binary file", "latin1": "not UTF-8 text",
+            "trained": "the run trained on it"}[kind] in err

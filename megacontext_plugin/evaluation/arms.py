@@ -207,13 +207,15 @@ def covering_gists(wc: WorkingContext, span: tuple[int, int]) -> np.ndarray:
     return np.flatnonzero((wc.levels > 0) & (wc.starts < hi) & (wc.ends > lo))
 
 
-def coarsest_entries(num_tokens: int, block_size: int, recent: int, slack: float = 0.25) -> int:
+def coarsest_entries(num_tokens: int, block_size: int, recent: int, predicted: int, slack: float = 0.25) -> int:
     """The most entries the coarsest layout (every level the tree has, the last ``recent`` tokens raw)
-    takes for a history of ``num_tokens`` tokens, or up to ``slack`` more (a document's length in
-    tokens varies with its text): the fewest a compressed arm can show it in."""
-    hi = max(num_tokens, round(num_tokens * (1 + slack)))
-    step = max(1, block_size // 2)
-    return max(len(WorkingContext.coarsest(n, block_size, recent)) for n in range(num_tokens, hi + 1, step))
+    takes for the history of a document of about ``num_tokens`` tokens (within ``slack``: a length in
+    tokens varies with the text) of which the last ``predicted`` are predicted: the fewest a compressed
+    arm can show that history in. The coarsest layout's length is not monotonic in the history's (its
+    unaligned leftovers stay raw), so every history length in the range is measured."""
+    lo = max(1, round(num_tokens * (1 - slack)) - predicted)
+    hi = max(lo, round(num_tokens * (1 + slack)))
+    return max(len(WorkingContext.coarsest(n, block_size, recent)) for n in range(lo, hi + 1))
 
 
 def uniform_layout(num_tokens: int, budget: int, block_size: int, recent: int, max_level: int) -> WorkingContext:

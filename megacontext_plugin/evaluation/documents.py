@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..data import tasks
 from .codec import BYTES, Codec
@@ -74,3 +76,35 @@ def twin_passkey(doc: tasks.PasskeySample, rng: np.random.Generator) -> tasks.Pa
     prompt = doc.prompt[:first] + answer + doc.prompt[first + len(doc.answer):]
     after = doc.text[len(doc.prompt):].replace(doc.answer, answer, 1)  # the answer after the query
     return dataclasses.replace(doc, prompt=prompt, answer=answer, text=prompt + after)
+
+
+def read_text_file(path: Path) -> str:
+    """A user's text file for ``--documents``; ValueError (one line) when it is missing, not a file,
+    binary (a NUL byte) or not UTF-8."""
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a file")
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise ValueError(f"{path}: a binary file (it holds NUL bytes); --documents takes text files")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); --documents takes text files") from None
+
+
+def text_documents(texts: Sequence[str], codec: Codec, num_tokens: int, limit: int) -> list[torch.Tensor]:
+    """Up to ``limit`` documents ``ids[num_tokens]`` (the codec's BOS, then consecutive tokens of one text):
+    each text is tokenized whole and cut into as many full documents as it holds, taken round-robin over
+    the texts (the first document of every text, then the second, ...) so that no one file dominates."""
+    body = num_tokens - len(codec.bos)
+    pieces: list[list[torch.Tensor]] = []
+    for text in texts:
+        ids = codec.encode(text)
+        pieces.append([torch.tensor([*codec.bos, *ids[i:i + body]], dtype=torch.long)
+                       for i in range(0, len(ids) - body + 1, body)])
+    out: list[torch.Tensor] = []
+    for k in range(max((len(p) for p in pieces), default=0)):
+        out += [p[k] for p in pieces if k < len(p)]
+    return out[:limit]

@@ -40,22 +40,40 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 
 from ..config import ConfigError, MCConfig
-from ..data import metrics, tasks
+from ..data import metrics, stdlib_text, tasks
 from .arms import ARMS, ArmRunner, coarsest_entries
 from .checkpoint import load
 from .codec import BYTES, Codec, tokenizer_codec
-from .documents import make_passkey_docs, make_recall_docs, passkey_fits, recall_fits, rng
+from .documents import (
+    make_passkey_docs,
+    make_recall_docs,
+    passkey_fits,
+    read_text_file,
+    recall_fits,
+    rng,
+    text_documents,
+)
 from .report import format_table, write_plots
-from .scoring import LENS_KEYS, LensRanking, lens_ranking, mean, nll_at_h, score_passkey, score_recall
+from .scoring import (
+    LENS_KEYS,
+    LensRanking,
+    lens_ranking,
+    mean,
+    nll_at_h,
+    nll_at_h_ids,
+    score_passkey,
+    score_recall,
+)
 
 DEFAULT_LENGTHS = "1,2,4,8,16"
 
@@ -95,6 +113,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override the checkpoint's --allocator_iterations for the MC arm (rounds per refocus call)")
     p.add_argument("--expand-neighbours", type=int, default=None,
                    help="override the checkpoint's --allocator_expand_neighbours for the MC arm (ablation)")
+    p.add_argument("--documents", type=Path, nargs="+", default=None, metavar="PATH",
+                   help="evaluate NLL@H on these text files instead of the seeded tasks: each is tokenized with the "
+                        "run's tokenizer and cut into documents of each length (a run's training files, listed in "
+                        "its corpus_train_files.txt, are refused)")
+    p.add_argument("--documents-per-length", type=int, default=40,
+                   help="--documents: at most this many documents per length, taken round-robin over the files")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--png", type=Path, default=None,
                    help="heatmap PNG (default: beside --json); the ΔNLL plot gets the suffix _nll")
@@ -127,6 +151,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(e))
     if not args.checkpoint.exists():
         parser.error(f"--checkpoint {args.checkpoint}: no such file or directory")
+    texts = None if args.documents is None else _read_documents(args.documents, args.checkpoint)
+    if args.documents_per_length < 1:
+        _fail(f"--documents-per-length {args.documents_per_length}: expected an integer >= 1")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     codec = BYTES
     if args.checkpoint.is_dir():  # a nanochat run: its GPT, its tokenizer, its aux nets (if trained with --mc)
@@ -164,13 +191,19 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                      f"{model.config.sequence_len}")
     if any(a in ("uniform", "mc") for a in arms):
         lengths = _held_lengths(parser, lengths, explicit=args.lengths != DEFAULT_LENGTHS, budget=budget,
-                                horizon=horizon, block_size=ctrl.cfg.block_size, recent=int(ctrl.prompt_recent))
+                                horizon=horizon, block_size=ctrl.cfg.block_size, recent=int(ctrl.prompt_recent),
+                                slack=0.0 if codec.byte_level else 0.25)
     if overrides:
         ctrl.cfg = dataclasses.replace(ctrl.cfg, **overrides)
     with torch.no_grad():
-        result = evaluate(model, ctrl, budget=budget, lengths=lengths, depths=depths, samples=args.samples,
-                          recall_docs=args.recall_docs, lens_docs=args.lens_docs, horizon=horizon, arms=arms,
-                          rounds=args.rounds, start=args.start, seed=args.seed, codec=codec)
+        if texts is not None:
+            result = evaluate_documents(model, ctrl, texts, budget=budget, lengths=lengths, horizon=horizon,
+                                        arms=arms, limit=args.documents_per_length, rounds=args.rounds,
+                                        start=args.start, codec=codec)
+        else:
+            result = evaluate(model, ctrl, budget=budget, lengths=lengths, depths=depths, samples=args.samples,
+                              recall_docs=args.recall_docs, lens_docs=args.lens_docs, horizon=horizon, arms=arms,
+                              rounds=args.rounds, start=args.start, seed=args.seed, codec=codec)
     result["checkpoint"] = str(args.checkpoint)
     result["recipe"] = recipe
     print(format_table(result))
@@ -187,13 +220,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _held_lengths(parser: argparse.ArgumentParser, lengths: list[int], *, explicit: bool, budget: int, horizon: int,
-                  block_size: int, recent: int) -> list[int]:
+                  block_size: int, recent: int, slack: float) -> list[int]:
     """The lengths whose histories the compressed arms can show in ``budget`` entries: the coarsest
-    layout (every level of the tree, the raw tail) plus the ``horizon`` tokens NLL@H predicts. A length
+    layout (every level of the tree, the raw tail) plus the ``horizon`` tokens NLL@H predicts, for
+    documents within ``slack`` of the length (bytes: exact; a tokenizer's lengths vary). A length
     asked for explicitly that cannot be held is one error line; the default lengths drop it, saying so."""
     held, dropped = [], []
     for x in lengths:
-        need = coarsest_entries(x * budget, block_size, recent) + horizon - 1
+        need = coarsest_entries(x * budget, block_size, recent, horizon, slack) + horizon - 1
         (held if need <= budget else dropped).append((x, need))
     if dropped:
         x, need = dropped[0]
@@ -206,6 +240,45 @@ def _held_lengths(parser: argparse.ArgumentParser, lengths: list[int], *, explic
     if not held:
         parser.error(f"--budget {budget}: no length can be held (a history of 1x needs {dropped[0][1]} entries)")
     return [x for x, _ in held]
+
+
+def _fail(message: str) -> NoReturn:
+    """A user mistake about the documents: one line on stderr, exit 2."""
+    print(f"megacontext eval long-context: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _read_documents(paths: Sequence[Path], checkpoint: Path) -> dict[str, str]:
+    """``--documents``: each file's text by its path, read before any model is loaded. A file the run
+    trained on (listed in ``corpus_train_files.txt`` of the checkpoint's run directory) is refused."""
+    trained = _training_files(checkpoint)
+    texts = {}
+    for path in paths:
+        try:
+            texts[str(path)] = read_text_file(path)
+        except ValueError as e:
+            _fail(f"--documents {e}")
+        if trained and _library_path(path) in trained:
+            _fail(f"--documents {path}: the run trained on it (listed in {trained[_library_path(path)]}); evaluate "
+                  f"on held-out files")
+    return texts
+
+
+def _training_files(checkpoint: Path) -> dict[str, Path]:
+    """The standard-library files (relative paths) the run's corpus drew from, with the list naming them."""
+    run_dir = checkpoint.parent.parent if checkpoint.is_dir() else checkpoint.parent
+    listing = run_dir / "corpus_train_files.txt"
+    if not listing.is_file():
+        return {}
+    return {line.strip(): listing for line in listing.read_text().splitlines() if line.strip()}
+
+
+def _library_path(path: Path) -> str | None:
+    """``path`` relative to the standard library's root, or None when it lies elsewhere."""
+    try:
+        return path.resolve().relative_to(stdlib_text.stdlib_root().resolve()).as_posix()
+    except ValueError:
+        return None
 
 
 def _jsonable(value: Any) -> Any:
@@ -319,3 +392,46 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
                      "passkey_chance_digit": 0.1},
         "seconds": time.perf_counter() - t0,
     }
+
+
+def evaluate_documents(model: torch.nn.Module, ctrl: torch.nn.Module, texts: dict[str, str], *, budget: int,
+                       lengths: Sequence[int], horizon: int, arms: Sequence[str], limit: int, rounds: int = 4,
+                       start: str = "coarsest", codec: Codec = BYTES) -> dict[str, Any]:
+    """NLL@H per arm on the user's texts (``--documents``), cut into documents of ``x * budget`` tokens:
+    ``delta_nll_h`` against full attention (where it fits), ``delta_nll_truncation`` against truncation,
+    and ``gap_closed``, the share of truncation's gap to full attention that the arm closes."""
+    t0 = time.perf_counter()
+    runner = ArmRunner(model, ctrl, budget, rounds=rounds, start=start)
+    rows: list[dict[str, Any]] = []
+    for x in lengths:
+        L = x * budget
+        docs = text_documents(list(texts.values()), codec, L, limit)
+        if not docs:
+            print(f"{x}x: no file holds {L} tokens; left out")
+            continue
+        full_fits = runner.fits_full(L - horizon, horizon)
+        nll = {arm: nll_at_h_ids(runner, arm, docs, horizon) for arm in arms if arm != "full" or full_fits}
+        if "truncation" not in nll:
+            nll["truncation"] = nll_at_h_ids(runner, "truncation", docs, horizon)
+        full = nll.get("full") or (nll_at_h_ids(runner, "full", docs, horizon) if full_fits else None)
+        trunc = nll["truncation"]
+        for arm in arms:
+            row: dict[str, Any] = {"arm": arm, "length_x": x, "length_tokens": L, "documents": len(docs)}
+            if arm not in nll:
+                rows.append(row | {"nll_h": None, "note": f"does not fit sequence_len {runner.seq_len}"})
+                continue
+            row["nll_h"] = mean(nll[arm])
+            row["delta_nll_truncation"] = mean([a - b for a, b in zip(nll[arm], trunc, strict=True)])
+            if full is not None:
+                row["delta_nll_h"] = mean([a - b for a, b in zip(nll[arm], full, strict=True)])
+                gap = mean(trunc) - mean(full)  # type: ignore[operator]
+                row["gap_closed"] = (mean(trunc) - row["nll_h"]) / gap if gap > 0 else None  # type: ignore[operator]
+            rows.append(row)
+    cfg = ctrl.cfg
+    return {"rows": rows,
+            "settings": {"budget": budget, "lengths_x": list(lengths), "horizon": horizon, "arms": list(arms),
+                         "rounds": rounds, "start": start, "block_size": cfg.block_size,
+                         "recent_tokens": int(ctrl.prompt_recent), "documents": f"{len(texts)} files",
+                         "files": list(texts), "documents_per_length": limit, "sequence_len": runner.seq_len,
+                         "tokens": codec.name},
+            "seconds": time.perf_counter() - t0}

@@ -18,11 +18,14 @@ def format_cell(value: Any) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    cols = ["arm", "length_x", "passkey_acc", "passkey_digit", "recall_acc", "nll_h", "delta_nll_h", "swap_rate",
-            "residency", "key_raw", "key_raw_reachable", "key_raw_acc"]
+    cols = [c for c in ("arm", "length_x", "passkey_acc", "passkey_digit", "recall_acc", "chat_acc", "documents",
+                        "nll_h", "delta_nll_h", "delta_nll_truncation", "gap_closed", "swap_rate", "residency",
+                        "key_raw", "key_raw_reachable", "key_raw_acc")
+            if any(c in r for r in result["rows"])]
 
     s = result["settings"]
-    lines = [f"long-context eval: budget W={s['budget']}, K={s['block_size']}, H={s['horizon']}, "
+    what = f" of {s['documents']}" if s.get("documents") else ""
+    lines = [f"long-context eval{what}: budget W={s['budget']}, K={s['block_size']}, H={s['horizon']}, "
              f"model window {s['sequence_len']}, {s['tokens']}"]
     for arm in s["arms"]:
         rows = [r for r in result["rows"] if r["arm"] == arm]
@@ -33,6 +36,8 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append("  ".join("-" * w for w in widths))
         lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     lines.append("")
+    if "lens_rank_corr" not in result:  # --documents: NLL@H alone
+        return "\n".join(lines)
     lr = result["lens_rank_corr"]
     lines.append(f"lens_rank_corr (Spearman, LensNet utility vs true NLL drop of expanding each gist): "
                  f"{format_cell(lr)} over {result['lens_rank_corr_docs']} documents")
@@ -60,7 +65,7 @@ def write_plots(result: dict[str, Any], png: Path) -> list[Path]:
         return []
     png.parent.mkdir(parents=True, exist_ok=True)
     written = []
-    grids = result["passkey_grid"]
+    grids = result.get("passkey_grid", {})
     if grids:
         fig, axes = plt.subplots(1, len(grids), figsize=(3.0 * len(grids) + 1.5, 3.8), squeeze=False,
                                  layout="constrained")

@@ -81,11 +81,13 @@ def score_recall(runner: Predictor, arm: str, docs: Sequence[tasks.RecallSample]
 
 
 def nll_at_h(runner: Predictor, arm: str, texts: Sequence[str], horizon: int, codec: Codec = BYTES) -> list[float]:
-    out = []
-    for text in texts:
-        ids = codec.prefix(text)
-        out.append(float(runner.predict(arm, ids[:-horizon], ids[-horizon:]).nll.mean()))
-    return out
+    """Per text, the mean NLL of its last ``horizon`` tokens with the history before them seen through ``arm``."""
+    return nll_at_h_ids(runner, arm, [codec.prefix(text) for text in texts], horizon)
+
+
+def nll_at_h_ids(runner: Predictor, arm: str, docs: Sequence[torch.Tensor], horizon: int) -> list[float]:
+    """``nll_at_h`` of documents given as token ids ``ids[N]``."""
+    return [float(runner.predict(arm, ids[:-horizon], ids[-horizon:]).nll.mean()) for ids in docs]
 
 
 @dataclasses.dataclass(frozen=True)

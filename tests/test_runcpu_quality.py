@@ -1,0 +1,65 @@
+"""integration/runcpu_quality.sh at a handful of steps: every stage of nanochat's pipeline runs through the
+plain phase and the resumed MegaContext phase, the corpus keeps its standard-library split, and the run
+ends evaluable. Its numbers are the benchmark's business (benchmarks/long_context.py), not this test's."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_nanochat_hooks import patched  # noqa: F401 (fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "integration" / "runcpu_quality.sh"
+TINY = {"MC_Q_PLAIN_STEPS": "4", "MC_Q_STEPS": "3", "MC_Q_WARMUP_DOCS": "600", "MC_Q_LONG_DOCS": "80",
+        "MC_Q_MID_STEPS": "2", "MC_Q_SFT_STEPS": "2", "MC_Q_SEQ_PLAIN": "256", "MC_Q_SEQ": "512",
+        "MC_Q_BATCH_TOKENS": "2048", "MC_Q_VOCAB": "512", "OMP_NUM_THREADS": "1"}
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="the recipes are bash scripts")
+
+
+def test_knobs_without_mc_are_refused_before_any_work(tmp_path: Path) -> None:
+    env = os.environ | {"MC_RUNCPU_DIR": str(tmp_path / "run")}
+    proc = subprocess.run(["bash", str(SCRIPT), "--block_size", "8"], capture_output=True, text=True, timeout=60,
+                          env=env)
+    assert proc.returncode == 2 and proc.stderr == "runcpu_quality: error: MegaContext knobs need --mc (got: " \
+                                                   "--block_size 8)\n"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_recipe_runs_every_stage_and_ends_evaluable(patched: Path, tmp_path: Path) -> None:  # noqa: F811
+    for module in ("rustbpe", "tokenizers", "psutil", "pyarrow", "filelock"):
+        pytest.importorskip(module, reason=f"upstream's scripts need {module}")
+    run = tmp_path / "run"
+    env = os.environ | TINY | {"MC_NANOCHAT": str(patched), "MC_RUNCPU_DIR": str(run)}
+    proc = subprocess.run(["bash", str(SCRIPT), "--mc"], capture_output=True, text=True, timeout=1200, env=env,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    stages = [line.rsplit(" ", 1)[0] for line in (run / "stage_seconds.txt").read_text().splitlines()]
+    assert stages == ["data (short documents)", "report reset", "tokenizer", "data (documents of 512 tokens)", "tasks",
+                      "base (plain, window 256)", "base (MegaContext, window 512)", "mid", "sft", "base eval",
+                      "report"]
+    base = run / "base_checkpoints" / "d2"
+    assert (base / "model_000004.pt").is_file() and not (base / "megacontext_000004.pt").exists()  # plain phase
+    assert (base / "megacontext_000007.pt").is_file()  # the MegaContext steps continue from step 4
+    meta = json.loads((base / "meta_000007.json").read_text())
+    assert meta["model_config"]["sequence_len"] == 512
+    assert "resuming at step 4, within --mc_plain_steps 4: GistNet and LensNet start fresh" in proc.stdout
+    listed = (run / "corpus_train_files.txt").read_text().splitlines()
+    assert listed and all(name.endswith(".py") for name in listed)
+    assert "### MegaContext" in (run / "report" / "report.md").read_text()
+    assert (run / "chatsft_checkpoints" / "d2").is_dir()
+    # the evaluation the recipe names at its end runs on what it trained
+    evaluate = subprocess.run([sys.executable, "-m", "megacontext_plugin.cli", "eval", "long-context", "--checkpoint",
+                               str(base), "--lengths", "2", "--depths", "0.5", "--samples", "1", "--recall-docs", "1",
+                               "--lens-docs", "0"], capture_output=True, text=True, timeout=600,
+                              env=env | {"PYTHONPATH": str(patched)})
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    assert all(f"\n{arm}" in evaluate.stdout or f" {arm} " in evaluate.stdout for arm in ("truncation", "mc"))

@@ -1,0 +1,51 @@
+"""TrainingRun's plain phase (``--mc_plain_steps``): base_train's first steps train plainly, the
+curriculum counts from the end of them, and a plain phase that leaves no MC step is a config error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from megacontext_plugin.config import ConfigError, MCConfig
+from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
+from megacontext_plugin.training.run import TrainingRun
+
+CFG = MCConfig(mc=True, block_size=8, allocator_recent_tokens=16, mc_horizon=8, gistnet_layers=1, lensnet_layers=1,
+               lensnet_dim=32, mc_teacher_variants=0, mc_plain_steps=3)
+
+
+def _model() -> TinyGPT:
+    torch.manual_seed(0)
+    return TinyGPT(TinyGPTConfig(vocab_size=64, sequence_len=128, n_layer=1, n_head=2, n_embd=32))
+
+
+def test_plain_steps_train_plainly_then_the_curriculum_starts_at_its_widest_budget() -> None:
+    model = _model()
+    run = TrainingRun(CFG, model, num_iterations=10, stage="base")
+    try:
+        x = torch.randint(0, 64, (2, 128))
+        assert run.controller.total_steps == 7  # the MC steps
+        for step in range(3):
+            assert run.plain and run.budget_step == 0
+            assert run.forward_batch(model, x, x) is None, step
+            run.after_optimizer_step(step)
+        assert not run.plain and run.budget_step == 0
+        batch = run.forward_batch(model, x, x)
+        assert batch is not None and batch.budget == run.controller.budget_at(0)
+        run.after_optimizer_step(3)
+        assert run.budget_step == 1
+    finally:
+        run.close()
+
+
+def test_later_stages_ignore_the_plain_steps() -> None:
+    run = TrainingRun(CFG, _model(), num_iterations=2, stage="mid")
+    try:
+        assert not run.plain and run.budget_step == run.controller.total_steps == 2
+    finally:
+        run.close()
+
+
+def test_a_plain_phase_that_leaves_no_mc_step_is_one_config_error() -> None:
+    with pytest.raises(ConfigError, match="--mc_plain_steps 3 leaves no MegaContext step of base_train's 3"):
+        TrainingRun(CFG, _model(), num_iterations=3, stage="base")
