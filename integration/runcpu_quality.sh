@@ -17,7 +17,8 @@
 # Then mid_train and chat_sft on `megacontext tasks` conversations longer than the window, base_eval
 # (with --mc: the MegaContext validation) and the report. Everything lands in $MC_RUNCPU_DIR
 # (default .mc/runcpu_quality), wiped first. Sizes come from the MC_Q_* variables below (the
-# defaults are the recipe; the tests shrink them).
+# defaults are the recipe; the tests shrink them). MC_Q_FROM_PLAIN=DIR starts from another run's
+# data, tokenizer and plain phase (the same sizes): the second phase's ablations share one plain phase.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -38,6 +39,7 @@ SFT_STEPS=${MC_Q_SFT_STEPS:-40}
 WARMUP_DOCS=${MC_Q_WARMUP_DOCS:-75000} # short documents (the plain phase reads about this many)
 LONG_DOCS=${MC_Q_LONG_DOCS:-4400}      # documents of exactly SEQ tokens (the second phase's)
 MIX=${MC_Q_MIX:-passkey=0.35,recall=0.25,copy=0.1,python=0.3}
+FROM_PLAIN=${MC_Q_FROM_PLAIN:-}        # a finished run's directory: its data, tokenizer and plain phase are reused
 MC_ARGS=()
 if [ $# -gt 0 ]; then
     # the stand-in's geometry (D25): blocks of 8, a 16-token protected tail, H = 16, W = BUDGET; light aux nets;
@@ -49,11 +51,18 @@ if [ $# -gt 0 ]; then
              --mc_eval_lengths 2,4,8 "$@")
 fi
 
+RUN_DIR=${MC_RUNCPU_DIR:-$ROOT/.mc/runcpu_quality}
+PLAIN_NAME=$(printf '%06d' "$PLAIN_STEPS")
+if [ -n "$FROM_PLAIN" ]; then  # checked before anything is wiped
+    FROM_PLAIN=$(cd "$FROM_PLAIN" 2>/dev/null && pwd) || die "MC_Q_FROM_PLAIN: no such directory"
+    [ "$FROM_PLAIN" != "$(realpath -m "$RUN_DIR")" ] || die "MC_Q_FROM_PLAIN is the run's own directory"
+    [ -f "$FROM_PLAIN/base_checkpoints/d$DEPTH/model_$PLAIN_NAME.pt" ] \
+        || die "MC_Q_FROM_PLAIN=$FROM_PLAIN holds no plain phase of $PLAIN_STEPS steps at depth $DEPTH"
+fi
 mc_load_env
 mc_ensure_nanochat cpu
 mc_use_plugin
 mc_check_knobs ${MC_ARGS[@]+"${MC_ARGS[@]}"}
-RUN_DIR=${MC_RUNCPU_DIR:-$ROOT/.mc/runcpu_quality}
 rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"
 export NANOCHAT_BASE_DIR="$RUN_DIR" NANOCHAT_TASK_DIR="$RUN_DIR/tasks"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
@@ -75,30 +84,37 @@ stage() {  # stage NAME command...: run one stage with its timing; a failing sta
 }
 say "output in $RUN_DIR; MegaContext: $([ ${#MC_ARGS[@]} -gt 0 ] && echo "on (${MC_ARGS[*]})" || echo off)"
 DATA="$RUN_DIR/base_data"
-# nanochat reads shards in name order, the last one as validation: the short documents first, then the
-# long ones (written after the tokenizer, which sets their length in tokens), renumbered after them
-WARM_SHARDS=$(( (WARMUP_DOCS + 1999) / 2000 ))
-stage "data (short documents)" "$PY" -m megacontext_plugin.cli corpus --out "$DATA" --shards $((WARM_SHARDS + 1)) \
-    --docs-per-shard $(( (WARMUP_DOCS + WARM_SHARDS - 1) / WARM_SHARDS )) --row-groups 16 --mix "$MIX" \
-    --min-chars 400 --max-chars 1400 --train-files-out "$RUN_DIR/corpus_train_files.txt"
-stage "report reset" "$PY" -m nanochat.report reset
-stage "tokenizer" "$PY" -m scripts.tok_train --max-chars 4000000 --vocab-size "$VOCAB"
-LONG_SHARDS=$(( (LONG_DOCS + 999) / 1000 ))
-stage "data (documents of $SEQ tokens)" "$PY" -m megacontext_plugin.cli corpus --out "$RUN_DIR/long_data" \
-    --shards $((LONG_SHARDS + 1)) --docs-per-shard $(( (LONG_DOCS + LONG_SHARDS - 1) / LONG_SHARDS )) --seed 1 \
-    --row-groups 8 --mix "$MIX" --doc-tokens "$SEQ" --tokenizer "$RUN_DIR/tokenizer"
-rm "$DATA/$(printf 'shard_%05d.parquet' "$WARM_SHARDS")"  # the short documents' validation shard
-for f in "$RUN_DIR"/long_data/shard_*.parquet; do
-    i=${f##*shard_}; i=$((10#${i%.parquet}))
-    mv "$f" "$DATA/$(printf 'shard_%05d.parquet' $((WARM_SHARDS + i)))"
-done
-rmdir "$RUN_DIR/long_data"
-stage "tasks" "$PY" -m megacontext_plugin.cli tasks --out "$NANOCHAT_TASK_DIR" --max-seq-len "$SEQ"
 BASE=(--run "$RUN" --depth "$DEPTH" --head-dim 64 --window-pattern L --total-batch-size "$BATCH_TOKENS"
       --eval-tokens 65536 --core-metric-every -1 --sample-every -1)
-stage "base (plain, window $SEQ_PLAIN)" "$PY" -m scripts.base_train "${MODEL[@]}" "${BASE[@]}" \
-    --max-seq-len "$SEQ_PLAIN" --device-batch-size $((BATCH_TOKENS / SEQ_PLAIN)) \
-    --num-iterations "$PLAIN_STEPS" --warmdown-ratio 0 --eval-every $(( PLAIN_STEPS / 4 > 0 ? PLAIN_STEPS / 4 : 1 ))
+if [ -n "$FROM_PLAIN" ]; then  # the same data, tokenizer and plain phase as that run (ablations of the second phase)
+    stage "plain phase from $FROM_PLAIN" bash -c "cp -r '$FROM_PLAIN'/{base_data,tokenizer,tasks,corpus_train_files.txt} \
+        '$RUN_DIR'/ && mkdir -p '$RUN_DIR/base_checkpoints/d$DEPTH' && cp '$FROM_PLAIN/base_checkpoints/d$DEPTH'/*_$PLAIN_NAME* \
+        '$RUN_DIR/base_checkpoints/d$DEPTH'/"
+    stage "report reset" "$PY" -m nanochat.report reset
+else
+    # nanochat reads shards in name order, the last one as validation: the short documents first, then the
+    # long ones (written after the tokenizer, which sets their length in tokens), renumbered after them
+    WARM_SHARDS=$(( (WARMUP_DOCS + 1999) / 2000 ))
+    stage "data (short documents)" "$PY" -m megacontext_plugin.cli corpus --out "$DATA" --shards $((WARM_SHARDS + 1)) \
+        --docs-per-shard $(( (WARMUP_DOCS + WARM_SHARDS - 1) / WARM_SHARDS )) --row-groups 16 --mix "$MIX" \
+        --min-chars 400 --max-chars 1400 --train-files-out "$RUN_DIR/corpus_train_files.txt"
+    stage "report reset" "$PY" -m nanochat.report reset
+    stage "tokenizer" "$PY" -m scripts.tok_train --max-chars 4000000 --vocab-size "$VOCAB"
+    LONG_SHARDS=$(( (LONG_DOCS + 999) / 1000 ))
+    stage "data (documents of $SEQ tokens)" "$PY" -m megacontext_plugin.cli corpus --out "$RUN_DIR/long_data" \
+        --shards $((LONG_SHARDS + 1)) --docs-per-shard $(( (LONG_DOCS + LONG_SHARDS - 1) / LONG_SHARDS )) --seed 1 \
+        --row-groups 8 --mix "$MIX" --doc-tokens "$SEQ" --tokenizer "$RUN_DIR/tokenizer"
+    rm "$DATA/$(printf 'shard_%05d.parquet' "$WARM_SHARDS")"  # the short documents' validation shard
+    for f in "$RUN_DIR"/long_data/shard_*.parquet; do
+        i=${f##*shard_}; i=$((10#${i%.parquet}))
+        mv "$f" "$DATA/$(printf 'shard_%05d.parquet' $((WARM_SHARDS + i)))"
+    done
+    rmdir "$RUN_DIR/long_data"
+    stage "tasks" "$PY" -m megacontext_plugin.cli tasks --out "$NANOCHAT_TASK_DIR" --max-seq-len "$SEQ"
+    stage "base (plain, window $SEQ_PLAIN)" "$PY" -m scripts.base_train "${MODEL[@]}" "${BASE[@]}" \
+        --max-seq-len "$SEQ_PLAIN" --device-batch-size $((BATCH_TOKENS / SEQ_PLAIN)) \
+        --num-iterations "$PLAIN_STEPS" --warmdown-ratio 0 --eval-every $(( PLAIN_STEPS / 4 > 0 ? PLAIN_STEPS / 4 : 1 ))
+fi
 TOTAL=$((PLAIN_STEPS + STEPS))
 stage "base ($([ ${#MC_ARGS[@]} -gt 0 ] && echo MegaContext || echo plain), window $SEQ)" \
     "$PY" -m scripts.base_train "${MODEL[@]}" "${BASE[@]}" --max-seq-len "$SEQ" \

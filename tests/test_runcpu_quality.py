@@ -63,3 +63,24 @@ def test_the_recipe_runs_every_stage_and_ends_evaluable(patched: Path, tmp_path:
                               env=env | {"PYTHONPATH": str(patched)})
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     assert all(f"\n{arm}" in evaluate.stdout or f" {arm} " in evaluate.stdout for arm in ("truncation", "mc"))
+
+    # the baseline from the same plain phase: no --mc, the second phase trains plainly
+    baseline = tmp_path / "baseline"
+    proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=1200, cwd=ROOT,
+                          env=env | {"MC_RUNCPU_DIR": str(baseline), "MC_Q_FROM_PLAIN": str(run)})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    stages = [line.rsplit(" ", 1)[0] for line in (baseline / "stage_seconds.txt").read_text().splitlines()]
+    assert stages[:3] == [f"plain phase from {run}", "report reset", "base (plain, window 512)"]
+    copied = baseline / "base_checkpoints" / "d2"
+    assert (copied / "model_000004.pt").read_bytes() == (base / "model_000004.pt").read_bytes()
+    assert (copied / "model_000007.pt").is_file() and not list(copied.glob("megacontext_*"))
+    assert (baseline / "corpus_train_files.txt").read_text() == (run / "corpus_train_files.txt").read_text()
+
+
+def test_from_plain_must_hold_the_plain_phase(tmp_path: Path) -> None:
+    env = os.environ | TINY | {"MC_RUNCPU_DIR": str(tmp_path / "run"), "MC_Q_FROM_PLAIN": str(tmp_path)}
+    proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (f"runcpu_quality: error: MC_Q_FROM_PLAIN={tmp_path} holds no "
+                                                    f"plain phase of 4 steps at depth 2")
+    assert not (tmp_path / "run").exists()
