@@ -25,6 +25,17 @@ def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.
     return parser.parse_args(argv)
 
 
+def seed_list(raw: str) -> list[int]:
+    """An argparse ``type``: a comma list of at least one integer (``--seeds 11,12,13``)."""
+    try:
+        seeds = [int(s) for s in raw.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {raw!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed")
+    return seeds
+
+
 def machine_info() -> dict[str, Any]:
     import torch
 

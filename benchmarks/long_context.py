@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import plot_lines
+from _common import plot_lines, seed_list
 
 from megacontext_plugin.cli import main as megacontext
 from megacontext_plugin.evaluation.scoring import LENS_KEYS
@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, action="append", default=None,
                    help="a tiny.pt from `megacontext eval train-tiny`; repeat it for several training runs of one "
                         "recipe (summarised across the runs too)")
-    p.add_argument("--seeds", default="1234", help="evaluation seeds (comma list); report seeds you did not tune on")
+    p.add_argument("--seeds", type=seed_list, default="1234",
+                   help="evaluation seeds (comma list); report seeds you did not tune on")
     p.add_argument("--lengths", default=None, help="lengths as multiples of W (default 1,2,4,8,16; quick 1,2,4,8)")
     p.add_argument("--expand-neighbours", type=int, default=None, help="ablation: override the MC arm's knob")
     p.add_argument("--expand-threshold", type=float, default=None, help="ablation: override the MC arm's knob")
@@ -175,12 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=Path("bench-out/long_context.json"))
     p.add_argument("--png", type=Path, default=None)
     args = p.parse_args(argv)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        p.error(f"--seeds: expected a comma list of integers, got {args.seeds!r}")
-    if not seeds:
-        p.error("--seeds: give at least one seed")
+    seeds = args.seeds
     checkpoints = list(args.checkpoint or [])
     missing = [str(c) for c in checkpoints if not c.exists()]
     if missing:

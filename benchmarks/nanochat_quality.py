@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import plot_lines
+from _common import plot_lines, seed_list, write_json
 from long_context import TOLERANCE, format_summary, summarise
 
 from megacontext_plugin.cli import main as megacontext
@@ -145,17 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True, help="integration/runcpu_quality.sh --mc's output directory")
     p.add_argument("--baseline", type=Path, default=None, help="the same recipe's output without --mc")
-    p.add_argument("--seeds", default="11,12,13",
+    p.add_argument("--seeds", type=seed_list, default="11,12,13",
                    help="evaluation seeds (comma list); report seeds you did not tune on")
     p.add_argument("--quick", action="store_true", help="few documents (a pipeline check, not the numbers)")
     p.add_argument("--no-chat", action="store_true", help="skip the chat arm")
     p.add_argument("--json", type=Path, default=Path("bench-out/nanochat_quality.json"))
     p.add_argument("--png", type=Path, default=None)
     args = p.parse_args(argv)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        p.error(f"--seeds: expected a comma list of integers, got {args.seeds!r}")
+    seeds = args.seeds
     for run in filter(None, (args.run, args.baseline)):
         if not (run / "base_checkpoints").is_dir():
             p.error(f"{run}: not a runcpu_quality.sh output directory (no base_checkpoints)")
@@ -183,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         v = "-" if t["value"] is None else f"{t['value']:.3f}"
         print(f"  {t['target'] + ' ' + t['op'] + ' ' + format(t['threshold'], 'g'):48s} {v:>8s} "
               f"{'met' if t['met'] else 'x'}")
-    args.json.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_json(args.json, payload)
     series = {}
     for label, result in (("mc run", mc), ("baseline", payload.get("baseline_run"))):
         for arm in ("truncation", "mc", "full"):

@@ -1,5 +1,6 @@
-# Shared by runcpu.sh and run10.sh (sourced, not run): messages, .mc_env, the patched nanochat,
-# and the MegaContext argument checks. The caller sets ROOT (the repository) and TOOL (its name).
+# Shared by runcpu.sh, runcpu_quality.sh and run10.sh (sourced, not run): messages, .mc_env, the patched
+# nanochat, the MegaContext argument checks and the CPU recipes' stages. The caller sets ROOT (the
+# repository) and TOOL (its name).
 
 die() { echo "$TOOL: error: $*" >&2; exit 2; }
 say() { echo "$TOOL: $*"; }
@@ -41,4 +42,15 @@ mc_use_plugin() {  # [--dry-run]: MEGACONTEXT_PLUGIN (a path, a wheel, a pip spe
     fi
     # the console script, not `python -m` from this checkout: it imports what .venv has installed
     if [ -x "$ROOT/.venv/bin/megacontext" ]; then say "plugin: $("$ROOT/.venv/bin/megacontext" --version)"; fi
+}
+
+stage() {  # NAME command...: one stage of a CPU recipe, run in the patched tree, timed, its output appended
+    # to $RUN_DIR/$TOOL.log and its seconds to $RUN_DIR/stage_seconds.txt; a failing stage stops the run
+    local name=$1 t0=$SECONDS; shift
+    say "== $name"
+    if ! (cd "$NC" && "$@") 2>&1 | tee -a "$RUN_DIR/$TOOL.log"; then
+        die "$name failed; the full log is $RUN_DIR/$TOOL.log"
+    fi
+    say "$name: $((SECONDS - t0)) s"
+    echo "$name $((SECONDS - t0))" >>"$RUN_DIR/stage_seconds.txt"
 }

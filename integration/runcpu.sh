@@ -38,14 +38,6 @@ MODEL=(--device-type cpu)
 SEQ=256
 
 START=$SECONDS
-stage() {  # stage NAME command...: run one stage with its timing; a failing stage stops the run
-    local name=$1 t0=$SECONDS; shift
-    say "== $name"
-    if ! (cd "$NC" && "$@") 2>&1 | tee -a "$RUN_DIR/runcpu.log"; then
-        die "$name failed; the full log is $RUN_DIR/runcpu.log"
-    fi
-    say "$name: $((SECONDS - t0)) s"
-}
 say "output in $RUN_DIR; MegaContext: $([ ${#MC_ARGS[@]} -gt 0 ] && echo "on (${MC_ARGS[*]})" || echo off)"
 stage "data" "$PY" -m megacontext_plugin.cli corpus --out "$RUN_DIR/base_data" --shards 6 --docs-per-shard 96 --max-chars 6000
 stage "tasks" "$PY" -m megacontext_plugin.cli tasks --out "$NANOCHAT_TASK_DIR" --max-seq-len $SEQ

@@ -70,18 +70,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} PYTHONPATH="$NC"
 [ ${#MC_ARGS[@]} -gt 0 ] && export NANOCHAT_PLUGINS=megacontext || export NANOCHAT_PLUGINS=none
 RUN=${WANDB_RUN:-dummy}
 MODEL=(--device-type cpu)
-LOG="$RUN_DIR/runcpu_quality.log"
 
 START=$SECONDS
-stage() {  # stage NAME command...: run one stage with its timing; a failing stage stops the run
-    local name=$1 t0=$SECONDS; shift
-    say "== $name"
-    if ! (cd "$NC" && "$@") 2>&1 | tee -a "$LOG"; then
-        die "$name failed; the full log is $LOG"
-    fi
-    say "$name: $((SECONDS - t0)) s"
-    echo "$name $((SECONDS - t0))" >>"$RUN_DIR/stage_seconds.txt"
-}
 say "output in $RUN_DIR; MegaContext: $([ ${#MC_ARGS[@]} -gt 0 ] && echo "on (${MC_ARGS[*]})" || echo off)"
 DATA="$RUN_DIR/base_data"
 BASE=(--run "$RUN" --depth "$DEPTH" --head-dim 64 --window-pattern L --total-batch-size "$BATCH_TOKENS"
