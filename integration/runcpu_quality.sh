@@ -36,8 +36,11 @@ DEPTH=${MC_Q_DEPTH:-2}
 VOCAB=${MC_Q_VOCAB:-2048}
 MID_STEPS=${MC_Q_MID_STEPS:-60}
 SFT_STEPS=${MC_Q_SFT_STEPS:-40}
-WARMUP_DOCS=${MC_Q_WARMUP_DOCS:-75000} # short documents (the plain phase reads about this many)
-LONG_DOCS=${MC_Q_LONG_DOCS:-4400}      # documents of exactly SEQ tokens (the second phase's)
+# short documents: about 216 tokens each (measured at vocabulary 2,048) plus BOS and what best-fit packing crops,
+# so that the plain phase never reaches the long documents; documents of exactly SEQ tokens for the second phase,
+# one per row, with room to spare (the dataloader never wraps around to the short ones)
+WARMUP_DOCS=${MC_Q_WARMUP_DOCS:-$(( PLAIN_STEPS * BATCH_TOKENS / 190 ))}
+LONG_DOCS=${MC_Q_LONG_DOCS:-$(( STEPS * BATCH_TOKENS / SEQ * 3 / 2 ))}
 MIX=${MC_Q_MIX:-passkey=0.35,recall=0.25,copy=0.1,python=0.3}
 FROM_PLAIN=${MC_Q_FROM_PLAIN:-}        # a finished run's directory: its data, tokenizer and plain phase are reused
 MC_ARGS=()
