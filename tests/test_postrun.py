@@ -165,3 +165,21 @@ def test_evaluate_hook_validates_with_mc_and_does_nothing_without(tmp_path: Path
     finally:
         plugin.reset()
         pm.unregister(plugin)
+
+
+def test_validation_leaves_out_the_lengths_its_budget_cannot_hold(tmp_path: Path, capsys) -> None:
+    import dataclasses
+
+    from megacontext_plugin.evaluation.arms import unheld_lengths
+    from megacontext_plugin.evaluation.nanochat_model import ValidationSettings, validate, validation_budget
+
+    torch.manual_seed(0)
+    gpt, ctrl = GPTStandIn(), _controller(tmp_path)
+    ctrl.cfg = dataclasses.replace(ctrl.cfg, mc_wc_budget=24)
+    geometry = {"budget": validation_budget(ctrl), "horizon": 8, "block_size": 4, "recent": int(ctrl.prompt_recent)}
+    unheld = [x for x, _ in unheld_lengths((1, 2, 3, 4, 5), slack=0.25, **geometry)]
+    assert unheld and len(unheld) < 5  # some lengths fit this budget, some do not
+    result = validate(gpt, ByteTokenizer(), ctrl, ValidationSettings(lengths=(1, 2, 3, 4, 5), samples=1,
+                                                                    recall_docs=1, lens_docs=0))
+    assert {r["length_x"] for r in result["rows"]} == {1, 2, 3, 4, 5} - set(unheld)
+    assert f"--mc_eval_lengths {','.join(f'{x}x' for x in unheld)} left out" in capsys.readouterr().out

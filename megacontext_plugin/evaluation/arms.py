@@ -218,6 +218,20 @@ def coarsest_entries(num_tokens: int, block_size: int, recent: int, predicted: i
     return max(len(WorkingContext.coarsest(n, block_size, recent)) for n in range(lo, hi + 1))
 
 
+def unheld_lengths(lengths: list[int] | tuple[int, ...], *, budget: int, horizon: int, block_size: int, recent: int,
+                   slack: float) -> list[tuple[int, int]]:
+    """``(x, entries needed)`` for each length ``x`` (a multiple of ``budget``) whose history the compressed
+    arms cannot show: the coarsest layout (``coarsest_entries``) plus the ``horizon`` tokens NLL@H predicts
+    exceeds the budget."""
+    need = [(x, coarsest_entries(x * budget, block_size, recent, horizon, slack) + horizon - 1) for x in lengths]
+    return [(x, n) for x, n in need if n > budget]
+
+
+def unheld_reason(x: int, need: int, *, budget: int, horizon: int, block_size: int, recent: int) -> str:
+    return (f"a history of {x}x{budget} tokens needs {need} entries even at its coarsest (blocks of {block_size}, "
+            f"a raw tail of {recent}, {horizon} predicted tokens), more than the budget {budget}")
+
+
 def uniform_layout(num_tokens: int, budget: int, block_size: int, recent: int, max_level: int) -> WorkingContext:
     """The protected tail raw, older history in gists of the finest single level that fits ``budget``
     (leftovers that no node of that level covers stay at lower levels, as alignment requires)."""

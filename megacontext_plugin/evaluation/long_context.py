@@ -51,7 +51,7 @@ import torch
 
 from ..config import ConfigError, MCConfig
 from ..data import metrics, stdlib_text, tasks
-from .arms import ARMS, ArmRunner, coarsest_entries
+from .arms import ARMS, ArmRunner, unheld_lengths, unheld_reason
 from .checkpoint import load
 from .codec import BYTES, Codec, tokenizer_codec
 from .documents import (
@@ -221,25 +221,21 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _held_lengths(parser: argparse.ArgumentParser, lengths: list[int], *, explicit: bool, budget: int, horizon: int,
                   block_size: int, recent: int, slack: float) -> list[int]:
-    """The lengths whose histories the compressed arms can show in ``budget`` entries: the coarsest
-    layout (every level of the tree, the raw tail) plus the ``horizon`` tokens NLL@H predicts, for
-    documents within ``slack`` of the length (bytes: exact; a tokenizer's lengths vary). A length
-    asked for explicitly that cannot be held is one error line; the default lengths drop it, saying so."""
-    held, dropped = [], []
-    for x in lengths:
-        need = coarsest_entries(x * budget, block_size, recent, horizon, slack) + horizon - 1
-        (held if need <= budget else dropped).append((x, need))
+    """The lengths the compressed arms can hold (``arms.unheld_lengths``; ``slack``: bytes are exact, a
+    tokenizer's lengths vary). A length asked for explicitly that cannot be held is one error line; the
+    default lengths drop it, saying so."""
+    geometry = {"budget": budget, "horizon": horizon, "block_size": block_size, "recent": recent}
+    dropped = unheld_lengths(lengths, slack=slack, **geometry)
     if dropped:
-        x, need = dropped[0]
-        why = (f"a history of {x}x{budget} tokens needs {need} entries even at its coarsest (blocks of {block_size}, "
-               f"a raw tail of {recent}, {horizon} predicted tokens), more than the budget {budget}")
+        why = unheld_reason(*dropped[0], **geometry)
         if explicit:
-            parser.error(f"--lengths {','.join(str(d) for d, _ in dropped)}: {why}; use shorter lengths or a larger "
+            parser.error(f"--lengths {','.join(str(x) for x, _ in dropped)}: {why}; use shorter lengths or a larger "
                          f"--budget")
-        print(f"lengths {','.join(f'{d}x' for d, _ in dropped)} left out: {why}")
+        print(f"lengths {','.join(f'{x}x' for x, _ in dropped)} left out: {why}")
+    held = [x for x in lengths if x not in dict(dropped)]
     if not held:
         parser.error(f"--budget {budget}: no length can be held (a history of 1x needs {dropped[0][1]} entries)")
-    return [x for x, _ in held]
+    return held
 
 
 def _fail(message: str) -> NoReturn:

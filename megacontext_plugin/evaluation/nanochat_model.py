@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..training.controller import MCController
+from .arms import unheld_lengths, unheld_reason
 from .codec import tokenizer_codec
 from .long_context import evaluate
 from .report import format_cell
@@ -75,7 +76,16 @@ def validate(gpt: nn.Module, tokenizer: Any, controller: MCController,
     controller.eval()
     try:
         budget = validation_budget(controller)
-        return evaluate(NanochatArms(gpt), controller, budget=budget, lengths=settings.lengths,
+        cfg = controller.cfg
+        geometry = {"budget": budget, "horizon": cfg.mc_horizon, "block_size": cfg.block_size,
+                    "recent": int(controller.prompt_recent)}
+        dropped = dict(unheld_lengths(settings.lengths, slack=0.25, **geometry))
+        if dropped:
+            x, need = next(iter(dropped.items()))
+            print(f"megacontext: --mc_eval_lengths {','.join(f'{d}x' for d in dropped)} left out: "
+                  f"{unheld_reason(x, need, **geometry)}")
+        lengths = [x for x in settings.lengths if x not in dropped]  # none left: the table says so by its emptiness
+        return evaluate(NanochatArms(gpt), controller, budget=budget, lengths=lengths,
                         depths=settings.depths, samples=settings.samples, recall_docs=settings.recall_docs,
                         lens_docs=settings.lens_docs, horizon=controller.cfg.mc_horizon, arms=("truncation",
                         "uniform", "mc", "full"), rounds=settings.rounds, seed=settings.seed,
