@@ -230,9 +230,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     codec = tokenizer_codec(nc.tokenizer)
     conversations = {x: make_conversations(args.seed, x * budget, docs, engine.count_tokens, codec.chars_per_token)
                      for x in lengths}
+    mc_flags = chat_cli_flags(nc.controller.cfg, budget, overrides) if "mc" in arms else None
     try:
-        if "mc" in arms:
-            engine.open_megacontext(args.checkpoint, nc.step, chat_cli_flags(nc.controller.cfg, budget, overrides))
+        if mc_flags is not None:
+            engine.open_megacontext(args.checkpoint, nc.step, mc_flags)
             conversations = _held(parser, engine, conversations, explicit=args.lengths != parser.get_default("lengths"))
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -244,7 +245,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
               "recipe": nc.recipe, "seconds": time.perf_counter() - t0,
               "settings": {"budget": budget, "lengths_x": lengths, "arms": arms, "chat_docs": docs,
                            "seed": args.seed, "answer_tokens": ANSWER_TOKENS, "sequence_len": seq_len,
-                           "tokens": codec.name, "kinds": list(KINDS), "allocator_overrides": overrides,
+                           "tokens": codec.name, "kinds": list(KINDS), "chat_cli_flags": mc_flags,
                            "scoring": "the planted fact appears in the greedy answer as a whole word"}}
     print(format_chat_table(result))
     if args.json is not None:
