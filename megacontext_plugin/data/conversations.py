@@ -81,6 +81,10 @@ PASSKEY_QUESTION = "What is the pass key?"
 RECALL_QUESTION = "What is the value of key {key}?"
 FACT_QUESTION = "What is my {subject} called?"
 FACT_ANSWER = "Your {subject} is called {name}."
+FACT_STATEMENT = "My {subject} is called {name}."
+FACT_INTRO, FACT_ACK = "Remember this. ", "I will remember."
+PASSKEY_INTRO, PASSKEY_ACK = "Read this text and remember the pass key.\n\n", "I have read the text."
+RECALL_INTRO, RECALL_ACK = "Read these notes and remember every key and its value.\n\n", "I have read the notes."
 
 IDENTITY: tuple[tuple[str, str], ...] = (
     ("Who are you?",
@@ -104,9 +108,9 @@ IDENTITY: tuple[tuple[str, str], ...] = (
 )
 """Fixed identity exchanges (question, answer)."""
 
-_FACT_SUBJECTS = ("dog", "cat", "boat", "garden", "shop", "house", "friend", "river", "farmer", "baker",
+FACT_SUBJECTS = ("dog", "cat", "boat", "garden", "shop", "house", "friend", "river", "farmer", "baker",
                   "festival", "market", "lake", "harbor", "hill", "chair")
-_NAMES = tasks.symbol_pool(64)
+FACT_NAMES = tasks.symbol_pool(64)
 _MARGIN = 64  # characters kept free below max_chars: padding exchanges may overshoot a target by up to 60
 
 Message = dict[str, str]
@@ -208,13 +212,18 @@ def _text_exchange(rng: np.random.Generator, budget: int) -> tuple[str, str] | N
     return (prefix + text, reply) if text else None
 
 
+def filler_exchange(rng: np.random.Generator, budget: int) -> tuple[str, str]:
+    """One exchange of padding of at most about ``budget`` characters: mostly an echo or a story, else a sum."""
+    pair = _text_exchange(rng, budget) if budget > 80 and rng.random() < 0.7 else None
+    return pair or _sum_exchange(rng)
+
+
 def _padding(rng: np.random.Generator, budget: int, at_least: int) -> list[Message]:
     """At least ``at_least`` exchanges of sums, echoes and stories, about ``budget`` characters."""
     pairs: list[tuple[str, str]] = []
     left = budget
     while left > 40 or len(pairs) < at_least:
-        pair = _text_exchange(rng, left) if left > 80 and rng.random() < 0.7 else None
-        pair = pair or _sum_exchange(rng)
+        pair = filler_exchange(rng, left)
         pairs.append(pair)
         left -= len(pair[0]) + len(pair[1])
     return _chat(*pairs)
@@ -236,7 +245,7 @@ def _passkey(rng: np.random.Generator, lengths: Lengths) -> Conversation:
     target = lengths.draw(rng)
     digits = int(rng.integers(3, 7))
     single = bool(rng.random() < 0.5)
-    intro, ack = "Read this text and remember the pass key.\n\n", "I have read the text."
+    intro, ack = PASSKEY_INTRO, PASSKEY_ACK
     between = [] if single else _padding(rng, 0, int(rng.integers(0, 3)))
     reply_len = len("The pass key is .") + digits
     fixed = len(PASSKEY_QUESTION) + reply_len + (2 if single else len(intro) + len(ack) + _chars(between))
@@ -256,7 +265,7 @@ def _recall(rng: np.random.Generator, lengths: Lengths) -> Conversation:
     num_pairs = int(rng.integers(2, 5))
     num_queries = int(rng.integers(1, num_pairs + 1))
     single = bool(rng.random() < 0.5)
-    intro, ack = "Read these notes and remember every key and its value.\n\n", "I have read the notes."
+    intro, ack = RECALL_INTRO, RECALL_ACK
     pair_len = len("key xxx -> value 000.")  # every key is 3 letters, every value 3 digits
     exchange = len(RECALL_QUESTION.format(key="xxx")) + pair_len
     fixed = num_queries * exchange + (2 if single else len(intro) + len(ack))
@@ -280,13 +289,14 @@ def _fact(rng: np.random.Generator, lengths: Lengths) -> Conversation:
     """One to three facts in the first turn, at least two unrelated exchanges, then the questions."""
     target = lengths.draw(rng)
     n = int(rng.integers(1, 4))
-    subjects = [_FACT_SUBJECTS[int(i)] for i in rng.choice(len(_FACT_SUBJECTS), size=n, replace=False)]
-    names = [_NAMES[int(i)] for i in rng.choice(len(_NAMES), size=n, replace=False)]
-    statement = "Remember this. " + " ".join(f"My {s} is called {m}." for s, m in zip(subjects, names, strict=True))
+    subjects = [FACT_SUBJECTS[int(i)] for i in rng.choice(len(FACT_SUBJECTS), size=n, replace=False)]
+    names = [FACT_NAMES[int(i)] for i in rng.choice(len(FACT_NAMES), size=n, replace=False)]
+    statement = FACT_INTRO + " ".join(FACT_STATEMENT.format(subject=s, name=m)
+                                      for s, m in zip(subjects, names, strict=True))
     order = [int(i) for i in rng.permutation(n)]
     asks = [(FACT_QUESTION.format(subject=subjects[i]), FACT_ANSWER.format(subject=subjects[i], name=names[i]))
             for i in order]
-    head = _chat((statement, "I will remember."))
+    head = _chat((statement, FACT_ACK))
     tail = _chat(*asks)
     middle = _padding(rng, target - _chars(head) - _chars(tail), at_least=2)
     return Conversation("fact", tuple(head + middle + tail), tuple(names[i] for i in order))

@@ -51,6 +51,7 @@ import torch
 
 from ..config import ConfigError, MCConfig
 from ..data import metrics, stdlib_text, tasks
+from . import chat_arm
 from .arms import ARMS, ArmRunner, unheld_lengths, unheld_reason
 from .checkpoint import load
 from .codec import BYTES, Codec, tokenizer_codec
@@ -119,6 +120,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "its corpus_train_files.txt, are refused)")
     p.add_argument("--documents-per-length", type=int, default=40,
                    help="--documents: at most this many documents per length, taken round-robin over the files")
+    p.add_argument("--chat", action="store_true", help="the chat arm on a chat checkpoint (chatsft_checkpoints/TAG): "
+                   "greedy answers to conversations that plant a fact first and ask for it last (chat_arm.py)")
+    p.add_argument("--chat-docs", type=int, default=None, help="--chat: conversations per length (default 40)")
+    p.add_argument("--chat-flags", default=None, help="--chat: chat_cli --mc flags for the mc arm on top of the run's "
+                   "(e.g. --chat-flags='--mc_refocus_every 16')")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--png", type=Path, default=None,
                    help="heatmap PNG (default: beside --json); the ΔNLL plot gets the suffix _nll")
@@ -129,6 +135,8 @@ def _floats(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.chat or args.chat_docs is not None or args.chat_flags is not None:
+        return chat_arm.run(args, parser)
     try:
         lengths = [int(v) for v in args.lengths.split(",") if v.strip()]
         depths = _floats(args.depths)
