@@ -118,8 +118,11 @@ def evaluate_run(run: Path, seeds: list[int], out: Path, *, quick: bool, chat: b
         result["documents_files"] = [str(f) for f in files]
     sft = sorted((run / "chatsft_checkpoints").glob("*"))
     if chat and sft:
+        # a refocus every 16 generated tokens leaves the session's headroom at 16 of W = 64 entries: the
+        # default 32 leaves too few for the history past 2x (README, the chat arm)
         chats = [_evaluate(["--checkpoint", str(sft[0]), "--chat", "--seed", str(seed), "--lengths", "8",
-                            "--chat-docs", "8" if quick else "40"], out.with_name(f"{out.stem}_chat{seed}.json"))
+                            "--chat-docs", "8" if quick else "40", "--chat-flags=--mc_refocus_every 16"],
+                           out.with_name(f"{out.stem}_chat{seed}.json"))
                  for seed in seeds]
         if all(c is not None for c in chats):
             result["chat"] = [{"arm": r["arm"], "length_x": r["length_x"],
