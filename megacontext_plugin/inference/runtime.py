@@ -43,6 +43,7 @@ from torch import nn
 
 from ..config import MCConfig
 from ..nets import AuxNets, model_device
+from ..private_files import make_private_dirs
 from ..telemetry import nanochat_base_dir
 from .decode import SpecialTokens, decode_stream
 from .session import MCSession, SessionError, SessionSettings
@@ -82,8 +83,7 @@ class InferenceRuntime:
         path: Path | None = None
         temp: Path | None = None
         if cfg.mc_tree == "disk":
-            root = default_tree_dir(cfg)
-            root.mkdir(parents=True, exist_ok=True)
+            root = make_private_dirs(default_tree_dir(cfg))
             if name:
                 path = root / name
             else:
