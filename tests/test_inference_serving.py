@@ -212,3 +212,25 @@ def test_the_default_conversation_limit_is_what_the_held_sessions_can_hold() -> 
         5000, "--mc_web_max_chars")
     tiny_memory = web_char_limit(ram, 10**9, 32_000)  # an absurdly wide model: never below upstream's
     assert tiny_memory[0] == 32_000
+
+
+def test_unnamed_trees_a_killed_process_left_are_removed_unless_another_process_holds_them(tmp_path: Path) -> None:
+    import torch
+
+    from megacontext_plugin.tree import open_tree
+
+    def tree(name: str):  # type: ignore[no-untyped-def]
+        return open_tree("disk", block_size=8, dim=4, embed_fn=lambda ids: torch.zeros(len(ids), 4),
+                         gist_fn=lambda children: children.mean(dim=1), path=tmp_path / name, fsync="never")
+
+    tree("unnamed-left").close()  # its process was killed: nobody holds it
+    held = tree("unnamed-held")  # another server's live session
+    tree("notes").close()  # a named session is never swept
+    model, controller, _ = build(["--mc_tree", "disk", "--mc_tree_dir", str(tmp_path)])
+    runtime = InferenceRuntime(controller.nets)
+    _answer(runtime, FakeEngine(model), prompt(2 * T))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert "unnamed-left" not in names and {"unnamed-held", "notes"} <= set(names) and len(names) == 3
+    runtime.close()
+    held.close()
+    controller.close()

@@ -38,6 +38,8 @@ class ChatRuntime:
     def __init__(self, nets: AuxNets, model: nn.Module | None = None, *, answer_reports: bool = False,
                  web: bool = False) -> None:
         self.runtime = InferenceRuntime(nets)
+        self._runtime_exit = ClosedAtExit(self.runtime)
+        """Sessions closed at process exit too (a server ends on a signal): unnamed disk trees are removed."""
         if web:
             logger = logging.getLogger("megacontext")
             self.runtime.log = lambda line: logger.info("megacontext: %s", line)
@@ -120,7 +122,7 @@ class ChatRuntime:
             yield from inner
 
     def close(self) -> None:
-        self.runtime.close()
+        self._runtime_exit.close()
         if self._provider_exit is not None:
             self._provider_exit.close()
             self._provider_exit = None

@@ -13,7 +13,9 @@ Sessions.
   other's history. Up to ``--mc_max_sessions`` of them are kept, so interleaved conversations each
   continue their own; the least recently used, and any idle for ``--mc_session_idle_s``, are
   dropped (``pool.SessionPool``). With ``--mc_tree disk`` an unnamed session lives in a temporary
-  directory under ``--mc_tree_dir``, removed when the session is dropped or the runtime closes.
+  directory under ``--mc_tree_dir``, removed when the session is dropped or the runtime closes (at
+  process exit too); those of a process that could not clean up (killed) are removed by the next
+  runtime that makes one there, unless another process holds them open.
 - Named (``--mc_session NAME``): one persistent history. With ``--mc_tree disk`` it lives in
   ``--mc_tree_dir/NAME`` (default ``$NANOCHAT_BASE_DIR/megacontext/trees/NAME``): every token is
   committed to the tree as it is generated, so a reopened session (a new process, even after a
@@ -49,10 +51,14 @@ from ..config import MCConfig
 from ..nets import AuxNets, model_device
 from ..private_files import make_private_dirs
 from ..telemetry import nanochat_base_dir
+from ..tree import remove_if_closed
 from .decode import SpecialTokens, decode_stream
 from .ingest_watch import PROGRESS_EVERY_S, IngestTimeout, IngestWatch
 from .pool import SessionPool
 from .session import MCSession, SessionError, SessionSettings
+
+UNNAMED_PREFIX = "unnamed-"
+"""Directory name prefix of unnamed disk sessions' temporary trees under the tree directory."""
 
 
 def default_tree_dir(cfg: MCConfig) -> Path:
@@ -77,6 +83,7 @@ class InferenceRuntime:
         self.named: dict[str, MCSession] = {}
         self.pool = SessionPool(self.cfg.mc_max_sessions, self.cfg.mc_session_idle_s, self._drop)
         self._temp_dirs: dict[int, Path] = {}
+        self._swept = False
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.last_session: MCSession | None = None
         self.log: Callable[[str], None] | None = None
@@ -100,10 +107,14 @@ class InferenceRuntime:
         temp: Path | None = None
         if cfg.mc_tree == "disk":
             root = make_private_dirs(default_tree_dir(cfg))
+            if not self._swept:  # unnamed trees of a process that could not clean up (killed, or SIGTERM)
+                for stale in root.glob(f"{UNNAMED_PREFIX}*"):
+                    remove_if_closed(stale)
+                self._swept = True
             if name:
                 path = root / name
             else:
-                path = temp = Path(tempfile.mkdtemp(prefix="unnamed-", dir=root))
+                path = temp = Path(tempfile.mkdtemp(prefix=UNNAMED_PREFIX, dir=root))
         session = MCSession(model, self.nets.gistnet, self.nets.lensnet, self.settings,
                             aux_dtype=self.nets.aux_dtype, kind=cfg.mc_tree, path=path,
                             fsync=cfg.mc_tree_fsync, name=name or None, listeners=())

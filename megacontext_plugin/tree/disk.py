@@ -28,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import struct
 import time
 import zlib
@@ -570,6 +571,24 @@ class DiskTree(TreeBase):
         if self._dir_fd >= 0:
             os.close(self._dir_fd)  # releases the flock
             self._dir_fd = -1
+
+
+def remove_if_closed(path: str | os.PathLike[str]) -> bool:
+    """Delete the tree directory ``path`` unless a ``DiskTree`` holds it open (its ``flock``), e.g. a
+    temporary tree left behind by a killed process; True if it was removed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _gists_to_numpy(gists_MD: torch.Tensor) -> np.ndarray:
