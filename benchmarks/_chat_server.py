@@ -8,7 +8,10 @@ integration test (``tests/test_chat_web_nanochat.py``) checks.
 - :func:`run_clients` runs several clients at once, each a multi-turn conversation that resends the
   whole conversation every turn (as nanochat's web UI does), within a deadline.
 
-Only the standard library: clients talk HTTP/1.1 to 127.0.0.1 and nowhere else.
+- :func:`prepare_nanochat` makes what the server serves: a patched copy of nanochat at the pin and a
+  ``NANOCHAT_BASE_DIR`` with a tokenizer and a depth-2 base model trained 3 steps with ``--mc``.
+
+Clients use only the standard library and talk HTTP/1.1 to 127.0.0.1, nowhere else.
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ from pathlib import Path
 from typing import Any
 
 HOST = "127.0.0.1"
+MC_FLAGS = ["--mc", "--block_size", "8", "--allocator_recent_tokens", "32", "--mc_horizon", "16",
+            "--mc_auto_batch", "0"]
+"""The tiny model's knobs (as the integration tests train it)."""
+BASE_TRAIN = ["--device-type", "cpu", "--depth", "2", "--head-dim", "64", "--window-pattern", "L", "--max-seq-len",
+              "256", "--device-batch-size", "2", "--total-batch-size", "512", "--num-iterations", "3",
+              "--eval-every", "-1", "--core-metric-every", "-1", "--sample-every", "-1"]
+PLUGIN_ROOT = Path(__file__).resolve().parents[1]
 WORDS = (
     "river", "ledger", "stone", "hills", "miller", "weather", "harvest", "number", "seven", "lantern",
     "orchard", "quiet", "morning", "bridge", "letter", "copper", "window", "garden", "thunder", "market",
@@ -245,3 +255,60 @@ def latency_summary(replies: Sequence[Reply]) -> dict[str, Any]:
     return {"requests": len(replies), "answered": len(firsts),
             "first_token_p50_s": percentile(firsts, 0.5), "first_token_p99_s": percentile(firsts, 0.99),
             "first_token_max_s": max(firsts) if firsts else float("nan")}
+
+
+def nanochat_env(tree: Path, base: Path) -> dict[str, str]:
+    """An upstream script's environment: the tree and this checkout's plugin on PYTHONPATH, the base dir."""
+    env = {k: v for k, v in os.environ.items() if k != "NANOCHAT_PLUGINS"}
+    return env | {"PYTHONPATH": os.pathsep.join([str(tree), str(PLUGIN_ROOT)]), "NANOCHAT_BASE_DIR": str(base),
+                  "OMP_NUM_THREADS": "2"}
+
+
+def _run(cmd: Sequence[str], tree: Path, env: dict[str, str], timeout_s: float) -> None:
+    proc = subprocess.run(list(cmd), cwd=tree, env=env, capture_output=True, text=True, timeout=timeout_s,
+                          check=False)
+    if proc.returncode != 0:
+        output = proc.stdout[-1500:] + proc.stderr[-1500:]
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed ({proc.returncode}):\n{output}")
+
+
+def prepare_nanochat(nanochat_dir: Path, root: Path) -> tuple[Path, Path]:
+    """``(tree, base)``: nanochat at the pin patched in ``root/nanochat``, and in ``root/base`` our corpus,
+    a 512-token tokenizer and a depth-2 base model trained 3 steps with ``--mc`` (about a minute on a CPU).
+
+    Three steps leave the output projections near their zero init, so that model would answer every
+    prompt alike; they are randomised (:func:`randomise_projections`) so that each greedy answer is a
+    function of the whole working context, and an answer shows which context it was decoded from."""
+    import shutil
+
+    from megacontext_plugin import nanochat_patch
+    from megacontext_plugin.data.corpus import write_corpus
+
+    tree, base = root / "nanochat", root / "base"
+    shutil.copytree(nanochat_dir, tree)
+    nanochat_patch.apply(tree)
+    write_corpus(base / "base_data", num_shards=3, docs_per_shard=48, seed=0)
+    env = nanochat_env(tree, base)
+    _run([sys.executable, "-m", "scripts.tok_train", "--max-chars", "1000000", "--vocab-size", "512"], tree,
+         {**env, "NANOCHAT_PLUGINS": "none"}, 300)
+    _run([sys.executable, "-m", "scripts.base_train", *BASE_TRAIN, *MC_FLAGS], tree, env, 600)
+    randomise_projections(base / "base_checkpoints" / "d2" / "model_000003.pt")
+    return tree, base
+
+
+def randomise_projections(checkpoint: Path, std: float = 0.2) -> None:
+    """Attention and MLP output projections and the LM head of a nanochat checkpoint, redrawn (seeded)."""
+    import torch
+
+    state = torch.load(checkpoint, weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    for name, weight in state.items():
+        if name.endswith(("attn.c_proj.weight", "mlp.c_proj.weight", "lm_head.weight")):
+            weight.copy_(torch.randn(weight.shape, generator=generator) * std)
+    torch.save(state, checkpoint)
+
+
+def server_flags(trees: Path, *extra: str) -> list[str]:
+    """``chat_web`` serving the tiny base model on the CPU with ``--mc`` and disk trees under ``trees``."""
+    return ["-i", "base", "--device-type", "cpu", "-d", "float32", *MC_FLAGS, "--mc_tree", "disk",
+            "--mc_tree_dir", str(trees), *extra]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -19,9 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_nanochat_hooks import MC, _base_train, _env
-
-from megacontext_plugin import nanochat_patch
 
 pytestmark = pytest.mark.integration
 _SPEC = importlib.util.spec_from_file_location(
@@ -40,45 +36,18 @@ DEADLINE_S = 600.0
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A patched nanochat tree and a NANOCHAT_BASE_DIR holding a base model trained with --mc (3 steps)."""
+    """A patched nanochat tree and a NANOCHAT_BASE_DIR with a tiny base model trained with --mc
+    (``prepare_nanochat``: its output projections randomised, so that answers tell their contexts apart)."""
     raw = os.environ.get("NANOCHAT_DIR", "")
     if not raw:
         pytest.skip("NANOCHAT_DIR is not set: point it at an extract of nanochat a91743c (see README, Development)")
     for module in ("filelock", "rustbpe", "tokenizers", "pyarrow", "fastapi", "uvicorn"):
         pytest.importorskip(module, reason=f"upstream's scripts need {module}")
-    root = tmp_path_factory.mktemp("chat-web")
-    tree, base = root / "nanochat", root / "base"
-    shutil.copytree(raw, tree)
-    nanochat_patch.apply(tree)
-    from megacontext_plugin.data.corpus import write_corpus
-
-    write_corpus(base / "base_data", num_shards=3, docs_per_shard=48, seed=0)
-    proc = subprocess.run([sys.executable, "-m", "scripts.tok_train", "--max-chars", "1000000", "--vocab-size", "512"],
-                          cwd=tree, env=_env(tree, base, "none"), capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    _base_train(tree, base, None, MC)
-    _randomise_projections(base / "base_checkpoints" / "d2" / "model_000003.pt")
-    return tree, base
+    return srv.prepare_nanochat(Path(raw), tmp_path_factory.mktemp("chat-web"))
 
 
-def _randomise_projections(checkpoint: Path) -> None:
-    """Three steps leave the output projections near their zero init, so the model answers every
-    prompt alike, whatever it says, and no answer could show cross-talk. Random projections make each
-    greedy answer a function of the whole working context."""
-    import torch
-
-    state = torch.load(checkpoint, weights_only=True)
-    generator = torch.Generator().manual_seed(0)
-    for name, weight in state.items():
-        if name.endswith(("attn.c_proj.weight", "mlp.c_proj.weight", "lm_head.weight")):
-            weight.copy_(torch.randn(weight.shape, generator=generator) * 0.2)
-    torch.save(state, checkpoint)
-
-
-def _flags(trees: Path, *extra: str) -> list[str]:
-    return ["-i", "base", "--device-type", "cpu", "-d", "float32", *MC, "--mc_tree", "disk", "--mc_tree_dir",
-            str(trees), *extra]
+def _env(tree: Path, base: Path) -> dict[str, str]:
+    return srv.nanochat_env(tree, base)
 
 
 def _owner_only(root: Path) -> dict[str, str]:
@@ -95,8 +64,8 @@ def test_chat_web_with_mc_serves_interleaved_clients_on_loopback_as_each_alone(
         trained: tuple[Path, Path], tmp_path: Path) -> None:
     tree, base = trained
     trees = tmp_path / "trees"
-    server = srv.Server(tree, _env(tree, base, None), tmp_path / "server.log",
-                        _flags(trees, "--mc_max_sessions", str(CAP), "--mc_web_max_chars", str(LIMIT)))
+    server = srv.Server(tree, _env(tree, base), tmp_path / "server.log",
+                        srv.server_flags(trees, "--mc_max_sessions", str(CAP), "--mc_web_max_chars", str(LIMIT)))
     replies = []
     try:
         port = server.port
@@ -156,8 +125,9 @@ def _history(tree: Path, base: Path, session: Path) -> tuple[int, str]:
     ids = np.fromfile(session / "lod0.ids", dtype="<i4", offset=64)[:num_tokens].tolist()
     decode = ("import json, sys; from nanochat.tokenizer import get_tokenizer; "
               "sys.stdout.write(get_tokenizer().decode(json.load(sys.stdin)))")
-    proc = subprocess.run([sys.executable, "-c", decode], input=json.dumps(ids), cwd=tree,
-                          env=_env(tree, base, "none"), capture_output=True, text=True, timeout=120, check=True)
+    env = {**_env(tree, base), "NANOCHAT_PLUGINS": "none"}
+    proc = subprocess.run([sys.executable, "-c", decode], input=json.dumps(ids), cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
     return num_tokens, proc.stdout
 
 
@@ -165,16 +135,16 @@ def test_a_named_session_is_refused_beyond_loopback_and_survives_a_sigkill_of_th
         trained: tuple[Path, Path], tmp_path: Path) -> None:
     tree, base = trained
     trees = tmp_path / "trees"
-    refused = subprocess.run([sys.executable, "-m", "scripts.chat_web", *_flags(trees, "--mc_session", "notes")],
-                             cwd=tree, env=_env(tree, base, None), capture_output=True, text=True, timeout=300,
+    flags = srv.server_flags(trees, "--mc_session", "notes")
+    refused = subprocess.run([sys.executable, "-m", "scripts.chat_web", *flags],
+                             cwd=tree, env=_env(tree, base), capture_output=True, text=True, timeout=300,
                              check=False)  # upstream's default --host 0.0.0.0
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines()[-1].startswith(
         "error: --mc_session notes: chat_web on --host 0.0.0.0 would give every client")
     assert not (trees / "notes").exists()
 
-    flags = _flags(trees, "--mc_session", "notes")
-    server = srv.Server(tree, _env(tree, base, None), tmp_path / "first.log", flags)
+    server = srv.Server(tree, _env(tree, base), tmp_path / "first.log", flags)
     conversation = srv.conversations(1, 3, FIRST_CHARS, 120)[0]
     try:
         assert "every conversation of every client goes to session 'notes'" in server.output()
@@ -193,7 +163,7 @@ def test_a_named_session_is_refused_beyond_loopback_and_survives_a_sigkill_of_th
         assert said in text, said  # every turn, every answer, and what the client saw of the cut one
     assert not _owner_only(session)
 
-    again = srv.Server(tree, _env(tree, base, None), tmp_path / "second.log", flags)
+    again = srv.Server(tree, _env(tree, base), tmp_path / "second.log", flags)
     try:
         assert f"session 'notes' (disk, {session}): {committed} tokens of history" in again.output()
         follow_up = srv.chat(again.port, [{"role": "user", "content": "what did we talk about?"}],
