@@ -108,7 +108,7 @@ def main() -> None:
     points = result["rss_by_abandoned"]
     plot_lines(png_path(args, "chat_load.png"),
                {"server resident set": ([p["conversations"] for p in points], [p["rss_mib"] for p in points])},
-               title=f"chat_web --mc: memory as abandoned conversations accumulate (--mc_max_sessions {cap})",
+               title=f"chat_web --mc: memory vs abandoned conversations (cap {cap})",
                xlabel="abandoned conversations served", ylabel="resident MiB")
 
 
