@@ -39,7 +39,7 @@ class ChatRuntime:
                  web: bool = False) -> None:
         self.runtime = InferenceRuntime(nets)
         self._runtime_exit = ClosedAtExit(self.runtime)
-        """Sessions closed at process exit too (a server ends on a signal): unnamed disk trees are removed."""
+        """Sessions closed at process exit too (a server stopped with Ctrl-C): unnamed disk trees removed."""
         if web:
             logger = logging.getLogger("megacontext")
             self.runtime.log = lambda line: logger.info("megacontext: %s", line)
