@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .config import MCConfig, is_checkpoint_knob
+from .private_files import make_private_dirs, private_binary_file, replacement_mode
 
 STRUCTURAL_PREFIXES = ("block_size", "gistnet_", "lensnet_")
 """Knobs that shape the aux nets' parameters: a later stage must use the values its checkpoint was trained with."""
@@ -32,10 +33,13 @@ def state_path(checkpoint_dir: str | Path, step: int) -> Path:
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:
-    """Save ``state`` so that a crash mid-save leaves the previous file, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Save ``state`` so that a crash mid-save leaves the previous file, never a torn one. The aux nets
+    learnt from the training conversations: a new file is owner-only, a replaced one keeps its mode."""
+    make_private_dirs(path.parent)
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
+    tmp.unlink(missing_ok=True)  # a leftover would keep its own mode
+    with private_binary_file(tmp, "wb", replacement_mode(path)) as f:
+        torch.save(state, f)
     os.replace(tmp, path)
 
 

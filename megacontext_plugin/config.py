@@ -111,6 +111,22 @@ class MCConfig:
                             "lives in --mc_tree_dir/NAME and survives restarts; empty = a fresh session per "
                             "conversation)", check=lambda v: _SESSION_NAME.fullmatch(v) is not None,
                             allowed="empty or 1-64 of A-Z a-z 0-9 . _ - (not starting with . or -)")
+    mc_session_shared_by_all_clients: bool = _knob(
+        False, "chat_web: allow --mc_session on a server that binds beyond loopback, knowing that it is one history "
+        "that every client reads and extends (without it such a server refuses --mc_session)")
+    mc_max_sessions: int = _knob(4, "inference: unnamed sessions kept so that their conversations continue without "
+                                 "ingesting again; past it the least recently used one is dropped",
+                                 check=_pos, allowed="an integer >= 1")
+    mc_session_idle_s: float = _knob(600.0, "inference: an unnamed session unused for this many seconds is dropped "
+                                     "at the next prompt (0 = only --mc_max_sessions drops them)", check=_nonneg,
+                                     allowed="a number >= 0")
+    mc_web_max_chars: int = _knob(0, "chat_web: characters a conversation, and one message, may hold with --mc "
+                                  "(0 = what the tree and this machine can hold; without --mc upstream's 32,000 "
+                                  "and 8,000 stay)", check=_nonneg, allowed="an integer >= 0")
+    mc_web_ingest_s: float = _knob(120.0, "chat_web: seconds one request may spend ingesting its conversation; past "
+                                   "them the answer is empty, and sending the conversation again continues the "
+                                   "ingestion where it stopped (0 = no limit)", check=_nonneg,
+                                   allowed="a number >= 0")
 
     # ---- training controller ------------------------------------------------------------
     mc_num_random_variants: int = _knob(2, "random working-context variants trained per sequence (exploration)",

@@ -14,6 +14,7 @@ patched scripts make them::
     load_state(checkpoint_dir, step)                 # mid/sft/chat: load_model() read a checkpoint
     plan_iterations(args, num_iterations)            # base: once the horizon is known
     setup_model(model, args, num_iterations, stage)  # once; True = drive this model's forward
+    chat_limits(message_chars, conversation_chars)   # chat_web: once its worker is set up
     load_state(checkpoint_dir, step)                 # base, on --resume-from-step
     for each micro-batch (training):
         ov = before_forward(model, idx, targets, kv_cache)      # inside GPT.forward
@@ -160,6 +161,13 @@ def generate(engine: Any, tokens: list[int], num_samples: int, max_tokens: int |
     """First thing in ``Engine.generate`` (on a model a plugin drives): return an iterator of
     ``(token_column, token_masks)`` exactly as ``Engine.generate`` yields them to decode this
     prompt yourself, or None to let the Engine decode it."""
+
+
+@hookspec(firstresult=True)
+def chat_limits(message_chars: int, conversation_chars: int) -> tuple[int, int] | None:
+    """``chat_web``, once its worker is set up: return ``(message_chars, conversation_chars)``, the
+    characters a message and a whole conversation may hold, to replace the host's own limits (given
+    here), or None to keep them."""
 
 
 @hookspec

@@ -29,6 +29,7 @@ from megacontext_plugin.evaluation.postrun import post_run_validation
 from megacontext_plugin.hookspecs import ForwardOverride, hookimpl
 from megacontext_plugin.inference import ChatRuntime, InferenceRuntime, SessionError
 from megacontext_plugin.inference.cli_report import host_is_chat_cli
+from megacontext_plugin.inference.web import check_web_arguments, serves_web, web_char_limit
 from megacontext_plugin.nets import AuxNets, model_device, model_dims
 from megacontext_plugin.telemetry import TelemetryConfigError
 from megacontext_plugin.training import MCBatch, MCController
@@ -141,6 +142,8 @@ class MegaContextPlugin:
             cfg = config_from_args(args)
             if sequence_len is not None:
                 cfg.validate_for_model(sequence_len)
+            if stage == "chat" and serves_web(args):
+                check_web_arguments(cfg, args)
         except ConfigError as e:
             _fail(str(e))
         self.run.cfg = cfg
@@ -171,7 +174,7 @@ class MegaContextPlugin:
                 run.training = None
             if stage == "chat":  # the inference knobs and a named session fail here, before the first prompt
                 run.chat_nets = self._load_chat_nets(cfg, model)
-                self._open_chat(run.chat_nets, model, answer_reports=host_is_chat_cli())
+                self._open_chat(run.chat_nets, model, answer_reports=host_is_chat_cli(), web=serves_web(args))
                 return True
             run.training = TrainingRun(cfg, model, num_iterations=num_iterations, stage=stage)
             self._start_from_source(run.training)
@@ -226,11 +229,12 @@ class MegaContextPlugin:
             nets.load_nets(saved["controller"])
         return nets
 
-    def _open_chat(self, nets: AuxNets, model: torch.nn.Module | None = None, answer_reports: bool = False) -> None:
+    def _open_chat(self, nets: AuxNets, model: torch.nn.Module | None = None, answer_reports: bool = False,
+                   web: bool = False) -> None:
         if self.run.chat is not None:
             self.run.chat.close()
             self.run.chat = None
-        self.run.chat = ChatRuntime(nets, model, answer_reports=answer_reports)
+        self.run.chat = ChatRuntime(nets, model, answer_reports=answer_reports, web=web)
         for message in self.run.chat.messages:
             _say(message)
 
@@ -314,6 +318,15 @@ class MegaContextPlugin:
         assert self.run.chat is not None
         return self.run.chat.generate(engine, tokens, num_samples=num_samples, max_tokens=max_tokens,
                                       temperature=temperature, top_k=top_k, seed=seed)
+
+    @hookimpl
+    def chat_limits(self, message_chars: int, conversation_chars: int) -> tuple[int, int] | None:
+        nets = self.run.chat_nets
+        if self.run.chat is None or nets is None:
+            return None
+        limit, why = web_char_limit(nets.cfg, nets.gistnet.dim, conversation_chars)
+        _say(f"chat_web accepts conversations, and messages, of up to {limit:,} characters ({why})")
+        return limit, limit
 
     @hookimpl
     def evaluate(self, model: torch.nn.Module, tokenizer: Any, args: argparse.Namespace, source: str,

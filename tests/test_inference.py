@@ -153,10 +153,14 @@ def test_a_continued_conversation_ingests_only_the_new_turn_and_another_prompt_s
     answer = _drain(runtime.generate(engine, first, max_tokens=10, temperature=0.0))
     session = runtime.last_session
     turn = [*first, *answer, 9, 10, 11]  # the caller resends the conversation with its next turn
-    _drain(runtime.generate(engine, turn, max_tokens=5, temperature=0.0))
+    second = _drain(runtime.generate(engine, turn, max_tokens=5, temperature=0.0))
     assert runtime.last_session is session and session.stats.tokens_ingested == len(first) + 3
     _drain(runtime.generate(engine, prompt(3 * T, seed=9), max_tokens=5, temperature=0.0))
-    assert runtime.last_session is not session and session.closed  # evals never share a history
+    other = runtime.last_session
+    assert other is not session and other.stats.tokens_ingested == 3 * T  # evals never share a history
+    _drain(runtime.generate(engine, [*turn, *second, 12, 13], max_tokens=5, temperature=0.0))
+    assert runtime.last_session is session and not session.closed  # kept: the first conversation continues
+    assert session.stats.tokens_ingested == len(first) + 3 + 2
     runtime.close()
 
 

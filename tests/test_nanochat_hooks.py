@@ -91,10 +91,16 @@ def base_dir(patched: Path, tmp_path: Path) -> Path:
     return base
 
 
+PLUGIN_ROOT = Path(nanochat_patch.__file__).resolve().parents[1]
+"""Where the megacontext_plugin under test lives: an upstream script imports the same one (a checkout
+beside an editable install of another would otherwise be shadowed by it)."""
+
+
 def _env(tree: Path, base: Path | None, plugins: str | None) -> dict[str, str]:
-    """The environment of an upstream script: the tree on PYTHONPATH, the allow-list, the base dir."""
+    """The environment of an upstream script: the tree and the plugin under test on PYTHONPATH, the
+    allow-list, the base dir."""
     env = {k: v for k, v in os.environ.items() if k != "NANOCHAT_PLUGINS"}
-    env |= {"PYTHONPATH": str(tree), "OMP_NUM_THREADS": "2"}
+    env |= {"PYTHONPATH": os.pathsep.join([str(tree), str(PLUGIN_ROOT)]), "OMP_NUM_THREADS": "2"}
     if base is not None:
         env["NANOCHAT_BASE_DIR"] = str(base)
     if plugins is not None:

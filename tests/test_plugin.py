@@ -65,13 +65,17 @@ class SmallHost:
     """The calls patched nanochat makes, around a TinyGPT (no upstream needed)."""
 
     def __init__(self, argv: list[str], num_iterations: int = 10, stage: str = "base",
-                 source: tuple[Path, int] | None = None) -> None:
+                 source: tuple[Path, int] | None = None, web: bool = False) -> None:
         self.pm = _manager()
         self.plugin = MegaContextPlugin()
         self.pm.register(self.plugin, name="megacontext")
         parser = argparse.ArgumentParser()
         parser.add_argument("--max-seq-len", type=int, default=T)  # the host's own flags
         parser.add_argument("--device-batch-size", type=int, default=2)
+        if web:  # chat_web's
+            parser.add_argument("--host", type=str, default="0.0.0.0")
+            parser.add_argument("--port", type=int, default=8000)
+            parser.add_argument("--num-gpus", type=int, default=1)
         self.pm.hook.register_arguments(parser=parser)
         self.args = parser.parse_args(argv)
         self.pm.hook.adjust_arguments(args=self.args, stage=stage)
@@ -459,3 +463,39 @@ def test_chat_cli_answers_print_their_latency_and_past_the_window_the_level_map(
     assert lines[1].startswith(f"megacontext: level map: {6 * T + 12} tokens in ") and f"/{T} entries" in lines[1]
     assert lines[2].strip().startswith("[") and lines[2].strip().endswith("]")
     host.close()
+
+
+def test_chat_limits_hook_gives_chat_web_the_mc_limits_and_leaves_upstreams_without_mc(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    off = SmallHost([], stage="chat", web=True)
+    assert off.pm.hook.chat_limits(message_chars=8000, conversation_chars=32000) is None
+    off.close()
+    fixed = SmallHost(["--mc", *SMALL, "--mc_telemetry", "none", "--mc_web_max_chars", "123456"], stage="chat",
+                      web=True)
+    capsys.readouterr()
+    assert fixed.pm.hook.chat_limits(message_chars=8000, conversation_chars=32000) == (123456, 123456)
+    assert ("megacontext: chat_web accepts conversations, and messages, of up to 123,456 characters "
+            "(--mc_web_max_chars)") in capsys.readouterr().out
+    fixed.close()
+    auto = SmallHost(["--mc", *SMALL, "--mc_telemetry", "none"], stage="chat", web=True)
+    message, conversation = auto.pm.hook.chat_limits(message_chars=8000, conversation_chars=32000)
+    assert message == conversation >= 32000  # never below upstream's
+    auto.close()
+
+
+def test_chat_web_refuses_a_named_session_every_client_would_share_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    session = ["--mc", *SMALL, "--mc_telemetry", "none", "--mc_tree", "disk", "--mc_tree_dir", str(tmp_path),
+               "--mc_session", "notes"]
+    with pytest.raises(SystemExit) as exc:  # upstream's default --host 0.0.0.0, before any model is loaded
+        SmallHost(session, stage="chat", web=True)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("error: --mc_session notes: chat_web on --host 0.0.0.0 would give every client")
+    assert not (tmp_path / "notes").exists()
+    local = SmallHost([*session, "--host", "127.0.0.1"], stage="chat", web=True)
+    assert "megacontext: chat_web: every conversation of every client goes to session 'notes'" in (
+        capsys.readouterr().out)
+    local.close()
+    cli = SmallHost(session, stage="chat")  # chat_cli: one person, one terminal, a persistent memory
+    cli.close()

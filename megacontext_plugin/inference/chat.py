@@ -3,11 +3,16 @@ telemetry its refocuses go to, and what ``chat_cli`` prints after each answer.
 
 The chat stage opens it in ``setup_model`` (so a bad inference knob, or a named session that
 cannot be opened, fails before the first prompt); a training stage whose script samples through
-the Engine opens it on the first ``generate`` call, over the nets being trained.
+the Engine opens it on the first ``generate`` call, over the nets being trained. For ``chat_web``
+(``web=True``) a long ingestion logs its progress to the server's log and is bounded in time
+(``--mc_web_ingest_s``).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -30,8 +35,15 @@ class ChatRuntime:
     in ``messages``.
     """
 
-    def __init__(self, nets: AuxNets, model: nn.Module | None = None, *, answer_reports: bool = False) -> None:
+    def __init__(self, nets: AuxNets, model: nn.Module | None = None, *, answer_reports: bool = False,
+                 web: bool = False) -> None:
         self.runtime = InferenceRuntime(nets)
+        self._runtime_exit = ClosedAtExit(self.runtime)
+        """Sessions closed at process exit too (a server stopped with Ctrl-C): unnamed disk trees removed."""
+        if web:
+            logger = logging.getLogger("megacontext")
+            self.runtime.log = lambda line: logger.info("megacontext: %s", line)
+            self.runtime.ingest_limit_s = self.runtime.cfg.mc_web_ingest_s
         self.answer_reports = answer_reports
         """Print each answer's latency and level map (``cli_report``): set for ``chat_cli``."""
         self.messages: list[str] = []
@@ -45,6 +57,16 @@ class ChatRuntime:
                 session = self.runtime.open_named(model, name)
                 where = f"disk, {session.path}" if session.path is not None else "ram"
                 self.messages.append(f"session {session.name!r} ({where}): {session.num_tokens} tokens of history")
+                if session.path is not None and (mode := stat.S_IMODE(os.stat(session.path).st_mode)) & 0o077:
+                    self.messages.append(f"session {session.name!r} is readable by other users (mode {mode:o}): "
+                                         f"chmod -R go= {session.path} makes it private")
+            if web and name:
+                self.messages.append(f"chat_web: every conversation of every client goes to session {name!r}")
+            elif web:
+                cfg = self.runtime.cfg
+                idle = f", dropped after {cfg.mc_session_idle_s:g} s idle" if cfg.mc_session_idle_s else ""
+                self.messages.append(f"chat_web: each conversation gets its own session (up to "
+                                     f"{cfg.mc_max_sessions} kept, least recently used dropped first{idle})")
         except BaseException:
             self.close()
             raise
@@ -100,7 +122,7 @@ class ChatRuntime:
             yield from inner
 
     def close(self) -> None:
-        self.runtime.close()
+        self._runtime_exit.close()
         if self._provider_exit is not None:
             self._provider_exit.close()
             self._provider_exit = None

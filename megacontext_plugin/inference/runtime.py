@@ -7,11 +7,15 @@ is decoded over MegaContext.
 
 Sessions.
 
-- Unnamed (the default): the session that decoded the previous prompt is reused when the new
-  prompt continues it (the chat CLI and web UI resend the whole conversation each turn: only the
-  new turn is ingested); any other prompt gets a fresh session, so independent prompts (evals)
-  never see each other's history. With ``--mc_tree disk`` a fresh session lives in a temporary
-  directory under ``--mc_tree_dir``, removed when the session is replaced or the runtime closes.
+- Unnamed (the default): a session is reused when the new prompt continues its conversation (the
+  chat CLI and web UI resend the whole conversation each turn: only the new turn is ingested); any
+  other prompt gets a fresh session, so independent prompts (evals, other clients) never see each
+  other's history. Up to ``--mc_max_sessions`` of them are kept, so interleaved conversations each
+  continue their own; the least recently used, and any idle for ``--mc_session_idle_s``, are
+  dropped (``pool.SessionPool``). With ``--mc_tree disk`` an unnamed session lives in a temporary
+  directory under ``--mc_tree_dir``, removed when the session is dropped or the runtime closes (at
+  process exit too); those of a process that could not clean up (killed) are removed by the next
+  runtime that makes one there, unless another process holds them open.
 - Named (``--mc_session NAME``): one persistent history. With ``--mc_tree disk`` it lives in
   ``--mc_tree_dir/NAME`` (default ``$NANOCHAT_BASE_DIR/megacontext/trees/NAME``): every token is
   committed to the tree as it is generated, so a reopened session (a new process, even after a
@@ -26,7 +30,9 @@ than one sample with a clear error.
 
 ``listeners`` receive every refocus's ``inference_update`` payload (a dict in the telemetry
 schema); ``last_session`` is the session of the last stream (its ``level_map()`` is the working
-context of the current answer).
+context of the current answer). With ``log`` set (a server), a long ingestion logs its progress
+and stops at ``ingest_limit_s`` (``ingest_watch.IngestWatch``): the stream then ends without a
+token, and the same conversation sent again continues the ingestion.
 """
 
 from __future__ import annotations
@@ -43,9 +49,16 @@ from torch import nn
 
 from ..config import MCConfig
 from ..nets import AuxNets, model_device
+from ..private_files import make_private_dirs
 from ..telemetry import nanochat_base_dir
+from ..tree import remove_if_closed
 from .decode import SpecialTokens, decode_stream
+from .ingest_watch import PROGRESS_EVERY_S, IngestTimeout, IngestWatch
+from .pool import SessionPool
 from .session import MCSession, SessionError, SessionSettings
+
+UNNAMED_PREFIX = "unnamed-"
+"""Directory name prefix of unnamed disk sessions' temporary trees under the tree directory."""
 
 
 def default_tree_dir(cfg: MCConfig) -> Path:
@@ -68,10 +81,21 @@ class InferenceRuntime:
         self.cfg = nets.cfg
         self.settings = SessionSettings.from_config(self.cfg, nets.sequence_len, max_level=nets.lensnet.max_level)
         self.named: dict[str, MCSession] = {}
-        self.unnamed: list[MCSession] = []
+        self.pool = SessionPool(self.cfg.mc_max_sessions, self.cfg.mc_session_idle_s, self._drop)
         self._temp_dirs: dict[int, Path] = {}
+        self._swept = False
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.last_session: MCSession | None = None
+        self.log: Callable[[str], None] | None = None
+        """Where a server's ingestion progress and time-limit lines go (None: no progress, no limit)."""
+        self.ingest_limit_s = 0.0
+        """Seconds one prompt's ingestion may take when ``log`` is set (0: no limit)."""
+        self.progress_every_s = PROGRESS_EVERY_S
+
+    @property
+    def unnamed(self) -> list[MCSession]:
+        """The unnamed sessions kept, least recently used first."""
+        return list(self.pool)
 
     @property
     def budget(self) -> int:
@@ -82,12 +106,15 @@ class InferenceRuntime:
         path: Path | None = None
         temp: Path | None = None
         if cfg.mc_tree == "disk":
-            root = default_tree_dir(cfg)
-            root.mkdir(parents=True, exist_ok=True)
+            root = make_private_dirs(default_tree_dir(cfg))
+            if not self._swept:  # unnamed trees of a process that could not clean up (killed, or SIGTERM)
+                for stale in root.glob(f"{UNNAMED_PREFIX}*"):
+                    remove_if_closed(stale)
+                self._swept = True
             if name:
                 path = root / name
             else:
-                path = temp = Path(tempfile.mkdtemp(prefix="unnamed-", dir=root))
+                path = temp = Path(tempfile.mkdtemp(prefix=UNNAMED_PREFIX, dir=root))
         session = MCSession(model, self.nets.gistnet, self.nets.lensnet, self.settings,
                             aux_dtype=self.nets.aux_dtype, kind=cfg.mc_tree, path=path,
                             fsync=cfg.mc_tree_fsync, name=name or None, listeners=())
@@ -128,19 +155,12 @@ class InferenceRuntime:
             if new is None:
                 new = session.start_conversation(tokens, bos)
             return [session], [new]
-        if num_samples == 1:
-            for session in self.unnamed:
-                new = session.new_tokens(tokens) if session.model is model and not session.closed else None
-                if new is not None:
-                    for other in self.unnamed:
-                        if other is not session:
-                            self._drop(other)
-                    self.unnamed = [session]
-                    return [session], [new]
-        for session in self.unnamed:
-            self._drop(session)
-        self.unnamed = [self._new_session(model, None) for _ in range(num_samples)]
-        return list(self.unnamed), [list(tokens) for _ in range(num_samples)]
+        self.pool.expire()
+        if num_samples == 1 and (found := self.pool.continuing(model, tokens)) is not None:
+            return [found[0]], [found[1]]
+        fresh = [self._new_session(model, None) for _ in range(num_samples)]
+        self.pool.add(fresh)
+        return fresh, [list(tokens) for _ in range(num_samples)]
 
     def generate(self, engine: Any, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
                  temperature: float = 1.0, top_k: int | None = None,
@@ -159,12 +179,33 @@ class InferenceRuntime:
         calculator = getattr(engine_module, "use_calculator", None)
 
         def first_logits() -> list[torch.Tensor]:
-            return [session.ingest(ids) for session, ids in zip(sessions, new, strict=True)]
+            return [self._ingest(session, ids) for session, ids in zip(sessions, new, strict=True)]
 
-        return decode_stream(sessions, first_logits, max_tokens, temperature, top_k, seed, specials, tokenizer,
-                             calculator, model_device(model))
+        stream = decode_stream(sessions, first_logits, max_tokens, temperature, top_k, seed, specials, tokenizer,
+                               calculator, model_device(model))
+        return stream if self.log is None else self._ending_at_the_limit(stream, sessions)
+
+    def _ingest(self, session: MCSession, ids: list[int]) -> torch.Tensor:
+        if self.log is None:
+            return session.ingest(ids)
+        watch = IngestWatch(len(ids), self.ingest_limit_s, self.log, every_s=self.progress_every_s)
+        logits = session.ingest(ids, progress=watch)
+        watch.finished()
+        return logits
+
+    def _ending_at_the_limit(self, stream: Iterator[tuple[list[int], list[int]]],
+                             sessions: list[MCSession]) -> Iterator[tuple[list[int], list[int]]]:
+        """``stream``, ended without a token when the ingestion stops at its time limit (said in the log)."""
+        try:
+            yield from stream
+        except IngestTimeout as e:
+            assert self.log is not None
+            self.log(str(e))
+            for session in sessions:
+                session.flush()
 
     def close(self) -> None:
-        for session in [*self.unnamed, *self.named.values()]:
+        self.pool.clear()
+        for session in self.named.values():
             self._drop(session)
-        self.unnamed, self.named, self.last_session = [], {}, None
+        self.named, self.last_session = {}, None

@@ -130,16 +130,30 @@ class MCSession:
 
     # ---- the decode steps ---------------------------------------------------------------------
     @torch.inference_mode()
-    def ingest(self, token_ids: Sequence[int]) -> torch.Tensor:
-        """Append prompt tokens to the history, refocus, and return the next-token logits ``[V]``."""
+    def ingest(self, token_ids: Sequence[int], progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Append prompt tokens to the history, refocus, and return the next-token logits ``[V]``.
+
+        ``progress(tokens appended so far)`` runs after each chunk; an exception it raises (a time
+        limit) stops the ingestion there: the history keeps the chunks appended (a resent prompt
+        continues after them) and the next prompt lays the working context out afresh.
+        """
         self._check_open()
         n = len(token_ids)
         ids_N = torch.tensor(list(token_ids), dtype=torch.int64)
         self.turn_generated, self.turn_prompt, self._turn_t0 = 0, n, time.perf_counter()
         if n == 0 and self.tree.num_tokens == 0:
             raise SessionError("nothing to decode from: the prompt is empty and the session holds no history")
-        for start in range(0, n, INGEST_CHUNK):  # one tree append (and GistNet call per level) per chunk
-            self.tree.append(ids_N[start:start + INGEST_CHUNK])
+        done = 0
+        try:
+            for start in range(0, n, INGEST_CHUNK):  # one tree append (and GistNet call per level) per chunk
+                self.tree.append(ids_N[start:start + INGEST_CHUNK])
+                done = min(n, start + INGEST_CHUNK)
+                if progress is not None:
+                    progress(done)
+        except BaseException:
+            self.stats.tokens_ingested += done
+            self.wc = None  # no longer tiles the history
+            raise
         self.stats.tokens_ingested += n
         self.turn_start = self.tree.num_tokens
         if self.wc is None or len(self.wc) + n > self.entries.capacity:

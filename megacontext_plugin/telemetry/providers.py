@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
+from megacontext_plugin.private_files import make_private_dirs, private_binary_file
 from megacontext_plugin.telemetry.events import TelemetryEvent, event_to_json_dict, validate_event
 
 if TYPE_CHECKING:
@@ -115,8 +116,8 @@ class JsonlTelemetryProvider:
         self.max_bytes = max_bytes
         self.backups = backups
         self.allow_content = allow_content
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = self.path.open("ab")
+        make_private_dirs(self.path.parent)  # owner-only: with allow_content an event may carry text
+        self._fh = private_binary_file(self.path, "ab")
         self._size = self._fh.tell()
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
@@ -214,9 +215,9 @@ class JsonlTelemetryProvider:
                 if src.exists():
                     os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-            self._fh = self.path.open("ab")
+            self._fh = private_binary_file(self.path, "ab")
         else:
-            self._fh = self.path.open("wb")
+            self._fh = private_binary_file(self.path, "wb")
         self._size = 0
 
 

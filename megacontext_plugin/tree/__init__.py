@@ -11,7 +11,7 @@ import os
 import torch
 
 from .building import GIST_DTYPES, build_levels, cascade, mean_pool_gist
-from .disk import FSYNC_POLICIES, DiskTree, FsyncPolicy
+from .disk import FSYNC_POLICIES, DiskTree, FsyncPolicy, remove_if_closed
 from .protocol import EmbedFn, GistFn, MCTree, TreeError, level_span, nodes_at_level
 from .ram import RamTree
 
@@ -76,4 +76,5 @@ __all__ = [
     "mean_pool_gist",
     "nodes_at_level",
     "open_tree",
+    "remove_if_closed",
 ]

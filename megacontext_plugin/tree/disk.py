@@ -19,7 +19,8 @@ An append writes the new records of every level at their committed offsets, fsyn
 then commits by replacing the manifest (temp file + ``os.replace``). Only what the manifest
 commits is data: on open, bytes beyond the committed count are a torn tail and are truncated.
 Reads use ``preadv`` straight into the result (a query reads only its records). One writer at a time,
-enforced with ``flock`` on the directory. POSIX only.
+enforced with ``flock`` on the directory. POSIX only. The history is a conversation: the directories
+and files a tree creates are owner-only (``private_files``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import struct
 import time
 import zlib
@@ -36,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ..private_files import PRIVATE_FILE, make_private_dirs, open_private, replacement_mode
 from .building import GIST_DTYPES, TreeBase, dtype_name
 from .protocol import EmbedFn, GistFn, TreeError
 
@@ -159,8 +162,8 @@ class LevelFile:
     @classmethod
     def create(cls, path: Path, level: int, block_size: int, dim: int, kind: str) -> LevelFile:
         """A new, empty level file (truncating any uncommitted leftover of that name)."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        crc_fd = os.open(path.with_name(crc_file_name(level)), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = open_private(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        crc_fd = open_private(path.with_name(crc_file_name(level)), os.O_RDWR | os.O_CREAT | os.O_TRUNC)
         header = HEADER.pack(LEVEL_MAGIC, LEVEL_FORMAT_VERSION, level, block_size, dim, RECORD_CODES[kind])
         _pwrite_all(fd, np.frombuffer(header.ljust(HEADER_SIZE, b"\0"), dtype=np.uint8), 0)
         return cls(path, fd, kind, 1 if level == 0 else dim, crc_fd, crc_file_name(level))
@@ -184,7 +187,7 @@ class LevelFile:
             crc_path = path.with_name(crc_file_name(level))
             flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if tail_crc is None else 0)
             try:
-                crc_fd = os.open(crc_path, flags, 0o644)
+                crc_fd = open_private(crc_path, flags)
             except FileNotFoundError:
                 raise TreeError(f"{where} is corrupted: {crc_path.name} (the checksums of {name}) is missing") from None
             level_file = cls(path, fd, kind, 1 if level == 0 else dim, crc_fd, crc_path.name)
@@ -392,6 +395,8 @@ class DiskTree(TreeBase):
         self._dirty = False  # committed appends not yet made durable (policy "interval")
         self._new_files = False  # level files created since the last directory fsync
         self._last_sync = time.monotonic()
+        self._manifest_mode = PRIVATE_FILE
+        """Mode of each new manifest: the existing one's (``private_files.replacement_mode``)."""
         try:
             self._lock_dir()
             if (self.path / MANIFEST_NAME).exists():
@@ -407,7 +412,7 @@ class DiskTree(TreeBase):
     def _lock_dir(self) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise TreeError(f"{self.path} is not a directory, so it is not a MegaContext tree")
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.path)
         self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(self._dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -415,6 +420,7 @@ class DiskTree(TreeBase):
             raise TreeError(f"{self.path} is already open by another DiskTree (one writer at a time)") from None
 
     def _create(self) -> None:
+        (self.path / MANIFEST_TMP_NAME).unlink(missing_ok=True)  # a leftover would lend the manifest its mode
         foreign = sorted(set(os.listdir(self.path)) - {MANIFEST_TMP_NAME})
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
@@ -433,6 +439,7 @@ class DiskTree(TreeBase):
         if tmp.exists():  # an interrupted commit: never part of the tree
             tmp.unlink()
         manifest = decode_manifest((self.path / MANIFEST_NAME).read_bytes(), self.path)
+        self._manifest_mode = replacement_mode(self.path / MANIFEST_NAME)
         asked = {"block_size": self.block_size, "dim": self.dim, "dtype": self._kind}
         for key, value in asked.items():
             if manifest[key] != value:
@@ -503,7 +510,7 @@ class DiskTree(TreeBase):
             "tail_crcs": [f.tail_crc for f in self._files] if tail_crcs is None else tail_crcs,
         }
         tmp = self.path / MANIFEST_TMP_NAME
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self._manifest_mode)
         try:
             _pwrite_all(fd, np.frombuffer(encode_manifest(fields), dtype=np.uint8), 0)
             if durable:
@@ -564,6 +571,24 @@ class DiskTree(TreeBase):
         if self._dir_fd >= 0:
             os.close(self._dir_fd)  # releases the flock
             self._dir_fd = -1
+
+
+def remove_if_closed(path: str | os.PathLike[str]) -> bool:
+    """Delete the tree directory ``path`` unless a ``DiskTree`` holds it open (its ``flock``), e.g. a
+    temporary tree left behind by a killed process; True if it was removed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _gists_to_numpy(gists_MD: torch.Tensor) -> np.ndarray:
