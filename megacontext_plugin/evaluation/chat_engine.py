@@ -1,17 +1,17 @@
 """The chat arm's answers: nanochat's own ``Engine``, greedy, opened as ``chat_cli --mc`` opens it.
 
-:meth:`ChatEngine.open_megacontext` makes the same calls on the plugin that ``chat_cli --mc`` makes
-(``register_arguments``, ``adjust_arguments``, ``load_state``, ``setup_model(stage="chat")``, then
-``GPT.attach_plugin``), so the ``mc`` arm's answers come from the plugin's ``generate`` hook: its
-``ChatRuntime``, an unnamed session per conversation, and upstream's own decode for a prompt whose
-answer fits the budget, exactly as in a chat. The flags are those the run was trained with (from
-``megacontext_{step}.pt``) with ``--mc_wc_budget W``, a tree in RAM and no telemetry
+:meth:`ChatEngine.open_megacontext` makes the same calls on the plugin that ``chat_cli --mc`` makes (the
+host's plugin loading, ``register_arguments``, ``adjust_arguments``, ``load_state``,
+``setup_model(stage="chat")``, then ``GPT.attach_plugin``), so the ``mc`` arm's answers come from the
+plugin's ``generate`` hook: its ``ChatRuntime``, an unnamed session per conversation, and upstream's own
+decode for a prompt whose answer fits the budget, exactly as in a chat. The flags are those the run was
+trained with (from ``megacontext_{step}.pt``) with ``--mc_wc_budget W``, a tree in RAM and no telemetry
 (:func:`chat_cli_flags`).
 
-The other arms run the same ``Engine`` with the plugin detached (upstream's decode): ``truncation``
-on BOS and the last tokens of the conversation that leave room for the answer in ``W`` (vanilla
-attention at the budget; a cut inside a message starts with that message's role token), ``full``
-on the whole conversation (the caller runs it only where it fits the model's window).
+The other arms run the same ``Engine`` with the plugin detached (upstream's decode): ``truncation`` on
+BOS and the last tokens of the conversation that leave room for the answer in ``W`` (vanilla attention
+at the budget; a cut inside a message starts with that message's role token), ``full`` on the whole
+conversation (the caller runs it only where it fits the model's window).
 """
 
 from __future__ import annotations
@@ -19,15 +19,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import Iterator, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-import pluggy
 import torch
 
-from .. import hookspecs
 from ..config import MCConfig, knob_fields
-from ..inference import SessionSettings
 from .chat_conversations import ChatTokens
 
 CHAT_ARMS = ("truncation", "mc", "full")
@@ -83,21 +81,24 @@ class ChatEngine:
         return len(self.tokenizer.encode(text))
 
     @property
-    def settings(self) -> SessionSettings:
-        """The MC sessions' settings (after :meth:`open_megacontext`)."""
+    def settings(self) -> Any:
+        """The MC sessions' settings (``inference.SessionSettings``, after :meth:`open_megacontext`)."""
         assert self._plugin is not None and self._plugin.inference is not None, "open_megacontext first"
         return self._plugin.inference.settings
 
     def open_megacontext(self, checkpoint_dir: Path, step: int, flags: Sequence[str]) -> None:
-        """The plugin on this model, as ``chat_cli --mc FLAGS`` sets it up; a bad flag or a budget the
-        sessions cannot use ends the program with one line (the plugin's own exit 2)."""
-        from ..plugin import MegaContextPlugin
+        """The plugin on this model, as ``chat_cli --mc FLAGS`` sets it up: loaded by the host's own plugin
+        loading (``nanochat.common.get_plugin_hooks``, the ``nanochat`` entry point), then the same hook
+        calls. A bad flag or a budget the sessions cannot use ends the program with one line (the
+        plugin's own exit 2)."""
+        from nanochat.common import get_plugin_hooks  # the patched tree's plugin host
 
-        self._plugin = MegaContextPlugin()
-        manager = pluggy.PluginManager(hookspecs.PROJECT)
-        manager.add_hookspecs(hookspecs)
-        manager.register(self._plugin, name="megacontext")
-        hooks = manager.hook
+        hooks = get_plugin_hooks()
+        plugin = next((ep.load() for ep in entry_points(group="nanochat") if ep.name == "megacontext"), None)
+        if hooks is None or plugin is None:
+            raise SystemExit("megacontext eval long-context: error: --chat: the megacontext plugin is not loaded by "
+                             "nanochat (installed as its entry point, and NANOCHAT_PLUGINS unset or naming it)")
+        self._plugin = plugin
         parser = argparse.ArgumentParser(prog="chat_cli")
         hooks.register_arguments(parser=parser)
         args = parser.parse_args(list(flags))
