@@ -259,12 +259,55 @@ def test_cli_user_mistakes_exit_2_with_one_line(tmp_path: Path, action: str, cap
 
 
 @needs_git
-def test_cli_dirty_tree_exits_2(tree: Path, capsys: pytest.CaptureFixture) -> None:
-    # the shipped manifest does not know these made-up files: they count as local changes
-    assert cli.main(["nanochat", "apply", str(tree)]) == 2
+@pytest.mark.parametrize("action", ["apply", "verify", "revert"])
+def test_cli_unknown_tree_names_both_supported_commits(tree: Path, action: str, capsys: pytest.CaptureFixture) -> None:
+    # neither shipped manifest knows these made-up files: a tree at some other commit
+    assert cli.main(["nanochat", action, str(tree)]) == 2
     err = capsys.readouterr().err
-    assert "has local changes to nanochat/gpt.py" in err and err.count("\n") == 1
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "not a nanochat commit this plugin supports (a91743c (pin) or 92d63d4 (master))" in err
     assert _contents(tree) == PRISTINE
+
+
+MASTER_PRISTINE = {"nanochat/gpt.py": "def loss(t):\n    return t.view(-1)\n\n\nX = 3\n",
+                   "runs/speedrun.sh": "echo go\n"}
+MASTER_PATCHED = {"nanochat/gpt.py": "def loss(t):\n    return t.view(-1)\n\n\nX = 4\n",
+                  "runs/speedrun.sh": "echo go \"$@\"\n"}
+
+
+@pytest.fixture
+def two_upstreams(series: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The made-up series as the pin's, and a second one for another commit in its master/ folder."""
+    master = series / "master"
+    master.mkdir()
+    (master / "0001-hooks.patch").write_text(_diff(MASTER_PRISTINE, MASTER_PATCHED))
+    (master / "manifest.json").write_text(json.dumps({
+        "name": "master", "pin": "fedcba9876543210fedcba9876543210fedcba98", "patches": ["0001-hooks.patch"],
+        "files": {rel: {"pristine": _sha(MASTER_PRISTINE[rel]), "patched": _sha(MASTER_PATCHED[rel])}
+                  for rel in MASTER_PRISTINE}}))
+    monkeypatch.setattr(nanochat_patch, "PATCHES_DIR", series)
+    return series
+
+
+@needs_git
+def test_each_supported_upstream_gets_its_own_series(tmp_path: Path, tree: Path, two_upstreams: Path) -> None:
+    other = _write_tree(tmp_path / "master-tree", MASTER_PRISTINE)
+    assert nanochat_patch.detect(tree).name == "pin" and nanochat_patch.detect(other).name == "master"
+    assert nanochat_patch.apply(other) is True
+    assert {rel: (other / rel).read_text() for rel in MASTER_PATCHED} == MASTER_PATCHED
+    status = nanochat_patch.verify(other)
+    assert status.ok and status.upstream == "master" and status.pin.startswith("fedcba9")
+    assert "nanochat fedcba9, the master" in status.describe()[-1]
+    assert "runs/speedrun.sh and runs/runcpu.sh" in "\n".join(status.describe())
+    nanochat_patch.apply(tree)  # the pin's tree is unaffected by the other series, and the other way round
+    assert _contents(tree)["nanochat/gpt.py"] == STEP2["nanochat/gpt.py"]
+    (other / "nanochat/gpt.py").write_text("a local edit\n")  # still recognised by runs/speedrun.sh: its own error
+    with pytest.raises(PatchError, match=r"local changes to nanochat/gpt\.py \(neither pristine nor patched at "
+                                         r"fedcba9\)"):
+        nanochat_patch.revert(other)
+    with pytest.raises(PatchError, match=r"not a nanochat commit this plugin supports \(0123456 \(pin\) or fedcba9 "
+                                         r"\(master\)\)"):
+        nanochat_patch.verify(_write_tree(tmp_path / "unknown", {"nanochat/gpt.py": "X = 5\n"}))
 
 
 def test_cli_verify_exit_status(tree: Path, series: Path, monkeypatch: pytest.MonkeyPatch,
