@@ -62,5 +62,7 @@ def write_hub_tasks(base_dir: str | os.PathLike[str], *, seed: int = 0, sft_trai
     smoltalk = {split: [{"messages": list(conv.messages)} for conv in generate_conversations(seed, name, count)]
                 for split, name, count in (("train", "sft_train", sft_train), ("test", "sft_val", sft_val))}
     return [_write(base, SMOLTALK, "train", smoltalk["train"]), _write(base, SMOLTALK, "test", smoltalk["test"]),
-            _write(base, MMLU, "auxiliary_train", _mmlu_rows(small)), _write(base, MMLU, "test", _mmlu_rows(VAL_ROWS[MMLU])),
-            _write(base, GSM8K, "train", _gsm8k_rows(small)), _write(base, GSM8K, "test", _gsm8k_rows(VAL_ROWS[GSM8K]))]
+            _write(base, MMLU, "auxiliary_train", _mmlu_rows(small)),
+            _write(base, MMLU, "test", _mmlu_rows(VAL_ROWS[MMLU])),
+            _write(base, GSM8K, "train", _gsm8k_rows(small)),
+            _write(base, GSM8K, "test", _gsm8k_rows(VAL_ROWS[GSM8K]))]
