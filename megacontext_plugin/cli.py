@@ -4,7 +4,8 @@
 - ``megacontext demo``: the offline end-to-end run of tree, working context and allocator.
 - ``megacontext corpus --out DIR``: the seeded long-context corpus as nanochat parquet shards.
 - ``megacontext tasks --out DIR``: seeded chat conversations (CustomJSON JSONL) for mid-training and SFT.
-- ``megacontext nanochat apply|verify|revert DIR``: our patches to an upstream nanochat tree at the pin.
+- ``megacontext nanochat apply|verify|revert DIR``: our patches to an upstream nanochat tree at one of the
+  supported commits (the pin a91743c or master 92d63d4; the tree's files tell which).
 - ``megacontext eval train-tiny|long-context``: the long-context quality evaluation and its tiny CPU models.
 """
 
@@ -50,7 +51,7 @@ def _cmd_nanochat(args: argparse.Namespace) -> int:
     done = {"apply": ("patched", "already patched"), "revert": ("reverted to pristine", "already pristine")}
     print(f"{args.dir}: {done[args.action][0 if changed else 1]}")
     if args.action == "apply":
-        print(f"speedrun.sh/run1000.sh with arguments install the plugin from: {status.source} "
+        print(f"{status.recipes} with arguments install the plugin from: {status.source} "
               f"(recorded in {nanochat_patch.SOURCE_FILE}; MEGACONTEXT_PLUGIN overrides)")
     if status.note:
         print(status.note)
@@ -138,11 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_parsers(p_eval)
 
     p_nano = sub.add_parser("nanochat", help="apply, verify or revert our patches to an upstream nanochat tree",
-                            description="Patch an upstream nanochat tree at the pinned commit (verify exits 0 only "
-                                        "when fully patched; user mistakes exit 2).")
+                            description="Patch an upstream nanochat tree at a supported commit: the pin a91743c or "
+                                        "master 92d63d4, told by the tree's files (verify exits 0 only when fully "
+                                        "patched; user mistakes exit 2).")
     nano_sub = p_nano.add_subparsers(dest="action", required=True)
     for action, text in (("apply", "apply the patches (a no-op if already patched) and record this plugin's "
-                                   "source for the patched speedrun.sh/run1000.sh"),
+                                   "source for the patched recipes"),
                          ("verify", "report pristine/patched/modified/missing per touched file, and the source"),
                          ("revert", "restore the pristine files and remove the source record")):
         p_act = nano_sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")

@@ -1,7 +1,12 @@
 """Apply, verify and revert our patches to an upstream nanochat tree (``patches/``).
 
-The patches are unified diffs against nanochat at the pinned commit, applied in the order that
-``patches/manifest.json`` lists them, with ``git apply`` (which also works on a plain directory,
+Two upstream commits are supported, each with its own patch series and manifest: the pin
+(``patches/``, nanochat ``a91743c``) and master (``patches/master/``, ``92d63d4``). The files of DIR
+decide which one it holds (:func:`detect`): the upstream whose manifest recognises the most touched
+files, pristine or patched; a tree that neither recognises is refused in one line naming both.
+
+The patches of a series are unified diffs against its commit, applied in the order that its
+``manifest.json`` lists them, with ``git apply`` (which also works on a plain directory,
 e.g. a ``git archive`` extract), one patch at a time, to a scratch copy of the touched files; the
 results are moved into the tree only once the whole series applied and hashes as the manifest says.
 The manifest records, for every file the patches touch, the sha256 of the pristine file and of the
@@ -12,19 +17,21 @@ fully patched file; every operation checks those first:
 - anything else (local edits, a half-applied series, a missing file): a :class:`PatchError`,
   and nothing is written.
 
-The files decide, never git: a checkout whose HEAD is not the pin (a user who committed the
-patched tree, or cherry-picked something unrelated) is patched or reverted when every touched file
-hashes as the pin's pristine or patched file, exactly as a ``git archive`` extract is, and
+The files decide, never git: a checkout whose HEAD is not the upstream's commit (a user who committed
+the patched tree, or cherry-picked something unrelated) is patched or reverted when every touched file
+hashes as that commit's pristine or patched file, exactly as a ``git archive`` extract is, and
 ``Status.note`` says so. After writing, the files are hashed again to confirm the result.
 
 ``apply`` also records where this very plugin came from in ``DIR/.megacontext-plugin-source`` (one
-line: what ``uv pip install`` takes, see :func:`plugin_source`): the patched ``speedrun.sh`` and
-``run1000.sh`` install it when given arguments (``MEGACONTEXT_PLUGIN`` overrides), so a recipe never
-installs a package of the same name from an index. ``revert`` removes the record; ``verify`` shows it.
+line: what ``uv pip install`` takes, see :func:`plugin_source`): the patched recipes (the pin's
+``speedrun.sh`` and ``run1000.sh``, master's ``runs/speedrun.sh`` and ``runs/runcpu.sh``) install it
+when given arguments (``MEGACONTEXT_PLUGIN`` overrides), so a recipe never installs a package of the
+same name from an index. ``revert`` removes the record; ``verify`` shows it.
 
 API: ``apply(dir) -> bool`` (True if it wrote), ``revert(dir) -> bool``, ``verify(dir) -> Status``,
-``load_manifest()``, ``build_manifest(pristine_dir)`` (to regenerate ``manifest.json`` after editing a
-patch). Each takes ``patches_dir=`` to use another patch series (tests do). CLI:
+``detect(dir) -> Manifest``, ``load_manifest()``, ``build_manifest(pristine_dir, pin, patches, patches_dir)``
+(to regenerate a ``manifest.json`` after editing a patch). Each takes ``patches_dir=`` to use that one patch
+series instead of detecting (tests do). CLI:
 ``megacontext nanochat apply|verify|revert DIR``.
 """
 
@@ -44,6 +51,8 @@ from urllib.parse import unquote, urlparse
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PATCHES_DIR = PACKAGE_DIR / "patches"
+UPSTREAMS = (("pin", "."), ("master", "master"))
+"""The supported upstreams: name and patch-series folder under :data:`PATCHES_DIR` (the pin first: it wins a tie)."""
 DISTRIBUTION = "megacontext-plugin"
 SOURCE_FILE = ".megacontext-plugin-source"  # read by the patched speedrun.sh and run1000.sh
 MANIFEST_NAME = "manifest.json"
@@ -58,9 +67,16 @@ class PatchError(Exception):
 @dataclass(frozen=True)
 class Manifest:
     pin: str
+    """The upstream commit the series patches."""
     patches: tuple[str, ...]
     files: Mapping[str, Mapping[str, str]]  # path -> {"pristine": sha256, "patched": sha256}
     patches_dir: Path
+    name: str = "pin"
+    """Which supported upstream: ``pin`` or ``master``."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.pin[:7]} ({self.name})"
 
     @property
     def patch_paths(self) -> list[Path]:
@@ -74,6 +90,7 @@ class Status:
     head: str | None  # HEAD of a git checkout, None for a plain directory
     files: Mapping[str, str]  # path -> pristine | patched | modified | missing
     source: str | None = None  # the plugin source recorded in DIR/SOURCE_FILE, None if there is none
+    upstream: str = "pin"  # which supported upstream DIR holds (Manifest.name)
 
     @property
     def state(self) -> str:
@@ -87,29 +104,65 @@ class Status:
 
     @property
     def note(self) -> str | None:
-        """A line for a git checkout whose HEAD is not the pin (the files' hashes decided)."""
+        """A line for a git checkout whose HEAD is not the upstream's commit (the files' hashes decided)."""
         if self.head is None or self.head == self.pin:
             return None
-        return (f"note: {self.dir} is a git checkout at {self.head[:7]}, not the pin {self.pin[:7]}; "
-                f"its touched files were checked by their hashes against the pin's")
+        return (f"note: {self.dir} is a git checkout at {self.head[:7]}, not the {self.upstream} {self.pin[:7]}; "
+                f"its touched files were checked by their hashes against the {self.upstream}'s")
+
+    @property
+    def recipes(self) -> str:
+        return "speedrun.sh/run1000.sh" if self.upstream == "pin" else "runs/speedrun.sh and runs/runcpu.sh"
 
     def describe(self) -> list[str]:
         width = max(len(p) for p in self.files)
         lines = [f"{path.ljust(width)}  {state}" for path, state in self.files.items()]
         if self.source is not None:
-            lines.append(f"plugin source for speedrun.sh/run1000.sh ({SOURCE_FILE}): {self.source}")
+            lines.append(f"plugin source for {self.recipes} ({SOURCE_FILE}): {self.source}")
         elif self.state == PATCHED:
-            lines.append(f"no plugin source recorded ({SOURCE_FILE}): speedrun.sh/run1000.sh with arguments need "
+            lines.append(f"no plugin source recorded ({SOURCE_FILE}): {self.recipes} with arguments need "
                          f"MEGACONTEXT_PLUGIN, or run 'megacontext nanochat apply {self.dir}' again")
         where = f"git checkout at {self.head[:12]}" if self.head else "plain directory"
-        lines.append(f"{self.dir} ({where}, pin {self.pin[:7]}): {self.state}")
+        lines.append(f"{self.dir} ({where}, nanochat {self.pin[:7]}, the {self.upstream}): {self.state}")
         return lines + ([self.note] if self.note else [])
 
 
 def load_manifest(patches_dir: Path | str | None = None) -> Manifest:
+    """The manifest of the series in PATCHES_DIR (default: the pin's)."""
     pdir = Path(patches_dir) if patches_dir is not None else PATCHES_DIR
     raw = json.loads((pdir / MANIFEST_NAME).read_text())
-    return Manifest(pin=raw["pin"], patches=tuple(raw["patches"]), files=raw["files"], patches_dir=pdir)
+    return Manifest(pin=raw["pin"], patches=tuple(raw["patches"]), files=raw["files"], patches_dir=pdir,
+                    name=raw.get("name", "pin"))
+
+
+def supported() -> list[Manifest]:
+    """The manifests of the supported upstreams that this install ships, the pin first."""
+    dirs = [(PATCHES_DIR / sub).resolve() for _, sub in UPSTREAMS]
+    return [load_manifest(d) for d in dirs if (d / MANIFEST_NAME).is_file()]
+
+
+def _recognised(root: Path, manifest: Manifest) -> int:
+    """How many of the manifest's files DIR holds pristine or patched."""
+    known = 0
+    for rel, sums in manifest.files.items():
+        path = root / rel
+        known += path.is_file() and _sha256(path) in (sums["pristine"], sums["patched"])
+    return known
+
+
+def detect(root: Path | str, patches_dir: Path | str | None = None) -> Manifest:
+    """The series for DIR: PATCHES_DIR's if given, else the supported upstream that recognises most of
+    DIR's touched files (pristine or patched). PatchError when none recognises any."""
+    if patches_dir is not None:
+        return load_manifest(patches_dir)
+    root = Path(root)
+    manifests = supported()
+    scores = [_recognised(root, m) for m in manifests]
+    if not scores or max(scores) == 0:
+        names = " or ".join(m.label for m in manifests)
+        raise PatchError(f"{root} is not a nanochat commit this plugin supports ({names}): none of the files our "
+                         f"patches touch hashes as either commit's; use a checkout of one of them")
+    return manifests[scores.index(max(scores))]
 
 
 def _sha256(path: Path) -> str:
@@ -159,12 +212,13 @@ def _status(root: Path, manifest: Manifest) -> Status:
         files[rel] = PATCHED if digest == sums["patched"] else PRISTINE if digest == sums["pristine"] else MODIFIED
     record = root / SOURCE_FILE
     source = record.read_text().strip() if record.is_file() else None
-    return Status(dir=root, pin=manifest.pin, head=_head(root), files=files, source=source)
+    return Status(dir=root, pin=manifest.pin, head=_head(root), files=files, source=source, upstream=manifest.name)
 
 
 def verify(root: Path | str, *, patches_dir: Path | str | None = None) -> Status:
     """Per-file state of DIR; ``status.ok`` only when every touched file is fully patched."""
-    return _status(_check_dir(Path(root)), load_manifest(patches_dir))
+    root = _check_dir(Path(root))
+    return _status(root, detect(root, patches_dir))
 
 
 def _checked_status(root: Path, manifest: Manifest) -> Status:
@@ -245,7 +299,7 @@ def apply(root: Path | str, *, patches_dir: Path | str | None = None, source: st
     """
     root = _check_dir(Path(root))
     spec = plugin_source() if source is None else source  # before writing anything: it can fail
-    changed = _change(root, load_manifest(patches_dir), reverse=False)
+    changed = _change(root, detect(root, patches_dir), reverse=False)
     record = root / SOURCE_FILE
     if not record.is_file() or record.read_text() != spec + "\n":
         tmp = record.with_name(record.name + ".mc-tmp")
@@ -257,7 +311,7 @@ def apply(root: Path | str, *, patches_dir: Path | str | None = None, source: st
 def revert(root: Path | str, *, patches_dir: Path | str | None = None) -> bool:
     """Restore DIR's pristine files and remove the source record. Returns False if there was nothing to do."""
     root = _check_dir(Path(root))
-    changed = _change(root, load_manifest(patches_dir), reverse=True)
+    changed = _change(root, detect(root, patches_dir), reverse=True)
     record = root / SOURCE_FILE
     if record.is_file():
         record.unlink()
@@ -309,8 +363,9 @@ def plugin_source() -> str:
 
 
 def build_manifest(pristine_dir: Path | str, pin: str, patches: list[str],
-                   patches_dir: Path | str | None = None) -> dict:
-    """The manifest for PATCHES (in order) against PRISTINE_DIR: applies them to a scratch copy and hashes."""
+                   patches_dir: Path | str | None = None, upstream: str = "pin") -> dict:
+    """The manifest for PATCHES (in order) against PRISTINE_DIR, the commit PIN of the supported UPSTREAM
+    (``pin`` or ``master``): applies them to a scratch copy and hashes."""
     pdir = Path(patches_dir) if patches_dir is not None else PATCHES_DIR
     src = Path(pristine_dir)
     with tempfile.TemporaryDirectory() as tmp:
@@ -327,4 +382,5 @@ def build_manifest(pristine_dir: Path | str, pin: str, patches: list[str],
             shutil.copy2(src / rel, work / rel)
         _git_apply(work, [pdir / n for n in patches], reverse=False, what=str(src))
         files = {rel: {"pristine": _sha256(src / rel), "patched": _sha256(work / rel)} for rel in touched}
-    return {"upstream": "https://github.com/karpathy/nanochat", "pin": pin, "patches": patches, "files": files}
+    return {"upstream": "https://github.com/karpathy/nanochat", "name": upstream, "pin": pin, "patches": patches,
+            "files": files}

@@ -1,5 +1,7 @@
 """Shared fixtures. Tests that need upstream nanochat skip with a reason unless NANOCHAT_DIR is set;
-with MC_REQUIRE_INTEGRATION=1 (CI's integration run) such a skip is a failure instead."""
+with MC_REQUIRE_INTEGRATION=1 (CI's integration run) such a skip is a failure instead. NANOCHAT_DIR may
+hold either supported upstream (the pin or master); a test marked ``upstream("pin")`` or
+``upstream("master")`` is deselected, not skipped, against the other one."""
 
 from __future__ import annotations
 
@@ -19,11 +21,41 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+def _nanochat_upstream() -> str | None:
+    """Which supported upstream NANOCHAT_DIR holds (``pin`` or ``master``), None if unset or unknown."""
+    from megacontext_plugin.nanochat_patch import PatchError, detect
+
+    raw = os.environ.get("NANOCHAT_DIR", "")
+    try:
+        return detect(Path(raw)).name if raw and (Path(raw) / "nanochat" / "gpt.py").is_file() else None
+    except PatchError:
+        return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    name = _nanochat_upstream()
+    if name is None:
+        return
+    other = [item for item in items if (m := item.get_closest_marker("upstream")) is not None and m.args[0] != name]
+    if other:
+        config.hook.pytest_deselected(items=other)
+        items[:] = [item for item in items if item not in other]
+
+
+@pytest.fixture
+def upstream(nanochat_dir: Path) -> str:
+    """``pin`` or ``master``: the supported upstream NANOCHAT_DIR holds."""
+    from megacontext_plugin.nanochat_patch import detect
+
+    return detect(nanochat_dir).name
+
+
 @pytest.fixture
 def nanochat_dir() -> Path:
     raw = os.environ.get("NANOCHAT_DIR", "")
     if not raw:
-        pytest.skip("NANOCHAT_DIR is not set: point it at an extract of nanochat a91743c (see README, Development)")
+        pytest.skip("NANOCHAT_DIR is not set: point it at an extract of nanochat a91743c (the pin) or 92d63d4 "
+                    "(master) (see README, Development)")
     path = Path(raw)
     if not (path / "nanochat" / "gpt.py").is_file():
         pytest.fail(f"NANOCHAT_DIR={raw} does not look like a nanochat tree (no nanochat/gpt.py)")

@@ -1,4 +1,5 @@
-"""The hook patch inside real nanochat (needs NANOCHAT_DIR): off = upstream's numbers, on = MC trains."""
+"""The hook patch inside real nanochat (needs NANOCHAT_DIR, the pin or master): off = upstream's numbers,
+on = MC trains."""
 
 from __future__ import annotations
 
@@ -165,6 +166,7 @@ SFT = ["--device-type", "cpu", "--dtype", "float32", "--device-batch-size", "2",
        "--num-iterations", "3", "--eval-every", "2", "--eval-steps", "2", "--eval-metrics-every", "-1"]
 
 
+@pytest.mark.upstream("pin")
 def test_mid_sft_and_chat_carry_the_megacontext_state_from_stage_to_stage(patched: Path, base_dir: Path) -> None:
     from megacontext_plugin.data.conversations import write_task_dir
 
@@ -204,3 +206,36 @@ def test_base_train_with_mc_logs_to_wandb_offline(patched: Path, base_dir: Path,
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     history = b"".join(p.read_bytes() for p in run_dir.glob("*.wandb"))
     assert b"mc/token_loss" in history and b"train/loss" in history  # our metrics ride in nanochat's log
+
+
+MASTER_SFT = ["--device-type", "cpu", "--device-batch-size", "2", "--max-seq-len", "256", "--total-batch-size", "512",
+              "--num-iterations", "3", "--eval-every", "2", "--eval-tokens", "1024", "--chatcore-every", "-1",
+              "--mmlu-epochs", "0", "--gsm8k-epochs", "0"]
+
+
+@pytest.mark.upstream("master")
+def test_master_sft_eval_and_chat_carry_the_megacontext_state(patched: Path, base_dir: Path) -> None:
+    """Master's stages (no mid_train): base -> SFT -> chat, and base_eval's post-run validation, offline
+    through master's own dataset cache (``data.hub_tasks``)."""
+    from megacontext_plugin.data.hub_tasks import write_hub_tasks
+
+    write_hub_tasks(base_dir, sft_train=40, sft_val=8)
+    _base_train(patched, base_dir, None, MC)
+    base_state = base_dir / "base_checkpoints" / "d2" / "megacontext_000003.pt"
+    assert base_state.is_file()
+
+    out = _script(patched, base_dir, None, "scripts.chat_sft", *MASTER_SFT, *MC)
+    assert f"GistNet and LensNet loaded from {base_state}" in out  # base -> SFT
+    sft_states = sorted((base_dir / "chatsft_checkpoints" / "d2").glob("megacontext_*.pt"))
+    losses = [float(line.split("loss:")[1].split("|")[0]) for line in out.splitlines() if line.startswith("step ")]
+    assert sft_states and losses and all(math.isfinite(v) for v in losses)
+
+    out = _script(patched, base_dir, None, "scripts.chat_cli", "--device-type", "cpu", "-t", "0",
+                  "-p", "What is my dog called?", *MC)
+    assert f"loaded from {sft_states[-1]}" in out and "over MegaContext" in out  # SFT -> chat, decoded by MC
+
+    out = _script(patched, base_dir, None, "scripts.base_eval", "--device-type", "cpu", "--eval", "bpb",
+                  "--device-batch-size", "2", "--split-tokens", "1024", *MC)
+    assert "val bpb:" in out and "MegaContext validation" in out  # master's own results, then ours
+
+    _script(patched, base_dir, "none", "scripts.chat_sft", *MASTER_SFT)  # without --mc: upstream's script, offline

@@ -277,3 +277,17 @@ def test_cache_rejects_bad_rows_and_bounds() -> None:
         PositionalCache(0)
     with pytest.raises(ValueError, match=r"\[W, 1, F\]"):
         PositionalCache().put("a", torch.zeros(1, 3, 1, 4), torch.zeros(1, 3, 1, 4))
+
+
+def test_rope_base_is_the_models_own() -> None:
+    """nanochat master's rotary base is 100,000 (the pin's 10,000): the plugin's tables read the model's."""
+    from megacontext_plugin.context.positions import ROPE_BASE, rope_base
+
+    class Master(torch.nn.Module):
+        def _precompute_rotary_embeddings(self, seq_len, head_dim, base=100000, device=None):
+            return None
+
+    assert rope_base(Master()) == 100000.0
+    assert rope_base(torch.nn.Linear(2, 2)) == ROPE_BASE == 10000.0
+    table = rotary_cos_sin(torch.arange(4.0)[None], 8, base=rope_base(Master()), dtype=torch.float32)
+    assert not torch.allclose(table[0], rotary_cos_sin(torch.arange(4.0)[None], 8, dtype=torch.float32)[0])

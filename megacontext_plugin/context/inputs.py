@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..tree.protocol import MCTree
-from .positions import entry_positions, rotary_cos_sin, span_sigma
+from .positions import ROPE_BASE, entry_positions, rotary_cos_sin, span_sigma
 from .working_context import WorkingContext, WorkingContextError
 
 PAD_LEVEL = -1
@@ -127,9 +127,10 @@ class ModelInputs:
 
 
 def rotary_tables(rows: EntryRows, scheme: str, sigma_scale: float, head_dim: int, sequence_len: int,
-                  dtype: torch.dtype, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per-row rotary ``(cos, sin)`` ``[R, W, 1, head_dim/2]`` of every entry, or None (the model's own
-    table: ``ordinal`` positions and no gist damping)."""
+                  dtype: torch.dtype, device: torch.device | str = "cpu", rope_base: float = ROPE_BASE
+                  ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-row rotary ``(cos, sin)`` ``[R, W, 1, head_dim/2]`` of every entry (``rope_base``: the model's,
+    ``positions.rope_base``), or None (the model's own table: ``ordinal`` positions and no gist damping)."""
     if scheme == "ordinal" and sigma_scale == 0.0:
         return None
     valid = torch.from_numpy(rows.valid_RW).to(device)
@@ -139,12 +140,12 @@ def rotary_tables(rows: EntryRows, scheme: str, sigma_scale: float, head_dim: in
     if sigma_scale > 0:
         spans = torch.where(valid, ends - starts, torch.ones_like(starts))
         sigma = span_sigma(spans, sigma_scale)
-    return rotary_cos_sin(positions, head_dim, dtype=dtype, gaussian_sigma=sigma)
+    return rotary_cos_sin(positions, head_dim, base=rope_base, dtype=dtype, gaussian_sigma=sigma)
 
 
 def model_inputs(source: EntrySource, rows: EntryRows, *, scheme: str, sigma_scale: float, head_dim: int,
                  sequence_len: int, rotary_dtype: torch.dtype, targets_BT: torch.Tensor | None = None,
-                 from_entry: int = 0) -> ModelInputs:
+                 from_entry: int = 0, rope_base: float = ROPE_BASE) -> ModelInputs:
     """The base model's inputs for entries ``[from_entry, W)`` of every row (positions are those of
     the whole rows: an inference session re-reads only what changed, at the positions it had)."""
     R, W = rows.shape
@@ -171,7 +172,7 @@ def model_inputs(source: EntrySource, rows: EntryRows, *, scheme: str, sigma_sca
         flat = np.where(valid_Rn, seq_Rn * T + ends_Rn - 1, 0).reshape(-1)
         t = targets_BT.reshape(-1).index_select(0, torch.from_numpy(np.ascontiguousarray(flat)).to(targets_BT.device))
         targets = torch.where(torch.from_numpy(valid_Rn).to(t.device), t.view(R, n), torch.full_like(t.view(R, n), -1))
-    cos_sin = rotary_tables(rows, scheme, sigma_scale, head_dim, sequence_len, rotary_dtype, device)
+    cos_sin = rotary_tables(rows, scheme, sigma_scale, head_dim, sequence_len, rotary_dtype, device, rope_base)
     if cos_sin is not None and from_entry:
         cos_sin = (cos_sin[0][:, cols], cos_sin[1][:, cols])
     return ModelInputs(inputs_RnD, value_RnT, targets, cos_sin)

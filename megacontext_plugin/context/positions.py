@@ -23,6 +23,7 @@ batch's override (B > 1, every row its own layout) from it (``MCController.posit
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -37,9 +38,22 @@ if TYPE_CHECKING:
     from .working_context import WorkingContext
 
 ROPE_BASE = 10000.0
-"""nanochat's rotary base."""
+"""The rotary base of nanochat's pin (master's is 100,000: ``rope_base`` reads a model's own)."""
 UNIFORM_SPAN_SIGMA = 1.0 / math.sqrt(12.0)
 """Default ``span_sigma`` scale: the standard deviation of a position uniform over the span."""
+
+
+
+def rope_base(model: object) -> float:
+    """The rotary base of the host's model: the default ``base`` of its ``_precompute_rotary_embeddings``
+    (nanochat's pin: 10,000; master: 100,000), so that tables for the plugin's positions match the
+    model's own; ``ROPE_BASE`` for a model without one."""
+    precompute = getattr(model, "_precompute_rotary_embeddings", None)
+    if precompute is None:
+        return ROPE_BASE
+    base = inspect.signature(precompute).parameters.get("base")
+    return float(base.default) if base is not None and base.default is not inspect.Parameter.empty else ROPE_BASE
+
 
 PositionScheme = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(starts[B, W], ends[B, W], mask[B, W]) -> positions[B, W]`` (float32, in [0, W-1])."""

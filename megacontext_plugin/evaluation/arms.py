@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from ..context import EntryRows, LevelTable, model_inputs
+from ..context.positions import rope_base
 from ..context.working_context import WorkingContext
 from ..focus import FocusAllocator, score_through_view, start_layout
 from ..training.layouts import max_tree_level
@@ -177,7 +178,8 @@ class ArmRunner:
         ctrl = self.ctrl
         inputs = model_inputs(source, rows, scheme=ctrl.cfg.mc_position_scheme if ctrl is not None else "ordinal",
                               sigma_scale=ctrl.cfg.mc_rope_gist_sigma if ctrl is not None else 0.0,
-                              head_dim=self.model.head_dim, sequence_len=self.seq_len, rotary_dtype=torch.float32)
+                              head_dim=self.model.head_dim, sequence_len=self.seq_len, rotary_dtype=torch.float32,
+                              rope_base=rope_base(getattr(self.model, "gpt", self.model)))
         x = inputs.inputs_RWD.to(self.model.wte.weight.dtype)
         # nanochat's GPT adds a value embedding per raw token (``value_ids``, -1 for gists); TinyGPT has none
         extra = {"value_ids": inputs.value_ids_RW} if getattr(self.model, "uses_value_ids", False) else {}

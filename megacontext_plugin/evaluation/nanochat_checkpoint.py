@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ..config import MCConfig, config_from_saved
+from ..context.positions import rope_base
 from ..training.controller import MCController
 from .checkpoint import load_data
 from .nanochat_model import NanochatArms, validation_budget
@@ -126,7 +127,7 @@ def load(checkpoint_dir: Path, step: int | None = None, device: str | None = Non
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{state_path}: not MegaContext state ({e})") from None
     controller = MCController(mc_cfg, dim=cfg.n_embd, head_dim=cfg.n_embd // cfg.n_head,
-                              sequence_len=cfg.sequence_len, total_steps=1, device=dev)
+                              sequence_len=cfg.sequence_len, total_steps=1, device=dev, rope_base=rope_base(gpt))
     if trained_with_mc:
         controller.gistnet.load_state_dict(saved["controller"]["gistnet"])
         controller.lensnet.load_state_dict(saved["controller"]["lensnet"])

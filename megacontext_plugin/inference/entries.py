@@ -13,6 +13,7 @@ from torch import nn
 
 from ..context import WorkingContext
 from ..context.inputs import EntryRows, ModelInputs, TreeSource, model_inputs
+from ..context.positions import ROPE_BASE
 from ..nets import activation_dtype
 from ..tree import MCTree
 from .errors import SessionError
@@ -24,8 +25,9 @@ class EntryBuffer:
     """Entry vectors ``x_CD`` and value ids ``vid_C`` of a session's working context."""
 
     def __init__(self, tree: MCTree, wte: nn.Embedding, settings: SessionSettings, *, head_dim: int,
-                 sequence_len: int, device: torch.device) -> None:
+                 sequence_len: int, device: torch.device, rope_base: float = ROPE_BASE) -> None:
         self.settings, self.head_dim, self.sequence_len, self.device = settings, head_dim, sequence_len, device
+        self.rope_base = rope_base
         dtype = wte.weight.dtype
         C = 2 * settings.budget
         with torch.inference_mode():
@@ -44,7 +46,7 @@ class EntryBuffer:
         s = self.settings
         return model_inputs(self.source, EntryRows.of([wc]), scheme=s.position_scheme, sigma_scale=s.rope_gist_sigma,
                             head_dim=self.head_dim, sequence_len=self.sequence_len,
-                            rotary_dtype=activation_dtype(self.device), from_entry=start)
+                            rotary_dtype=activation_dtype(self.device), from_entry=start, rope_base=self.rope_base)
 
     def gather(self, wc: WorkingContext, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings ``[n, D]`` (model dtype, device) and value ids ``[n]`` of entries ``[start, W)``."""

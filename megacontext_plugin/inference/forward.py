@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..context import WorkingContext, entry_positions
 from ..context.inputs import EntryRows, rotary_tables
+from ..context.positions import rope_base
 from ..nets import activation_dtype
 from .errors import SessionError
 from .kv_cache import MCKVCache
@@ -57,7 +59,8 @@ class CachedForward:
         """Rotary tables ``[1, W, 1, head_dim/2]`` of ``wc``'s entries, or None (the model's own)."""
         s = self.settings
         return rotary_tables(EntryRows.of([wc]), s.position_scheme, s.rope_gist_sigma, self.head_dim,
-                             self.model.config.sequence_len, activation_dtype(self.device), self.device)
+                             self.model.config.sequence_len, activation_dtype(self.device), self.device,
+                             rope_base(self.model))
 
     def _cos_sin(self, tables: tuple[torch.Tensor, torch.Tensor] | None, start: int, end: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,6 +87,7 @@ class CachedForward:
         for start in range(p, W, PREFILL_CHUNK):
             end = min(W, start + PREFILL_CHUNK)
             cos, sin = self._cos_sin(tables, start, end)
+            self.kv.prev_embedding = self._smear_source(x_CD, vid_C, start)
             logits_1nV = self.model.forward_embeds(x_CD[start:end][None], vid_C[start:end][None], None,
                                                    cos, sin, kv_cache=self.kv)
             self.stats.forwards += 1
@@ -94,6 +98,15 @@ class CachedForward:
         self.cache_positions = positions_W
         self.logits_V = logits_1nV[0, -1, :self.vocab_size].float()
         return self.logits_V
+
+    def _smear_source(self, x_CD: torch.Tensor, vid_C: torch.Tensor, start: int) -> torch.Tensor | None:
+        """``[1, 1, D]``: what nanochat master's smear mixes into entry ``start``, the normalised embedding of
+        the entry before it when that one is a token (as ``forward_embeds`` normalises its inputs), else None.
+        The pin's model has no smear and never reads it."""
+        if start == 0 or int(vid_C[start - 1]) < 0:
+            return None
+        x_D = x_CD[start - 1].to(self.model.cos.dtype)
+        return F.rms_norm(x_D, (x_D.size(-1),))[None, None]
 
     def full_recompute(self, wc: WorkingContext, x_CD: torch.Tensor, vid_C: torch.Tensor) -> torch.Tensor:
         """Next-token logits ``[V]`` of ``wc`` from scratch, without the KV cache (the reference the

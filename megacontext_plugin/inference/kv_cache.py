@@ -2,7 +2,10 @@
 
 nanochat's attention (``flash_attn_with_kvcache``) reads ``cache_seqlens`` and
 ``get_layer_cache(layer)``, writes the new entries' K/V at that position, and the last layer
-calls ``advance(T)``. Setting the position back (``truncate(p)``) keeps the first ``p`` entries
+calls ``advance(T)``. nanochat master's smear also reads ``prev_embedding``: the normalised
+embedding of the entry before the first one forwarded (``[B, 1, D]``), or None where that entry is a
+gist or there is none; the caller sets it before each forward (``CachedForward``). Setting the
+position back (``truncate(p)``) keeps the first ``p`` entries
 and lets the next forward overwrite everything after them: that is how a session reuses the
 unchanged prefix of its working context after a refocus.
 """
@@ -26,6 +29,7 @@ class MCKVCache:
         self.k_cache = torch.zeros(shape, device=device, dtype=dtype)
         self.v_cache = torch.zeros(shape, device=device, dtype=dtype)
         self.cache_seqlens = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        self.prev_embedding: torch.Tensor | None = None
 
     def reset(self) -> None:
         self.cache_seqlens.zero_()

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..context import WorkingContext, WorkingContextError
+from ..context.positions import rope_base
 from ..nets import model_device, model_wte
 from ..tree import MCTree, TreeError, open_tree
 from .conversation import Conversation
@@ -81,7 +82,7 @@ class MCSession:
         self.stats = SessionStats()
         mcfg = model.config
         self.entries = EntryBuffer(self.tree, self.wte, settings, head_dim=mcfg.n_embd // mcfg.n_head,
-                                   sequence_len=mcfg.sequence_len, device=self.device)
+                                   sequence_len=mcfg.sequence_len, device=self.device, rope_base=rope_base(model))
         self.forward = CachedForward(model, settings, self.stats, self.device)
         self.refocuser = Refocuser(lensnet, settings, self.stats, aux_dtype=aux_dtype, device=self.device)
         self.conversation = Conversation(self.tree)

@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from ..config import MCConfig
 from ..context import EntryRows, LevelTable, model_inputs
-from ..context.positions import PositionalCache
+from ..context.positions import ROPE_BASE, PositionalCache
 from ..focus import score_batch_through_view, trained_level
 from ..nets import AuxNets, activation_dtype, allreduce_gradients
 from ..tree.building import build_levels
@@ -125,12 +125,14 @@ class MCController(nn.Module):
     """
 
     def __init__(self, cfg: MCConfig, *, dim: int, head_dim: int, sequence_len: int, total_steps: int,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", rope_base: float = ROPE_BASE) -> None:
         super().__init__()
         self.nets = AuxNets.build(cfg, dim=dim, sequence_len=sequence_len, device=device)
         """GistNet and LensNet with the resolved knobs and dtype: what inference needs of this controller."""
         cfg = self.cfg = self.nets.cfg
         self.dim, self.head_dim, self.sequence_len = dim, head_dim, sequence_len
+        self.rope_base = rope_base
+        """The base model's rotary base (``context.positions.rope_base``)."""
         self.total_steps = max(1, total_steps)
         self.device_ = self.nets.device
         self.aux_dtype = self.nets.aux_dtype
@@ -301,7 +303,7 @@ class MCController(nn.Module):
         inputs = model_inputs(LevelTable(levels, x_BT), rows, scheme=cfg.mc_position_scheme,
                               sigma_scale=cfg.mc_rope_gist_sigma, head_dim=self.head_dim,
                               sequence_len=self.sequence_len, targets_BT=y_BT,
-                              rotary_dtype=activation_dtype(x_BT.device))
+                              rotary_dtype=activation_dtype(x_BT.device), rope_base=self.rope_base)
         inputs_RWD, targets_RW, cos_sin = inputs.inputs_RWD, inputs.targets_RW, inputs.cos_sin
         assert targets_RW is not None
         timings["packing_ms"] = _ms(t3)

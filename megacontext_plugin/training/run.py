@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, MCConfig
+from ..context.positions import rope_base
 from ..nets import model_device, model_dims, model_wte
 from ..telemetry.lifecycle import ClosedAtExit
 from .controller import MCBatch, MCController
@@ -49,7 +50,7 @@ class TrainingRun:
                               f"{num_iterations} iterations")
         self.controller = MCController(cfg, dim=dim, head_dim=head_dim, sequence_len=sequence_len,
                                        total_steps=max(1, num_iterations - self.plain_steps),
-                                       device=model_device(model))
+                                       device=model_device(model), rope_base=rope_base(model))
         self.step = 0
         """The host's next optimizer step."""
         self.monitor: TrainingMonitor | None = None
