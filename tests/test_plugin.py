@@ -201,7 +201,9 @@ def test_on_step_telemetry_hook_merges_mc_metrics_into_the_log() -> None:
     for key in ("mc/token_loss", "mc/lens_loss", "mc/lod0_loss", "mc/time_controller_ms", "mc/variants_total",
                 "mc/adv_delta_mean", "mc/adv_delta_p95", "mc/preference_corr_mean", "mc/delta_nll_h"):
         assert key in log, key
-    assert log["mc/variants_total"] == 2 * host.plugin.controller.cfg.num_variants
+    cfg = host.plugin.controller.cfg
+    assert log["mc/variant_rows"] == 2 * cfg.num_variants
+    assert log["mc/variants_total"] == 2 * cfg.variant_counts[2]  # the guide's: random variants x batch
     host.close()
     off = SmallHost([])
     assert set(off.step(0, *_data(5))) == {"train/loss"}
