@@ -80,7 +80,8 @@ class ChatRuntime:
         return self.runtime.last_session
 
     def _send_updates(self) -> None:
-        """Every refocus's ``inference_update`` goes to the run's provider (``--mc_telemetry``,
+        """Every refocus's ``inference_update``, and the shape events of every
+        ``--mc_inference_telemetry_every``-th one, go to the run's provider (``--mc_telemetry``,
         service ``megacontext-chat``); ``none`` sends nothing."""
         cfg = self.runtime.cfg
         if cfg.mc_telemetry == "none":
@@ -88,6 +89,7 @@ class ChatRuntime:
         provider, _, where = make_run_provider(cfg.mc_telemetry, "chat", telemetry_dir=cfg.mc_telemetry_dir or None)
         self._provider_exit = ClosedAtExit(provider)
         self.runtime.listeners.append(lambda payload: provider.emit(TelemetryEvent("inference_update", payload)))
+        self.runtime.snapshot_listeners.append(lambda name, attrs: provider.emit(TelemetryEvent(name, attrs)))
         self.messages.append(f"inference telemetry -> {where}")
 
     def generate(self, engine: Any, tokens: list[int], **kwargs: Any) -> Iterator[Any] | None:
