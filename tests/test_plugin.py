@@ -468,6 +468,33 @@ def test_chat_cli_answers_print_their_latency_and_past_the_window_the_level_map(
     host.close()
 
 
+class _BosEngine(_HookedEngine):
+    """Upstream's decode samples ``<|bos|>`` after one token (a model that ends its answer so)."""
+
+    def generate(self, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
+                 temperature: float = 1.0, top_k: int | None = None, seed: int = 42):
+        stream = self.hooks.generate(engine=self, tokens=tokens, num_samples=num_samples, max_tokens=max_tokens,
+                                     temperature=temperature, top_k=top_k, seed=seed)
+        if stream is not None:
+            yield from stream
+            return
+        for token in (7, self.tokenizer.get_bos_token_id(), 7):
+            yield [token], [1]
+
+
+def test_chat_cli_answers_never_show_the_token_that_ends_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    host = SmallHost(["--mc", *SMALL, "--mc_telemetry", "none"], stage="chat")
+    host.plugin.chat.answer_reports = True  # chat_cli prints every token it gets, specials included
+    engine = _BosEngine(host.model.eval(), host.pm.hook)
+    assert [c for c, _ in engine.generate([1] * (T - 8), max_tokens=3)] == [[7]]  # upstream's decode, it fits
+    tok = engine.tokenizer
+    for terminal in (tok.get_bos_token_id(), tok.encode_special("<|assistant_end|>")):  # MegaContext's stream
+        monkeypatch.setattr(host.plugin.chat.runtime, "generate",
+                            lambda *a, t=terminal, **k: iter([([5], [1]), ([6], [1]), ([t], [1]), ([8], [1])]))
+        assert [c for c, _ in engine.generate([1] * (6 * T), max_tokens=8)] == [[5], [6]]
+    host.close()
+
+
 def test_chat_limits_hook_gives_chat_web_the_mc_limits_and_leaves_upstreams_without_mc(
         capsys: pytest.CaptureFixture[str]) -> None:
     off = SmallHost([], stage="chat", web=True)

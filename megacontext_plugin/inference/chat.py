@@ -23,6 +23,7 @@ from ..nets import AuxNets
 from ..telemetry import TelemetryEvent, make_run_provider
 from ..telemetry.lifecycle import ClosedAtExit
 from .cli_report import answer_report, timed
+from .decode import SpecialTokens, without_terminal
 from .runtime import InferenceRuntime
 from .session import MCSession
 
@@ -107,8 +108,9 @@ class ChatRuntime:
             session = runtime.last_session if megacontext else None
             print("\n" + answer_report(latency, session.render_level_map() if session else None), flush=True)
 
-        return timed(stream if megacontext else self._upstream_decode(engine, tokens, kwargs), len(tokens),
-                     megacontext, start, report)
+        answer = stream if megacontext else self._upstream_decode(engine, tokens, kwargs)
+        specials = SpecialTokens.from_tokenizer(engine.tokenizer)
+        return timed(without_terminal(answer, specials), len(tokens), megacontext, start, report)
 
     def _upstream_decode(self, engine: Any, tokens: list[int], kwargs: dict[str, Any]) -> Iterator[Any]:
         """Upstream's own decode of a prompt that fits, driven from here so that ``chat_cli`` can time it:
