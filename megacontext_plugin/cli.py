@@ -17,6 +17,7 @@ import re
 import sys
 from collections.abc import Iterator, Sequence
 
+from megacontext_plugin.arg_errors import one_line_errors
 from megacontext_plugin.config import config_from_args, knobs_markdown, register_arguments
 
 
@@ -150,10 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         p_act = nano_sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
         p_act.add_argument("dir", metavar="DIR", help="the nanochat checkout or extract")
     p_nano.set_defaults(func=_cmd_nanochat)
-    for each in _walk(parser):
+    parsers = list(_walk(parser))
+    every_option = {o for p in parsers for o in p._option_string_actions}
+    for each in parsers:
         each.description = plain(each.description)
         for action in each._actions:
             action.help = plain(action.help)
+        one_line_errors(each, options=lambda: every_option)
     return parser
 
 

@@ -103,6 +103,10 @@ class MCConfig:
     mc_refocus_every: int = _knob(32, "inference: generated tokens between LensNet refocuses (the working context "
                                   "keeps at least this many entries free for them)", check=_pos,
                                   allowed="an integer >= 1")
+    mc_inference_telemetry_every: int = _knob(1, "inference: refocuses between the shape events a chat session "
+                                              "emits (mc_tree_snapshot, working_context_snapshot, "
+                                              "focus_allocator; each prompt ends with a refocus); 0 = only "
+                                              "inference_update", check=_nonneg, allowed="an integer >= 0")
     mc_wc_headroom: int = _knob(0, "inference: entries freed when the working context is full (oldest or "
                                 "least useful spans become gists); larger = fewer KV recomputes, a less full "
                                 "context (0 = max(--mc_refocus_every, budget/8))", check=_nonneg,

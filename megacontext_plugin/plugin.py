@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import torch
 
 from megacontext_plugin import hookspecs as _hookspecs
+from megacontext_plugin.arg_errors import one_line_errors
 from megacontext_plugin.checkpoint import CheckpointError, read_matching, restore_settings, state_path, write_state
 from megacontext_plugin.config import ConfigError, MCConfig, config_from_args, explicit_knobs
 from megacontext_plugin.config import register_arguments as _register_config_arguments
@@ -131,7 +132,9 @@ class MegaContextPlugin:
     # ---- arguments ----------------------------------------------------------------------------
     @hookimpl
     def register_arguments(self, parser: argparse.ArgumentParser) -> None:
+        before = set(parser._option_string_actions)
         _register_config_arguments(parser)
+        one_line_errors(parser, own=set(parser._option_string_actions) - before)
 
     @hookimpl
     def adjust_arguments(self, args: argparse.Namespace, stage: str) -> None:

@@ -14,6 +14,7 @@ ALLOWED: dict[str, set[str]] = {
     "config": set(),
     "hookspecs": set(),
     "private_files": set(),
+    "arg_errors": set(),
     "tree": {"private_files"},
     "context": {"tree"},
     "focus": {"context", "tree"},
@@ -26,10 +27,10 @@ ALLOWED: dict[str, set[str]] = {
     "checkpoint": {"config", "private_files"},
     # inference needs GistNet and LensNet (``nets.AuxNets``), never the training room's optimizer and state
     "inference": {"config", "tree", "context", "focus", "nets", "telemetry", "private_files"},
-    "plugin": {"config", "hookspecs", "tree", "context", "nets", "focus", "training", "telemetry", "inference",
-               "evaluation", "checkpoint"},
+    "plugin": {"arg_errors", "config", "hookspecs", "tree", "context", "nets", "focus", "training", "telemetry",
+               "inference", "evaluation", "checkpoint"},
     "evaluation": {"config", "tree", "context", "focus", "nets", "training", "data", "telemetry"},
-    "cli": {"config", "demo", "data", "nanochat_patch", "evaluation"},
+    "cli": {"arg_errors", "config", "demo", "data", "nanochat_patch", "evaluation"},
 }
 
 

@@ -201,7 +201,9 @@ def test_on_step_telemetry_hook_merges_mc_metrics_into_the_log() -> None:
     for key in ("mc/token_loss", "mc/lens_loss", "mc/lod0_loss", "mc/time_controller_ms", "mc/variants_total",
                 "mc/adv_delta_mean", "mc/adv_delta_p95", "mc/preference_corr_mean", "mc/delta_nll_h"):
         assert key in log, key
-    assert log["mc/variants_total"] == 2 * host.plugin.controller.cfg.num_variants
+    cfg = host.plugin.controller.cfg
+    assert log["mc/variant_rows"] == 2 * cfg.num_variants
+    assert log["mc/variants_total"] == 2 * cfg.variant_counts[2]  # the guide's: random variants x batch
     host.close()
     off = SmallHost([])
     assert set(off.step(0, *_data(5))) == {"train/loss"}
@@ -398,8 +400,9 @@ def test_generate_hook_decodes_prompts_past_the_window_over_megacontext_and_leav
     assert len(session.wc) <= T and session.level_map()["num_tokens"] == 10 * T + 40
     on.close()
     (events,) = (tmp_path / "telemetry").glob("chat-*/telemetry.jsonl")  # every refocus, as inference_update
-    updates = [json.loads(line) for line in events.read_text().splitlines()]
-    assert len(updates) == session.stats.lens_calls and all(u["name"] == "inference_update" for u in updates)
+    names = [json.loads(line)["name"] for line in events.read_text().splitlines()]
+    assert names.count("inference_update") == session.stats.lens_calls
+    assert names.count("focus_allocator") == session.stats.lens_calls  # and its shape events (the default: each)
     assert session.closed  # reset() closes the sessions
 
     with pytest.raises(SystemExit) as exc:  # chat setup checks the inference knobs: one line, exit 2
@@ -462,6 +465,33 @@ def test_chat_cli_answers_print_their_latency_and_past_the_window_the_level_map(
     assert "12 tokens at " in lines[0] and lines[0].endswith(" tokens/s")
     assert lines[1].startswith(f"megacontext: level map: {6 * T + 12} tokens in ") and f"/{T} entries" in lines[1]
     assert lines[2].strip().startswith("[") and lines[2].strip().endswith("]")
+    host.close()
+
+
+class _BosEngine(_HookedEngine):
+    """Upstream's decode samples ``<|bos|>`` after one token (a model that ends its answer so)."""
+
+    def generate(self, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
+                 temperature: float = 1.0, top_k: int | None = None, seed: int = 42):
+        stream = self.hooks.generate(engine=self, tokens=tokens, num_samples=num_samples, max_tokens=max_tokens,
+                                     temperature=temperature, top_k=top_k, seed=seed)
+        if stream is not None:
+            yield from stream
+            return
+        for token in (7, self.tokenizer.get_bos_token_id(), 7):
+            yield [token], [1]
+
+
+def test_chat_cli_answers_never_show_the_token_that_ends_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    host = SmallHost(["--mc", *SMALL, "--mc_telemetry", "none"], stage="chat")
+    host.plugin.chat.answer_reports = True  # chat_cli prints every token it gets, specials included
+    engine = _BosEngine(host.model.eval(), host.pm.hook)
+    assert [c for c, _ in engine.generate([1] * (T - 8), max_tokens=3)] == [[7]]  # upstream's decode, it fits
+    tok = engine.tokenizer
+    for terminal in (tok.get_bos_token_id(), tok.encode_special("<|assistant_end|>")):  # MegaContext's stream
+        monkeypatch.setattr(host.plugin.chat.runtime, "generate",
+                            lambda *a, t=terminal, **k: iter([([5], [1]), ([6], [1]), ([t], [1]), ([8], [1])]))
+        assert [c for c, _ in engine.generate([1] * (6 * T), max_tokens=8)] == [[5], [6]]
     host.close()
 
 

@@ -33,9 +33,9 @@ import torch.nn as nn
 from ..context import EntryRows, LevelTable, model_inputs
 from ..context.positions import rope_base
 from ..context.working_context import WorkingContext
-from ..focus import FocusAllocator, score_through_view, start_layout
+from ..focus import FocusAllocator, residency, score_through_view, start_layout
 from ..training.layouts import max_tree_level
-from ..training.probe import focus_config, residency
+from ..training.probe import focus_config
 from ..tree.building import build_levels
 
 ARMS = ("truncation", "uniform", "mc", "full")

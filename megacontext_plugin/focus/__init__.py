@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .allocator import FocusAllocator, FocusReport, Scorer, Utilities, as_utilities
+from .allocator import FocusAllocator, FocusReport, Scorer, Utilities, as_utilities, residency
 from .config import ALLOCATOR_TYPES, AllocatorType, FocusConfig, FocusError
 from .cooldown import CooldownTracker
 from .selection import EditPlan, select_edits
@@ -22,6 +22,7 @@ __all__ = [
     "as_utilities",
     "lens_view",
     "pool_view",
+    "residency",
     "score_batch_through_view",
     "score_through_view",
     "select_edits",

@@ -65,6 +65,15 @@ class FocusReport:
         return asdict(self)
 
 
+def residency(before: WorkingContext, after: WorkingContext) -> float:
+    """Share of ``before``'s entries (level, node) still present in ``after``; 1.0 for an empty WC."""
+    if len(before) == 0:
+        return 1.0
+    key_b = before.levels.astype(np.int64) * (1 << 56) + before.indices.astype(np.int64)
+    key_a = after.levels.astype(np.int64) * (1 << 56) + after.indices.astype(np.int64)
+    return float(np.isin(key_b, key_a, assume_unique=True).mean())
+
+
 def as_utilities(values: Utilities, length: int) -> np.ndarray:
     """``utilities[length]`` as float32 numpy; raises ``FocusError`` on a bad shape or non-finite value."""
     if isinstance(values, torch.Tensor):

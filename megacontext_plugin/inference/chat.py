@@ -23,6 +23,7 @@ from ..nets import AuxNets
 from ..telemetry import TelemetryEvent, make_run_provider
 from ..telemetry.lifecycle import ClosedAtExit
 from .cli_report import answer_report, timed
+from .decode import SpecialTokens, without_terminal
 from .runtime import InferenceRuntime
 from .session import MCSession
 
@@ -80,7 +81,8 @@ class ChatRuntime:
         return self.runtime.last_session
 
     def _send_updates(self) -> None:
-        """Every refocus's ``inference_update`` goes to the run's provider (``--mc_telemetry``,
+        """Every refocus's ``inference_update``, and the shape events of every
+        ``--mc_inference_telemetry_every``-th one, go to the run's provider (``--mc_telemetry``,
         service ``megacontext-chat``); ``none`` sends nothing."""
         cfg = self.runtime.cfg
         if cfg.mc_telemetry == "none":
@@ -88,6 +90,7 @@ class ChatRuntime:
         provider, _, where = make_run_provider(cfg.mc_telemetry, "chat", telemetry_dir=cfg.mc_telemetry_dir or None)
         self._provider_exit = ClosedAtExit(provider)
         self.runtime.listeners.append(lambda payload: provider.emit(TelemetryEvent("inference_update", payload)))
+        self.runtime.snapshot_listeners.append(lambda name, attrs: provider.emit(TelemetryEvent(name, attrs)))
         self.messages.append(f"inference telemetry -> {where}")
 
     def generate(self, engine: Any, tokens: list[int], **kwargs: Any) -> Iterator[Any] | None:
@@ -105,8 +108,9 @@ class ChatRuntime:
             session = runtime.last_session if megacontext else None
             print("\n" + answer_report(latency, session.render_level_map() if session else None), flush=True)
 
-        return timed(stream if megacontext else self._upstream_decode(engine, tokens, kwargs), len(tokens),
-                     megacontext, start, report)
+        answer = stream if megacontext else self._upstream_decode(engine, tokens, kwargs)
+        specials = SpecialTokens.from_tokenizer(engine.tokenizer)
+        return timed(without_terminal(answer, specials), len(tokens), megacontext, start, report)
 
     def _upstream_decode(self, engine: Any, tokens: list[int], kwargs: dict[str, Any]) -> Iterator[Any]:
         """Upstream's own decode of a prompt that fits, driven from here so that ``chat_cli`` can time it:

@@ -138,3 +138,15 @@ def decode_stream(sessions: Sequence[MCSession], first_logits: Callable[[], Sequ
         for session in sessions:
             if not session.closed:
                 session.flush()
+
+
+def without_terminal(stream: Iterator[tuple[list[int], list[int]]], specials: SpecialTokens
+                     ) -> Iterator[tuple[list[int], list[int]]]:
+    """A one-row stream without the token that ends it (``<|assistant_end|>`` or ``<|bos|>``):
+    ``chat_cli`` prints every token it gets, and appends ``<|assistant_end|>`` to the conversation
+    itself when the answer does not end with it. Tool tokens stay: they are part of the conversation."""
+    for column, masks in stream:
+        if len(column) == 1 and column[0] in (specials.assistant_end, specials.bos):
+            return
+        yield column, masks
+

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..context import WorkingContext
-from ..focus import FocusAllocator, lens_view, pool_view
+from ..focus import FocusAllocator, FocusReport, lens_view, pool_view
 from .records import SessionStats
 from .room import make_room
 from .settings import SessionSettings
@@ -37,6 +37,10 @@ class Refocused:
     collapses: int
     forced_collapses: int
     lens_ms: float
+    report: FocusReport
+    """The allocator's account of its pass (after any room-making collapses)."""
+    scores: np.ndarray
+    """LensNet utilities of the starting working context's entries."""
 
 
 class Refocuser:
@@ -97,4 +101,4 @@ class Refocuser:
         st.expands += report.expands
         st.collapses += report.collapses
         st.forced_collapses += forced
-        return Refocused(wc2, report.expands, report.collapses, forced, lens_s * 1e3)
+        return Refocused(wc2, report.expands, report.collapses, forced, lens_s * 1e3, report, u0)

@@ -85,6 +85,8 @@ class InferenceRuntime:
         self._temp_dirs: dict[int, Path] = {}
         self._swept = False
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.snapshot_listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        """Get every session's shape events: ``(event name, attributes)`` (``MCSession.snapshot_listeners``)."""
         self.last_session: MCSession | None = None
         self.log: Callable[[str], None] | None = None
         """Where a server's ingestion progress and time-limit lines go (None: no progress, no limit)."""
@@ -117,8 +119,10 @@ class InferenceRuntime:
                 path = temp = Path(tempfile.mkdtemp(prefix=UNNAMED_PREFIX, dir=root))
         session = MCSession(model, self.nets.gistnet, self.nets.lensnet, self.settings,
                             aux_dtype=self.nets.aux_dtype, kind=cfg.mc_tree, path=path,
-                            fsync=cfg.mc_tree_fsync, name=name or None, listeners=())
+                            fsync=cfg.mc_tree_fsync, name=name or None, listeners=(),
+                            snapshot_every=cfg.mc_inference_telemetry_every)
         session.listeners.append(self._broadcast)
+        session.snapshot_listeners.append(self._broadcast_snapshot)
         if temp is not None:
             self._temp_dirs[id(session)] = temp
         return session
@@ -126,6 +130,10 @@ class InferenceRuntime:
     def _broadcast(self, payload: dict[str, Any]) -> None:
         for listener in self.listeners:
             listener(dict(payload))
+
+    def _broadcast_snapshot(self, name: str, attrs: dict[str, Any]) -> None:
+        for listener in self.snapshot_listeners:
+            listener(name, dict(attrs))
 
     def _drop(self, session: MCSession) -> None:
         session.close()

@@ -42,9 +42,10 @@ from .errors import SessionError
 from .forward import PREFILL_CHUNK, CachedForward
 from .level_map import level_map, render_level_map
 from .records import RefocusRecord, SessionStats, inference_update
-from .refocus import Refocuser
+from .refocus import Refocused, Refocuser
 from .room import first_difference, make_room
 from .settings import SessionSettings
+from .snapshots import session_snapshots
 
 INGEST_CHUNK = 2048
 """Tokens per tree append while ingesting a long prompt (bounds the ``[n, D]`` embeddings and GistNet's
@@ -66,13 +67,15 @@ class MCSession:
 
     ``kind="disk"`` with ``path`` reopens an existing session's tree (its history) or creates it.
     Methods run under ``torch.inference_mode``. ``listeners`` get each refocus's
-    ``inference_update`` payload (``events`` keeps the last ones).
+    ``inference_update`` payload (``events`` keeps the last ones); ``snapshot_listeners`` get
+    ``(event name, attributes)`` of the shape events of every ``snapshot_every``-th refocus
+    (``inference.snapshots``; 0 = none).
     """
 
     def __init__(self, model: nn.Module, gistnet: nn.Module, lensnet: nn.Module, settings: SessionSettings, *,
                  aux_dtype: torch.dtype = torch.float32, kind: str = "ram", path: str | Path | None = None,
                  fsync: str = "interval", name: str | None = None,
-                 listeners: Sequence[Callable[[dict[str, Any]], None]] = ()) -> None:
+                 listeners: Sequence[Callable[[dict[str, Any]], None]] = (), snapshot_every: int = 0) -> None:
         self.model, self.gistnet, self.settings = model, gistnet, settings
         self.name, self.kind, self.path = name, kind, None if path is None else Path(path)
         self.aux_dtype = aux_dtype
@@ -96,6 +99,11 @@ class MCSession:
         self.refocus_log: deque[RefocusRecord] = deque(maxlen=256)
         self.events: deque[dict[str, Any]] = deque(maxlen=1024)
         self.listeners: list[Callable[[dict[str, Any]], None]] = list(listeners)
+        self.snapshot_every = snapshot_every
+        self.snapshot_listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self._refocus_count = 0
+        self._snap_tokens = self.tree.num_tokens
+        """History length at the last snapshot (``append_tokens`` counts from it)."""
         self.closed = False
 
     def _open_tree(self, fsync: str) -> MCTree:
@@ -244,6 +252,9 @@ class MCSession:
                                (time.perf_counter() - t0) * 1e3)
         self.refocus_log.append(record)
         self._emit(record)
+        if self.snapshot_every and self._refocus_count % self.snapshot_every == 0 and self.snapshot_listeners:
+            self._emit_snapshots(wc0, done)
+        self._refocus_count += 1
         return record
 
     def _logits(self) -> torch.Tensor:
@@ -259,6 +270,16 @@ class MCSession:
         self.events.append(payload)
         for listener in self.listeners:
             listener(dict(payload))
+
+    def _emit_snapshots(self, before: WorkingContext, done: Refocused) -> None:
+        s = self.settings
+        events = session_snapshots(self.tree, before, done, budget=s.budget, recent_tokens=s.protected,
+                                   appended=self.tree.num_tokens - self._snap_tokens)
+        self._snap_tokens = self.tree.num_tokens
+        common = {"step": self.turn_generated, "session": "inference"}
+        for name, attrs in events:
+            for listener in self.snapshot_listeners:
+                listener(name, attrs | common)
 
     def level_map(self, width: int = 64) -> dict[str, Any]:
         """The current WC's level map (``level_map.level_map``), JSON-able."""

@@ -4,7 +4,14 @@ This room imports only the standard library, ``opentelemetry`` (lazily) and
 ``megacontext_plugin.config``. See ``docs/telemetry.md``.
 """
 
-from megacontext_plugin.telemetry.alerts import ALERT_RULES, AlertMonitor, AlertRule, MCTelemetryAlert
+from megacontext_plugin.telemetry.alerts import (
+    ALERT_RULES,
+    AlertMonitor,
+    AlertRule,
+    MCTelemetryAlert,
+    alert_message,
+    alert_warmup_steps,
+)
 from megacontext_plugin.telemetry.events import (
     COMMON_ATTRIBUTES,
     CONTENT_KEYS,
@@ -74,6 +81,8 @@ __all__ = [
     "TelemetryProvider",
     "TelemetryUnavailableError",
     "TelemetryValidationError",
+    "alert_message",
+    "alert_warmup_steps",
     "default_telemetry_dir",
     "make_provider",
     "make_run_provider",

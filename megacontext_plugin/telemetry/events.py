@@ -185,10 +185,12 @@ EVENT_SCHEMAS: Mapping[str, EventSpec] = {
         MC_BATCH_STATS,
         "What one training micro-batch trained: its variant rows per kind and its losses.",
         required={
-            "variants_total": _a("int", "rows", "variant rows of the micro-batch (sequences x variants per sequence)"),
+            "variants_total": _a("int", "rows", "random variant rows of the micro-batch (sequences x random "
+                                 "variants per sequence; mc/variants_total)"),
             "sequences": _a("int", "count", "sequences in the micro-batch"),
         },
         optional={
+            "rows_total": _a("int", "rows", "variant rows of every kind (sequences x variants per sequence)"),
             "baseline_rows": _a("int", "rows", "recency-baseline rows (one per sequence)"),
             "onpolicy_rows": _a("int", "rows", "on-policy rows (the allocator refocusing with the current LensNet)"),
             "teacher_rows": _a("int", "rows", "teacher-guided rows (saliency of the full-context pass)"),
@@ -201,7 +203,8 @@ EVENT_SCHEMAS: Mapping[str, EventSpec] = {
                              "first level with no supervised entry)"),
             "gist_loss": _a("float", "nats", "tail NLL of the random variants minus the baseline's"),
             "delta_nll_h": _a("float", "nats", "ΔNLL@H of this micro-batch (mc/delta_nll_h)"),
-            "lens_loss": _a("float", "nats", "the weighted LensNet loss"),
+            "lens_loss": _a("float", "nats", "LensNet's disagreement with the ΔNLL ranking (mc/lens_loss)"),
+            "lens_total": _a("float", "nats", "the whole LensNet training loss, unweighted (mc/lens_total)"),
             "tail_supervised_frac": _a("float", "fraction 0-1", "sequences whose tail has a supervised target"),
             "controller_ms": _a("float", "ms", "controller time of the micro-batch (process_batch + losses)"),
         },

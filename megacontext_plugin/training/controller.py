@@ -437,9 +437,11 @@ class MCController(nn.Module):
         if adv_BP.numel():
             keep_BP = L.hard_negative_mask(adv_norm_BP, cfg.mc_lens_hard_negative_ratio, pair_ok_BP)
             bt = L.bradley_terry_loss(margin_BP, adv_norm_BP, keep_BP, cfg.mc_lens_temperature)
+            bt_excess = L.bradley_terry_excess(margin_BP, adv_BP, keep_BP, cfg.mc_lens_temperature)
         else:  # one random variant per sequence: no pairs to rank
             keep_BP = torch.zeros_like(adv_BP, dtype=torch.bool)
             bt = batch.scores_RW.sum() * 0.0
+            bt_excess = bt.detach()
         scored_RW = valid.clone()
         scored_RW.view(B, V, -1)[:, 0] = False  # baseline rows are not scored
         kl = L.bernoulli_kl(batch.prev_scores_RW, batch.scores_RW, scored_RW)
@@ -453,7 +455,7 @@ class MCController(nn.Module):
             teacher = batch.scores_RW.sum() * 0.0
         total = (bt + cfg.mc_lens_kl_weight * kl + cfg.mc_lens_budget_smooth_weight * budget_pen
                  + cfg.mc_lens_teacher_weight * teacher)
-        return _LensTerms(total, bt, kl, budget_pen, teacher, margin_BP, adv_BP, keep_BP, adv_var, pressure)
+        return _LensTerms(total, bt, bt_excess, kl, budget_pen, teacher, margin_BP, adv_BP, keep_BP, adv_var, pressure)
 
     def step_aux(self) -> None:
         """After ``total.backward()``: all-reduce aux grads (DDP), step, refresh the KL snapshot and EMAs."""
@@ -504,6 +506,7 @@ class _LensTerms:
 
     total: torch.Tensor
     bt: torch.Tensor
+    bt_excess: torch.Tensor
     kl: torch.Tensor
     budget_pen: torch.Tensor
     teacher: torch.Tensor
@@ -524,7 +527,8 @@ def _loss_metrics(batch: MCBatch, nll_RW: torch.Tensor, supervised_RW: torch.Ten
     metrics: dict[str, torch.Tensor] = {
         "token_loss": token_loss.detach(),
         "gist_loss": gist_loss.detach(),
-        "lens_loss": lens.total.detach(),
+        "lens_loss": lens.bt_excess,
+        "lens_total": lens.total.detach(),
         "lens_bt_loss": lens.bt.detach(),
         "lens_kl": lens.kl.detach(),
         "lens_budget_penalty": lens.budget_pen.detach(),
@@ -537,13 +541,24 @@ def _loss_metrics(batch: MCBatch, nll_RW: torch.Tensor, supervised_RW: torch.Ten
         "preference_corr_mean": L.correlation(lens.margin_BP.detach(), -lens.adv_BP),
         "pairs_kept": lens.keep_BP.sum().float(),
         "tail_supervised_frac": tails.has_tail_B.float().mean(),
-        "variants_total": torch.tensor(float(batch.rows)),
+        **_variant_counts(batch),
         "wc_budget": torch.tensor(float(batch.budget)),
     }
     levels_RW = batch.index.levels_RW.masked_fill(~supervised_RW, -1)  # unsupervised entries: no level
     for level, value in L.level_losses(nll_RW, levels_RW, batch.num_levels).items():
         metrics[f"lod{level}_loss"] = value
     return metrics
+
+
+def _variant_counts(batch: MCBatch) -> dict[str, torch.Tensor]:
+    """Variant rows per kind. ``variants_total`` is what the operating guide reads against
+    ``--mc_num_random_variants`` x batch: the random (exploration) rows; the other kinds have their own."""
+    counts = batch.layouts.rows_per_kind()
+    return {"variants_total": torch.tensor(float(counts["random"])),
+            "variants_baseline": torch.tensor(float(counts["baseline"])),
+            "variants_onpolicy": torch.tensor(float(counts["on-policy"])),
+            "variants_teacher": torch.tensor(float(counts["teacher"])),
+            "variant_rows": torch.tensor(float(batch.rows))}
 
 
 def _ms(t0: float) -> float:

@@ -47,6 +47,11 @@ class VariantLayouts:
     def kind(self, v: int) -> str:
         return self.kinds[v] if self.kinds else ("baseline" if v == 0 else "random")
 
+    def rows_per_kind(self) -> dict[str, int]:
+        """Rows (sequences x variant columns) of each kind, every kind present."""
+        kinds = [self.kind(v) for v in range(self.variants)]
+        return {k: kinds.count(k) * self.batch for k in VARIANT_KINDS}
+
     @property
     def width(self) -> int:
         return int(self.levels_RW.shape[1])
@@ -54,6 +59,9 @@ class VariantLayouts:
     @property
     def valid_RW(self) -> np.ndarray:
         return self.levels_RW != PAD_LEVEL
+
+
+VARIANT_KINDS = ("baseline", "on-policy", "teacher", "random")
 
 
 def max_tree_level(sequence_len: int, block_size: int) -> int:

@@ -114,6 +114,21 @@ def bradley_terry_loss(
     return mean_over(loss_BP, keep_BP)
 
 
+def bradley_terry_excess(margin_BP: torch.Tensor, adv_BP: torch.Tensor, keep_BP: torch.Tensor,
+                         temperature: float) -> torch.Tensor:
+    """How far LensNet's pair probabilities ``sigmoid(margin / T)`` are from the ΔNLL's own
+    Bradley–Terry probabilities ``sigmoid(adv)`` (the advantage in nats, not normalised): the mean
+    ``KL(Bern(sigmoid(adv)) || Bern(sigmoid(margin / T)))`` over kept pairs. 0 exactly when they
+    agree; pairs whose variants are equally good (adv near 0) add little unless LensNet is confident
+    about them. The operating guide's ``mc/lens_loss``."""
+    adv = adv_BP.detach().float()
+    target_BP = torch.sigmoid(adv)
+    floor_BP = F.binary_cross_entropy_with_logits(adv, target_BP, reduction="none")  # the targets' entropy
+    loss_BP = F.binary_cross_entropy_with_logits(margin_BP.detach().float() / temperature, target_BP,
+                                                 reduction="none")
+    return mean_over((loss_BP - floor_BP).clamp_min(0.0), keep_BP)
+
+
 def listwise_kl(scores_RW: torch.Tensor, target_RW: torch.Tensor, mask_RW: torch.Tensor,
                 temperature: float) -> torch.Tensor:
     """Mean over rows of ``KL(softmax(target / T) || softmax(scores / T))`` over each row's masked

@@ -46,6 +46,10 @@ from .controller import MCBatch, MCController, MCLosses
 from .mfu import base_flops_fn, device_peak_flops, mfu_percent
 from .probe import FocusProbe, probe_focus
 
+ALERT_LOSS_KEYS = ("wc_budget", "delta_nll_h", "token_loss", "lens_loss", "adv_delta_mean", "adv_delta_p95",
+                   "preference_corr_mean", "variants_total")
+"""The step metrics the alerts read on cadence steps (``wc_budget`` first: it marks a new drift regime)."""
+
 TIMING_KEYS = ("build_ms", "positional_ms", "lens_ms", "packing_ms", "losses_ms", "layouts_ms", "teacher_ms",
                "guided_ms", "controller_ms")
 
@@ -94,14 +98,18 @@ class TrainingMonitor:
         self.last_probe: FocusProbe | None = None
         self._probe_values: tuple[float, float] | None = None
         self._flops_cache: dict[tuple[int, int, int], int] = {}
+        self._budget: float | None = None
+        """The curriculum budget of the last cadence step (a change starts a new drift regime)."""
+        self._last_report: float | None = None
         self._closed = False
 
     @classmethod
-    def for_run(cls, controller: MCController, model: nn.Module, stage: str) -> tuple[TrainingMonitor, str]:
+    def for_run(cls, controller: MCController, model: nn.Module, stage: str, *,
+                alert_warmup: int = 0) -> tuple[TrainingMonitor, str]:
         """The monitor of a training run of ``stage`` with ``controller`` driving ``model``: provider
-        from ``--mc_telemetry`` (rank 0 only), base FLOPs from the model, peak from the device.
-        Returns the monitor and a line saying where events go. Raises ``TelemetryConfigError`` for
-        an OTLP configuration mistake."""
+        from ``--mc_telemetry`` (rank 0 only), base FLOPs from the model, peak from the device,
+        alerts quiet for the first ``alert_warmup`` steps. Returns the monitor and a line saying
+        where events go. Raises ``TelemetryConfigError`` for an OTLP configuration mistake."""
         cfg = controller.cfg
         rank, world = _dist_info()
         if rank == 0 and cfg.mc_telemetry_every > 0:
@@ -111,7 +119,8 @@ class TrainingMonitor:
             provider, run_id = NoOpTelemetryProvider(), new_run_id(stage)
             where = "off (--mc_telemetry_every 0)" if rank == 0 else "rank 0 only"
         monitor = cls(controller, base_flops_fn(model), every=cfg.mc_telemetry_every, provider=provider,
-                      run_id=run_id, rank=rank, world_size=world, peak_flops=device_peak_flops(controller.device_))
+                      run_id=run_id, rank=rank, world_size=world, peak_flops=device_peak_flops(controller.device_),
+                      alerts=AlertMonitor(enabled=rank == 0, warmup_steps=alert_warmup))
         return monitor, where
 
     # ---- hooks ---------------------------------------------------------------------------------
@@ -176,9 +185,13 @@ class TrainingMonitor:
         self.telemetry_s += self._step_tel_s + (self.clock() - t0)
         self._step_tel_s = 0.0
 
-    def metrics(self) -> dict[str, float]:
-        """``mc/*`` values for ``on_step_telemetry`` (counts and FLOPs global: x world size)."""
+    def metrics(self, step: int = -1) -> dict[str, float]:
+        """``mc/*`` values for ``on_step_telemetry`` (counts and FLOPs global: x world size) after
+        optimizer step ``step``; feeds the MFU and heartbeat alerts."""
         t0 = self.clock()
+        if self._last_report is not None:  # the host logs (to W&B) when it asks for these
+            self.alerts.observe("mc/heartbeat_s", t0 - self._last_report, step)
+        self._last_report = t0
         w = self.world_size
         wall = self.wall_time_s()
         out: dict[str, float] = {
@@ -196,6 +209,7 @@ class TrainingMonitor:
             mfu = mfu_percent(achieved, 1.0, self.peak_flops)
             if math.isfinite(mfu):
                 out["mc/mfu"] = mfu
+                self.alerts.observe("mc/mfu", mfu, step)
         self._window.clear()
         if self._probe_values is not None:
             out["mc/swap_rate"], out["mc/residency"] = self._probe_values
@@ -292,15 +306,30 @@ class TrainingMonitor:
             self.alerts.observe("mc/time_controller_ms", float(ctrl_ms), step)
         if self._step_timings is None:  # not a cadence step
             return
-        dnll = last.get("delta_nll_h")
-        if dnll is not None:
-            self.alerts.observe("mc/delta_nll_h", float(dnll), step)  # one host sync per cadence step
+        self._observe_losses(step, last)
         attrs: dict[str, Any] = {k: float(self._step_timings.get(k, 0.0)) for k in TIMING_KEYS}
         if math.isfinite(dt):
             attrs["step_ms"] = dt * 1e3
         attrs["telemetry_ms"] = (self._step_tel_s + self.clock() - self._last_step_end) * 1e3  # type: ignore[operator]
         attrs["dropped_events"] = self.provider.dropped
         self._emit(MC_TIMING, attrs, step)
+
+    def _observe_losses(self, step: int, last: Mapping[str, Any]) -> None:
+        """Feed the loss-side alerts on a cadence step (one host sync)."""
+        keys = [k for k in ALERT_LOSS_KEYS if k in last]
+        if not keys:
+            return
+        on_device = [k for k in keys if torch.is_tensor(last[k]) and last[k].device.type != "cpu"]
+        got = dict(zip(on_device, torch.stack([last[k].float() for k in on_device]).tolist(), strict=True)
+                   if on_device else {})
+        got |= {k: float(last[k]) for k in keys if k not in got}
+        budget = got.pop("wc_budget", None)
+        if budget is not None and budget != self._budget:
+            if self._budget is not None:
+                self.alerts.new_regime()
+            self._budget = budget
+        for key, value in got.items():
+            self.alerts.observe(f"mc/{key}", value, step)
 
     def _error(self, where: str, exc: Exception) -> None:
         self.errors += 1
@@ -317,16 +346,16 @@ def _finite(value: Any) -> float | None:
 def batch_stats(batch: MCBatch, losses: MCLosses) -> dict[str, Any]:
     """``mc_batch_stats`` attributes: rows per variant kind, budget, losses (no token ids)."""
     lay = batch.layouts
-    kinds = [lay.kind(v) for v in range(lay.variants)]
-    per_kind = {k: kinds.count(k) * lay.batch for k in ("baseline", "on-policy", "teacher", "random")}
+    per_kind = lay.rows_per_kind()
     attrs: dict[str, Any] = {
-        "variants_total": batch.rows, "sequences": lay.batch, "baseline_rows": per_kind["baseline"],
+        "variants_total": per_kind["random"], "rows_total": batch.rows, "sequences": lay.batch,
+        "baseline_rows": per_kind["baseline"],
         "onpolicy_rows": per_kind["on-policy"], "teacher_rows": per_kind["teacher"],
         "random_rows": per_kind["random"], "duplicate_rows": int(lay.duplicates), "wc_budget": int(batch.budget),
         "sequence_tokens": int(lay.ends_RW.max()) if lay.ends_RW.size else 0,
     }
     m = losses.metrics
-    for key in ("token_loss", "gist_loss", "delta_nll_h", "lens_loss", "tail_supervised_frac"):
+    for key in ("token_loss", "gist_loss", "delta_nll_h", "lens_loss", "lens_total", "tail_supervised_frac"):
         value = _finite(m[key]) if key in m else None
         if value is not None:
             attrs[key] = value

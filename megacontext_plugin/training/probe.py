@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..context.working_context import WorkingContext
-from ..focus import FocusAllocator, FocusConfig, FocusReport, score_through_view
+from ..focus import FocusAllocator, FocusConfig, FocusReport, residency, score_through_view
 from ..tree.building import build_levels
 
 
@@ -56,15 +56,6 @@ class FocusProbe:
             return {}
         return {"score_mean": float(s.mean()), "score_std": float(s.std()), "score_min": float(s.min()),
                 "score_max": float(s.max()), "score_p95": float(np.quantile(s, 0.95))}
-
-
-def residency(before: WorkingContext, after: WorkingContext) -> float:
-    """Share of ``before``'s entries (level, node) still present in ``after``; 1.0 for an empty WC."""
-    if len(before) == 0:
-        return 1.0
-    key_b = before.levels.astype(np.int64) * (1 << 56) + before.indices.astype(np.int64)
-    key_a = after.levels.astype(np.int64) * (1 << 56) + after.indices.astype(np.int64)
-    return float(np.isin(key_b, key_a, assume_unique=True).mean())
 
 
 def focus_config(controller: nn.Module, budget: int, num_levels: int) -> FocusConfig:

@@ -19,6 +19,7 @@ from torch import nn
 from ..config import ConfigError, MCConfig
 from ..context.positions import rope_base
 from ..nets import model_device, model_dims, model_wte
+from ..telemetry.alerts import alert_warmup_steps
 from ..telemetry.lifecycle import ClosedAtExit
 from .controller import MCBatch, MCController
 from .guided import NllFn
@@ -74,7 +75,8 @@ class TrainingRun:
     def start_monitor(self, model: nn.Module, stage: str) -> str | None:
         """Open the run's telemetry (``TelemetryConfigError`` for an OTLP mistake); returns the line
         saying where events go on the main rank, else None."""
-        self.monitor, where = TrainingMonitor.for_run(self.controller, model, stage)
+        warmup = alert_warmup_steps(self.plain_steps, self.controller.total_steps)
+        self.monitor, where = TrainingMonitor.for_run(self.controller, model, stage, alert_warmup=warmup)
         self._monitor_exit = ClosedAtExit(self.monitor)
         return where if self.monitor.main else None
 
@@ -137,7 +139,7 @@ class TrainingRun:
         fresh = self._last_at == self.controller.steps_done - 1
         values = {f"mc/{k}": float(v) for k, v in self._last.items()} if fresh else {}
         if self.monitor is not None:  # MFU, FLOPs, tokens, wall time, swap rate, residency, drops
-            values.update(self.monitor.metrics())
+            values.update(self.monitor.metrics(self.step - 1))
         return {k: v for k, v in values.items() if not math.isnan(v)}  # a level absent from the batch: no point
 
     def close(self) -> None:
