@@ -60,6 +60,7 @@ def _owner_only(root: Path) -> dict[str, str]:
     return bad
 
 
+@pytest.mark.upstream("pin")  # master has no scripts/chat_web.py
 def test_chat_web_with_mc_serves_interleaved_clients_on_loopback_as_each_alone(
         trained: tuple[Path, Path], tmp_path: Path) -> None:
     tree, base = trained
@@ -131,6 +132,7 @@ def _history(tree: Path, base: Path, session: Path) -> tuple[int, str]:
     return num_tokens, proc.stdout
 
 
+@pytest.mark.upstream("pin")  # master has no scripts/chat_web.py
 def test_a_named_session_is_refused_beyond_loopback_and_survives_a_sigkill_of_the_server(
         trained: tuple[Path, Path], tmp_path: Path) -> None:
     tree, base = trained

@@ -61,6 +61,7 @@ def test_eval_long_context_runs_the_arms_on_an_mc_run_and_a_vanilla_run(
     assert "is not patched" in proc.stderr.splitlines()[-1]
 
 
+@pytest.mark.upstream("pin")  # trains through mid_train, which master does not have
 def test_eval_long_context_chat_answers_through_the_engine_on_an_sft_run(
         patched: Path, base_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     from megacontext_plugin.data.conversations import write_task_dir

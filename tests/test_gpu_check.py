@@ -22,6 +22,7 @@ def test_unknown_argument_is_one_line() -> None:
     assert proc.stderr == "gpu_check: error: unknown argument '--gpu' (expected --cpu or --wheels DIR)\n"
 
 
+@pytest.mark.upstream("pin")  # gpu_check.sh runs the pin's scripts
 @pytest.mark.integration
 def test_cpu_mode_prints_the_table_with_every_row(nanochat_dir: Path, tmp_path: Path) -> None:
     for module in ("rustbpe", "tokenizers", "psutil", "pyarrow", "filelock"):

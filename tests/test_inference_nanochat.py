@@ -24,6 +24,7 @@ def _chat(tree: Path, base: Path, prompt: str, *flags: str) -> subprocess.Comple
                           check=False)
 
 
+@pytest.mark.upstream("pin")  # uses the pin's chat_cli flags (-d); master's chat_cli has other flags
 def test_chat_cli_answers_a_prompt_twelve_windows_long_and_a_named_session_continues(
         patched: Path, base_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     _base_train(patched, base_dir, None, MC)

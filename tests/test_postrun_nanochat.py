@@ -25,6 +25,7 @@ def _nanochat(tree: Path, base: Path, plugins: str | None, *args: str) -> subpro
     return proc
 
 
+@pytest.mark.upstream("pin")  # reads nanochat.report, which master does not have
 def test_base_eval_with_mc_prints_the_validation_and_the_report_shows_it(patched: Path, base_dir: Path) -> None:  # noqa: F811
     pytest.importorskip("matplotlib", reason="the report's plots need matplotlib (the bench extra)")
     _base_train(patched, base_dir, None, [*MC, "--mc_telemetry_every", "1"])

@@ -34,6 +34,7 @@ def test_knobs_without_mc_are_refused_before_any_work(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.upstream("pin")  # the recipe runs the pin's scripts (mid_train); master has none
 def test_the_recipe_runs_every_stage_and_ends_evaluable(patched: Path, tmp_path: Path) -> None:  # noqa: F811
     for module in ("rustbpe", "tokenizers", "psutil", "pyarrow", "filelock"):
         pytest.importorskip(module, reason=f"upstream's scripts need {module}")
