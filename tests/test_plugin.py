@@ -439,6 +439,9 @@ class _HookedEngine(_Engine):
             yield from stream
             return
         self.upstream_calls += 1
+        yield from self.upstream_decode(num_samples, max_tokens)
+
+    def upstream_decode(self, num_samples: int, max_tokens: int | None):
         for _ in range(max_tokens or 1):
             yield [7] * num_samples, [1] * num_samples
 
@@ -471,13 +474,7 @@ def test_chat_cli_answers_print_their_latency_and_past_the_window_the_level_map(
 class _BosEngine(_HookedEngine):
     """Upstream's decode samples ``<|bos|>`` after one token (a model that ends its answer so)."""
 
-    def generate(self, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
-                 temperature: float = 1.0, top_k: int | None = None, seed: int = 42):
-        stream = self.hooks.generate(engine=self, tokens=tokens, num_samples=num_samples, max_tokens=max_tokens,
-                                     temperature=temperature, top_k=top_k, seed=seed)
-        if stream is not None:
-            yield from stream
-            return
+    def upstream_decode(self, num_samples: int, max_tokens: int | None):
         for token in (7, self.tokenizer.get_bos_token_id(), 7):
             yield [token], [1]
 
