@@ -8,8 +8,9 @@ long-context`` on 40 passkey documents per length (5 depths x 8) and 16 recall d
 16x W. Then NLL@H on held-out standard-library files (``--documents``: files of the library's held-out split
 that the run's ``corpus_train_files.txt`` does not list) at 4x and 8x, and, where the run has an SFT
 checkpoint, the chat arm (``--chat``: greedy answers to a fact planted in the first turn) at 8x. The baseline
-runs the arms a run without ``--mc`` has (truncation and full attention). The table is each arm's mean ±
-population std over the seeds; ``targets`` checks issue 27's. The PNG plots passkey exact by length.
+runs the arms a run without ``--mc`` has (truncation and full attention), at the ``--mc`` run's budget and H.
+The table is each arm's mean ± population std over the seeds; ``targets`` checks issue 27's. The PNG plots
+passkey exact by length.
 """
 
 from __future__ import annotations
@@ -94,15 +95,19 @@ def _evaluate(cmd: list[str], path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-def evaluate_run(run: Path, seeds: list[int], out: Path, *, quick: bool, chat: bool) -> dict[str, Any]:
-    """Every arm of one recipe run: the seeded tasks per seed, the held-out files once, the chat arm."""
+def evaluate_run(run: Path, seeds: list[int], out: Path, *, quick: bool, chat: bool,
+                 geometry: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Every arm of one recipe run: the seeded tasks per seed, the held-out files once, the chat arm.
+    ``geometry``: the budget W and horizon H to evaluate at (the ``--mc`` run's, for its baseline);
+    None: the checkpoint's own."""
+    at = [] if geometry is None else ["--budget", str(geometry[0]), "--horizon", str(geometry[1])]
     base = base_checkpoint(run)
     samples, recall = ("2", "4") if quick else ("8", "16")
     lengths = "2,4,8" if quick else "2,4,8,16"
     per_seed = []
     for seed in seeds:
         r = _evaluate(["--checkpoint", str(base), "--seed", str(seed), "--lengths", lengths, "--samples", samples,
-                       "--recall-docs", recall, "--lens-docs", "2" if quick else "4"],
+                       "--recall-docs", recall, "--lens-docs", "2" if quick else "4", *at],
                       out.with_name(f"{out.stem}_seed{seed}.json"))
         if r is None:
             raise SystemExit(1)
@@ -113,7 +118,8 @@ def evaluate_run(run: Path, seeds: list[int], out: Path, *, quick: bool, chat: b
     files = held_out_files(run, min_bytes=8 * budget * 4, limit=40)
     if files:
         docs = _evaluate(["--checkpoint", str(base), "--documents", *map(str, files), "--lengths", "4,8",
-                          "--documents-per-length", "8" if quick else "40"], out.with_name(f"{out.stem}_docs.json"))
+                          "--documents-per-length", "8" if quick else "40", *at],
+                         out.with_name(f"{out.stem}_docs.json"))
         result["documents"] = None if docs is None else docs["rows"]
         result["documents_files"] = [str(f) for f in files]
     sft = sorted((run / "chatsft_checkpoints").glob("*"))
@@ -121,7 +127,7 @@ def evaluate_run(run: Path, seeds: list[int], out: Path, *, quick: bool, chat: b
         # a refocus every 16 generated tokens leaves the session's headroom at 16 of W = 64 entries: the
         # default 32 leaves too few for the history past 2x (README, the chat arm)
         chats = [_evaluate(["--checkpoint", str(sft[0]), "--chat", "--seed", str(seed), "--lengths", "8",
-                            "--chat-docs", "8" if quick else "40", "--chat-flags=--mc_refocus_every 16"],
+                            "--chat-docs", "8" if quick else "40", "--chat-flags=--mc_refocus_every 16", *at[:2]],
                            out.with_name(f"{out.stem}_chat{seed}.json"))
                  for seed in seeds]
         if all(c is not None for c in chats):
@@ -163,9 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     mc = evaluate_run(args.run, seeds, args.json.with_name(args.json.stem + "_mc.json"), quick=args.quick,
                       chat=not args.no_chat)
     payload: dict[str, Any] = {"seeds": seeds, "mc_run": mc}
-    if args.baseline is not None:
+    if args.baseline is not None:  # at the --mc run's budget and horizon: the same question asked of both
+        settings = mc["per_seed"][0]["settings"]
         payload["baseline_run"] = evaluate_run(args.baseline, seeds, args.json.with_name(args.json.stem + "_base.json"),
-                                               quick=args.quick, chat=not args.no_chat)
+                                               quick=args.quick, chat=not args.no_chat,
+                                               geometry=(settings["budget"], settings["horizon"]))
     payload["targets"] = check_targets(mc)
     for name, result in (("--mc run", mc), ("baseline (no --mc)", payload.get("baseline_run"))):
         if result is None:
