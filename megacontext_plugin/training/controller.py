@@ -219,17 +219,26 @@ class MCController(nn.Module):
         return max(min(budget, self.sequence_len), floor)
 
     def step_flops(self, base_flops_per_token: Callable[[int], int], batch: int, step: int,
-                   T: int | None = None) -> StepFlops:
+                   T: int | None = None, teacher_pass: bool = True) -> StepFlops:
         """Honest FLOPs of one micro-batch of ``batch`` sequences of length ``T`` (default
         ``sequence_len``) at ``step`` (``flops.mc_step_flops``); a length that ``can_compress``
-        rejects runs the plain forward: ``vanilla_step_flops``, no aux-net work."""
+        rejects runs the plain forward: ``vanilla_step_flops``, no aux-net work. ``teacher_pass``:
+        the host gives ``process_batch`` the teacher's ``nll_fn`` (``TrainingRun`` does), so the
+        teacher's full-context pass runs whenever teacher variants or the distillation need it."""
         T = self.sequence_len if T is None else T
         if not self.can_compress(T):
             return StepFlops(vanilla_step_flops(base_flops_per_token, batch=batch, sequence_len=T), 0, 0)
+        cfg = self.cfg
+        on_policy, teacher, _ = cfg.variant_counts
+        budget = self.budget_at(step, T)
+        plan = self.length_plan(T)
+        lens_calls = on_policy * max(1, plan.num_levels - 1) * focus_config(self, budget - cfg.mc_horizon,
+                                                                            plan.num_levels).iterations
         return mc_step_flops(base_flops_per_token, self.gistnet, self.lensnet, batch=batch,
-                             variants=self.cfg.num_variants, width=self.budget_at(step, T),
-                             sequence_len=T, block_size=self.cfg.block_size,
-                             horizon=self.cfg.mc_horizon, kl_anchor=self.cfg.mc_lens_kl_weight > 0)
+                             variants=cfg.num_variants, width=budget, sequence_len=T, block_size=cfg.block_size,
+                             horizon=cfg.mc_horizon, kl_anchor=cfg.mc_lens_kl_weight > 0,
+                             teacher_pass=teacher_pass and bool(teacher or cfg.mc_lens_teacher_weight > 0),
+                             lens_calls=lens_calls)
 
     # ---- step ---------------------------------------------------------------------------------
     def process_batch(self, x_BT: torch.Tensor, y_BT: torch.Tensor, wte: nn.Module, step: int,
@@ -284,7 +293,8 @@ class MCController(nn.Module):
         saliency = None
         if (teacher or distil) and nll_fn is not None:
             saliency = horizon_saliency(nll_fn, lod0_BTD, y_BT, H)
-            timings["teacher_ms"] = _ms(t2)
+        timings["teacher_ms"] = _ms(t2)
+        t2 = time.perf_counter()
         if on_policy or teacher:
             query_BHD = lod0_BTD[:, T - 2 * H:T - H].detach().to(self.aux_dtype)
             guided = guided_prompt_layouts(
