@@ -183,7 +183,8 @@ def mc_step(
     """One full MC training step (no base optimizer step), timed phase by phase; the teacher's
     full-context pass runs as in training (``full_context_nll``)."""
     t0 = time.perf_counter()
-    batch = ctrl.process_batch(x_BT, y_BT, bench.wte, step, nll_fn=full_context_nll(bench.model, x_BT))
+    batch = ctrl.process_batch(x_BT, y_BT, bench.wte, step,
+                               nll_fn=full_context_nll(bench.model, x_BT, ctrl.cfg.mc_horizon))
     inputs_leaf = batch.inputs_RWD.detach().requires_grad_(True)
     scores_leaf = batch.scores_RW.detach().requires_grad_(True)
     staged = dataclasses.replace(batch, scores_RW=scores_leaf)  # shares batch.timings_ms

@@ -1,21 +1,24 @@
-"""Training throughput, vanilla vs --mc, on the same nanochat-shaped model and token budget.
+"""Training throughput, vanilla vs --mc, on the same model and token budget.
 
     python benchmarks/throughput.py [--quick] [--depth N] [--seq-len T] [--batch B] [--steps S]
-                                    [--device auto|cpu|cuda] --json PATH
+                                    [--warmup N] [--device auto|cpu|cuda] --json PATH
 
-Setup: a nanochat-shaped ``TinyGPT`` (``training/reference_model.py``) of depth ``--depth``:
-width ``64 * depth``, head_dim 64, vocab 8192, ``sequence_len = T``, relu² MLP, untied head;
-AdamW on every parameter; fp32 on CPU, bf16 autocast on CUDA; eager (no ``torch.compile``:
-the plugin's forward runs eager). Both runs see the same ``S`` micro-batches of ``B x T``
-random tokens (same token budget, one micro-batch per optimizer step).
+Model (``benchmarks/_models.py``): nanochat's own ``GPT`` through a patched copy of ``NANOCHAT_DIR``
+when it is set (width ``64 * depth`` rounded up to head_dim 128, vocab 65,536, value embeddings,
+window pattern ``L``), else the stand-in ``TinyGPT`` (width ``64 * depth``, head_dim 64, vocab
+8192); ``sequence_len = T``; AdamW on every parameter; fp32 on CPU, bf16 autocast on CUDA; eager.
+Rows ``(depth, T, B, steps)``: depth 4 at T 1024, B 4 (12 steps), depth 12 at T 1024 (4 steps) and
+2048 (3 steps), B 1; ``--quick``: the depth-12, T-1024 row alone with 1 warm-up step; any of
+``--depth/--seq-len/--batch/--steps``: one row of that shape. Both runs of a row see the same
+micro-batches of ``B x T`` random tokens (one per optimizer step).
 
 - vanilla: ``loss = model(x, y)``, backward, AdamW.
-- ``--mc``: the plugin itself, driven by a small host exactly as patched nanochat drives it
-  (pluggy hooks: ``before_forward`` -> packed forward -> ``extra_loss`` -> backward -> AdamW ->
-  ``after_optimizer_step`` -> ``on_step_telemetry``), with the default knobs except
-  ``--mc_auto_batch 0`` (same batch, so the same tokens per step) and telemetry at its defaults
-  (JSONL, every 50 steps) written to a temporary directory. The curriculum spans the ``S``
-  measured steps (budget annealed from 80% of T to 20%), after warm-up steps.
+- ``--mc``: the plugin itself, as patched nanochat drives it: nanochat's GPT through
+  ``attach_plugin`` (its patched forward calls ``before_forward`` -> packed forward -> ``extra_loss``),
+  the stand-in through the same hooks called by the benchmark; then backward -> AdamW ->
+  ``after_optimizer_step`` -> ``on_step_telemetry``; default knobs except ``--mc_auto_batch 0``
+  (same tokens per step), telemetry at its defaults (JSONL, every 50 steps) in a temporary
+  directory. The curriculum spans the measured steps (budget annealed from 80% of T to 20%).
 
 Vanilla and MC steps alternate (one each, round-robin), so load from other processes on a
 shared machine hits both alike. Times are per optimizer step, device-synchronised.
@@ -27,10 +30,12 @@ Keys (see ``benchmarks/README.md``):
   match the FLOPs, which are totals); ``*_tok_s_median`` use the median step time.
 - ``flop_ratio`` = MC FLOPs per token / vanilla FLOPs per token. MC FLOPs are what the plugin
   counted as executed over the measured steps (``TrainingMonitor``, ``MCController.step_flops``:
-  base forward+backward over every variant row at the step's budget, GistNet and LensNet);
+  base forward+backward over every variant row at the step's budget, the teacher's full-context
+  pass, GistNet and LensNet);
   vanilla's are ``f(T)`` per token (nanochat's ``6 N + 12 L D T``).
 - ``efficiency`` = ``(mc_tok_s / vanilla_tok_s) * flop_ratio``: MC's achieved FLOP/s over
-  vanilla's. 1.0 = MC's extra work runs as efficiently as the base model's own; the goal is >= 0.9.
+  vanilla's (also as ``ratio``). 1.0 = MC's extra work runs as efficiently as the base model's own; the
+  goal is >= 1.0.
 - ``mfu``: MC's honest MFU in % (the plugin's ``mc/mfu``), ``vanilla_mfu`` likewise for vanilla;
   ``null`` on CPU (no peak).
 - ``vanilla_gflops_per_s``, ``mc_gflops_per_s``; ``vanilla_step_ms``, ``mc_step_ms`` (medians and every

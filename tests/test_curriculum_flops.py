@@ -79,6 +79,10 @@ def test_step_flops_count_the_teacher_pass_and_the_on_policy_scoring() -> None:
                          teacher_pass=True, lens_calls=3)
     assert plain.teacher == 0
     assert both.teacher == 2 * B * T * fpt(T) // 3  # forward + backward to the inputs, no weight gradients
+    head = 6 * 500  # half of the parameters in the output head, which runs on the horizon only
+    sliced = mc_step_flops(fpt, gist, lens, batch=B, variants=V, width=W, sequence_len=T, block_size=8, horizon=H,
+                           teacher_pass=True, head_flops_per_token=head)
+    assert sliced.teacher == 2 * B * (T * (fpt(T) - head) + H * head) // 3
     assert both.lensnet - plain.lensnet == 3 * lens.flops(W - H, H, B)
     assert both.total == both.base + both.gistnet + both.lensnet + both.teacher
 
@@ -95,9 +99,9 @@ def test_the_controller_counts_the_teacher_pass_only_where_it_runs() -> None:
     without = MCController(MCConfig(**knobs, mc_teacher_variants=0, mc_lens_teacher_weight=0.0), dim=64,
                            head_dim=32, sequence_len=128, total_steps=10)
     try:
-        assert with_teacher.step_flops(fpt, 2, 3).teacher == 2 * 2 * 128 * fpt(128) // 3
-        assert with_teacher.step_flops(fpt, 2, 3, teacher_pass=False).teacher == 0  # no nll_fn: no pass
-        assert without.step_flops(fpt, 2, 3).teacher == 0
+        assert with_teacher.step_flops(fpt, 2, 3, teacher_pass=True).teacher == 2 * 2 * 128 * fpt(128) // 3
+        assert with_teacher.step_flops(fpt, 2, 3).teacher == 0  # no nll_fn: no pass
+        assert without.step_flops(fpt, 2, 3, teacher_pass=True).teacher == 0  # nothing needs it
     finally:
         with_teacher.close()
         without.close()

@@ -10,7 +10,9 @@ nanochat's ``estimate_flops``). A step of ``B`` sequences of length ``T`` with `
   forward of the KL anchor when ``--mc_lens_kl_weight`` > 0, plus one forward of ``B`` rows of
   ``W - H`` entries per on-policy scoring call (``lens_calls``, no grad);
 - the teacher's full-context pass (``training.guided.horizon_saliency``), when it runs: a forward
-  and a backward to the input embeddings only (no weight gradients), ``2/3 * B * T * f(T)``.
+  and a backward to the input embeddings only (no weight gradients), 2/3 of training's, with the
+  output head (``h`` of ``f`` per token) on the last H positions only (``teacher_pass``):
+  ``2/3 * B * (T * (f(T) - h) + H * h)``.
 
 Vanilla: ``B * T * base_flops_per_token(T)``.
 """
@@ -46,14 +48,16 @@ def gists_per_sequence(sequence_len: int, block_size: int) -> int:
 
 def mc_step_flops(base_flops_per_token: Callable[[int], int], gistnet: GistNet, lensnet: LensNet, *, batch: int,
                   variants: int, width: int, sequence_len: int, block_size: int, horizon: int,
-                  kl_anchor: bool = True, teacher_pass: bool = False, lens_calls: int = 0) -> StepFlops:
+                  kl_anchor: bool = True, teacher_pass: bool = False, lens_calls: int = 0,
+                  head_flops_per_token: int = 0) -> StepFlops:
     """FLOPs of one MC micro-batch (see the module docstring for the formula)."""
     rows = batch * variants
     base = rows * width * base_flops_per_token(width)
     gist = 3 * gistnet.flops_per_gist() * batch * gists_per_sequence(sequence_len, block_size)
     lens = (4 if kl_anchor else 3) * lensnet.flops(width, horizon, batch * (variants - 1))
     lens += lens_calls * lensnet.flops(max(width - horizon, 1), horizon, batch)
-    teacher = 2 * batch * sequence_len * base_flops_per_token(sequence_len) // 3 if teacher_pass else 0
+    trunk = sequence_len * (base_flops_per_token(sequence_len) - head_flops_per_token)
+    teacher = 2 * batch * (trunk + horizon * head_flops_per_token) // 3 if teacher_pass else 0
     return StepFlops(base, gist, lens, teacher)
 
 
