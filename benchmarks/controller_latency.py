@@ -2,21 +2,25 @@
 
     python benchmarks/controller_latency.py [--quick] [--depth N] [--phase end|mid|start] --json PATH
 
-Setup: a nanochat-shaped ``TinyGPT`` of depth ``--depth`` (default 4 on this CPU): width
-``64 * depth``, head_dim 64 (``depth`` heads), vocab 8192, ``sequence_len = T``, fp32 on CPU.
-The controller uses the default nets and knobs except block_size K = 32,
-``allocator_recent_tokens`` 64 and ``mc_horizon`` 32; V = 5 variants per sequence (4 random +
-the recency baseline), so a micro-batch ``[B, T]`` becomes ``R = 5 B`` packed rows of ``W``
-entries. ``W`` is ``MCController.budget_at`` at ``--phase`` (default ``end``: the final budget,
+Setup (``benchmarks/_models.py``): nanochat's own ``GPT`` through a patched copy of ``NANOCHAT_DIR``
+when it is set (width ``64 * depth`` rounded up to head_dim 128, vocab 65,536), else the stand-in
+``TinyGPT`` (width ``64 * depth``, head_dim 64, vocab 8192); ``sequence_len = T``, fp32 on CPU.
+Rows: ``--depth`` (default 4) at T in {256, 1024, 4096} and B in {1, 8}, plus depth 12 at
+T = 1024 and 2048, B = 1 (nanochat's shapes; ``--no-nanochat-rows`` leaves them out). The
+controller uses the default nets, knobs and variants (the recency baseline, 1 on-policy, 2 teacher,
+2 random: V = 6) except block_size K = 32, ``allocator_recent_tokens`` 64 and ``mc_horizon`` 32,
+so a micro-batch ``[B, T]`` becomes ``R = 6 B`` packed rows of ``W`` entries. ``W`` is
+``MCController.budget_at`` at ``--phase`` (default ``end``: the final budget,
 ``mc_train_wc_length`` 0.2 -> W = 192 at T = 1024 and 768 at T = 4096; at T = 256 the fraction
 0.2 fails the config check (51 entries do not exceed the 64-token protected tail), so the
 smallest valid fraction in steps of 0.05 is used there, 0.3, and the controller's own floor
 sets W; every row reports ``W``). ``end`` has the least base work per batch, so it is the
-worst case for the ratio. T in {256, 1024, 4096}, B in {1, 8}.
+worst case for the ratio. Goal: ratio <= 0.05 at depth 12, <= 0.15 at depth 4.
 
 Each repeat runs one full MC training step, then the base model alone on that step's packed batch:
 
-1. MC step: ``process_batch`` -> base forward on the packed inputs -> ``compute_losses`` ->
+1. MC step: ``process_batch`` (with the teacher's ``nll_fn``, as ``TrainingRun`` gives it)
+   -> base forward on the packed inputs -> ``compute_losses`` ->
    backward -> ``step_aux``. The backward is split at two leaves so that base and aux backward
    are timed directly, not by subtracting two noisy runs: the base model reads
    ``inputs.detach().requires_grad_()`` and the losses read ``scores.detach().requires_grad_()``;
@@ -26,14 +30,18 @@ Each repeat runs one full MC training step, then the base model alone on that st
    rule this is exactly the gradient of one ``total.backward()``; only the order differs.
 2. Base step: forward+backward of the base model alone on the same packed batch (inputs
    detached, as a leaf that requires grad, as ``wte``'s output does in vanilla training),
-   per-entry NLL reduced by the same masked mean as MC's token loss. No optimizer step.
+   per-entry NLL reduced by the same masked mean as MC's token loss, plus the backward of the
+   token lookup ``wte(x)`` (the dense ``[vocab, D]`` embedding gradient every base step pays; the
+   MC step's LOD0 lookup is a leaf too, its backward timed apart as ``embedding_bwd_in_step_ms``
+   and not charged to the controller). No optimizer step.
 
 Row keys (medians over the repeats after one warmup step; ms per micro-batch):
 
 - ``base_step_ms``: step 2, the base work MC makes the model do (R x W entries).
 - ``controller_ms``: everything else the MC step adds = ``process_batch_ms`` (the controller's
-  own ``timings_ms["controller_ms"]``: ``layouts_ms`` + ``build_ms`` + ``packing_ms`` +
-  ``positional_ms`` + ``lens_ms``) + ``losses_ms`` + ``aux_backward_ms`` (step 1's second
+  own ``timings_ms["controller_ms"]``: ``layouts_ms`` + ``build_ms`` + ``teacher_ms`` (the
+  teacher's full-context saliency pass) + ``guided_ms`` (on-policy and teacher layouts) +
+  ``packing_ms`` + ``positional_ms`` + ``lens_ms``) + ``losses_ms`` + ``aux_backward_ms`` (step 1's second
   backward) + ``aux_step_ms`` (``step_aux``: KL snapshot, AdamW step, zero_grad, EMAs).
 - ``ratio`` = median ``controller_ms`` / median ``base_step_ms``; the goal is <= 0.05.
 - per-phase keys ``layouts_ms``, ``build_ms`` (LOD0 ``wte`` + every GistNet level),
@@ -67,8 +75,8 @@ Configurations are built up front and measured round-robin (one warmup step each
 repeat of every configuration per round), so a burst of load from another process is spread over
 all rows instead of spoiling one. Full run: up to 7 repeats per configuration; a configuration
 stops once it has 3 and has spent over 60 s in measured repeats (the T = 4096, B = 8 row).
-``--quick`` (under two minutes on an idle machine): 3 repeats, and it drops the T = 4096, B = 8
-row (about half of the full run's time). CPU only: the controller's
+``--quick``: 3 repeats of T = 1024, B = 1 at ``--depth`` and of the first depth-12 row (about
+4 minutes with nanochat's GPT on this CPU). CPU only: the controller's
 ``timings_ms`` are host timers without device synchronisation.
 """
 
@@ -86,6 +94,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import parse_args, plot_lines, png_path, print_table, write_json
@@ -177,13 +186,30 @@ def wait_prefetch(ctrl: MCController) -> None:
         pending[1].result()
 
 
+class LeafLookup(nn.Module):
+    """``wte`` whose output is a leaf, so the aux backward stops at LOD0 and the lookup's own
+    backward (the dense ``[vocab, D]`` gradient: the base model's cost) is timed apart."""
+
+    def __init__(self, wte: nn.Module) -> None:
+        super().__init__()
+        self.wte = wte
+        self.out: torch.Tensor | None = None
+        self.leaf: torch.Tensor | None = None
+
+    def forward(self, x_BT: torch.Tensor) -> torch.Tensor:
+        self.out = self.wte(x_BT)
+        self.leaf = self.out.detach().requires_grad_(True)
+        return self.leaf
+
+
 def mc_step(
     bench: BenchModel, ctrl: MCController, x_BT: torch.Tensor, y_BT: torch.Tensor, step: int
 ) -> tuple[dict[str, float], MCBatch]:
     """One full MC training step (no base optimizer step), timed phase by phase; the teacher's
     full-context pass runs as in training (``full_context_nll``)."""
+    lookup = LeafLookup(bench.wte)
     t0 = time.perf_counter()
-    batch = ctrl.process_batch(x_BT, y_BT, bench.wte, step,
+    batch = ctrl.process_batch(x_BT, y_BT, lookup, step,
                                nll_fn=full_context_nll(bench.model, x_BT, ctrl.cfg.mc_horizon))
     inputs_leaf = batch.inputs_RWD.detach().requires_grad_(True)
     scores_leaf = batch.scores_RW.detach().requires_grad_(True)
@@ -198,28 +224,38 @@ def mc_step(
     assert inputs_leaf.grad is not None and scores_leaf.grad is not None
     torch.autograd.backward([batch.inputs_RWD, batch.scores_RW], [inputs_leaf.grad, scores_leaf.grad])
     t5 = time.perf_counter()
+    assert lookup.out is not None and lookup.leaf is not None and lookup.leaf.grad is not None
+    lookup.out.backward(lookup.leaf.grad)
+    t5b = time.perf_counter()
     ctrl.step_aux()
     t6 = time.perf_counter()
     ms = {k: batch.timings_ms.get(k, 0.0) for k in PHASE_KEYS[:-2]}
     ms["process_batch_ms"] = batch.timings_ms["controller_ms"]
     ms["aux_backward_ms"] = (t5 - t4) * 1e3
-    ms["aux_step_ms"] = (t6 - t5) * 1e3
+    ms["aux_step_ms"] = (t6 - t5b) * 1e3
+    ms["embedding_bwd_in_step_ms"] = (t5b - t5) * 1e3
     ms["controller_ms"] = ms["process_batch_ms"] + ms["losses_ms"] + ms["aux_backward_ms"] + ms["aux_step_ms"]
     ms["base_fwd_in_step_ms"] = (t2 - t1) * 1e3
     ms["base_bwd_in_step_ms"] = (t4 - t3) * 1e3
     ms["mc_step_ms"] = (t6 - t0) * 1e3
     ms["unattributed_ms"] = (
         ms["mc_step_ms"] - ms["controller_ms"] - ms["base_fwd_in_step_ms"] - ms["base_bwd_in_step_ms"]
+        - ms["embedding_bwd_in_step_ms"]
     )
     return ms, batch
 
 
-def base_step(bench: BenchModel, batch: MCBatch) -> float:
-    """ms of the base model's forward+backward alone on ``batch``'s packed inputs."""
+def base_step(bench: BenchModel, batch: MCBatch, x_BT: torch.Tensor) -> float:
+    """ms of the base model's forward+backward alone on ``batch``'s packed inputs, with the backward of
+    its own token lookup ``wte(x)``: a step of the base model pays the embedding's dense ``[vocab, D]``
+    gradient whatever it reads (in the MC step it is reached through LOD0, so the aux backward holds
+    it); without it the controller would be charged the base model's own cost."""
     inputs = batch.inputs_RWD.detach().requires_grad_(True)
     t0 = time.perf_counter()
     nll_RW = bench.nll(inputs, batch.value_ids_RW, batch.targets_RW, batch.cos_sin)
     L.mean_over(nll_RW, batch.index.valid_RW).backward()
+    emb_BTD = bench.wte(x_BT)
+    emb_BTD.backward(inputs.grad.new_zeros(emb_BTD.shape))
     return (time.perf_counter() - t0) * 1e3
 
 
@@ -269,7 +305,7 @@ class ConfigBench:
         self.bench.model.zero_grad(set_to_none=True)
         gc.collect()
         wait_prefetch(self.ctrl)
-        ms["base_step_ms"] = base_step(self.bench, batch)
+        ms["base_step_ms"] = base_step(self.bench, batch, x_BT)
         self.bench.model.zero_grad(set_to_none=True)
         self.shape = {
             "W": batch.budget,

@@ -11,7 +11,7 @@ nanochat's ``estimate_flops``). A step of ``B`` sequences of length ``T`` with `
   ``W - H`` entries per on-policy scoring call (``lens_calls``, no grad);
 - the teacher's full-context pass (``training.guided.horizon_saliency``), when it runs: a forward
   and a backward to the input embeddings only (no weight gradients), 2/3 of training's, with the
-  output head (``h`` of ``f`` per token) on the last H positions only (``teacher_pass``):
+  output head (``h`` of ``f`` per token) on the last H positions only (``nets.output_head``):
   ``2/3 * B * (T * (f(T) - h) + H * h)``.
 
 Vanilla: ``B * T * base_flops_per_token(T)``.

@@ -42,7 +42,7 @@ NllFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``nll_fn(inputs[B, T, D], targets[B, T]) -> nll[B, T']``: the base model's full-context
 per-token NLL on given LOD0 embeddings (0 where the target is -1) of the last ``T'`` positions,
 ``H <= T' <= T``: only the horizon's is read, so a host may skip the output head elsewhere
-(``teacher_pass.head_on_last``)."""
+(``nets.output_head.head_on_last``)."""
 
 
 def refocus_prompts(starts: list[WorkingContext], score: BatchScorer, config: FocusConfig,

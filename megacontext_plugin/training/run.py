@@ -19,18 +19,18 @@ from torch import nn
 from ..config import ConfigError, MCConfig
 from ..context.positions import rope_base
 from ..nets import model_device, model_dims, model_wte
+from ..nets.output_head import head_on_last
 from ..telemetry.lifecycle import ClosedAtExit
 from .controller import MCBatch, MCController
 from .guided import NllFn
 from .monitor import TrainingMonitor
 from .packing import align_right
-from .teacher_pass import head_on_last
 
 
 def full_context_nll(model: nn.Module, idx_BT: torch.Tensor, horizon: int) -> NllFn:
     """The teacher's pass (``training.guided``): the patched GPT over the whole sequence ``idx[B, T]``,
     on given LOD0 embeddings, with its own rotary table and value embeddings; the NLL ``[B, horizon]``
-    of the last ``horizon`` positions, the only ones whose loss the teacher reads (``teacher_pass``)."""
+    of the last ``horizon`` positions, the only ones whose loss the teacher reads (``nets.output_head``)."""
 
     def nll_fn(emb_BTD: torch.Tensor, y_BT: torch.Tensor) -> torch.Tensor:
         T = emb_BTD.size(1)
