@@ -7,7 +7,7 @@ Model (``benchmarks/_models.py``): nanochat's own ``GPT`` through a patched copy
 when it is set (width ``64 * depth`` rounded up to head_dim 128, vocab 65,536, value embeddings,
 window pattern ``L``), else the stand-in ``TinyGPT`` (width ``64 * depth``, head_dim 64, vocab
 8192); ``sequence_len = T``; AdamW on every parameter; fp32 on CPU, bf16 autocast on CUDA; eager.
-Rows ``(depth, T, B, steps)``: depth 4 at T 1024, B 4 (12 steps), depth 12 at T 1024 (4 steps) and
+Rows ``(depth, T, B, steps)``: depth 4 at T 1024 (8 steps), depth 12 at T 1024 (4 steps) and
 2048 (3 steps), B 1; ``--quick``: the depth-12, T-1024 row alone with 1 warm-up step; any of
 ``--depth/--seq-len/--batch/--steps``: one row of that shape. Both runs of a row see the same
 micro-batches of ``B x T`` random tokens (one per optimizer step).
@@ -75,7 +75,7 @@ from megacontext_plugin.telemetry import MCTelemetryAlert
 from megacontext_plugin.training.mfu import device_peak_flops
 
 TARGET_EFFICIENCY = 1.0
-FULL_ROWS = ((4, 1024, 4, 12), (12, 1024, 1, 4), (12, 2048, 1, 3))
+FULL_ROWS = ((4, 1024, 1, 8), (12, 1024, 1, 4), (12, 2048, 1, 3))
 """(depth, T, B, steps): depth 4, and depth 12 (nanochat's vocabulary with its GPT) at T = 1024 and 2048, B = 1."""
 QUICK_ROWS = ((12, 1024, 1, 3),)
 
