@@ -6,7 +6,8 @@ Setup (``benchmarks/_models.py``): nanochat's own ``GPT`` through a patched copy
 when it is set (width ``64 * depth`` rounded up to head_dim 128, vocab 65,536), else the stand-in
 ``TinyGPT`` (width ``64 * depth``, head_dim 64, vocab 8192); ``sequence_len = T``, fp32 on CPU.
 Rows: ``--depth`` (default 4) at T in {256, 1024, 4096} and B in {1, 8}, plus depth 12 at
-T = 1024 and 2048, B = 1 (nanochat's shapes; ``--no-nanochat-rows`` leaves them out). The
+T = 1024 and 2048, B = 1 (nanochat's shapes; ``--no-nanochat-rows`` leaves them out,
+``--only-nanochat-rows`` keeps them alone). The
 controller uses the default nets, knobs and variants (the recency baseline, 1 on-policy, 2 teacher,
 2 random: V = 6) except block_size K = 32, ``allocator_recent_tokens`` 64 and ``mc_horizon`` 32,
 so a micro-batch ``[B, T]`` becomes ``R = 6 B`` packed rows of ``W`` entries. ``W`` is
@@ -384,6 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     extra.add_argument("--phase", choices=tuple(PHASES), default="end")
     extra.add_argument("--no-nanochat-rows", dest="nanochat_rows", action="store_false",
                        help="leave out the depth-12 rows at nanochat's vocabulary")
+    extra.add_argument("--only-nanochat-rows", dest="grid", action="store_false",
+                       help="the depth-12 rows alone, without the --depth grid")
     ours, rest = extra.parse_known_args(argv)
     args = parse_args(
         __doc__.splitlines()[0] + " Extra flags: --depth N (default 4: width 64*N), "
@@ -404,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     started = time.perf_counter()
     grid = [(ours.depth, T, B) for T in SEQ_LENS for B in BATCHES
-            if (T, B) in QUICK_ROWS or not (args.quick or (T, B) in QUICK_SKIP)]
+            if ours.grid and ((T, B) in QUICK_ROWS or not (args.quick or (T, B) in QUICK_SKIP))]
     big = list(NANOCHAT_ROWS[:1] if args.quick else NANOCHAT_ROWS) if ours.nanochat_rows else []
     benches = [ConfigBench(T, B, depth, ours.phase, args.seed) for depth, T, B in grid + big]
     for _ in range(warmup):  # then round-robin repeats: a burst of load elsewhere hits every row alike
