@@ -2,21 +2,26 @@
 
     python benchmarks/controller_latency.py [--quick] [--depth N] [--phase end|mid|start] --json PATH
 
-Setup: a nanochat-shaped ``TinyGPT`` of depth ``--depth`` (default 4 on this CPU): width
-``64 * depth``, head_dim 64 (``depth`` heads), vocab 8192, ``sequence_len = T``, fp32 on CPU.
-The controller uses the default nets and knobs except block_size K = 32,
-``allocator_recent_tokens`` 64 and ``mc_horizon`` 32; V = 5 variants per sequence (4 random +
-the recency baseline), so a micro-batch ``[B, T]`` becomes ``R = 5 B`` packed rows of ``W``
-entries. ``W`` is ``MCController.budget_at`` at ``--phase`` (default ``end``: the final budget,
+Setup (``benchmarks/_models.py``): nanochat's own ``GPT`` through a patched copy of ``NANOCHAT_DIR``
+when it is set (width ``64 * depth`` rounded up to head_dim 128, vocab 65,536), else the stand-in
+``TinyGPT`` (width ``64 * depth``, head_dim 64, vocab 8192); ``sequence_len = T``, fp32 on CPU.
+Rows: ``--depth`` (default 4) at T in {256, 1024, 4096} and B in {1, 8}, plus depth 12 at
+T = 1024 and 2048, B = 1 (nanochat's shapes; ``--no-nanochat-rows`` leaves them out,
+``--only-nanochat-rows`` keeps them alone). The
+controller uses the default nets, knobs and variants (the recency baseline, 1 on-policy, 2 teacher,
+2 random: V = 6) except block_size K = 32, ``allocator_recent_tokens`` 64 and ``mc_horizon`` 32,
+so a micro-batch ``[B, T]`` becomes ``R = 6 B`` packed rows of ``W`` entries. ``W`` is
+``MCController.budget_at`` at ``--phase`` (default ``end``: the final budget,
 ``mc_train_wc_length`` 0.2 -> W = 192 at T = 1024 and 768 at T = 4096; at T = 256 the fraction
 0.2 fails the config check (51 entries do not exceed the 64-token protected tail), so the
 smallest valid fraction in steps of 0.05 is used there, 0.3, and the controller's own floor
 sets W; every row reports ``W``). ``end`` has the least base work per batch, so it is the
-worst case for the ratio. T in {256, 1024, 4096}, B in {1, 8}.
+worst case for the ratio. Goal: ratio <= 0.05 at depth 12, <= 0.15 at depth 4.
 
 Each repeat runs one full MC training step, then the base model alone on that step's packed batch:
 
-1. MC step: ``process_batch`` -> base forward on the packed inputs -> ``compute_losses`` ->
+1. MC step: ``process_batch`` (with the teacher's ``nll_fn``, as ``TrainingRun`` gives it)
+   -> base forward on the packed inputs -> ``compute_losses`` ->
    backward -> ``step_aux``. The backward is split at two leaves so that base and aux backward
    are timed directly, not by subtracting two noisy runs: the base model reads
    ``inputs.detach().requires_grad_()`` and the losses read ``scores.detach().requires_grad_()``;
@@ -26,14 +31,18 @@ Each repeat runs one full MC training step, then the base model alone on that st
    rule this is exactly the gradient of one ``total.backward()``; only the order differs.
 2. Base step: forward+backward of the base model alone on the same packed batch (inputs
    detached, as a leaf that requires grad, as ``wte``'s output does in vanilla training),
-   per-entry NLL reduced by the same masked mean as MC's token loss. No optimizer step.
+   per-entry NLL reduced by the same masked mean as MC's token loss, plus the backward of the
+   token lookup ``wte(x)`` (the dense ``[vocab, D]`` embedding gradient every base step pays; the
+   MC step's LOD0 lookup is a leaf too, its backward timed apart as ``embedding_bwd_in_step_ms``
+   and not charged to the controller). No optimizer step.
 
 Row keys (medians over the repeats after one warmup step; ms per micro-batch):
 
 - ``base_step_ms``: step 2, the base work MC makes the model do (R x W entries).
 - ``controller_ms``: everything else the MC step adds = ``process_batch_ms`` (the controller's
-  own ``timings_ms["controller_ms"]``: ``layouts_ms`` + ``build_ms`` + ``packing_ms`` +
-  ``positional_ms`` + ``lens_ms``) + ``losses_ms`` + ``aux_backward_ms`` (step 1's second
+  own ``timings_ms["controller_ms"]``: ``layouts_ms`` + ``build_ms`` + ``teacher_ms`` (the
+  teacher's full-context saliency pass) + ``guided_ms`` (on-policy and teacher layouts) +
+  ``packing_ms`` + ``positional_ms`` + ``lens_ms``) + ``losses_ms`` + ``aux_backward_ms`` (step 1's second
   backward) + ``aux_step_ms`` (``step_aux``: KL snapshot, AdamW step, zero_grad, EMAs).
 - ``ratio`` = median ``controller_ms`` / median ``base_step_ms``; the goal is <= 0.05.
 - per-phase keys ``layouts_ms``, ``build_ms`` (LOD0 ``wte`` + every GistNet level),
@@ -67,8 +76,8 @@ Configurations are built up front and measured round-robin (one warmup step each
 repeat of every configuration per round), so a burst of load from another process is spread over
 all rows instead of spoiling one. Full run: up to 7 repeats per configuration; a configuration
 stops once it has 3 and has spent over 60 s in measured repeats (the T = 4096, B = 8 row).
-``--quick`` (under two minutes on an idle machine): 3 repeats, and it drops the T = 4096, B = 8
-row (about half of the full run's time). CPU only: the controller's
+``--quick``: 3 repeats of T = 1024, B = 1 at ``--depth`` and of the first depth-12 row (about
+4 minutes with nanochat's GPT on this CPU). CPU only: the controller's
 ``timings_ms`` are host timers without device synchronisation.
 """
 
@@ -86,9 +95,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import parse_args, plot_lines, png_path, print_table, write_json
+from _models import BenchModel, build_model, model_kind
 
 from megacontext_plugin.config import ConfigError, MCConfig
 from megacontext_plugin.nets import build_gistnet, build_lensnet
@@ -96,13 +107,15 @@ from megacontext_plugin.training import losses as L
 from megacontext_plugin.training.controller import MCBatch, MCController
 from megacontext_plugin.training.flops import mc_step_flops
 from megacontext_plugin.training.layouts import sample_layouts
-from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
+from megacontext_plugin.training.run import full_context_nll
 
 SEQ_LENS = (256, 1024, 4096)
 BATCHES = (1, 8)
 QUICK_SKIP = {(4096, 8)}
-VOCAB = 8192
-HEAD_DIM = 64
+NANOCHAT_ROWS = ((12, 1024, 1), (12, 2048, 1))
+"""(depth, T, B) at nanochat's real shapes (vocab 65,536 with nanochat's GPT), beside the ``--depth`` grid."""
+QUICK_ROWS = ((1024, 1),)
+"""``--quick``: the ``--depth`` grid keeps T=1024, B=1, and the nanochat rows keep their first (depth 12)."""
 BLOCK_SIZE = 32
 RECENT_TOKENS = 64
 HORIZON = 32
@@ -110,6 +123,12 @@ WC_FRACTION = 0.2
 TOTAL_STEPS = 1000
 PHASES = {"start": 0.0, "mid": 0.5, "end": 1.0}
 TARGET_RATIO = 0.05
+"""The goal at nanochat's depth 12 and beyond; depth 4's is ``SMALL_TARGET_RATIO``."""
+SMALL_TARGET_RATIO = 0.15
+
+
+def target_ratio(depth: int) -> float:
+    return TARGET_RATIO if depth >= 12 else SMALL_TARGET_RATIO
 MIN_REPEATS = 3
 CONFIG_SECONDS = 60.0
 """Full run: stop adding repeats to a configuration after this many measured seconds (>= MIN_REPEATS)."""
@@ -119,6 +138,8 @@ PROJECTION_VOCAB = 65536
 PHASE_KEYS = (
     "layouts_ms",
     "build_ms",
+    "teacher_ms",
+    "guided_ms",
     "packing_ms",
     "positional_ms",
     "lens_ms",
@@ -166,19 +187,36 @@ def wait_prefetch(ctrl: MCController) -> None:
         pending[1].result()
 
 
+class LeafLookup(nn.Module):
+    """``wte`` whose output is a leaf, so the aux backward stops at LOD0 and the lookup's own
+    backward (the dense ``[vocab, D]`` gradient: the base model's cost) is timed apart."""
+
+    def __init__(self, wte: nn.Module) -> None:
+        super().__init__()
+        self.wte = wte
+        self.out: torch.Tensor | None = None
+        self.leaf: torch.Tensor | None = None
+
+    def forward(self, x_BT: torch.Tensor) -> torch.Tensor:
+        self.out = self.wte(x_BT)
+        self.leaf = self.out.detach().requires_grad_(True)
+        return self.leaf
+
+
 def mc_step(
-    model: TinyGPT, ctrl: MCController, x_BT: torch.Tensor, y_BT: torch.Tensor, step: int
+    bench: BenchModel, ctrl: MCController, x_BT: torch.Tensor, y_BT: torch.Tensor, step: int
 ) -> tuple[dict[str, float], MCBatch]:
-    """One full MC training step (no base optimizer step), timed phase by phase."""
+    """One full MC training step (no base optimizer step), timed phase by phase; the teacher's
+    full-context pass runs as in training (``full_context_nll``)."""
+    lookup = LeafLookup(bench.wte)
     t0 = time.perf_counter()
-    batch = ctrl.process_batch(x_BT, y_BT, model.wte, step)
+    batch = ctrl.process_batch(x_BT, y_BT, lookup, step,
+                               nll_fn=full_context_nll(bench.model, x_BT, ctrl.cfg.mc_horizon))
     inputs_leaf = batch.inputs_RWD.detach().requires_grad_(True)
     scores_leaf = batch.scores_RW.detach().requires_grad_(True)
     staged = dataclasses.replace(batch, scores_RW=scores_leaf)  # shares batch.timings_ms
     t1 = time.perf_counter()
-    nll_RW = model(
-        inputs_embeds=inputs_leaf, targets=batch.targets_RW, cos_sin=batch.cos_sin, loss_reduction="none"
-    ).view_as(batch.targets_RW)
+    nll_RW = bench.nll(inputs_leaf, batch.value_ids_RW, batch.targets_RW, batch.cos_sin)
     t2 = time.perf_counter()
     out = ctrl.compute_losses(staged, nll_RW)
     t3 = time.perf_counter()
@@ -187,43 +225,52 @@ def mc_step(
     assert inputs_leaf.grad is not None and scores_leaf.grad is not None
     torch.autograd.backward([batch.inputs_RWD, batch.scores_RW], [inputs_leaf.grad, scores_leaf.grad])
     t5 = time.perf_counter()
+    assert lookup.out is not None and lookup.leaf is not None and lookup.leaf.grad is not None
+    lookup.out.backward(lookup.leaf.grad)
+    t5b = time.perf_counter()
     ctrl.step_aux()
     t6 = time.perf_counter()
-    ms = {k: batch.timings_ms[k] for k in PHASE_KEYS[:6]}
+    ms = {k: batch.timings_ms.get(k, 0.0) for k in PHASE_KEYS[:-2]}
     ms["process_batch_ms"] = batch.timings_ms["controller_ms"]
     ms["aux_backward_ms"] = (t5 - t4) * 1e3
-    ms["aux_step_ms"] = (t6 - t5) * 1e3
+    ms["aux_step_ms"] = (t6 - t5b) * 1e3
+    ms["embedding_bwd_in_step_ms"] = (t5b - t5) * 1e3
     ms["controller_ms"] = ms["process_batch_ms"] + ms["losses_ms"] + ms["aux_backward_ms"] + ms["aux_step_ms"]
     ms["base_fwd_in_step_ms"] = (t2 - t1) * 1e3
     ms["base_bwd_in_step_ms"] = (t4 - t3) * 1e3
     ms["mc_step_ms"] = (t6 - t0) * 1e3
     ms["unattributed_ms"] = (
         ms["mc_step_ms"] - ms["controller_ms"] - ms["base_fwd_in_step_ms"] - ms["base_bwd_in_step_ms"]
+        - ms["embedding_bwd_in_step_ms"]
     )
     return ms, batch
 
 
-def base_step(model: TinyGPT, batch: MCBatch) -> float:
-    """ms of the base model's forward+backward alone on ``batch``'s packed inputs."""
+def base_step(bench: BenchModel, batch: MCBatch, x_BT: torch.Tensor) -> float:
+    """ms of the base model's forward+backward alone on ``batch``'s packed inputs, with the backward of
+    its own token lookup ``wte(x)``: a step of the base model pays the embedding's dense ``[vocab, D]``
+    gradient whatever it reads (in the MC step it is reached through LOD0, so the aux backward holds
+    it); without it the controller would be charged the base model's own cost."""
     inputs = batch.inputs_RWD.detach().requires_grad_(True)
     t0 = time.perf_counter()
-    nll_RW = model(
-        inputs_embeds=inputs, targets=batch.targets_RW, cos_sin=batch.cos_sin, loss_reduction="none"
-    ).view_as(batch.targets_RW)
+    nll_RW = bench.nll(inputs, batch.value_ids_RW, batch.targets_RW, batch.cos_sin)
     L.mean_over(nll_RW, batch.index.valid_RW).backward()
+    emb_BTD = bench.wte(x_BT)
+    emb_BTD.backward(inputs.grad.new_zeros(emb_BTD.shape))
     return (time.perf_counter() - t0) * 1e3
 
 
-def base_flops(depth: int, vocab: int, entries: int, context: int) -> float:
-    """Forward+backward matmul FLOPs of the base model (``TinyGPT.flops_per_token``, nanochat's formula)."""
-    width = HEAD_DIM * depth
+def nanochat_flops(depth: int, vocab: int, entries: int, context: int) -> float:
+    """Forward+backward matmul FLOPs at nanochat's widths (head_dim 64 shapes, nanochat's formula) for the
+    analytic projection."""
+    width = 64 * depth
     params = depth * 12 * width**2 + vocab * width
     return float(entries * (6 * params + 12 * depth * width * context))
 
 
 def controller_flops(cfg: MCConfig, width: int, B: int, T: int, R: int, W: int, levels: int) -> tuple[float, float]:
     """Analytic matmul FLOPs of one step's GistNet (fwd + 2x bwd over every gist of every level)
-    and LensNet (fwd + 2x bwd over the random variants + the previous LensNet's forward for the KL
+    and LensNet (fwd + 2x bwd over the scored variants + the previous LensNet's forward for the KL
     term), as ``training.flops.mc_step_flops`` counts them; nets on ``meta``."""
     with torch.device("meta"):
         gistnet = build_gistnet(cfg, width, width=cfg.gistnet_width or max(cfg.gistnet_heads, width // 2))
@@ -234,17 +281,14 @@ def controller_flops(cfg: MCConfig, width: int, B: int, T: int, R: int, W: int, 
 
 
 class ConfigBench:
-    """One (T, B) configuration: its model and controller, kept alive so repeats can be interleaved."""
+    """One (depth, T, B) configuration: its model and controller, kept alive so repeats can be interleaved."""
 
     def __init__(self, seq_len: int, batch_size: int, depth: int, phase: str, seed: int) -> None:
-        torch.manual_seed(seed)
         self.seq_len, self.batch_size, self.depth, self.seed = seq_len, batch_size, depth, seed
-        width = HEAD_DIM * depth
-        self.model = TinyGPT(
-            TinyGPTConfig(vocab_size=VOCAB, sequence_len=seq_len, n_layer=depth, n_head=depth, n_embd=width)
-        )
+        self.bench = build_model(depth, seq_len, seed)
         self.cfg = make_config(seq_len)
-        self.ctrl = MCController(self.cfg, dim=width, head_dim=HEAD_DIM, sequence_len=seq_len, total_steps=TOTAL_STEPS)
+        self.ctrl = MCController(self.cfg, dim=self.bench.width, head_dim=self.bench.head_dim, sequence_len=seq_len,
+                                 total_steps=TOTAL_STEPS)
         self.step = pick_step(self.ctrl, phase)
         self.gen = torch.Generator().manual_seed(seed)
         self.samples: list[dict[str, float]] = []
@@ -254,16 +298,16 @@ class ConfigBench:
     def repeat(self, record: bool = True) -> None:
         """One MC step then one base step on its packed batch; ``record=False`` for warmup."""
         t_rep = time.perf_counter()
-        tokens = torch.randint(0, VOCAB, (self.batch_size, self.seq_len + 1), generator=self.gen)
+        tokens = torch.randint(0, self.bench.vocab, (self.batch_size, self.seq_len + 1), generator=self.gen)
         x_BT, y_BT = tokens[:, :-1], tokens[:, 1:]
         gc.collect()
         wait_prefetch(self.ctrl)
-        ms, batch = mc_step(self.model, self.ctrl, x_BT, y_BT, self.step)
-        self.model.zero_grad(set_to_none=True)
+        ms, batch = mc_step(self.bench, self.ctrl, x_BT, y_BT, self.step)
+        self.bench.model.zero_grad(set_to_none=True)
         gc.collect()
         wait_prefetch(self.ctrl)
-        ms["base_step_ms"] = base_step(self.model, batch)
-        self.model.zero_grad(set_to_none=True)
+        ms["base_step_ms"] = base_step(self.bench, batch, x_BT)
+        self.bench.model.zero_grad(set_to_none=True)
         self.shape = {
             "W": batch.budget,
             "V": batch.layouts.variants,
@@ -289,13 +333,14 @@ class ConfigBench:
         bg = []
         for _ in range(3):
             t0 = time.perf_counter()
-            sample_layouts(batch_size, V, seq_len, BLOCK_SIZE, budget, self.ctrl.recent, rng)
+            sample_layouts(batch_size, 1 + cfg.variant_counts[2], seq_len, BLOCK_SIZE, budget, self.ctrl.recent, rng)
             bg.append((time.perf_counter() - t0) * 1e3)
         self.ctrl.close()
-        row: dict[str, Any] = {"T": seq_len, "B": batch_size}
+        row: dict[str, Any] = {**self.bench.describe(), "T": seq_len, "B": batch_size}
         for key in samples[0]:
             row[key] = statistics.median(s[key] for s in samples)
         row["ratio"] = row["controller_ms"] / row["base_step_ms"]
+        row["target_ratio"] = target_ratio(depth)
         row["mc_step_over_base"] = row["mc_step_ms"] / row["base_step_ms"]
         row["controller_ms_min"] = min(s["controller_ms"] for s in samples)
         row["base_step_ms_min"] = min(s["base_step_ms"] for s in samples)
@@ -304,8 +349,8 @@ class ConfigBench:
         for key in PHASE_KEYS:
             row[key.replace("_ms", "_frac")] = row[key] / row["controller_ms"]
         row["biggest_phase"] = max(PHASE_KEYS, key=lambda k: row[k])
-        gist_f, lens_f = controller_flops(cfg, HEAD_DIM * depth, batch_size, seq_len, rows, budget, levels)
-        base_f = base_flops(depth, VOCAB, rows * budget, budget)
+        gist_f, lens_f = controller_flops(cfg, self.bench.width, batch_size, seq_len, rows, budget, levels)
+        base_f = float(rows * budget * self.bench.flops_per_token(budget))
         row.update(
             base_gflop=base_f / 1e9,
             gistnet_gflop=gist_f / 1e9,
@@ -338,6 +383,10 @@ def main(argv: list[str] | None = None) -> None:
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--depth", type=int, default=4)
     extra.add_argument("--phase", choices=tuple(PHASES), default="end")
+    extra.add_argument("--no-nanochat-rows", dest="nanochat_rows", action="store_false",
+                       help="leave out the depth-12 rows at nanochat's vocabulary")
+    extra.add_argument("--only-nanochat-rows", dest="grid", action="store_false",
+                       help="the depth-12 rows alone, without the --depth grid")
     ours, rest = extra.parse_known_args(argv)
     args = parse_args(
         __doc__.splitlines()[0] + " Extra flags: --depth N (default 4: width 64*N), "
@@ -357,12 +406,10 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     started = time.perf_counter()
-    benches = [
-        ConfigBench(T, B, ours.depth, ours.phase, args.seed)
-        for T in SEQ_LENS
-        for B in BATCHES
-        if not (args.quick and (T, B) in QUICK_SKIP)
-    ]
+    grid = [(ours.depth, T, B) for T in SEQ_LENS for B in BATCHES
+            if ours.grid and ((T, B) in QUICK_ROWS or not (args.quick or (T, B) in QUICK_SKIP))]
+    big = list(NANOCHAT_ROWS[:1] if args.quick else NANOCHAT_ROWS) if ours.nanochat_rows else []
+    benches = [ConfigBench(T, B, depth, ours.phase, args.seed) for depth, T, B in grid + big]
     for _ in range(warmup):  # then round-robin repeats: a burst of load elsewhere hits every row alike
         for bench in benches:
             bench.repeat(record=False)
@@ -377,12 +424,12 @@ def main(argv: list[str] | None = None) -> None:
     elapsed = time.perf_counter() - started
     load_end = os.getloadavg()
     projection = []
-    for T in SEQ_LENS:
+    for T in sorted({r["T"] for r in rows}):
         W, levels = next((r["W"], r["num_levels"]) for r in rows if r["T"] == T)
         cfg = make_config(T)
         for depth in PROJECTION_DEPTHS:
-            gist_f, lens_f = controller_flops(cfg, HEAD_DIM * depth, 1, T, cfg.num_variants, W, levels)
-            base_f = base_flops(depth, PROJECTION_VOCAB, cfg.num_variants * W, W)
+            gist_f, lens_f = controller_flops(cfg, 64 * depth, 1, T, cfg.num_variants, W, levels)
+            base_f = nanochat_flops(depth, PROJECTION_VOCAB, cfg.num_variants * W, W)
             projection.append(
                 {
                     "T": T,
@@ -393,10 +440,11 @@ def main(argv: list[str] | None = None) -> None:
                 }
             )
     print(
-        f"\ncontroller vs base fwd+bwd on the packed batch, depth {ours.depth} (width {HEAD_DIM * ours.depth}), "
+        f"\ncontroller vs base fwd+bwd on the packed batch, {model_kind()} model, "
         f"phase {ours.phase}, median of {repeats} after {warmup} warmup, {elapsed:.0f} s"
     )
-    print_table(rows, ["T", "B", "W", "R", "base_step_ms", "controller_ms", "ratio", "mc_step_ms", *PHASE_KEYS])
+    print_table(rows, ["model", "depth", "vocab", "T", "B", "W", "R", "base_step_ms", "controller_ms", "ratio",
+                      "mc_step_ms", *PHASE_KEYS])
     print()
     print_table(
         rows,
@@ -421,20 +469,18 @@ def main(argv: list[str] | None = None) -> None:
         f"default nets, same W:"
     )
     print_table(projection, ["T", "depth", "W", "flops_ratio", "gistnet_share"])
-    worst = max(rows, key=lambda r: r["ratio"])
-    print(
-        f"worst ratio {worst['ratio']:.3f} at T={worst['T']} B={worst['B']} "
-        f"({'meets' if worst['ratio'] <= TARGET_RATIO else 'MISSES'} the <= {TARGET_RATIO} goal)"
-    )
+    for depth in sorted({r["depth"] for r in rows}):
+        worst = max((r for r in rows if r["depth"] == depth), key=lambda r: r["ratio"])
+        goal = target_ratio(depth)
+        print(f"depth {depth}: worst ratio {worst['ratio']:.3f} at T={worst['T']} B={worst['B']} "
+              f"({'meets' if worst['ratio'] <= goal else 'MISSES'} the <= {goal} goal)")
     write_json(
         args.json,
         {
             "benchmark": "controller_latency",
             "quick": args.quick,
             "depth": ours.depth,
-            "width": HEAD_DIM * ours.depth,
-            "head_dim": HEAD_DIM,
-            "vocab_size": VOCAB,
+            "model": model_kind(),
             "phase": ours.phase,
             "block_size": BLOCK_SIZE,
             "allocator_recent_tokens": RECENT_TOKENS,
@@ -442,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
             "repeats": repeats,
             "warmup": warmup,
             "skipped": sorted(QUICK_SKIP) if args.quick else [],
-            "target_ratio": TARGET_RATIO,
+            "target_ratio": {"depth>=12": TARGET_RATIO, "smaller": SMALL_TARGET_RATIO},
             "config_seconds": config_seconds,
             "elapsed_s": elapsed,
             "loadavg_start": list(load_start),
@@ -454,11 +500,11 @@ def main(argv: list[str] | None = None) -> None:
     plot_lines(
         png_path(args, "controller_latency.png"),
         {
-            f"B={B}": ([r["T"] for r in rows if r["B"] == B], [r["ratio"] for r in rows if r["B"] == B])
-            for B in BATCHES
-            if any(r["B"] == B for r in rows)
+            f"depth {d}, B={B}": ([r["T"] for r in rows if (r["depth"], r["B"]) == (d, B)],
+                                  [r["ratio"] for r in rows if (r["depth"], r["B"]) == (d, B)])
+            for d, B in sorted({(r["depth"], r["B"]) for r in rows})
         },
-        title=f"controller / base fwd+bwd, packed batch (depth {ours.depth}, {ours.phase} budget)",
+        title=f"controller / base fwd+bwd, packed batch ({model_kind()}, {ours.phase} budget)",
         xlabel="sequence length T",
         ylabel="controller_ms / base_step_ms",
         logx=True,

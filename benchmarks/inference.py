@@ -2,9 +2,11 @@
 
     python benchmarks/inference.py [--quick] [--depth N] --json PATH
 
-A nanochat-shaped ``TinyGPT`` of ``--depth`` N (default 8: width 64N, head_dim 64, vocab 8192) with
-``sequence_len`` = the working-context budget W = 512, K = 32 and the default knobs (refocus every
-32 tokens, headroom W/8, protected tail 64; GistNet and LensNet untrained, so LensNet's scores stay
+nanochat's own ``GPT`` through a patched copy of ``NANOCHAT_DIR`` when it is set (``benchmarks/_models.py``:
+width 64N rounded up to head_dim 128, vocab 65,536), else a nanochat-shaped ``TinyGPT`` stand-in (width 64N,
+head_dim 64, vocab 8192), of ``--depth`` N (default 8), with ``sequence_len`` = the working-context
+budget W = 512, K = 32 and the default knobs (refocus every 32 tokens, headroom W/8, protected
+tail 64; GistNet and LensNet untrained, so LensNet's scores stay
 inside the allocator's thresholds and the edits come from making room). For each history of 1, 4,
 16 and 64 x W tokens (a random prompt), a fresh process runs ``InferenceRuntime.generate``: the
 prompt goes into a RAM tree, then greedy decoding. Vanilla is the same model's plain KV-cache decode
@@ -33,11 +35,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import parse_args, plot_lines, png_path, print_table, write_json
+from _models import BenchModel, build_model, model_kind
 
 HISTORIES = (1, 4, 16, 64)
 BUDGET = 512
-VOCAB = 8192
-GOAL_RATIO = 1.2
+GOAL_RATIO = 1.05
 WARMUP = 16
 
 
@@ -51,74 +53,63 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def model_config(depth: int) -> dict[str, int]:
-    return {"vocab_size": VOCAB, "sequence_len": BUDGET, "n_layer": depth, "n_head": depth, "n_embd": 64 * depth}
-
-
-MODEL: dict[str, int] = model_config(8)
-
-
-def _build(seed: int) -> tuple[Any, Any]:
+def _build(depth: int, seed: int) -> tuple[BenchModel, Any]:
+    """The model (nanochat's GPT with ``NANOCHAT_DIR``, else the stand-in; ``sequence_len`` = W) and a
+    controller with untrained aux nets at the default knobs."""
     import torch
 
     from megacontext_plugin.config import parse_config
     from megacontext_plugin.training import MCController
-    from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
 
     torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    model = TinyGPT(TinyGPTConfig(**MODEL)).eval()
-    with torch.no_grad():
-        for block in model.blocks:  # zero-initialised projections would make attention a no-op
-            torch.nn.init.normal_(block.proj.weight, std=0.02)
-            torch.nn.init.normal_(block.fc_out.weight, std=0.02)
+    bench = build_model(depth, BUDGET, seed)
+    bench.model.eval()
     cfg = parse_config(["--mc"])
-    head_dim = 64
-    controller = MCController(cfg, dim=MODEL["n_embd"], head_dim=head_dim, sequence_len=BUDGET, total_steps=1)
-    return model, controller
+    controller = MCController(cfg, dim=bench.width, head_dim=bench.head_dim, sequence_len=BUDGET, total_steps=1)
+    return bench, controller
 
 
 class _Engine:
-    def __init__(self, model: Any) -> None:
-        self.model = model
+    def __init__(self, model: Any, vocab: int) -> None:
+        self.model, self.vocab = model, vocab
         self.tokenizer = self
 
     def encode_special(self, name: str) -> int:  # outside the vocabulary: no row ends by chance
-        return 10_000
+        return self.vocab + 1
 
     def get_bos_token_id(self) -> int:
-        return 10_001
+        return self.vocab + 2
 
 
 class _Vanilla:
     """The same model's plain KV-cache decode: token embeddings, its own rotary table, one entry per step."""
 
-    def __init__(self, model: Any, tokens: int, seed: int) -> None:
+    def __init__(self, bench: BenchModel, tokens: int, seed: int) -> None:
         import torch
 
         from megacontext_plugin.inference import MCKVCache
 
-        self.model, self.tokens = model, tokens
+        self.model, self.wte, self.tokens = bench.model, bench.wte, tokens
         self.prompt_len = BUDGET - tokens  # the context grows to the full window while a block decodes
-        self.ids = torch.randint(0, VOCAB, (1, self.prompt_len),
+        self.ids = torch.randint(0, bench.vocab, (1, self.prompt_len),
                                  generator=torch.Generator().manual_seed(seed))
-        head_dim = 64
-        self.kv = MCKVCache(1, MODEL["n_head"], BUDGET, head_dim, MODEL["n_layer"], "cpu", torch.float32)
+        self.kv = MCKVCache(1, bench.width // bench.head_dim, BUDGET, bench.head_dim, bench.depth, "cpu",
+                            torch.float32)
 
     def block(self) -> tuple[float, float]:
         """Prefill (untimed), then (wall, CPU) ms per token over ``tokens`` greedy steps."""
         import torch
 
-        model, kv, n = self.model, self.kv, self.prompt_len
+        model, wte, kv, n = self.model, self.wte, self.kv, self.prompt_len
         with torch.inference_mode():
             kv.reset()
-            logits = model.forward_embeds(model.wte(self.ids), self.ids, None, model.cos[:, :n], model.sin[:, :n],
+            logits = model.forward_embeds(wte(self.ids), self.ids, None, model.cos[:, :n], model.sin[:, :n],
                                           kv_cache=kv)[0, -1]
             t0, c0 = time.perf_counter(), time.thread_time()
             for pos in range(n, n + self.tokens):
                 token = torch.argmax(logits, dim=-1, keepdim=True)[None]  # [1, 1]
                 token.tolist()  # the host reads the token, as the Engine does
-                logits = model.forward_embeds(model.wte(token), token, None, model.cos[:, pos:pos + 1],
+                logits = model.forward_embeds(wte(token), token, None, model.cos[:, pos:pos + 1],
                                               model.sin[:, pos:pos + 1], kv_cache=kv)[0, -1]
             return ((time.perf_counter() - t0) * 1e3 / self.tokens, (time.thread_time() - c0) * 1e3 / self.tokens)
 
@@ -129,14 +120,12 @@ def _median(values: list[float]) -> float:
 
 def _worker(depth: int, history_x: int, tokens: int, repeats: int, seed: int) -> dict[str, Any]:
     """One process: vanilla alone (``history_x`` 0), or MC at ``history_x`` paired with vanilla blocks."""
-    global MODEL
-    MODEL = model_config(depth)
     import torch
 
     from megacontext_plugin.inference import InferenceRuntime
 
-    model, controller = _build(seed)
-    vanilla = _Vanilla(model, tokens, seed)
+    bench, controller = _build(depth, seed)
+    vanilla = _Vanilla(bench, tokens, seed)
     if history_x == 0:
         controller.close()
         vanilla.block()  # warm-up
@@ -145,8 +134,9 @@ def _worker(depth: int, history_x: int, tokens: int, repeats: int, seed: int) ->
                 "peak_rss_mb": _peak_rss_mb()}
     runtime = InferenceRuntime(controller.nets)
     history = history_x * BUDGET
-    prompt = torch.randint(0, VOCAB, (history,), generator=torch.Generator().manual_seed(seed)).tolist()
-    stream = runtime.generate(_Engine(model), prompt, max_tokens=WARMUP + repeats * tokens, temperature=0.0)
+    prompt = torch.randint(0, bench.vocab, (history,), generator=torch.Generator().manual_seed(seed)).tolist()
+    stream = runtime.generate(_Engine(bench.model, bench.vocab), prompt, max_tokens=WARMUP + repeats * tokens,
+                              temperature=0.0)
     assert stream is not None
     t0 = time.perf_counter()
     next(stream)  # ingest the history, first token
@@ -175,6 +165,9 @@ def _worker(depth: int, history_x: int, tokens: int, repeats: int, seed: int) ->
             mc_blocks.append(mc_block())
     stats = session.stats
     row = {
+        **bench.describe(),
+        "T": history,
+        "B": 1,
         "history_x": history_x,
         "history_tokens": history,
         "ms_per_token": _median([m[0] for m in mc_blocks]),
@@ -195,6 +188,7 @@ def _worker(depth: int, history_x: int, tokens: int, repeats: int, seed: int) ->
         "entries_forwarded_per_token": (stats.entries_forwarded - forwarded0) / (repeats * tokens),
         "tree_tokens": session.num_tokens,
     }
+    row["ratio"] = row["ratio_vs_vanilla"]
     runtime.close()
     controller.close()
     return row
@@ -215,14 +209,13 @@ def main() -> None:
     extra.add_argument("--depth", type=int, default=8)
     ours, rest = extra.parse_known_args()
     args = parse_args(__doc__.splitlines()[0] + " Extra flag: --depth N (default 8: width 64*N).", rest)
-    global MODEL
-    MODEL = model_config(ours.depth)
     tokens, repeats = (64, 3) if args.quick else (192, 5)
     common = (str(ours.depth), str(tokens), str(repeats), str(args.seed))
     alone = _run_worker(str(ours.depth), "0", *common[1:])
     rows = [_run_worker(str(ours.depth), str(h), *common[1:]) for h in HISTORIES]
     vanilla_ms = statistics.median([b for r in rows for b in r["vanilla_blocks_ms"]])
-    print(f"decode with --mc: depth {ours.depth} (width {MODEL['n_embd']}), W = {BUDGET}, K = 32, refocus every 32, "
+    print(f"decode with --mc: {model_kind()} model, depth {ours.depth} (width {rows[0]['width']}, vocab "
+          f"{rows[0]['vocab']}), W = {BUDGET}, K = 32, refocus every 32, "
           f"{repeats} blocks of {tokens} tokens (median), each paired with a vanilla block in the same process, "
           f"1 thread; vanilla = plain KV decode at 1x: {vanilla_ms:.3f} ms/token (alone: "
           f"{alone['ms_per_token']:.3f}), peak RSS {alone['peak_rss_mb']:.0f} MB")
@@ -242,7 +235,7 @@ def main() -> None:
         "depth": ours.depth,
         "block_size": 32,
         "refocus_every": 32,
-        "model": MODEL,
+        "model": model_kind(),
         "tokens_per_block": tokens,
         "repeats": repeats,
         "goal_ratio": GOAL_RATIO,

@@ -65,6 +65,48 @@ def test_step_flops_by_hand_and_measured_for_the_aux_nets() -> None:
     assert fc.get_total_flops() == gist.flops_per_gist() * B * 18
 
 
+def test_step_flops_count_the_teacher_pass_and_the_on_policy_scoring() -> None:
+    cfg = MCConfig(mc=True, block_size=8, gistnet_heads=2, gistnet_layers=1, lensnet_dim=32, lensnet_heads=2,
+                   lensnet_layers=1)
+    D, T, B, V, W, H = 64, 128, 2, 4, 48, 8
+    gist, lens = build_gistnet(cfg, D, width=32), build_lensnet(cfg, D)
+
+    def fpt(context: int) -> int:
+        return 6 * 1000 + 12 * 2 * D * context
+
+    plain = mc_step_flops(fpt, gist, lens, batch=B, variants=V, width=W, sequence_len=T, block_size=8, horizon=H)
+    both = mc_step_flops(fpt, gist, lens, batch=B, variants=V, width=W, sequence_len=T, block_size=8, horizon=H,
+                         teacher_pass=True, lens_calls=3)
+    assert plain.teacher == 0
+    assert both.teacher == 2 * B * T * fpt(T) // 3  # forward + backward to the inputs, no weight gradients
+    head = 6 * 500  # half of the parameters in the output head, which runs on the horizon only
+    sliced = mc_step_flops(fpt, gist, lens, batch=B, variants=V, width=W, sequence_len=T, block_size=8, horizon=H,
+                           teacher_pass=True, head_flops_per_token=head)
+    assert sliced.teacher == 2 * B * (T * (fpt(T) - head) + H * head) // 3
+    assert both.lensnet - plain.lensnet == 3 * lens.flops(W - H, H, B)
+    assert both.total == both.base + both.gistnet + both.lensnet + both.teacher
+
+
+def test_the_controller_counts_the_teacher_pass_only_where_it_runs() -> None:
+    from megacontext_plugin.training.controller import MCController
+
+    def fpt(context: int) -> int:
+        return 6 * 1000 + 12 * 2 * 64 * context
+
+    knobs = dict(mc=True, block_size=8, allocator_recent_tokens=16, mc_horizon=8, gistnet_heads=2, lensnet_dim=32,
+                 lensnet_heads=2)
+    with_teacher = MCController(MCConfig(**knobs), dim=64, head_dim=32, sequence_len=128, total_steps=10)
+    without = MCController(MCConfig(**knobs, mc_teacher_variants=0, mc_lens_teacher_weight=0.0), dim=64,
+                           head_dim=32, sequence_len=128, total_steps=10)
+    try:
+        assert with_teacher.step_flops(fpt, 2, 3, teacher_pass=True).teacher == 2 * 2 * 128 * fpt(128) // 3
+        assert with_teacher.step_flops(fpt, 2, 3).teacher == 0  # no nll_fn: no pass
+        assert without.step_flops(fpt, 2, 3, teacher_pass=True).teacher == 0  # nothing needs it
+    finally:
+        with_teacher.close()
+        without.close()
+
+
 def test_the_budget_reaches_its_final_value_after_the_anneal_fraction_and_stays() -> None:
     cfg = MCConfig(mc=True, block_size=8, mc_train_wc_length=0.0625, mc_anneal_fraction=0.1)
     floor = smallest_useful_budget(1024, 8, 16)

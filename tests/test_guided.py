@@ -161,6 +161,35 @@ def test_horizon_saliency_touches_no_model_gradient_and_finds_the_dependency() -
     assert not masked.any()
 
 
+def test_the_teacher_pass_with_the_head_on_the_horizon_gives_the_full_heads_saliency() -> None:
+    from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
+    from megacontext_plugin.training.run import full_context_nll
+
+    torch.manual_seed(0)
+    model = TinyGPT(TinyGPTConfig(vocab_size=64, sequence_len=32, n_layer=2, n_head=2, n_embd=32))
+    for block in model.blocks:  # zero-initialised projections would leave the trunk an identity
+        torch.nn.init.normal_(block.proj.weight, std=0.1)
+        torch.nn.init.normal_(block.fc_out.weight, std=0.1)
+    x = torch.randint(0, 64, (2, 32))
+    y = torch.roll(x, -1, dims=1)
+    y[1, -2] = -1  # an unsupervised horizon target stays out of the loss either way
+    H = 6
+
+    def whole(emb_BTD: torch.Tensor, y_BT: torch.Tensor) -> torch.Tensor:
+        T = emb_BTD.size(1)
+        return model.forward_embeds(emb_BTD, x, y_BT, model.cos[:, :T], model.sin[:, :T]).view_as(y_BT)
+
+    sliced = full_context_nll(model, x, H)
+    emb = model.wte(x)
+    assert sliced(emb, y).shape == (2, H)
+    assert isinstance(model.lm_head, torch.nn.Linear)  # restored after the pass
+    reference = horizon_saliency(whole, emb, y, H)
+    fast = horizon_saliency(sliced, emb, y, H)
+    assert reference.max() > 0
+    np.testing.assert_allclose(fast, reference, rtol=1e-4, atol=1e-6 * reference.max())
+    assert model.lm_head.weight.grad is None
+
+
 def test_teacher_drills_down_to_the_salient_tokens_and_keeps_the_layout_legal() -> None:
     T, H, tail = 256, 8, 8
     prompt = T - H

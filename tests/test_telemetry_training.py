@@ -271,6 +271,9 @@ def test_mfu_and_flops_per_step_by_hand() -> None:
         base = B * V * W * (6 * params + 12 * L * D * W)
         gist = 3 * ctrl.gistnet.flops_per_gist() * B * (T // 8 + T // 64)
         lens = 4 * ctrl.lensnet.flops(W, H, B * (V - 1))  # fwd + bwd of the random rows, + the KL anchor
+        # the on-policy variant's scoring: one forward of B prompts per allocator round, (levels - 1) refocus
+        # calls of --allocator_iterations rounds (3 levels at T = 128, K = 8); no teacher pass (no nll_fn)
+        lens += 2 * cfg.allocator_iterations * ctrl.lensnet.flops(W - H, H, B)
         return base + gist + lens
 
     assert gists_per_sequence(T, 8) == T // 8 + T // 64

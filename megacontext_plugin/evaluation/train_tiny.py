@@ -37,6 +37,7 @@ import torch
 
 from ..config import ConfigError, MCConfig
 from ..data import tasks
+from ..nets.output_head import head_on_last
 from ..training.reference_model import TinyGPTConfig
 from . import checkpoint
 from .documents import RECALL
@@ -201,8 +202,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()), flush=True)
 
     def full_nll(emb_BTD: torch.Tensor, y_BT: torch.Tensor) -> torch.Tensor:
-        """The teacher's pass: full-context per-token NLL on the sequence's own embeddings."""
-        return model(inputs_embeds=emb_BTD, targets=y_BT, loss_reduction="none").float().view_as(y_BT)
+        """The teacher's pass: full-context NLL on the sequence's own embeddings, of the horizon's
+        positions (the only ones the teacher reads: ``nets.output_head``)."""
+        y_BH = y_BT[:, -ctrl.cfg.mc_horizon:].contiguous()
+        with head_on_last(model, y_BH.shape[1]):
+            return model(inputs_embeds=emb_BTD, targets=y_BH, loss_reduction="none").float().view_as(y_BH)
 
     model.train()
     plain_done = 0

@@ -4,7 +4,9 @@ The cache holds the K/V of the first ``cached`` entries of the current WC. Any c
 (a refocus, a relayout) lowers ``cached`` to the first entry that differs (``invalidate``); with
 ``span_center_scaled`` positions, an entry whose position moved also ends the valid prefix. The
 next ``logits`` call truncates the cache there and forwards only the entries from it on, in
-chunks of ``PREFILL_CHUNK``: a decode step with no refocus forwards one entry.
+chunks of ``PREFILL_CHUNK``: a decode step with no refocus forwards one entry. The output head
+runs on the last entry only (``nets.output_head.head_on_last``): a recompute after a refocus
+forwards many entries, but only the next token's logits are read.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from ..context import WorkingContext, entry_positions
 from ..context.inputs import EntryRows, rotary_tables
 from ..context.positions import rope_base
 from ..nets import activation_dtype
+from ..nets.output_head import head_on_last
 from .errors import SessionError
 from .kv_cache import MCKVCache
 from .records import SessionStats
 from .settings import SessionSettings
 
 PREFILL_CHUNK = 512
-"""Entries per forward when recomputing a long suffix (bounds the ``[1, n, V]`` logits tensor)."""
+"""Entries per forward when recomputing a long suffix (bounds its activations)."""
 
 
 class CachedForward:
@@ -88,8 +91,9 @@ class CachedForward:
             end = min(W, start + PREFILL_CHUNK)
             cos, sin = self._cos_sin(tables, start, end)
             self.kv.prev_embedding = self._smear_source(x_CD, vid_C, start)
-            logits_1nV = self.model.forward_embeds(x_CD[start:end][None], vid_C[start:end][None], None,
-                                                   cos, sin, kv_cache=self.kv)
+            with head_on_last(self.model, 1):  # only the last entry's logits are read: no [n, V] head
+                logits_1nV = self.model.forward_embeds(x_CD[start:end][None], vid_C[start:end][None], None,
+                                                       cos, sin, kv_cache=self.kv)
             self.stats.forwards += 1
         assert logits_1nV is not None
         self.stats.entries_forwarded += W - p

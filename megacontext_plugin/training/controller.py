@@ -94,6 +94,8 @@ class MCBatch:
     saliency_RW: torch.Tensor | None = None
     """The teacher's relative peak saliency of every gist entry (``guided.entry_saliency``), the
     target of LensNet's distillation; None without a teacher pass."""
+    teacher_pass: bool = False
+    """Whether the teacher's full-context pass ran for this batch (its FLOPs count)."""
 
     @property
     def rows(self) -> int:
@@ -219,17 +221,27 @@ class MCController(nn.Module):
         return max(min(budget, self.sequence_len), floor)
 
     def step_flops(self, base_flops_per_token: Callable[[int], int], batch: int, step: int,
-                   T: int | None = None) -> StepFlops:
+                   T: int | None = None, teacher_pass: bool = False, head_flops_per_token: int = 0) -> StepFlops:
         """Honest FLOPs of one micro-batch of ``batch`` sequences of length ``T`` (default
         ``sequence_len``) at ``step`` (``flops.mc_step_flops``); a length that ``can_compress``
-        rejects runs the plain forward: ``vanilla_step_flops``, no aux-net work."""
+        rejects runs the plain forward: ``vanilla_step_flops``, no aux-net work. ``teacher_pass``:
+        the teacher's full-context pass ran (``MCBatch.teacher_pass``: the host gave ``process_batch``
+        its ``nll_fn``), its output head (``head_flops_per_token`` of the base's count) on the horizon
+        only; it runs only where teacher variants or the distillation need it."""
         T = self.sequence_len if T is None else T
         if not self.can_compress(T):
             return StepFlops(vanilla_step_flops(base_flops_per_token, batch=batch, sequence_len=T), 0, 0)
+        cfg = self.cfg
+        on_policy, teacher, _ = cfg.variant_counts
+        budget = self.budget_at(step, T)
+        plan = self.length_plan(T)
+        lens_calls = on_policy * max(1, plan.num_levels - 1) * focus_config(self, budget - cfg.mc_horizon,
+                                                                            plan.num_levels).iterations
         return mc_step_flops(base_flops_per_token, self.gistnet, self.lensnet, batch=batch,
-                             variants=self.cfg.num_variants, width=self.budget_at(step, T),
-                             sequence_len=T, block_size=self.cfg.block_size,
-                             horizon=self.cfg.mc_horizon, kl_anchor=self.cfg.mc_lens_kl_weight > 0)
+                             variants=cfg.num_variants, width=budget, sequence_len=T, block_size=cfg.block_size,
+                             horizon=cfg.mc_horizon, kl_anchor=cfg.mc_lens_kl_weight > 0,
+                             teacher_pass=teacher_pass and bool(teacher or cfg.mc_lens_teacher_weight > 0),
+                             lens_calls=lens_calls, head_flops_per_token=head_flops_per_token)
 
     # ---- step ---------------------------------------------------------------------------------
     def process_batch(self, x_BT: torch.Tensor, y_BT: torch.Tensor, wte: nn.Module, step: int,
@@ -284,7 +296,8 @@ class MCController(nn.Module):
         saliency = None
         if (teacher or distil) and nll_fn is not None:
             saliency = horizon_saliency(nll_fn, lod0_BTD, y_BT, H)
-            timings["teacher_ms"] = _ms(t2)
+        timings["teacher_ms"] = _ms(t2)
+        t2 = time.perf_counter()
         if on_policy or teacher:
             query_BHD = lod0_BTD[:, T - 2 * H:T - H].detach().to(self.aux_dtype)
             guided = guided_prompt_layouts(
@@ -319,7 +332,7 @@ class MCController(nn.Module):
         saliency_RW = (torch.from_numpy(entry_saliency(saliency, layouts)).to(device=x_BT.device)
                        if distil and saliency is not None else None)
         return MCBatch(inputs_RWD, targets_RW, inputs.value_ids_RW, cos_sin, layouts, index, scores_RW, prev_RW,
-                       budget, len(levels), timings, saliency_RW)
+                       budget, len(levels), timings, saliency_RW, teacher_pass=saliency is not None)
 
     def _variant_scores(self, inputs_RWD: torch.Tensor, lod0_BTD: torch.Tensor, layouts: VariantLayouts,
                         index: PackIndex) -> tuple[torch.Tensor, torch.Tensor]:

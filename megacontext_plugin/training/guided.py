@@ -39,8 +39,10 @@ BatchScorer = Callable[[list[WorkingContext]], list[np.ndarray]]
 """Utilities ``[W_b]`` of one working context per sequence, scored in one call."""
 
 NllFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``nll_fn(inputs[B, T, D], targets[B, T]) -> nll[B, T]``: the base model's full-context
-per-token NLL on given LOD0 embeddings (0 where the target is -1)."""
+"""``nll_fn(inputs[B, T, D], targets[B, T]) -> nll[B, T']``: the base model's full-context
+per-token NLL on given LOD0 embeddings (0 where the target is -1) of the last ``T'`` positions,
+``H <= T' <= T``: only the horizon's is read, so a host may skip the output head elsewhere
+(``nets.output_head.head_on_last``)."""
 
 
 def refocus_prompts(starts: list[WorkingContext], score: BatchScorer, config: FocusConfig,
@@ -67,7 +69,7 @@ def horizon_saliency(nll_fn: NllFn, lod0_BTD: torch.Tensor, y_BT: torch.Tensor, 
     is untouched (``torch.autograd.grad`` with the embeddings as the only input)."""
     emb_BTD = lod0_BTD.detach().requires_grad_(True)
     with torch.enable_grad():
-        nll_BT = nll_fn(emb_BTD, y_BT)
+        nll_BT = nll_fn(emb_BTD, y_BT)  # [B, T'] with T' >= horizon
         supervised_BH = (y_BT[:, -horizon:] >= 0).to(nll_BT.dtype)
         loss = (nll_BT[:, -horizon:] * supervised_BH).sum()
         if not loss.requires_grad:

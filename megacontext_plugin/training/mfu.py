@@ -97,6 +97,14 @@ def base_flops_fn(model: torch.nn.Module) -> Callable[[int], int]:
     return per_token
 
 
+def head_flops_per_token(model: torch.nn.Module) -> int:
+    """Forward+backward FLOPs per token of the output head (``6 * lm_head`` weights; 0 without one):
+    the part of ``base_flops_fn``'s count that the teacher's pass runs on the horizon only."""
+    head = getattr(model, "lm_head", None)
+    weight = getattr(head, "weight", None)
+    return 6 * weight.numel() if isinstance(weight, torch.Tensor) else 0
+
+
 def mfu_percent(flops: float, seconds: float, peak: float) -> float:
     """``100 * flops / (seconds * peak)``; NaN when it cannot be computed (no time, unknown peak)."""
     if seconds <= 0 or not math.isfinite(peak) or peak <= 0:

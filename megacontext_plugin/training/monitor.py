@@ -43,7 +43,7 @@ from ..telemetry import (
     new_run_id,
 )
 from .controller import MCBatch, MCController, MCLosses
-from .mfu import base_flops_fn, device_peak_flops, mfu_percent
+from .mfu import base_flops_fn, device_peak_flops, head_flops_per_token, mfu_percent
 from .probe import FocusProbe, probe_focus
 
 ALERT_LOSS_KEYS = ("wc_budget", "delta_nll_h", "token_loss", "lens_loss", "adv_delta_mean", "adv_delta_p95",
@@ -60,9 +60,11 @@ class TrainingMonitor:
     def __init__(self, controller: MCController, base_flops: Callable[[int], int], *, every: int,
                  provider: TelemetryProvider | None = None, run_id: str = "", rank: int = 0, world_size: int = 1,
                  peak_flops: float = math.inf, alerts: AlertMonitor | None = None, alert_warmup_steps: int = 10,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, head_flops: int = 0) -> None:
         self.controller = controller
         self.base_flops = base_flops
+        self.head_flops = head_flops
+        """The output head's share of ``base_flops`` per token (``mfu.head_flops_per_token``)."""
         self.every = every
         self.provider: TelemetryProvider = provider if provider is not None else NoOpTelemetryProvider()
         self.run_id = run_id
@@ -120,7 +122,8 @@ class TrainingMonitor:
             where = "off (--mc_telemetry_every 0)" if rank == 0 else "rank 0 only"
         monitor = cls(controller, base_flops_fn(model), every=cfg.mc_telemetry_every, provider=provider,
                       run_id=run_id, rank=rank, world_size=world, peak_flops=device_peak_flops(controller.device_),
-                      alerts=AlertMonitor(enabled=rank == 0, warmup_steps=alert_warmup))
+                      alerts=AlertMonitor(enabled=rank == 0, warmup_steps=alert_warmup),
+                      head_flops=head_flops_per_token(model))
         return monitor, where
 
     # ---- hooks ---------------------------------------------------------------------------------
@@ -244,10 +247,12 @@ class TrainingMonitor:
 
     # ---- internals -----------------------------------------------------------------------------
     def _micro_batch_flops(self, B: int, T: int, step: int, batch: MCBatch | None) -> int:
-        key = (B, T, batch.budget if batch is not None else -1)
+        teacher = batch is not None and batch.teacher_pass
+        key = (B, T, batch.budget if batch is not None else -1, teacher)
         flops = self._flops_cache.get(key)
         if flops is None:
-            flops = self.controller.step_flops(self.base_flops, B, step, T).total
+            flops = self.controller.step_flops(self.base_flops, B, step, T, teacher_pass=teacher,
+                                               head_flops_per_token=self.head_flops).total
             self._flops_cache[key] = flops
         return flops
 

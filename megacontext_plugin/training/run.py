@@ -19,6 +19,7 @@ from torch import nn
 from ..config import ConfigError, MCConfig
 from ..context.positions import rope_base
 from ..nets import model_device, model_dims, model_wte
+from ..nets.output_head import head_on_last
 from ..telemetry.alerts import alert_warmup_steps
 from ..telemetry.lifecycle import ClosedAtExit
 from .controller import MCBatch, MCController
@@ -27,13 +28,17 @@ from .monitor import TrainingMonitor
 from .packing import align_right
 
 
-def full_context_nll(model: nn.Module, idx_BT: torch.Tensor) -> NllFn:
-    """The teacher's pass (``training.guided``): the patched GPT's per-token NLL over the whole
-    sequence ``idx[B, T]``, on given LOD0 embeddings, with its own rotary table and value embeddings."""
+def full_context_nll(model: nn.Module, idx_BT: torch.Tensor, horizon: int) -> NllFn:
+    """The teacher's pass (``training.guided``): the patched GPT over the whole sequence ``idx[B, T]``,
+    on given LOD0 embeddings, with its own rotary table and value embeddings; the NLL ``[B, horizon]``
+    of the last ``horizon`` positions, the only ones whose loss the teacher reads (``nets.output_head``)."""
 
     def nll_fn(emb_BTD: torch.Tensor, y_BT: torch.Tensor) -> torch.Tensor:
         T = emb_BTD.size(1)
-        return model.forward_embeds(emb_BTD, idx_BT, y_BT, model.cos[:, :T], model.sin[:, :T]).view_as(y_BT)
+        y_BH = y_BT[:, -horizon:]
+        with head_on_last(model, horizon):
+            nll = model.forward_embeds(emb_BTD, idx_BT, y_BH.contiguous(), model.cos[:, :T], model.sin[:, :T])
+        return nll.view_as(y_BH)
 
     return nll_fn
 
@@ -108,7 +113,7 @@ class TrainingRun:
         idx_BT, targets_BT = align_right(idx_BT, targets_BT)  # SFT's right padding: its tails become supervised
         wte = model_wte(model)
         batch = self.controller.process_batch(idx_BT, targets_BT, wte, self.budget_step,
-                                              nll_fn=full_context_nll(model, idx_BT))
+                                              nll_fn=full_context_nll(model, idx_BT, self.controller.cfg.mc_horizon))
         if self.monitor is not None:  # counters every micro-batch; snapshots at the telemetry cadence
             self.monitor.on_batch(self.step, idx_BT, wte, batch, budget_step=self.budget_step)
         return batch
