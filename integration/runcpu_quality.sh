@@ -61,12 +61,21 @@ if [ -n "$FROM_PLAIN" ]; then  # checked before anything is wiped
     [ "$FROM_PLAIN" != "$(realpath -m "$RUN_DIR")" ] || die "MC_Q_FROM_PLAIN is the run's own directory"
     [ -f "$FROM_PLAIN/base_checkpoints/d$DEPTH/model_$PLAIN_NAME.pt" ] \
         || die "MC_Q_FROM_PLAIN=$FROM_PLAIN holds no plain phase of $PLAIN_STEPS steps at depth $DEPTH"
+    # its long documents are reused: more steps than they hold would wrap nanochat's dataloader around to the
+    # short documents, whose rows do not end with an answer
+    source_docs=$(sed -n 's/^long_docs=//p' "$FROM_PLAIN/recipe_sizes.txt" 2>/dev/null)
+    [ -n "$source_docs" ] || die "MC_Q_FROM_PLAIN=$FROM_PLAIN has no recipe_sizes.txt (not a runcpu_quality.sh run)"
+    held=$(( source_docs * 2 / 3 * SEQ / BATCH_TOKENS ))
+    [ "$STEPS" -le "$held" ] || die "MC_Q_STEPS=$STEPS: the long documents of $FROM_PLAIN hold about $held steps"
+    LONG_DOCS=$source_docs
 fi
 mc_load_env
 mc_ensure_nanochat cpu
 mc_use_plugin
 mc_check_knobs ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"
+printf 'seq_plain=%s\nseq=%s\nplain_steps=%s\nsteps=%s\nbatch_tokens=%s\nwarmup_docs=%s\nlong_docs=%s\n' \
+    "$SEQ_PLAIN" "$SEQ" "$PLAIN_STEPS" "$STEPS" "$BATCH_TOKENS" "$WARMUP_DOCS" "$LONG_DOCS" >"$RUN_DIR/recipe_sizes.txt"
 export NANOCHAT_BASE_DIR="$RUN_DIR" NANOCHAT_TASK_DIR="$RUN_DIR/tasks"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} PYTHONPATH="$NC"

@@ -76,6 +76,21 @@ def test_the_recipe_runs_every_stage_and_ends_evaluable(patched: Path, tmp_path:
     assert (copied / "model_000004.pt").read_bytes() == (base / "model_000004.pt").read_bytes()
     assert (copied / "model_000007.pt").is_file() and not list(copied.glob("megacontext_*"))
     assert (baseline / "corpus_train_files.txt").read_text() == (run / "corpus_train_files.txt").read_text()
+    assert "long_docs=80" in (baseline / "recipe_sizes.txt").read_text().splitlines()
+
+
+def test_from_plain_refuses_more_steps_than_its_long_documents_hold(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "base_checkpoints" / "d2").mkdir(parents=True)
+    (source / "base_checkpoints" / "d2" / "model_000004.pt").write_bytes(b"")
+    (source / "recipe_sizes.txt").write_text("seq=512\nsteps=3\nlong_docs=12\n")
+    env = os.environ | TINY | {"MC_RUNCPU_DIR": str(tmp_path / "run"), "MC_Q_FROM_PLAIN": str(source),
+                               "MC_Q_STEPS": "3"}
+    proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode == 2  # 12 documents of 512 tokens, two thirds of them: 2 steps of 2,048 tokens
+    assert proc.stderr.strip().splitlines()[-1] == (f"runcpu_quality: error: MC_Q_STEPS=3: the long documents of "
+                                                    f"{source} hold about 2 steps")
+    assert not (tmp_path / "run").exists()
 
 
 def test_from_plain_must_hold_the_plain_phase(tmp_path: Path) -> None:
