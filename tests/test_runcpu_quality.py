@@ -61,7 +61,7 @@ def test_the_recipe_runs_every_stage_and_ends_evaluable(patched: Path, tmp_path:
     evaluate = subprocess.run([sys.executable, "-m", "megacontext_plugin.cli", "eval", "long-context", "--checkpoint",
                                str(base), "--lengths", "2", "--depths", "0.5", "--samples", "1", "--recall-docs", "1",
                                "--lens-docs", "0"], capture_output=True, text=True, timeout=600,
-                              env=env | {"PYTHONPATH": str(patched)})
+                              env=env | {"PYTHONPATH": str(patched), "NANOCHAT_DIR": str(patched)})
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     assert all(f"\n{arm}" in evaluate.stdout or f" {arm} " in evaluate.stdout for arm in ("truncation", "mc"))
 
