@@ -391,7 +391,7 @@ def test_documents_reports_nll_per_arm_on_text_files(tmp_path, tiny_checkpoint) 
 
 def test_text_documents_are_full_length_and_taken_round_robin() -> None:
     texts = ["a" * 50, "b" * 20, "c" * 5]
-    docs = documents.text_documents(texts, BYTES, 10, limit=6)
+    docs = documents.text_documents([BYTES.encode(t) for t in texts], BYTES.bos, 10, limit=6)
     assert [bytes(d.tolist()).decode() for d in docs] == ["a" * 10, "b" * 10, "a" * 10, "b" * 10, "a" * 10, "a" * 10]
 
 

@@ -94,16 +94,15 @@ def read_text_file(path: Path) -> str:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); --documents takes text files") from None
 
 
-def text_documents(texts: Sequence[str], codec: Codec, num_tokens: int, limit: int) -> list[torch.Tensor]:
-    """Up to ``limit`` documents ``ids[num_tokens]`` (the codec's BOS, then consecutive tokens of one text):
-    each text is tokenized whole and cut into as many full documents as it holds, taken round-robin over
-    the texts (the first document of every text, then the second, ...) so that no one file dominates."""
-    body = num_tokens - len(codec.bos)
-    pieces: list[list[torch.Tensor]] = []
-    for text in texts:
-        ids = codec.encode(text)
-        pieces.append([torch.tensor([*codec.bos, *ids[i:i + body]], dtype=torch.long)
-                       for i in range(0, len(ids) - body + 1, body)])
+def text_documents(token_ids: Sequence[Sequence[int]], bos: Sequence[int], num_tokens: int,
+                   limit: int) -> list[torch.Tensor]:
+    """Up to ``limit`` documents ``ids[num_tokens]`` (``bos``, then consecutive tokens of one text):
+    each tokenized text (``token_ids``, encoded once by the caller for every length) is cut into as many
+    full documents as it holds, taken round-robin over the texts (the first document of every text,
+    then the second, ...) so that no one file dominates."""
+    body = num_tokens - len(bos)
+    pieces = [[torch.tensor([*bos, *ids[i:i + body]], dtype=torch.long) for i in range(0, len(ids) - body + 1, body)]
+              for ids in token_ids]
     out: list[torch.Tensor] = []
     for k in range(max((len(p) for p in pieces), default=0)):
         out += [p[k] for p in pieces if k < len(p)]

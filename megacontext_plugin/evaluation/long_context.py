@@ -407,9 +407,10 @@ def evaluate_documents(model: torch.nn.Module, ctrl: torch.nn.Module, texts: dic
     t0 = time.perf_counter()
     runner = ArmRunner(model, ctrl, budget, rounds=rounds, start=start)
     rows: list[dict[str, Any]] = []
+    token_ids = [codec.encode(text) for text in texts.values()]
     for x in lengths:
         L = x * budget
-        docs = text_documents(list(texts.values()), codec, L, limit)
+        docs = text_documents(token_ids, codec.bos, L, limit)
         if not docs:
             print(f"{x}x: no file holds {L} tokens; left out")
             continue
