@@ -11,8 +11,10 @@
 #   1. plain: full attention at a short window on short documents (retrieval is learned first, with
 #      few distractors);
 #   2. resumed at the long window on documents of exactly that many tokens, so that each training
-#      row is one document whose answer ends the row; with --mc these are the MegaContext steps
-#      (--mc_plain_steps names the plain phase, the curriculum anneals over the rest).
+#      row is one document whose answer ends the row: first plainly (full attention crosses the
+#      retrieval phase change on whole documents, so the teacher's full-context pass knows where the
+#      answer's evidence is), then, with --mc, the MegaContext steps (--mc_plain_steps names both
+#      plain stretches, the curriculum anneals over the rest).
 # Without --mc the same two invocations train the same model plainly: the baseline.
 # Then mid_train and chat_sft on `megacontext tasks` conversations longer than the window, base_eval
 # (with --mc: the MegaContext validation) and the report. Everything lands in $MC_RUNCPU_DIR
@@ -29,8 +31,9 @@ mc_require_flag "$@"
 SEQ_PLAIN=${MC_Q_SEQ_PLAIN:-512}       # the plain phase's window (tokens)
 SEQ=${MC_Q_SEQ:-1024}                  # the model's window from the second phase on
 BUDGET=${MC_Q_BUDGET:-64}              # W: working-context entries (8x W = 512 fits the window: ΔNLL@H at 8x)
-PLAIN_STEPS=${MC_Q_PLAIN_STEPS:-2200}  # optimizer steps of the plain phase
-STEPS=${MC_Q_STEPS:-500}               # optimizer steps of the second phase
+PLAIN_STEPS=${MC_Q_PLAIN_STEPS:-1600}  # optimizer steps of the plain phase (short window)
+LONG_PLAIN=${MC_Q_LONG_PLAIN_STEPS:-500}  # plain steps that open the second phase (long window)
+STEPS=${MC_Q_STEPS:-500}               # the second phase's steps after them (with --mc: the MegaContext steps)
 BATCH_TOKENS=${MC_Q_BATCH_TOKENS:-8192}
 DEPTH=${MC_Q_DEPTH:-2}
 VOCAB=${MC_Q_VOCAB:-2048}
@@ -40,7 +43,7 @@ SFT_STEPS=${MC_Q_SFT_STEPS:-40}
 # so that the plain phase never reaches the long documents; documents of exactly SEQ tokens for the second phase,
 # one per row, with room to spare (the dataloader never wraps around to the short ones)
 WARMUP_DOCS=${MC_Q_WARMUP_DOCS:-$(( PLAIN_STEPS * BATCH_TOKENS / 190 ))}
-LONG_DOCS=${MC_Q_LONG_DOCS:-$(( STEPS * BATCH_TOKENS / SEQ * 3 / 2 ))}
+LONG_DOCS=${MC_Q_LONG_DOCS:-$(( (LONG_PLAIN + STEPS) * BATCH_TOKENS / SEQ * 3 / 2 ))}
 MIX=${MC_Q_MIX:-passkey=0.35,recall=0.25,copy=0.1,python=0.3}
 FROM_PLAIN=${MC_Q_FROM_PLAIN:-}        # a finished run's directory: its data, tokenizer and plain phase are reused
 MC_ARGS=()
@@ -66,7 +69,8 @@ if [ -n "$FROM_PLAIN" ]; then  # checked before anything is wiped
     source_docs=$(sed -n 's/^long_docs=//p' "$FROM_PLAIN/recipe_sizes.txt" 2>/dev/null)
     [ -n "$source_docs" ] || die "MC_Q_FROM_PLAIN=$FROM_PLAIN has no recipe_sizes.txt (not a runcpu_quality.sh run)"
     held=$(( source_docs * 2 / 3 * SEQ / BATCH_TOKENS ))
-    [ "$STEPS" -le "$held" ] || die "MC_Q_STEPS=$STEPS: the long documents of $FROM_PLAIN hold about $held steps"
+    [ $((LONG_PLAIN + STEPS)) -le "$held" ] \
+        || die "MC_Q_LONG_PLAIN_STEPS + MC_Q_STEPS = $((LONG_PLAIN + STEPS)): the long documents of $FROM_PLAIN hold about $held steps"
     LONG_DOCS=$source_docs
 fi
 mc_load_env
@@ -74,8 +78,8 @@ mc_ensure_nanochat cpu
 mc_use_plugin
 mc_check_knobs ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"
-printf 'seq_plain=%s\nseq=%s\nplain_steps=%s\nsteps=%s\nbatch_tokens=%s\nwarmup_docs=%s\nlong_docs=%s\n' \
-    "$SEQ_PLAIN" "$SEQ" "$PLAIN_STEPS" "$STEPS" "$BATCH_TOKENS" "$WARMUP_DOCS" "$LONG_DOCS" >"$RUN_DIR/recipe_sizes.txt"
+printf 'seq_plain=%s\nseq=%s\nplain_steps=%s\nlong_plain_steps=%s\nsteps=%s\nbatch_tokens=%s\nwarmup_docs=%s\nlong_docs=%s\n' \
+    "$SEQ_PLAIN" "$SEQ" "$PLAIN_STEPS" "$LONG_PLAIN" "$STEPS" "$BATCH_TOKENS" "$WARMUP_DOCS" "$LONG_DOCS" >"$RUN_DIR/recipe_sizes.txt"
 export NANOCHAT_BASE_DIR="$RUN_DIR" NANOCHAT_TASK_DIR="$RUN_DIR/tasks"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} PYTHONPATH="$NC"
@@ -117,12 +121,12 @@ else
         --max-seq-len "$SEQ_PLAIN" --device-batch-size $((BATCH_TOKENS / SEQ_PLAIN)) \
         --num-iterations "$PLAIN_STEPS" --warmdown-ratio 0 --eval-every $(( PLAIN_STEPS / 4 > 0 ? PLAIN_STEPS / 4 : 1 ))
 fi
-TOTAL=$((PLAIN_STEPS + STEPS))
+TOTAL=$((PLAIN_STEPS + LONG_PLAIN + STEPS))
 stage "base ($([ ${#MC_ARGS[@]} -gt 0 ] && echo MegaContext || echo plain), window $SEQ)" \
     "$PY" -m scripts.base_train "${MODEL[@]}" "${BASE[@]}" --max-seq-len "$SEQ" \
     --device-batch-size $((BATCH_TOKENS / SEQ)) --num-iterations "$TOTAL" --resume-from-step "$PLAIN_STEPS" \
-    --warmdown-ratio "$(awk "BEGIN{print 0.5 * $STEPS / $TOTAL}")" --eval-every "$STEPS" \
-    ${MC_ARGS[@]+"${MC_ARGS[@]}" --mc_plain_steps "$PLAIN_STEPS"}
+    --warmdown-ratio "$(awk "BEGIN{print 0.5 * $STEPS / $TOTAL}")" --eval-every $((LONG_PLAIN + STEPS)) \
+    ${MC_ARGS[@]+"${MC_ARGS[@]}" --mc_plain_steps $((PLAIN_STEPS + LONG_PLAIN))}
 stage "mid" "$PY" -m scripts.mid_train "${MODEL[@]}" --run "$RUN" --dtype float32 --max-seq-len "$SEQ" \
     --device-batch-size 4 --total-batch-size $((4 * SEQ)) --num-iterations "$MID_STEPS" --eval-every -1 \
     --eval-tokens 16384 ${MC_ARGS[@]+"${MC_ARGS[@]}"}

@@ -16,7 +16,7 @@ from test_nanochat_hooks import patched  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "integration" / "runcpu_quality.sh"
-TINY = {"MC_Q_PLAIN_STEPS": "4", "MC_Q_STEPS": "3", "MC_Q_WARMUP_DOCS": "600", "MC_Q_LONG_DOCS": "80",
+TINY = {"MC_Q_PLAIN_STEPS": "4", "MC_Q_LONG_PLAIN_STEPS": "2", "MC_Q_STEPS": "3", "MC_Q_WARMUP_DOCS": "600", "MC_Q_LONG_DOCS": "80",
         "MC_Q_MID_STEPS": "2", "MC_Q_SFT_STEPS": "2", "MC_Q_SEQ_PLAIN": "256", "MC_Q_SEQ": "512",
         "MC_Q_BATCH_TOKENS": "2048", "MC_Q_VOCAB": "512", "OMP_NUM_THREADS": "1"}
 
@@ -49,10 +49,10 @@ def test_the_recipe_runs_every_stage_and_ends_evaluable(patched: Path, tmp_path:
                       "report"]
     base = run / "base_checkpoints" / "d2"
     assert (base / "model_000004.pt").is_file() and not (base / "megacontext_000004.pt").exists()  # plain phase
-    assert (base / "megacontext_000007.pt").is_file()  # the MegaContext steps continue from step 4
-    meta = json.loads((base / "meta_000007.json").read_text())
+    assert (base / "megacontext_000009.pt").is_file()  # 2 plain steps at the long window, then 3 MegaContext steps
+    meta = json.loads((base / "meta_000009.json").read_text())
     assert meta["model_config"]["sequence_len"] == 512
-    assert "resuming at step 4, within --mc_plain_steps 4: GistNet and LensNet start fresh" in proc.stdout
+    assert "resuming at step 4, within --mc_plain_steps 6: GistNet and LensNet start fresh" in proc.stdout
     listed = (run / "corpus_train_files.txt").read_text().splitlines()
     assert listed and all(name.endswith(".py") for name in listed)
     assert "### MegaContext" in (run / "report" / "report.md").read_text()
@@ -74,7 +74,7 @@ def test_the_recipe_runs_every_stage_and_ends_evaluable(patched: Path, tmp_path:
     assert stages[:3] == [f"plain phase from {run}", "report reset", "base (plain, window 512)"]
     copied = baseline / "base_checkpoints" / "d2"
     assert (copied / "model_000004.pt").read_bytes() == (base / "model_000004.pt").read_bytes()
-    assert (copied / "model_000007.pt").is_file() and not list(copied.glob("megacontext_*"))
+    assert (copied / "model_000009.pt").is_file() and not list(copied.glob("megacontext_*"))
     assert (baseline / "corpus_train_files.txt").read_text() == (run / "corpus_train_files.txt").read_text()
     assert "long_docs=80" in (baseline / "recipe_sizes.txt").read_text().splitlines()
 
@@ -88,8 +88,8 @@ def test_from_plain_refuses_more_steps_than_its_long_documents_hold(tmp_path: Pa
                                "MC_Q_STEPS": "3"}
     proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     assert proc.returncode == 2  # 12 documents of 512 tokens, two thirds of them: 2 steps of 2,048 tokens
-    assert proc.stderr.strip().splitlines()[-1] == (f"runcpu_quality: error: MC_Q_STEPS=3: the long documents of "
-                                                    f"{source} hold about 2 steps")
+    assert proc.stderr.strip().splitlines()[-1] == (f"runcpu_quality: error: MC_Q_LONG_PLAIN_STEPS + MC_Q_STEPS = 5: "
+                                                    f"the long documents of {source} hold about 2 steps")
     assert not (tmp_path / "run").exists()
 
 
