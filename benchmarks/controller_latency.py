@@ -44,7 +44,11 @@ Row keys (medians over the repeats after one warmup step; ms per micro-batch):
   teacher's full-context saliency pass) + ``guided_ms`` (on-policy and teacher layouts) +
   ``packing_ms`` + ``positional_ms`` + ``lens_ms``) + ``losses_ms`` + ``aux_backward_ms`` (step 1's second
   backward) + ``aux_step_ms`` (``step_aux``: KL snapshot, AdamW step, zero_grad, EMAs).
-- ``ratio`` = median ``controller_ms`` / median ``base_step_ms``; the goal is <= 0.05.
+- ``ratio`` = median ``controller_ms`` / median ``base_step_ms`` at a step where the teacher's pass
+  runs; ``teacher_every`` (``--teacher-every N``, the knob ``--mc_teacher_every``, default 1) and
+  ``ratio_amortized`` = (``controller_ms`` - ``teacher_ms`` x (1 - 1/N)) / ``base_step_ms``: the
+  mean over N steps, of which one runs the pass (the others keep its guided-layout work, so this
+  overstates them slightly). The goal, <= 0.05 at depth 12, is judged on ``ratio_amortized``.
 - per-phase keys ``layouts_ms``, ``build_ms`` (LOD0 ``wte`` + every GistNet level),
   ``packing_ms``, ``positional_ms``, ``lens_ms`` (LensNet with grad + the previous LensNet for
   the KL term), ``losses_ms``, ``aux_backward_ms``, ``aux_step_ms``, their ``*_frac`` share of
@@ -149,7 +153,7 @@ PHASE_KEYS = (
 )
 
 
-def make_config(seq_len: int) -> MCConfig:
+def make_config(seq_len: int, teacher_every: int = 1) -> MCConfig:
     """The benchmark's knobs; ``mc_train_wc_length`` raised in 0.05 steps until valid at ``seq_len``."""
     frac = WC_FRACTION
     while True:
@@ -159,6 +163,7 @@ def make_config(seq_len: int) -> MCConfig:
             allocator_recent_tokens=RECENT_TOKENS,
             mc_horizon=HORIZON,
             mc_train_wc_length=round(frac, 2),
+            mc_teacher_every=teacher_every,
         )
         try:
             cfg.validate_for_model(seq_len)
@@ -170,11 +175,12 @@ def make_config(seq_len: int) -> MCConfig:
 
 
 def pick_step(ctrl: MCController, phase: str) -> int:
-    """A curriculum step at ``phase`` whose next step has the same budget (so the prefetch hits)."""
+    """A curriculum step at ``phase`` whose next step has the same budget (so the prefetch hits), and
+    where the teacher's pass runs (``--mc_teacher_every``)."""
     step = round(PHASES[phase] * (TOTAL_STEPS - 1))
     while step < TOTAL_STEPS - 1 and ctrl.budget_at(step + 1) != ctrl.budget_at(step):
         step += 1
-    return step
+    return step - step % ctrl.cfg.mc_teacher_every
 
 
 def wait_prefetch(ctrl: MCController) -> None:
@@ -283,10 +289,11 @@ def controller_flops(cfg: MCConfig, width: int, B: int, T: int, R: int, W: int, 
 class ConfigBench:
     """One (depth, T, B) configuration: its model and controller, kept alive so repeats can be interleaved."""
 
-    def __init__(self, seq_len: int, batch_size: int, depth: int, phase: str, seed: int) -> None:
+    def __init__(self, seq_len: int, batch_size: int, depth: int, phase: str, seed: int,
+                 teacher_every: int = 1) -> None:
         self.seq_len, self.batch_size, self.depth, self.seed = seq_len, batch_size, depth, seed
         self.bench = build_model(depth, seq_len, seed)
-        self.cfg = make_config(seq_len)
+        self.cfg = make_config(seq_len, teacher_every)
         self.ctrl = MCController(self.cfg, dim=self.bench.width, head_dim=self.bench.head_dim, sequence_len=seq_len,
                                  total_steps=TOTAL_STEPS)
         self.step = pick_step(self.ctrl, phase)
@@ -340,6 +347,9 @@ class ConfigBench:
         for key in samples[0]:
             row[key] = statistics.median(s[key] for s in samples)
         row["ratio"] = row["controller_ms"] / row["base_step_ms"]
+        every = self.cfg.mc_teacher_every
+        row["teacher_every"] = every
+        row["ratio_amortized"] = (row["controller_ms"] - row["teacher_ms"] * (1 - 1 / every)) / row["base_step_ms"]
         row["target_ratio"] = target_ratio(depth)
         row["mc_step_over_base"] = row["mc_step_ms"] / row["base_step_ms"]
         row["controller_ms_min"] = min(s["controller_ms"] for s in samples)
@@ -385,6 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     extra.add_argument("--phase", choices=tuple(PHASES), default="end")
     extra.add_argument("--no-nanochat-rows", dest="nanochat_rows", action="store_false",
                        help="leave out the depth-12 rows at nanochat's vocabulary")
+    extra.add_argument("--teacher-every", type=int, default=1,
+                       help="--mc_teacher_every: the teacher's pass every N-th step (ratio_amortized)")
     extra.add_argument("--only-nanochat-rows", dest="grid", action="store_false",
                        help="the depth-12 rows alone, without the --depth grid")
     ours, rest = extra.parse_known_args(argv)
@@ -395,6 +407,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     if ours.depth < 1:
         raise SystemExit("--depth must be >= 1")
+    if ours.teacher_every < 1:
+        raise SystemExit("--teacher-every must be >= 1")
     repeats, warmup = (3, 1) if args.quick else (7, 1)
     config_seconds = None if args.quick else CONFIG_SECONDS
     torch.manual_seed(args.seed)
@@ -409,7 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     grid = [(ours.depth, T, B) for T in SEQ_LENS for B in BATCHES
             if ours.grid and ((T, B) in QUICK_ROWS or not (args.quick or (T, B) in QUICK_SKIP))]
     big = list(NANOCHAT_ROWS[:1] if args.quick else NANOCHAT_ROWS) if ours.nanochat_rows else []
-    benches = [ConfigBench(T, B, depth, ours.phase, args.seed) for depth, T, B in grid + big]
+    benches = [ConfigBench(T, B, depth, ours.phase, args.seed, ours.teacher_every) for depth, T, B in grid + big]
     for _ in range(warmup):  # then round-robin repeats: a burst of load elsewhere hits every row alike
         for bench in benches:
             bench.repeat(record=False)
@@ -444,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
         f"phase {ours.phase}, median of {repeats} after {warmup} warmup, {elapsed:.0f} s"
     )
     print_table(rows, ["model", "depth", "vocab", "T", "B", "W", "R", "base_step_ms", "controller_ms", "ratio",
-                      "mc_step_ms", *PHASE_KEYS])
+                      "teacher_every", "ratio_amortized", "mc_step_ms", *PHASE_KEYS])
     print()
     print_table(
         rows,
@@ -470,10 +484,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     print_table(projection, ["T", "depth", "W", "flops_ratio", "gistnet_share"])
     for depth in sorted({r["depth"] for r in rows}):
-        worst = max((r for r in rows if r["depth"] == depth), key=lambda r: r["ratio"])
+        worst = max((r for r in rows if r["depth"] == depth), key=lambda r: r["ratio_amortized"])
         goal = target_ratio(depth)
-        print(f"depth {depth}: worst ratio {worst['ratio']:.3f} at T={worst['T']} B={worst['B']} "
-              f"({'meets' if worst['ratio'] <= goal else 'MISSES'} the <= {goal} goal)")
+        print(f"depth {depth}: worst ratio {worst['ratio_amortized']:.3f} at T={worst['T']} B={worst['B']}, the "
+              f"teacher's pass every {ours.teacher_every} step(s) "
+              f"({'meets' if worst['ratio_amortized'] <= goal else 'MISSES'} the <= {goal} goal)")
     write_json(
         args.json,
         {
@@ -482,6 +497,7 @@ def main(argv: list[str] | None = None) -> None:
             "depth": ours.depth,
             "model": model_kind(),
             "phase": ours.phase,
+            "teacher_every": ours.teacher_every,
             "block_size": BLOCK_SIZE,
             "allocator_recent_tokens": RECENT_TOKENS,
             "mc_horizon": HORIZON,

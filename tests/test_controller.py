@@ -436,3 +436,29 @@ def test_lensnet_distils_the_teacher_saliency_only_with_a_teacher_pass(weight: f
     without = ctrl.process_batch(x, y, model.wte, step=9)  # no nll_fn: no teacher pass, nothing to distil
     assert without is not None and without.saliency_RW is None
     ctrl.close()
+
+
+def test_the_teacher_pass_runs_every_nth_step_and_its_variants_are_random_between() -> None:
+    model = tiny_model()
+    ctrl = make_controller(small_cfg(mc_teacher_variants=2, mc_num_random_variants=1, mc_teacher_every=3),
+                           total_steps=20)
+    x, y = data(4)
+    passes: list[int] = []
+
+    def nll_fn(emb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        passes.append(1)
+        return model(inputs_embeds=emb, targets=targets, loss_reduction="none").float().view_as(targets)
+
+    for step in range(12, 17):
+        pending = ctrl.layouts._pending
+        batch = ctrl.process_batch(x, y, model.wte, step=step, nll_fn=nll_fn)
+        assert batch is not None
+        kinds = batch.layouts.rows_per_kind()
+        assert batch.teacher_pass == (step % 3 == 0) and (batch.saliency_RW is not None) == (step % 3 == 0)
+        # the same rows every step: the teacher's two columns are random ones between its passes
+        assert batch.layouts.variants == 4
+        assert (kinds["teacher"], kinds["random"]) == ((4, 2) if step % 3 == 0 else (0, 6))
+        if pending is not None:  # the background sample for this step had this step's shape
+            assert pending[0][1] == 1 + kinds["random"] // 2
+    assert len(passes) == 2  # steps 12 and 15
+    ctrl.close()

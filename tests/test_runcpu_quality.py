@@ -16,7 +16,8 @@ from test_nanochat_hooks import patched  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "integration" / "runcpu_quality.sh"
-TINY = {"MC_Q_PLAIN_STEPS": "4", "MC_Q_LONG_PLAIN_STEPS": "2", "MC_Q_STEPS": "3", "MC_Q_WARMUP_DOCS": "600", "MC_Q_LONG_DOCS": "80",
+TINY = {"MC_Q_PLAIN_STEPS": "4", "MC_Q_LONG_PLAIN_STEPS": "2", "MC_Q_STEPS": "3", "MC_Q_WARMUP_DOCS": "600",
+        "MC_Q_LONG_DOCS": "80",
         "MC_Q_MID_STEPS": "2", "MC_Q_SFT_STEPS": "2", "MC_Q_SEQ_PLAIN": "256", "MC_Q_SEQ": "512",
         "MC_Q_BATCH_TOKENS": "2048", "MC_Q_VOCAB": "512", "OMP_NUM_THREADS": "1"}
 

@@ -202,6 +202,16 @@ class MCController(nn.Module):
             self._plans[T] = plan
         return plan
 
+    def teacher_step(self, step: int) -> bool:
+        """Whether the teacher's full-context pass runs at ``step`` (``--mc_teacher_every``)."""
+        return step % self.cfg.mc_teacher_every == 0
+
+    def random_variants(self, step: int, teacher_host: bool) -> int:
+        """Random variants per sequence at ``step``: the configured ones, plus the teacher's where its
+        pass does not run (every step of a host without one, ``teacher_host`` False)."""
+        _, teacher, random = self.cfg.variant_counts
+        return random + teacher if not teacher_host or not self.teacher_step(step) else random
+
     def can_compress(self, T: int) -> bool:
         """Whether ``process_batch`` compresses a batch of length ``T`` (False: it returns None and the
         caller runs the plain forward). Cheap: one cached lookup per ``T``, nothing is built.
@@ -276,12 +286,15 @@ class MCController(nn.Module):
         num_levels = self.length_plan(T).num_levels
         budget = self.budget_at(step, T)
         H = cfg.mc_horizon
-        on_policy, teacher, random = cfg.variant_counts
-        if nll_fn is None:
-            teacher, random = 0, random + teacher
+        on_policy, teacher, _ = cfg.variant_counts
+        teacher_host = nll_fn is not None
+        random = self.random_variants(step, teacher_host)
+        if not (teacher_host and self.teacher_step(step)):  # no teacher pass: its variants are random ones
+            nll_fn, teacher = None, 0
         next_budget = self.budget_at(step + 1, T) if self._last_length == T else None
         self._last_length = T
-        sampled = self.layouts.get(B, 1 + random, T, cfg.block_size, budget, self.recent, next_budget=next_budget)
+        sampled = self.layouts.get(B, 1 + random, T, cfg.block_size, budget, self.recent, next_budget=next_budget,
+                                   next_variants=1 + self.random_variants(step + 1, teacher_host))
         timings["layouts_ms"] = _ms(t0)
 
         t1 = time.perf_counter()

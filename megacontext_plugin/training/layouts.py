@@ -207,9 +207,9 @@ class LayoutPrefetcher:
         self._pending: tuple[tuple[int, ...], concurrent.futures.Future[_Sampled]] | None = None
 
     def get(self, batch: int, variants: int, sequence_len: int, block_size: int, budget: int,
-            recent_tokens: int, next_budget: int | None = None) -> VariantLayouts:
-        """Layouts for this request; starts sampling the next one (``next_budget``, same shape) in
-        the background."""
+            recent_tokens: int, next_budget: int | None = None, next_variants: int | None = None) -> VariantLayouts:
+        """Layouts for this request; starts sampling the next one (``next_budget``, same shape, with
+        ``next_variants`` columns when given) in the background."""
         key = (batch, variants, sequence_len, block_size, budget, recent_tokens)
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] == key:
@@ -220,7 +220,7 @@ class LayoutPrefetcher:
                 pending[1].cancel()  # drawn from a copy: self.rng has not moved
             layouts = sample_layouts(*key, self.rng)
         if next_budget is not None:
-            next_key = (batch, variants, sequence_len, block_size, next_budget, recent_tokens)
+            next_key = (batch, next_variants or variants, sequence_len, block_size, next_budget, recent_tokens)
             self._pending = (next_key, self._pool.submit(_sample_on, next_key, copy.deepcopy(self.rng)))
         return layouts
 
