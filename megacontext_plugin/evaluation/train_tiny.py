@@ -54,8 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int, default=64, help="final working-context budget W (entries)")
     p.add_argument("--block-size", type=int, default=8, help="K")
     p.add_argument("--recent", type=int, default=16,
-                   help="protected raw tail (--allocator_recent_tokens; at least --horizon): 16 leaves W=64 the "
-                        "room to open a key at 8x-16x, 32 does not (D25)")
+                   help="protected raw tail (--allocator_recent_tokens; at least --horizon): the prompt's last "
+                        "tokens, kept raw and never edited by the allocator")
     p.add_argument("--horizon", type=int, default=16, help="H for LensNet and the gist loss (--mc_horizon)")
     p.add_argument("--plain-len", type=int, default=256)
     p.add_argument("--plain-steps", type=int, default=1600)
@@ -91,11 +91,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (0: torch's default, every core; pass 1 on a shared machine: under "
-                        "CPU contention 2 threads ran 7x slower than 1 here)")
+                   help="torch CPU threads (0: torch's default, every core; pass 1 on a machine shared with "
+                        "other jobs)")
     p.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto",
-                   help="bf16 autocast on the CPU (auto: only where the CPU has native bf16, avx512_bf16 or "
-                        "amx_bf16; elsewhere emulated bf16 ran 10x slower than fp32 here)")
+                   help="bf16 autocast on the CPU (auto: only where the CPU computes bf16 natively, avx512_bf16 "
+                        "or amx_bf16, else fp32; bf16: always; off: never)")
     p.add_argument("--from-plain", type=Path, default=None,
                    help="start from the plain.pt an earlier run wrote (same model, data generator and optimizer "
                         "state: ablations of the MC phase share it); a larger --plain-steps continues the phase")
