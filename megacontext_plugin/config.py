@@ -1,7 +1,7 @@
 """MCConfig: every MegaContext knob, its default, its validation and its command-line flags.
 
 One table (the dataclass fields below) is the single source of truth: argparse registration,
-validation messages, ``megacontext config`` and the README's knob table all read it.
+validation messages, ``megacontext config`` and the knob reference (docs/knobs.md) all read it.
 
 Flags are accepted with underscores or dashes (``--mc_tree`` and ``--mc-tree``); knobs whose
 documented name has no ``mc_`` prefix (``--block_size``, ``--allocator_*``, ``--gistnet_*``,
@@ -502,7 +502,7 @@ def parse_config(argv: Sequence[str]) -> MCConfig:
 
 
 def knobs_markdown() -> str:
-    """The README's knob table, generated from the fields so the two cannot drift apart."""
+    """The knob reference table of docs/knobs.md, generated from the fields so the two cannot drift apart."""
     lines = ["| flag | default | allowed | what it does |", "| --- | --- | --- | --- |"]
     for f in knob_fields():
         meta = f.metadata

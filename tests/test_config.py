@@ -214,15 +214,15 @@ def test_cli_reports_a_user_mistake_without_traceback() -> None:
     assert "--mc_tree" in proc.stderr and "ram" in proc.stderr
 
 
-def test_readme_knob_table_is_generated_from_the_config() -> None:
+def test_knob_reference_in_docs_is_generated_from_the_config() -> None:
     from pathlib import Path
 
     from megacontext_plugin.config import knobs_markdown
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    reference = (Path(__file__).resolve().parents[1] / "docs" / "knobs.md").read_text()
     begin, end = "<!-- knobs:begin -->\n", "<!-- knobs:end -->"
-    table = readme[readme.index(begin) + len(begin): readme.index(end)]
-    assert table == knobs_markdown(), "README knob table is stale: paste `megacontext config --markdown`"
+    table = reference[reference.index(begin) + len(begin): reference.index(end)]
+    assert table == knobs_markdown(), "docs/knobs.md's table is stale: paste `megacontext config --markdown`"
 
 
 @pytest.mark.parametrize(("argv", "on"), [
