@@ -1,9 +1,17 @@
 # Shared by runcpu.sh, runcpu_quality.sh and run10.sh (sourced, not run): messages, .mc_env, the patched
-# nanochat, the MegaContext argument checks and the CPU recipes' stages. The caller sets ROOT (the
-# repository) and TOOL (its name).
+# nanochat, the MegaContext argument checks, the run's log and the CPU recipes' stages. The caller sets ROOT
+# (the repository) and TOOL (its name).
 
-die() { echo "$TOOL: error: $*" >&2; exit 2; }
-say() { echo "$TOOL: $*"; }
+# once mc_log_start has run, every say/die line (and every stage's output) is also appended to MC_LOG
+die() { echo "$TOOL: error: $*" >&2; [ -z "${MC_LOG:-}" ] || echo "$TOOL: error: $*" >>"$MC_LOG"; exit 2; }
+say() { echo "$TOOL: $*"; [ -z "${MC_LOG:-}" ] || echo "$TOOL: $*" >>"$MC_LOG"; }
+
+mc_log_start() {  # DIR: append from now on to DIR/report/log.txt, the operating guide's `tail -f` (nanochat's
+    # `report reset` removes only its own section files and report.md: the log survives it)
+    mkdir -p "$1/report"
+    MC_LOG="$1/report/log.txt"
+    echo "== $TOOL started $(date -u +%Y-%m-%dT%H:%M:%SZ) in $1" >>"$MC_LOG"
+}
 
 mc_require_flag() {  # ARGS...: MegaContext knobs mean nothing without --mc
     if [ $# -gt 0 ]; then
@@ -45,10 +53,11 @@ mc_use_plugin() {  # [--dry-run]: MEGACONTEXT_PLUGIN (a path, a wheel, a pip spe
 }
 
 stage() {  # NAME command...: one stage of a CPU recipe, run in the patched tree, timed, its output appended
-    # to $RUN_DIR/$TOOL.log and its seconds to $RUN_DIR/stage_seconds.txt; a failing stage stops the run
+    # to $RUN_DIR/$TOOL.log (and MC_LOG) and its seconds to $RUN_DIR/stage_seconds.txt; a failing stage stops
+    # the run. Python unbuffered: the logs follow the run line by line, not a buffer at a time
     local name=$1 t0=$SECONDS; shift
     say "== $name"
-    if ! (cd "$NC" && "$@") 2>&1 | tee -a "$RUN_DIR/$TOOL.log"; then
+    if ! (cd "$NC" && PYTHONUNBUFFERED=1 "$@") 2>&1 | tee -a "$RUN_DIR/$TOOL.log" ${MC_LOG:+"$MC_LOG"}; then
         die "$name failed; the full log is $RUN_DIR/$TOOL.log"
     fi
     say "$name: $((SECONDS - t0)) s"

@@ -7,7 +7,8 @@
 #   bash integration/runcpu.sh [--mc] [MegaContext knobs...]
 #
 # With --mc every stage trains with the MegaContext controller (tiny-model defaults below; any knob
-# you pass wins). Everything lands in $MC_RUNCPU_DIR (default .mc/runcpu), wiped at the start;
+# you pass wins). Everything lands in $MC_RUNCPU_DIR (default .mc/runcpu), wiped at the start, what it
+# prints in its report/log.txt too;
 # nanochat comes from .mc/nanochat (integration/mc_setup makes it; run here if it is missing).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,6 +30,7 @@ mc_use_plugin
 mc_check_knobs ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 RUN_DIR=${MC_RUNCPU_DIR:-$ROOT/.mc/runcpu}
 rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"
+mc_log_start "$RUN_DIR"  # say lines and every stage's output also go to $RUN_DIR/report/log.txt
 export NANOCHAT_BASE_DIR="$RUN_DIR" NANOCHAT_TASK_DIR="$RUN_DIR/tasks"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} PYTHONPATH="$NC"

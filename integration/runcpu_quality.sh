@@ -18,8 +18,8 @@
 # Without --mc the same two invocations train the same model plainly: the baseline.
 # Then mid_train and chat_sft on `megacontext tasks` conversations longer than the window, base_eval
 # (with --mc: the MegaContext validation) and the report. Everything lands in $MC_RUNCPU_DIR
-# (default .mc/runcpu_quality), wiped first. Sizes come from the MC_Q_* variables below (the
-# defaults are the recipe; the tests shrink them). MC_Q_FROM_PLAIN=DIR starts from another run's
+# (default .mc/runcpu_quality), wiped first; what it prints also in its report/log.txt. Sizes come
+# from the MC_Q_* variables below (the defaults are the recipe; the tests shrink them). MC_Q_FROM_PLAIN=DIR starts from another run's
 # data, tokenizer and plain phase (the same sizes): the second phase's ablations share one plain phase.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -78,6 +78,7 @@ mc_ensure_nanochat cpu
 mc_use_plugin
 mc_check_knobs ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"
+mc_log_start "$RUN_DIR"  # say lines and every stage's output also go to $RUN_DIR/report/log.txt
 printf 'seq_plain=%s\nseq=%s\nplain_steps=%s\nlong_plain_steps=%s\nsteps=%s\nbatch_tokens=%s\nwarmup_docs=%s\nlong_docs=%s\n' \
     "$SEQ_PLAIN" "$SEQ" "$PLAIN_STEPS" "$LONG_PLAIN" "$STEPS" "$BATCH_TOKENS" "$WARMUP_DOCS" "$LONG_DOCS" >"$RUN_DIR/recipe_sizes.txt"
 export NANOCHAT_BASE_DIR="$RUN_DIR" NANOCHAT_TASK_DIR="$RUN_DIR/tasks"

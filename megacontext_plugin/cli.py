@@ -6,6 +6,9 @@
 - ``megacontext tasks --out DIR``: seeded chat conversations (CustomJSON JSONL) for mid-training and SFT.
 - ``megacontext nanochat apply|verify|revert DIR``: our patches to an upstream nanochat tree at one of the
   supported commits (the pin a91743c or master 92d63d4; the tree's files tell which).
+- ``megacontext nanochat run SCRIPT [--run-dir DIR] [--nanochat DIR] -- ARGS...``: ``python -m scripts.SCRIPT
+  ARGS`` inside the patched tree, on a run's directory (``NANOCHAT_BASE_DIR``).
+- ``megacontext shards --tokens N``: the pretraining shards a nanochat run needs (upstream's arithmetic).
 - ``megacontext eval train-tiny|long-context``: the long-context quality evaluation and its tiny CPU models.
 """
 
@@ -13,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from megacontext_plugin.arg_errors import one_line_errors
 from megacontext_plugin.config import config_from_args, knobs_markdown, register_arguments
@@ -36,9 +42,72 @@ def _cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return 0
 
 
+RUN_PROG = "megacontext nanochat run"
+DEFAULT_TREE = ".mc/nanochat"
+DEFAULT_RUN_DIR = ".mc/runcpu"
+
+
+def _run_error(message: str) -> int:
+    print(f"{RUN_PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def wants_megacontext(script_args: Sequence[str]) -> bool:
+    """Whether ``script_args`` turn MegaContext on (``--mc``, or ``--mc_enabled 1``; the last one given wins),
+    read as the scripts read them."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    register_arguments(parser)
+
+    def error(message: str) -> None:  # a bad knob value is the script's to report; here only --mc matters
+        raise ValueError(message)
+
+    parser.error = error  # type: ignore[method-assign,assignment]
+    try:
+        known, _ = parser.parse_known_args(list(script_args))
+    except ValueError:
+        return "--mc" in script_args
+    return bool(known.mc)
+
+
+def _cmd_nanochat_run(args: argparse.Namespace) -> int:
+    """``python -m scripts.SCRIPT ARGS`` in the patched tree, as the recipes run it: this interpreter (the
+    venv's), PYTHONPATH the tree, NANOCHAT_BASE_DIR the run's directory, NANOCHAT_PLUGINS by ``--mc``."""
+    tree_given = args.nanochat or os.environ.get("MC_NANOCHAT") or DEFAULT_TREE
+    tree = Path(tree_given).expanduser().resolve()
+    scripts = tree / "scripts"
+    if not scripts.is_dir():
+        return _run_error(f"{tree_given} is not a nanochat tree (no scripts/ inside): run integration/mc_setup, run "
+                          f"this from the repository root, or name the tree with --nanochat DIR or MC_NANOCHAT")
+    names = sorted(p.stem for p in scripts.glob("*.py") if p.stem != "__init__")
+    script = args.script.removesuffix(".py").removeprefix("scripts/").removeprefix("scripts.")
+    if script not in names:
+        return _run_error(f"unknown script '{args.script}'; {tree_given}/scripts has: {', '.join(names)}")
+    run_given = args.run_dir or DEFAULT_RUN_DIR
+    run_dir = Path(run_given).expanduser().resolve()
+    if not run_dir.is_dir():
+        return _run_error(f"no run directory {run_given} (the NANOCHAT_BASE_DIR of a run: integration/runcpu.sh "
+                          f"makes {DEFAULT_RUN_DIR}; --run-dir DIR names another)")
+    script_args = list(args.script_args)
+    plugins = "megacontext" if wants_megacontext(script_args) else "none"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tree)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["NANOCHAT_BASE_DIR"] = str(run_dir)
+    env["NANOCHAT_PLUGINS"] = plugins
+    print(f"{RUN_PROG}: scripts.{script} in {tree}, NANOCHAT_BASE_DIR={run_dir}, NANOCHAT_PLUGINS={plugins}",
+          file=sys.stderr, flush=True)
+    try:
+        proc = subprocess.run([sys.executable, "-m", f"scripts.{script}", *script_args], cwd=tree, env=env,
+                              check=False)
+    except KeyboardInterrupt:  # the script got the same Ctrl-C; no traceback of ours on top of its own
+        return 130
+    return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+
+
 def _cmd_nanochat(args: argparse.Namespace) -> int:
     from megacontext_plugin import nanochat_patch
 
+    if args.action == "run":
+        return _cmd_nanochat_run(args)
     try:
         if args.action == "verify":
             status = nanochat_patch.verify(args.dir)
@@ -139,10 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
                             description=evaluation.DESCRIPTION)
     evaluation.add_parsers(p_eval)
 
-    p_nano = sub.add_parser("nanochat", help="apply, verify or revert our patches to an upstream nanochat tree",
+    p_nano = sub.add_parser("nanochat", help="apply, verify or revert our patches to an upstream nanochat tree; "
+                                             "run one of its scripts",
                             description="Patch an upstream nanochat tree at a supported commit: the pin a91743c or "
                                         "master 92d63d4, told by the tree's files (verify exits 0 only when fully "
-                                        "patched; user mistakes exit 2).")
+                                        "patched; user mistakes exit 2); run one of the patched tree's scripts.")
     nano_sub = p_nano.add_subparsers(dest="action", required=True)
     for action, text in (("apply", "apply the patches (a no-op if already patched) and record this plugin's "
                                    "source for the patched recipes"),
@@ -150,7 +220,24 @@ def build_parser() -> argparse.ArgumentParser:
                          ("revert", "restore the pristine files and remove the source record")):
         p_act = nano_sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
         p_act.add_argument("dir", metavar="DIR", help="the nanochat checkout or extract")
+    run_text = ("run `python -m scripts.SCRIPT ARGS` in the patched tree with this Python, PYTHONPATH the tree, "
+                "NANOCHAT_BASE_DIR the run's directory and NANOCHAT_PLUGINS=megacontext when ARGS hold --mc (none "
+                "otherwise)")
+    p_run = nano_sub.add_parser("run", help=run_text, description=run_text[0].upper() + run_text[1:] + ". The "
+                                "script's arguments go after --.",
+                                usage=f"{RUN_PROG} SCRIPT [--run-dir DIR] [--nanochat DIR] -- ARGS...")
+    p_run.add_argument("script", metavar="SCRIPT", help="a script of the tree's scripts/ (chat_cli, base_eval, ...)")
+    p_run.add_argument("--run-dir", metavar="DIR", help=f"the run's NANOCHAT_BASE_DIR (default {DEFAULT_RUN_DIR}, "
+                                                        "where integration/runcpu.sh trains; it must exist)")
+    p_run.add_argument("--nanochat", metavar="DIR", help=f"the patched tree (default: MC_NANOCHAT, else "
+                                                         f"{DEFAULT_TREE})")
     p_nano.set_defaults(func=_cmd_nanochat)
+    from megacontext_plugin.data import shards
+
+    p_shards = sub.add_parser("shards", help="how many pretraining shards a nanochat run of N tokens needs",
+                              description=shards.DESCRIPTION)
+    shards.add_arguments(p_shards)
+    p_shards.set_defaults(func=lambda a: shards.run(a, p_shards))
     parsers = list(_walk(parser))
     every_option = {o for p in parsers for o in p._option_string_actions}
     for each in parsers:
@@ -161,9 +248,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_script_args(argv: list[str]) -> tuple[list[str], list[str]] | None:
+    """``nanochat run ... -- ARGS``: (what we parse, ARGS); None for any other command line."""
+    if "--" not in argv:
+        return None
+    cut = argv.index("--")
+    words = [a for a in argv[:cut] if not a.startswith("-")]
+    return (argv[:cut], argv[cut + 1:]) if words[:2] == ["nanochat", "run"] else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = _split_script_args(argv)
+    ours, script_args = split if split is not None else (argv, [])
+    args, extra = parser.parse_known_args(ours)
+    running = args.command == "nanochat" and args.action == "run"
+    if extra:
+        if running:
+            return _run_error(f"unrecognized arguments: {' '.join(extra)} (the script's arguments go after --: "
+                              f"megacontext nanochat run {args.script} -- {' '.join(extra)})")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")  # as parse_args says it
+    if running:
+        args.script_args = script_args
     return int(args.func(args))
 
 

@@ -128,6 +128,8 @@ def test_commands_run_scripts_that_exist() -> None:
                 scripts.append(words[i + 1])
             elif word == "-m" and words[i + 1].startswith("scripts."):
                 modules.append(words[i + 1])
+            elif words[i:i + 2] == ["nanochat", "run"] and i + 2 < len(words):  # megacontext nanochat run SCRIPT
+                modules.append("scripts." + words[i + 2])
     assert "integration/runcpu.sh" in scripts and any(s.startswith("benchmarks/") for s in scripts), scripts
     for script in scripts:  # ours, or upstream's that the patched tree runs (speedrun.sh)
         assert (ROOT / script).is_file() or script in upstream, f"README runs {script}: no such script"
@@ -147,6 +149,8 @@ def test_megacontext_subcommands_and_their_flags_are_real() -> None:
         else:
             assert args and all(a.startswith("-") for a in args), f"README: 'megacontext {' '.join(args)}'"
         for word in args[len(path):]:
+            if word == "--":  # the rest is the nanochat script's (`megacontext nanochat run SCRIPT -- ARGS`)
+                break
             if word.startswith("--"):
                 flag = word.split("=", 1)[0]
                 assert flag in parser._option_string_actions, f"README: megacontext {' '.join(path)} has no {flag}"

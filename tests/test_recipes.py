@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,222 @@ def test_run10_names_the_plugin_it_runs_and_megacontext_plugin_wins() -> None:
 def test_release_refuses_an_unknown_argument_in_one_line() -> None:
     proc = _bash(ROOT / "integration" / "release.sh", "--publish")
     assert proc.returncode == 2 and proc.stderr == "release: error: unknown argument '--publish' (expected --upload)\n"
+
+
+# --- issue 29: nanochat's source checked before any install; logs where the operating guide looks ---
+
+PIN_ARCHIVE = ROOT.parent / "shared" / "upstream" / "nanochat-a91743c.tar.gz"
+
+
+def _no_venv_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A fresh machine's environment: MC_PYTHON would make the venv, so a run that reached step 1 shows it."""
+    (tmp_path / "tmpdir").mkdir(exist_ok=True)
+    return {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TMPDIR": str(tmp_path / "tmpdir"), **extra}
+
+
+def _archive(tmp_path: Path, name: str, files: dict[str, str]) -> Path:
+    import tarfile
+
+    src = tmp_path / f"{name}-src"
+    for rel, text in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(text)
+    out = tmp_path / f"{name}.tar.gz"
+    with tarfile.open(out, "w:gz") as tar:
+        for rel in files:
+            tar.add(src / rel, arcname=rel)
+    return out
+
+
+@pytest.mark.parametrize("case", ["missing", "not_a_tree", "not_an_archive", "corrupt", "no_nanochat_inside",
+                                  "unreachable"])
+def test_mc_setup_finds_no_nanochat_in_one_line_before_making_the_venv(tmp_path: Path, case: str) -> None:
+    work = _mc_setup_checkout(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt.tar.gz").write_bytes(b"not gzip at all")
+    (tmp_path / "notes.txt").write_text("hello")
+    source = {
+        "missing": {"NANOCHAT_DIR": str(tmp_path / "nope")},
+        "not_a_tree": {"NANOCHAT_DIR": str(tmp_path / "empty")},
+        "not_an_archive": {"NANOCHAT_DIR": str(tmp_path / "notes.txt")},
+        "corrupt": {"NANOCHAT_DIR": str(tmp_path / "corrupt.tar.gz")},
+        "no_nanochat_inside": {"NANOCHAT_DIR": str(_archive(tmp_path, "other", {"other/README.md": "hi"}))},
+        # a clone URL that cannot answer (a local path that does not exist: no network needed)
+        "unreachable": {"MC_NANOCHAT_URL": str(tmp_path / "no-such-repo")},
+    }[case]
+    env = _no_venv_env(tmp_path, MC_PYTHON="python3", **source)
+    proc = _bash(work / "integration" / "mc_setup", "--cpu", env=env, cwd=work)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("mc_setup: error: ")
+    assert "set NANOCHAT_DIR to a nanochat checkout or archive (.tar.gz) at a91743c (pin)" in proc.stderr
+    assert proc.stdout == ""  # nothing installed, not even said
+    assert not (work / ".venv").exists() and not (work / ".mc").exists()
+    assert list((tmp_path / "tmpdir").iterdir()) == []  # an archive's extract is removed
+
+
+def _stub_venv(work: Path, log: Path) -> None:
+    """.venv with a python that installs nothing (pip is logged) and the real plugin's console script."""
+    real, bin_dir = sys.executable, work / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").write_text(
+        f'#!/bin/sh\nif [ "$1 $2" = "-m pip" ]; then echo "pip $*" >>"{log}"; exit 0; fi\n'
+        f'if [ "$1" = -c ]; then echo "mc_setup: torch (stub)"; exit 0; fi\nexec "{real}" "$@"\n')
+    (bin_dir / "megacontext").write_text(
+        f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{real}" -m megacontext_plugin.cli "$@"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+
+
+def test_mc_setup_takes_the_archive_users_hold_as_nanochat_dir(tmp_path: Path) -> None:
+    """NANOCHAT_DIR = the pin's `git archive --prefix=nanochat/` .tar.gz: extracted outside the repository,
+    checked before the installs, copied to .mc/nanochat and patched; the extract is gone at exit."""
+    if PIN_ARCHIVE.is_file():
+        archive = PIN_ARCHIVE
+    elif os.environ.get("NANOCHAT_DIR") and (Path(os.environ["NANOCHAT_DIR"]) / "nanochat" / "gpt.py").is_file():
+        import tarfile
+
+        archive = tmp_path / "nanochat.tgz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(os.environ["NANOCHAT_DIR"], arcname="nanochat")
+    else:
+        pytest.skip(f"no pin archive at {PIN_ARCHIVE} and no NANOCHAT_DIR")
+    work = _mc_setup_checkout(tmp_path)
+    pip_log = tmp_path / "pip.log"
+    _stub_venv(work, pip_log)
+    env = _no_venv_env(tmp_path, NANOCHAT_DIR=str(archive), MC_PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(work / "integration" / "mc_setup"), "--cpu"], capture_output=True, text=True,
+                          timeout=300, check=False, env=env, cwd=work)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if "nanochat from the archive" in line)
+    assert first < next(i for i, line in enumerate(lines) if "installing torch" in line)  # checked before installs
+    assert str(tmp_path / "tmpdir") in lines[first] and str(work) not in lines[first]  # extracted outside the repo
+    assert len(pip_log.read_text().splitlines()) == 2  # torch, then the plugin: only after the check
+    assert "patched nanochat ready at" in proc.stdout
+    verify = subprocess.run([str(work / ".venv" / "bin" / "megacontext"), "nanochat", "verify",
+                             str(work / ".mc" / "nanochat")], capture_output=True, text=True, timeout=120, check=False)
+    assert verify.returncode == 0 and verify.stdout.splitlines()[-1].endswith("the pin): patched"), verify.stdout
+    assert list((tmp_path / "tmpdir").iterdir()) == []  # the extract is removed at exit
+    assert f"export NANOCHAT_DIR={archive}" in (work / ".mc_env").read_text()  # a re-run finds the same archive
+
+
+def _lib(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
+    """lib.sh sourced as a recipe sources it, then BODY (RUN_DIR and NC are tmp_path's run/ and nc/)."""
+    (tmp_path / "run").mkdir(exist_ok=True)
+    (tmp_path / "nc").mkdir(exist_ok=True)
+    script = (f'set -euo pipefail; ROOT={ROOT}; TOOL=t; . "$ROOT/integration/lib.sh"; '
+              f'RUN_DIR={tmp_path / "run"}; NC={tmp_path / "nc"}; {body}')
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_stages_and_say_lines_land_in_report_log_txt(tmp_path: Path) -> None:
+    proc = _lib(tmp_path, 'say "before the log"; mc_log_start "$RUN_DIR"; say hello; stage one echo from-one; '
+                          'stage two sh -c "echo from-two; exit 3"; say never')
+    assert proc.returncode == 2 and "t: error: two failed; the full log is" in proc.stderr
+    log = (tmp_path / "run" / "report" / "log.txt").read_text().splitlines()
+    assert log[0].startswith("== t started ") and "before the log" not in "\n".join(log)
+    assert log[1:5] == ["t: hello", "t: == one", "from-one", "t: one: 0 s"]
+    assert log[5:7] == ["t: == two", "from-two"] and log[7].startswith("t: error: two failed")
+    assert "from-one" in (tmp_path / "run" / "t.log").read_text()  # the stage log as before
+    assert "t: hello" in proc.stdout and "from-two" in proc.stdout  # and the terminal
+
+
+def test_python_stages_log_line_by_line(tmp_path: Path) -> None:
+    """PYTHONUNBUFFERED: `tail -f report/log.txt` shows a line when it is printed, not when a buffer fills.
+    The script prints 1 and waits for a flag before printing 2; the log must show the 1 before the flag."""
+    flag = tmp_path / "flag"
+    (tmp_path / "p.py").write_text(f"import os, time\nprint(1)\nwhile not os.path.exists({str(flag)!r}):\n"
+                                   f"    time.sleep(0.05)\nprint(2)\n")
+    proc = _lib(tmp_path, f'mc_log_start "$RUN_DIR"; stage py {sys.executable} {tmp_path / "p.py"} & '
+                          f'for i in $(seq 600); do grep -qx 1 "$RUN_DIR/report/log.txt" && break; sleep 0.1; done; '
+                          f'cp "$RUN_DIR/report/log.txt" "$RUN_DIR/early.txt"; touch {flag}; wait')
+    assert proc.returncode == 0, proc.stderr
+    early = (tmp_path / "run" / "early.txt").read_text().splitlines()
+    assert "1" in early and "2" not in early
+
+
+def _fake_repo_for_run10(tmp_path: Path, short: int = 0) -> tuple[Path, dict[str, str]]:
+    """A checkout whose .venv python runs nothing (it prints what it would run; `nanochat.dataset -n N`
+    makes N empty shards, `short` fewer), with a patched tree stand-in and curl stubbed: run10.sh end to end."""
+    repo, bin_dir = tmp_path / "repo", tmp_path / "bin"
+    (repo / "integration").mkdir(parents=True)
+    (repo / ".mc" / "nanochat").mkdir(parents=True)
+    for name in ("run10.sh", "lib.sh"):
+        shutil.copy(ROOT / "integration" / name, repo / "integration" / name)
+    (repo / "megacontext_plugin").symlink_to(ROOT / "megacontext_plugin")
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    bin_dir.mkdir()
+    (repo / ".venv" / "bin" / "python").write_text(f"""#!/bin/bash
+case "$*" in
+    "-m megacontext_plugin.cli nanochat verify"*) exit 0 ;;
+    "-m megacontext_plugin."*) exec "{sys.executable}" "$@" ;;
+    "-m nanochat.dataset -n "*)
+        mkdir -p "$NANOCHAT_BASE_DIR/base_data"
+        for ((i = 0; i < $4 - {short}; i++)); do
+            : >"$NANOCHAT_BASE_DIR/base_data/$(printf 'shard_%05d.parquet' $i)"
+        done
+        echo "stub dataset: $4 shards" ;;
+    *) echo "stub ran: $*" ;;
+esac
+""")
+    (bin_dir / "curl").write_text('#!/bin/sh\necho "stub curl"\n')
+    for f in (repo / ".venv" / "bin" / "python", bin_dir / "curl"):
+        f.chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path),
+           "NANOCHAT_BASE_DIR": str(tmp_path / "base")}
+    return repo, env
+
+
+def test_run10_logs_every_stage_and_the_background_download_to_report_log_txt(tmp_path: Path) -> None:
+    repo, env = _fake_repo_for_run10(tmp_path)
+    (tmp_path / "base" / "report").mkdir(parents=True)
+    (tmp_path / "base" / "report" / "log.txt").write_text("an earlier run\n")
+    proc = _bash(repo / "integration" / "run10.sh", "--gpu", "5090", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = (tmp_path / "base" / "report" / "log.txt").read_text()
+    assert log.startswith("an earlier run\n== run10 started ")  # appended
+    assert ("run10: pretraining shards: 3,093,299,200 tokens x 4.8 chars/token / 250,000,000 chars/shard / (1 - 0.35 "
+            "cropped) = 91.4 -> 92 training shards + 1 validation = 93 (nanochat.dataset -n 93)") in log
+    assert "-m nanochat.dataset -n 93 &\n" in log and "stub dataset: 93 shards" in log  # the background download
+    assert "stub dataset: 93 shards" in (tmp_path / "base" / "dataset_download.log").read_text()
+    assert "stub dataset: 93 shards" not in proc.stdout  # not over tok_train's output on the terminal
+    for script in ("tok_train", "tok_eval", "base_train", "base_loss", "base_eval", "mid_train", "chat_sft"):
+        assert f"+ {repo}/.venv/bin/python -m scripts.{script}" in log and f"stub ran: -m scripts.{script}" in log
+    assert "stub curl" in log and log.rstrip().endswith("run10: done; report in " + str(tmp_path / "base" / "report"
+                                                                                       / "report.md"))
+    assert len(list((tmp_path / "base" / "base_data").glob("shard_*.parquet"))) == 93
+
+
+def test_run10_stops_when_the_download_came_up_short(tmp_path: Path) -> None:
+    repo, env = _fake_repo_for_run10(tmp_path, short=2)
+    proc = _bash(repo / "integration" / "run10.sh", "--gpu", "h100", env=env, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("run10: error: only 91 of 93 shards in ") and proc.stderr.count("\n") == 1
+    assert "-m scripts.base_train" not in proc.stdout
+    assert "run10: error: only 91 of 93 shards" in (tmp_path / "base" / "report" / "log.txt").read_text()
+
+
+def test_run10_dry_run_downloads_the_shards_the_budget_needs_and_writes_nothing(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    proc = _bash(RUN10, "--gpu", "h100", "--dry-run", env=os.environ | {"NANOCHAT_BASE_DIR": str(base)})
+    assert proc.returncode == 0, proc.stderr
+    assert "= 93 (nanochat.dataset -n 93)" in proc.stdout and "-m nanochat.dataset -n 93 &" in proc.stdout
+    assert not base.exists()
+
+
+@pytest.mark.integration
+@pytest.mark.upstream("pin")  # master has no nanochat.report
+def test_nanochats_report_reset_keeps_the_log(nanochat_dir: Path, tmp_path: Path) -> None:
+    """The recipes start the log before `report reset`: reset removes only its sections and report.md."""
+    pytest.importorskip("psutil", reason="nanochat.report imports psutil")
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "log.txt").write_text("runcpu: == report reset\n")
+    (report / "report.md").write_text("old")
+    proc = subprocess.run([sys.executable, "-m", "nanochat.report", "reset"], capture_output=True, text=True,
+                          timeout=300, check=False, cwd=tmp_path,
+                          env=os.environ | {"PYTHONPATH": str(nanochat_dir), "NANOCHAT_BASE_DIR": str(tmp_path),
+                                            "PYTHONDONTWRITEBYTECODE": "1"})  # NANOCHAT_DIR stays untouched
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (report / "log.txt").read_text() == "runcpu: == report reset\n"
+    assert (report / "header.md").is_file() and not (report / "report.md").exists()

@@ -48,6 +48,8 @@ def test_the_recipe_runs_every_stage_and_ends_evaluable(patched: Path, tmp_path:
     assert stages == ["data (short documents)", "report reset", "tokenizer", "data (documents of 512 tokens)", "tasks",
                       "base (plain, window 256)", "base (MegaContext, window 512)", "mid", "sft", "base eval",
                       "report"]
+    log = (run / "report" / "log.txt").read_text()  # the operating guide's tail -f: every stage, across report reset
+    assert all(f"runcpu_quality: == {stage}\n" in log for stage in stages) and "Reset report and wrote header" in log
     base = run / "base_checkpoints" / "d2"
     assert (base / "model_000004.pt").is_file() and not (base / "megacontext_000004.pt").exists()  # plain phase
     assert (base / "megacontext_000009.pt").is_file()  # 2 plain steps at the long window, then 3 MegaContext steps
