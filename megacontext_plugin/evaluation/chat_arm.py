@@ -37,6 +37,7 @@ import torch
 
 from ..config import ConfigError, MCConfig, explicit_knobs, register_arguments
 from ..context import WorkingContext, WorkingContextError
+from . import nanochat_checkpoint
 from .chat_conversations import KINDS, ChatConversation, fact_found, make_conversations, prompt_ids
 from .chat_engine import ANSWER_TOKENS, CHAT_ARMS, EVALUATION_FLAGS, ChatEngine, chat_cli_flags
 from .codec import tokenizer_codec
@@ -199,8 +200,6 @@ def format_chat_table(result: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """The chat arm from ``eval long-context``'s parsed flags (see the module docstring)."""
-    from . import nanochat_checkpoint
-
     lengths, arms = check_flags(args, parser)
     overrides = {knob: getattr(args, dest) for dest, knob in ALLOCATOR_FLAGS.items() if getattr(args, dest) is not None}
     try:

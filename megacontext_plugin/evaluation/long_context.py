@@ -51,7 +51,7 @@ import torch
 
 from ..config import ConfigError, MCConfig
 from ..data import metrics, stdlib_text, tasks
-from . import chat_arm
+from . import chat_arm, nanochat_checkpoint
 from .arms import ARMS, ArmRunner, unheld_lengths, unheld_reason
 from .checkpoint import load
 from .codec import BYTES, Codec, tokenizer_codec
@@ -165,8 +165,6 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     codec = BYTES
     if args.checkpoint.is_dir():  # a nanochat run: its GPT, its tokenizer, its aux nets (if trained with --mc)
-        from . import nanochat_checkpoint
-
         try:
             nc = nanochat_checkpoint.load(args.checkpoint, args.step)
         except nanochat_checkpoint.CheckpointError as e:
