@@ -17,7 +17,9 @@ ALLOWED: dict[str, set[str]] = {
     "arg_errors": set(),
     "tree": {"private_files"},
     "context": {"tree"},
-    "focus": {"context", "tree"},
+    # config: ``focus.focus_config``, the one place the knobs become the allocator's settings (training, evaluation
+    # and inference all read them from there); config imports nothing, as for nets and telemetry
+    "focus": {"config", "context", "tree"},
     "nets": {"config"},
     "data": set(),
     "telemetry": {"config", "private_files"},
