@@ -35,6 +35,7 @@ from typing import Any, NoReturn
 
 import torch
 
+from ..checkpoint import CheckpointError
 from ..config import ConfigError, MCConfig, explicit_knobs, register_arguments
 from ..context import WorkingContext, WorkingContextError
 from . import nanochat_checkpoint
@@ -211,7 +212,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     try:
         nc = nanochat_checkpoint.load(args.checkpoint, args.step)
-    except nanochat_checkpoint.CheckpointError as e:
+    except CheckpointError as e:
         parser.error(f"--checkpoint {e}")
     if not nc.trained_with_mc:
         if arms is not None and "mc" in arms:

@@ -49,6 +49,7 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
+from ..checkpoint import CheckpointError
 from ..config import ConfigError, MCConfig
 from ..data import metrics, stdlib_text, tasks
 from . import chat_arm, nanochat_checkpoint
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.checkpoint.is_dir():  # a nanochat run: its GPT, its tokenizer, its aux nets (if trained with --mc)
         try:
             nc = nanochat_checkpoint.load(args.checkpoint, args.step)
-        except nanochat_checkpoint.CheckpointError as e:
+        except CheckpointError as e:
             parser.error(f"--checkpoint {e}")
         model, ctrl, recipe, codec = nc.model, nc.controller, nc.recipe, tokenizer_codec(nc.tokenizer)
         budget = args.budget or nc.budget
