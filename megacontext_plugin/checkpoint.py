@@ -4,7 +4,9 @@ One file per saved step, beside the host's ``model_{step:06d}.pt``: the controll
 (``MCController.controller_state``: GistNet, LensNet, their optimizer and EMAs), the step, the
 knobs it was trained with and the telemetry's running axes. It is written atomically and read as
 data only. Three readers share :func:`read_state`: the knobs a later stage inherits
-(:func:`restore_settings`), the aux nets a later stage starts from, and an exact resume.
+(:func:`restore_settings`), the aux nets a later stage starts from, and an exact resume; it is also
+the one loader of the evaluation's files (a nanochat run's state, the tiny checkpoint, train-tiny's
+``plain.pt``), and :class:`CheckpointError` the one error a file the plugin cannot use raises.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ STRUCTURAL_PREFIXES = ("block_size", "gistnet_", "lensnet_")
 
 
 class CheckpointError(ValueError):
-    """A state file that cannot be used as asked (the message says why and what to do)."""
+    """A state file (or a checkpoint directory) that cannot be used as asked: one line that says why
+    and what to do."""
 
 
 def state_path(checkpoint_dir: str | Path, step: int) -> Path:
@@ -43,13 +46,22 @@ def write_state(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def read_state(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """``path`` as data only (a file that would run code on load is refused)."""
+def read_state(path: str | Path, device: torch.device | str = "cpu", what: str = "MegaContext state"
+               ) -> dict[str, Any]:
+    """The ``torch.save``'d dict at ``path`` as data only (``weights_only=True``: tensors, numbers,
+    strings, containers; a file that would run code on load is refused), or a ``CheckpointError``
+    naming ``path`` and ``what`` it should have been."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file (expected {what})")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # not a torch file, truncated, or a pickle that is not plain data
-        raise CheckpointError(f"{path} cannot be read as MegaContext state: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}") from None
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise CheckpointError(f"{path} cannot be read as {what}: {type(e).__name__}: {first}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} cannot be read as {what}: it holds a {type(state).__name__}, not a dict")
+    return state
 
 
 def read_matching(path: Path, cfg: MCConfig, device: torch.device | str) -> dict[str, Any] | None:

@@ -171,7 +171,8 @@ def test_validation_leaves_out_the_lengths_its_budget_cannot_hold(tmp_path: Path
     import dataclasses
 
     from megacontext_plugin.evaluation.arms import unheld_lengths
-    from megacontext_plugin.evaluation.nanochat_model import ValidationSettings, validate, validation_budget
+    from megacontext_plugin.evaluation.nanochat_model import validation_budget
+    from megacontext_plugin.evaluation.postrun import ValidationSettings, validate
 
     torch.manual_seed(0)
     gpt, ctrl = GPTStandIn(), _controller(tmp_path)

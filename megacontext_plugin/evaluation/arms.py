@@ -33,9 +33,8 @@ import torch.nn as nn
 from ..context import EntryRows, LevelTable, model_inputs
 from ..context.positions import rope_base
 from ..context.working_context import WorkingContext
-from ..focus import FocusAllocator, residency, score_through_view, start_layout
+from ..focus import FocusAllocator, focus_config, residency, score_through_view, start_layout
 from ..training.layouts import max_tree_level
-from ..training.probe import focus_config
 from ..tree.building import build_levels
 
 ARMS = ("truncation", "uniform", "mc", "full")
@@ -129,7 +128,7 @@ class ArmRunner:
             return uniform_layout(n, room, K, recent, num_levels - 1), {}
         wc = self.start_layout(n, room, num_levels)
         scorer = self.scorer(source, prefix)
-        allocator = FocusAllocator(focus_config(ctrl, room, num_levels))
+        allocator = FocusAllocator(focus_config(ctrl.cfg, room, recent_tokens=recent, max_level=max(1, num_levels - 1)))
         swaps, resid = [], []
         for _ in range(self.rounds):
             before = wc

@@ -35,8 +35,10 @@ from typing import Any, NoReturn
 
 import torch
 
+from ..checkpoint import CheckpointError
 from ..config import ConfigError, MCConfig, explicit_knobs, register_arguments
 from ..context import WorkingContext, WorkingContextError
+from . import nanochat_checkpoint
 from .chat_conversations import KINDS, ChatConversation, fact_found, make_conversations, prompt_ids
 from .chat_engine import ANSWER_TOKENS, CHAT_ARMS, EVALUATION_FLAGS, ChatEngine, chat_cli_flags
 from .codec import tokenizer_codec
@@ -199,8 +201,6 @@ def format_chat_table(result: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """The chat arm from ``eval long-context``'s parsed flags (see the module docstring)."""
-    from . import nanochat_checkpoint
-
     lengths, arms = check_flags(args, parser)
     overrides = {knob: getattr(args, dest) for dest, knob in ALLOCATOR_FLAGS.items() if getattr(args, dest) is not None}
     try:
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     try:
         nc = nanochat_checkpoint.load(args.checkpoint, args.step)
-    except nanochat_checkpoint.CheckpointError as e:
+    except CheckpointError as e:
         parser.error(f"--checkpoint {e}")
     if not nc.trained_with_mc:
         if arms is not None and "mc" in arms:

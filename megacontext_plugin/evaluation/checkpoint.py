@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import read_state
 from ..config import MCConfig, config_from_saved
 from ..training.controller import MCController
 from ..training.reference_model import TinyGPT, TinyGPTConfig
@@ -43,24 +44,8 @@ def save(path: str | Path, model: TinyGPT, ctrl: MCController, recipe: dict[str,
                 "mc_config": ctrl.cfg.as_dict(), "controller": ctrl.controller_state(), "recipe": recipe}, path)
 
 
-def load_data(path: str | Path, what: str) -> dict[str, Any]:
-    """A ``torch.save``'d dict loaded as data only (``weights_only=True``: tensors, numbers, strings,
-    containers; a file that would run code on load is refused), or ``ValueError`` naming ``path``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: not a file (expected {what})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a pickle that is not plain data, a truncated file, or not a torch file at all
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: not {what} ({first[:200]})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: not {what}")
-    return state
-
-
 def load(path: str | Path) -> tuple[TinyGPT, MCController, dict[str, Any]]:
-    state = load_data(path, f"a {FORMAT} checkpoint")
+    state = read_state(path, what=f"a {FORMAT} checkpoint")  # CheckpointError: a ValueError
     if state.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} checkpoint (write one with `megacontext eval train-tiny`)")
     try:

@@ -49,9 +49,10 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
+from ..checkpoint import CheckpointError
 from ..config import ConfigError, MCConfig
 from ..data import metrics, stdlib_text, tasks
-from . import chat_arm
+from . import chat_arm, nanochat_checkpoint
 from .arms import ARMS, ArmRunner, unheld_lengths, unheld_reason
 from .checkpoint import load
 from .codec import BYTES, Codec, tokenizer_codec
@@ -165,11 +166,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     codec = BYTES
     if args.checkpoint.is_dir():  # a nanochat run: its GPT, its tokenizer, its aux nets (if trained with --mc)
-        from . import nanochat_checkpoint
-
         try:
             nc = nanochat_checkpoint.load(args.checkpoint, args.step)
-        except nanochat_checkpoint.CheckpointError as e:
+        except CheckpointError as e:
             parser.error(f"--checkpoint {e}")
         model, ctrl, recipe, codec = nc.model, nc.controller, nc.recipe, tokenizer_codec(nc.tokenizer)
         budget = args.budget or nc.budget

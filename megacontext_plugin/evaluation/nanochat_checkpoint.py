@@ -26,18 +26,14 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import CheckpointError, read_state, state_path
 from ..config import MCConfig, config_from_saved
 from ..context.positions import rope_base
 from ..training.controller import MCController
-from .checkpoint import load_data
 from .nanochat_model import NanochatArms, validation_budget
 
 NEEDS_AUX_NETS = ("uniform", "mc")
 MODEL_FILE = re.compile(r"model_(\d+)\.pt")
-
-
-class CheckpointError(ValueError):
-    """A user mistake about ``--checkpoint DIR`` or the nanochat it needs: one line."""
 
 
 @dataclass
@@ -117,22 +113,21 @@ def load(checkpoint_dir: Path, step: int | None = None, device: str | None = Non
         raise CheckpointError(f"{checkpoint_dir} step {step}: nanochat could not load it "
                               f"({type(e).__name__}: {first})") from None
     cfg = gpt.config
-    state_path = checkpoint_dir / f"megacontext_{step:06d}.pt"
-    trained_with_mc = state_path.is_file()
+    mc_state = state_path(checkpoint_dir, step)
+    trained_with_mc = mc_state.is_file()
     mc_cfg = MCConfig(mc=True)
     if trained_with_mc:
+        saved = read_state(mc_state, what="MegaContext state (megacontext_{step}.pt)")
         try:
-            saved = load_data(state_path, "MegaContext state (megacontext_{step}.pt)")
             mc_cfg = config_from_saved(saved["config"])
         except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{state_path}: not MegaContext state ({e})") from None
+            raise CheckpointError(f"{mc_state}: not MegaContext state ({e})") from None
     controller = MCController(mc_cfg, dim=cfg.n_embd, head_dim=cfg.n_embd // cfg.n_head,
                               sequence_len=cfg.sequence_len, total_steps=1, device=dev, rope_base=rope_base(gpt))
     if trained_with_mc:
-        controller.gistnet.load_state_dict(saved["controller"]["gistnet"])
-        controller.lensnet.load_state_dict(saved["controller"]["lensnet"])
+        controller.nets.load_nets(saved["controller"])
     controller.eval()
     controller.close()  # no layout prefetching at evaluation time
     recipe = {"nanochat_step": step, "model_config": meta.get("model_config"),
-              "megacontext_state": str(state_path) if trained_with_mc else None}
+              "megacontext_state": str(mc_state) if trained_with_mc else None}
     return NanochatRun(NanochatArms(gpt), tokenizer, controller, trained_with_mc, step, recipe)

@@ -1,6 +1,7 @@
 """What ``base_eval --mc`` and ``chat_eval --mc`` add after upstream's numbers: the post-run validation
-(``nanochat_model.validate``) printed as a table, and a MegaContext section in nanochat's report
-with that table, its plot, the training curves of the run's telemetry and the knobs.
+(:func:`validate`: every arm through ``nanochat_model.NanochatArms``) printed as a table, and a
+MegaContext section in nanochat's report with that table, its plot, the training curves of the run's
+telemetry and the knobs.
 
 Files: ``{report_dir}/megacontext/validation-{source}.json`` and ``.png``, ``training-curves.png``.
 The text goes under a ``### MegaContext`` heading at the end of the section the script has just
@@ -12,15 +13,99 @@ with upstream's. Nothing in it names an upstream metric (the report's summary gr
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from ..telemetry import default_telemetry_dir
 from ..training.controller import MCController
 from . import run_report
-from .nanochat_model import ValidationSettings, markdown_table, text_table, validate
+from .arms import unheld_lengths, unheld_reason
+from .codec import tokenizer_codec
+from .long_context import evaluate
+from .nanochat_model import NanochatArms, validation_budget
+from .report import format_cell
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """The post-run validation's size (``--mc_eval_*`` knobs): small by default, so CPU runs stay quick."""
+
+    lengths: tuple[int, ...] = (2, 4)
+    depths: tuple[float, ...] = (0.25, 0.75)
+    samples: int = 2
+    recall_docs: int = 2
+    lens_docs: int = 0
+    rounds: int = 4
+    seed: int = 4321
+    """Held out: the corpus and task generators of a run use other seeds (``megacontext corpus`` 0, ``tasks`` 0)."""
+
+
+@torch.no_grad()
+def validate(gpt: nn.Module, tokenizer: Any, controller: MCController,
+             settings: ValidationSettings = ValidationSettings()) -> dict[str, Any]:
+    """Every arm on held-out seeded documents tokenized with the run's tokenizer, at the checkpoint's
+    budget; the result of ``long_context.evaluate`` (rows per arm and length) plus ``budget``."""
+    was_training, ctrl_training = gpt.training, controller.training
+    gpt.eval()
+    controller.eval()
+    try:
+        budget = validation_budget(controller)
+        cfg = controller.cfg
+        geometry = {"budget": budget, "horizon": cfg.mc_horizon, "block_size": cfg.block_size,
+                    "recent": int(controller.prompt_recent)}
+        dropped = dict(unheld_lengths(settings.lengths, slack=0.25, **geometry))
+        if dropped:
+            x, need = next(iter(dropped.items()))
+            print(f"megacontext: --mc_eval_lengths {','.join(f'{d}x' for d in dropped)} left out: "
+                  f"{unheld_reason(x, need, **geometry)}")
+        lengths = [x for x in settings.lengths if x not in dropped]  # none left: the table says so by its emptiness
+        return evaluate(NanochatArms(gpt), controller, budget=budget, lengths=lengths,
+                        depths=settings.depths, samples=settings.samples, recall_docs=settings.recall_docs,
+                        lens_docs=settings.lens_docs, horizon=controller.cfg.mc_horizon, arms=("truncation",
+                        "uniform", "mc", "full"), rounds=settings.rounds, seed=settings.seed,
+                        codec=tokenizer_codec(tokenizer))
+    finally:
+        gpt.train(was_training)
+        controller.train(ctrl_training)
+
+
+COLUMNS = (("arm", "arm"), ("length_x", "length (x W)"), ("length_tokens", "tokens"), ("passkey_acc", "passkey"),
+           ("recall_acc", "recall"), ("nll_h", "NLL@H"), ("delta_nll_h", "ΔNLL@H vs full"),
+           ("delta_trunc", "ΔNLL@H vs truncation"), ("swap_rate", "swap rate"), ("residency", "residency"))
+
+
+def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The result's rows with ``delta_trunc`` (NLL@H minus truncation's at the same length) added."""
+    trunc = {r["length_x"]: r.get("nll_h") for r in result["rows"] if r["arm"] == "truncation"}
+    out = []
+    for r in result["rows"]:
+        t = trunc.get(r["length_x"])
+        out.append(dict(r, delta_trunc=None if r.get("nll_h") is None or t is None else r["nll_h"] - t))
+    return out
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The validation table (Markdown), one row per (arm, length)."""
+    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    for row in table_rows(result):
+        lines.append("| " + " | ".join(format_cell(row.get(key)) for key, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def text_table(result: dict[str, Any]) -> str:
+    """The same table for a terminal, with a title line naming the budget and the documents."""
+    rows = [[title for _, title in COLUMNS]] + [[format_cell(r.get(k)) for k, _ in COLUMNS] for r in table_rows(result)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    s = result["settings"]
+    head = (f"MegaContext validation: budget W={s['budget']} entries, K={s['block_size']}, H={s['horizon']}, "
+            f"window {s['sequence_len']}, {s['tokens']}, seed {s['seed']}")
+    body = ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join([head, *body[:1], "  ".join("-" * w for w in widths), *body[1:]])
+
 
 ALWAYS_SHOWN = ("block_size", "mc_horizon", "mc_wc_budget", "mc_train_wc_length", "allocator_recent_tokens",
                 "mc_eval_lengths", "mc_eval_samples", "mc_eval_seed")

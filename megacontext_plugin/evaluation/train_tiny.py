@@ -35,6 +35,7 @@ from typing import NoReturn
 import numpy as np
 import torch
 
+from ..checkpoint import read_state
 from ..config import ConfigError, MCConfig
 from ..data import tasks
 from ..nets.output_head import head_on_last
@@ -212,7 +213,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     plain_done = 0
     if args.from_plain is not None:
         try:
-            state = checkpoint.load_data(args.from_plain, "a plain.pt written by train-tiny")
+            state = read_state(args.from_plain, what="a plain.pt written by train-tiny")
         except ValueError as e:
             _fail(f"--from-plain {e}")
         if state.get("format") != PLAIN_FORMAT:

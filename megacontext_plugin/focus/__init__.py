@@ -5,6 +5,7 @@ from __future__ import annotations
 from .allocator import FocusAllocator, FocusReport, Scorer, Utilities, as_utilities, residency
 from .config import ALLOCATOR_TYPES, AllocatorType, FocusConfig, FocusError
 from .cooldown import CooldownTracker
+from .knobs import focus_config
 from .selection import EditPlan, select_edits
 from .start import lens_view, pool_view, score_batch_through_view, score_through_view, start_layout, trained_level
 
@@ -20,6 +21,7 @@ __all__ = [
     "Scorer",
     "Utilities",
     "as_utilities",
+    "focus_config",
     "lens_view",
     "pool_view",
     "residency",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..config import ConfigError, MCConfig
 from ..context import max_representable_level
-from ..focus import FocusConfig, trained_level
+from ..focus import FocusConfig, focus_config, trained_level
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,7 @@ class SessionSettings:
                 f"({protected}: --allocator_recent_tokens/--mc_horizon), the headroom ({headroom}: "
                 f"--mc_wc_headroom/--mc_refocus_every) and the gists of older history ({gists} with --block_size "
                 f"{K}); lower those or raise --mc_wc_budget")
-        soft = min(cfg.allocator_soft_max_length or budget, budget - every)
-        focus = FocusConfig(
-            budget=budget - every, type=cfg.allocator_type,  # type: ignore[arg-type]
-            expand_threshold=cfg.allocator_expand_threshold, collapse_threshold=cfg.allocator_collapse_threshold,
-            max_replacements=cfg.allocator_max_replacements, iterations=cfg.allocator_iterations,
-            soft_max_length=soft, recent_tokens=protected, cooldown=cfg.allocator_cooldown,
-            sample_top_k=cfg.allocator_sample_top_k, sample_temperature=cfg.allocator_sample_temperature,
-            seed=cfg.mc_seed, max_level=top, expand_neighbours=cfg.allocator_expand_neighbours,
-        )
+        focus = focus_config(cfg, budget - every, recent_tokens=protected, max_level=top)  # room for the next tokens
         return cls(budget, every, headroom, K, protected, cfg.mc_horizon, cfg.mc_position_scheme,
                    cfg.mc_rope_gist_sigma, top, focus,
                    trained_level(sequence_len, cfg.mc_horizon, K, protected))

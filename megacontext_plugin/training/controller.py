@@ -36,7 +36,7 @@ import torch.nn as nn
 from ..config import MCConfig
 from ..context import EntryRows, LevelTable, model_inputs
 from ..context.positions import ROPE_BASE, PositionalCache
-from ..focus import score_batch_through_view, trained_level
+from ..focus import focus_config, score_batch_through_view, trained_level
 from ..nets import AuxNets, activation_dtype, allreduce_gradients
 from ..tree.building import build_levels
 from . import losses as L
@@ -45,7 +45,6 @@ from .flops import StepFlops, mc_step_flops, vanilla_step_flops
 from .guided import NllFn, entry_saliency, guided_prompt_layouts, horizon_saliency
 from .layouts import LayoutPrefetcher, VariantLayouts, max_tree_level, with_guided
 from .packing import PackIndex, build_index
-from .probe import focus_config
 
 TEACHER_TEMPERATURE = 0.1
 """Softmax temperature of LensNet's distillation of the teacher's saliency: scores and relative
@@ -245,8 +244,7 @@ class MCController(nn.Module):
         on_policy, teacher, _ = cfg.variant_counts
         budget = self.budget_at(step, T)
         plan = self.length_plan(T)
-        lens_calls = on_policy * max(1, plan.num_levels - 1) * focus_config(self, budget - cfg.mc_horizon,
-                                                                            plan.num_levels).iterations
+        lens_calls = on_policy * max(1, plan.num_levels - 1) * cfg.allocator_iterations
         return mc_step_flops(base_flops_per_token, self.gistnet, self.lensnet, batch=batch,
                              variants=cfg.num_variants, width=budget, sequence_len=T, block_size=cfg.block_size,
                              horizon=cfg.mc_horizon, kl_anchor=cfg.mc_lens_kl_weight > 0,
@@ -315,7 +313,8 @@ class MCController(nn.Module):
             query_BHD = lod0_BTD[:, T - 2 * H:T - H].detach().to(self.aux_dtype)
             guided = guided_prompt_layouts(
                 T - H, cfg.block_size, self.prompt_recent, on_policy, teacher,
-                focus_config(self, budget - H, num_levels), max(1, num_levels - 1),
+                focus_config(cfg, budget - H, recent_tokens=self.prompt_recent, max_level=max(1, num_levels - 1)),
+                max(1, num_levels - 1),
                 self._lens_scorer(levels, query_BHD) if on_policy else None, saliency, B)
         layouts = with_guided(sampled, guided, H, ("on-policy",) * on_policy + ("teacher",) * teacher)
         index = build_index(layouts, T, cfg.block_size, num_levels, H, x_BT.device)

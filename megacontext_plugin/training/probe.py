@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..context.working_context import WorkingContext
-from ..focus import FocusAllocator, FocusConfig, FocusReport, residency, score_through_view
+from ..focus import FocusAllocator, FocusReport, focus_config, residency, score_through_view
 from ..tree.building import build_levels
 
 
@@ -56,19 +56,6 @@ class FocusProbe:
             return {}
         return {"score_mean": float(s.mean()), "score_std": float(s.std()), "score_min": float(s.min()),
                 "score_max": float(s.max()), "score_p95": float(np.quantile(s, 0.95))}
-
-
-def focus_config(controller: nn.Module, budget: int, num_levels: int) -> FocusConfig:
-    """The run's allocator knobs at ``budget`` (the curriculum's) over a ``num_levels``-level tree."""
-    cfg = controller.cfg
-    soft = cfg.allocator_soft_max_length
-    return FocusConfig(budget=budget, type=cfg.allocator_type, expand_threshold=cfg.allocator_expand_threshold,
-                       collapse_threshold=cfg.allocator_collapse_threshold,
-                       max_replacements=cfg.allocator_max_replacements, iterations=cfg.allocator_iterations,
-                       soft_max_length=min(soft, budget) if soft else None, recent_tokens=controller.prompt_recent,
-                       cooldown=cfg.allocator_cooldown, sample_top_k=cfg.allocator_sample_top_k,
-                       sample_temperature=cfg.allocator_sample_temperature, seed=cfg.mc_seed,
-                       max_level=max(1, num_levels - 1), expand_neighbours=cfg.allocator_expand_neighbours)
 
 
 @torch.no_grad()
@@ -111,7 +98,8 @@ def probe_focus(controller: nn.Module, ids_T: torch.Tensor, wte: nn.Module, budg
             return first.pop()
         return lens(wc)
 
-    allocator = FocusAllocator(focus_config(controller, budget, num_levels))
+    allocator = FocusAllocator(focus_config(cfg, budget, recent_tokens=controller.prompt_recent,
+                                            max_level=max(1, num_levels - 1)))
     after, report = allocator.refocus(before, scorer)
     return FocusProbe(report, before, after, budget, residency(before, after), scores,
                       (time.perf_counter() - t0) * 1e3)
