@@ -11,10 +11,9 @@
 #   1. plain: full attention at a short window on short documents (retrieval is learned first, with
 #      few distractors);
 #   2. resumed at the long window on documents of exactly that many tokens, so that each training
-#      row is one document whose answer ends the row: first plainly (full attention crosses the
-#      retrieval phase change on whole documents, so the teacher's full-context pass knows where the
-#      answer's evidence is), then, with --mc, the MegaContext steps (--mc_plain_steps names both
-#      plain stretches, the curriculum anneals over the rest).
+#      row is one document whose answer ends the row: MC_Q_LONG_PLAIN_STEPS plain steps first (none
+#      by default), then, with --mc, the MegaContext steps (--mc_plain_steps names both plain
+#      stretches, the curriculum anneals over the rest).
 # Without --mc the same two invocations train the same model plainly: the baseline.
 # Then mid_train and chat_sft on `megacontext tasks` conversations longer than the window, base_eval
 # (with --mc: the MegaContext validation) and the report. Everything lands in $MC_RUNCPU_DIR
@@ -31,8 +30,8 @@ mc_require_flag "$@"
 SEQ_PLAIN=${MC_Q_SEQ_PLAIN:-512}       # the plain phase's window (tokens)
 SEQ=${MC_Q_SEQ:-1024}                  # the model's window from the second phase on
 BUDGET=${MC_Q_BUDGET:-64}              # W: working-context entries (8x W = 512 fits the window: ΔNLL@H at 8x)
-PLAIN_STEPS=${MC_Q_PLAIN_STEPS:-1600}  # optimizer steps of the plain phase (short window)
-LONG_PLAIN=${MC_Q_LONG_PLAIN_STEPS:-500}  # plain steps that open the second phase (long window)
+PLAIN_STEPS=${MC_Q_PLAIN_STEPS:-2200}  # optimizer steps of the plain phase (short window)
+LONG_PLAIN=${MC_Q_LONG_PLAIN_STEPS:-0}  # plain steps that open the second phase (long window; docs/research-log.md, q3)
 STEPS=${MC_Q_STEPS:-500}               # the second phase's steps after them (with --mc: the MegaContext steps)
 BATCH_TOKENS=${MC_Q_BATCH_TOKENS:-8192}
 DEPTH=${MC_Q_DEPTH:-2}
