@@ -175,12 +175,17 @@ def make_config(seq_len: int, teacher_every: int = 1) -> MCConfig:
 
 
 def pick_step(ctrl: MCController, phase: str) -> int:
-    """A curriculum step at ``phase`` whose next step has the same budget (so the prefetch hits), and
-    where the teacher's pass runs (``--mc_teacher_every``)."""
+    """A curriculum step at ``phase`` whose next step has the same budget (so the prefetch hits), walked
+    back to one where the teacher's pass runs (``--mc_teacher_every N``). With N > 1 the next step has
+    the teacher's columns random, so the prefetch does not match a repeat of this step: each repeat
+    samples its layouts in ``layouts_ms`` (about 1-2 ms, ``layout_sample_bg_ms``)."""
     step = round(PHASES[phase] * (TOTAL_STEPS - 1))
     while step < TOTAL_STEPS - 1 and ctrl.budget_at(step + 1) != ctrl.budget_at(step):
         step += 1
-    return step - step % ctrl.cfg.mc_teacher_every
+    while step > 0 and (not ctrl.teacher_pass_at(step, teacher_host=True)
+                        or ctrl.budget_at(step + 1) != ctrl.budget_at(step)):
+        step -= 1
+    return step
 
 
 def wait_prefetch(ctrl: MCController) -> None:

@@ -3,8 +3,9 @@
 # (the repository) and TOOL (its name).
 
 # once mc_log_start has run, every say/die line (and every stage's output) is also appended to MC_LOG
-die() { echo "$TOOL: error: $*" >&2; [ -z "${MC_LOG:-}" ] || echo "$TOOL: error: $*" >>"$MC_LOG"; exit 2; }
-say() { echo "$TOOL: $*"; [ -z "${MC_LOG:-}" ] || echo "$TOOL: $*" >>"$MC_LOG"; }
+mc_logged() { [ -z "${MC_LOG:-}" ] || echo "$*" >>"$MC_LOG"; }  # LINE: into the run's log, once it has one
+die() { echo "$TOOL: error: $*" >&2; mc_logged "$TOOL: error: $*"; exit 2; }
+say() { echo "$TOOL: $*"; mc_logged "$TOOL: $*"; }
 
 mc_log_start() {  # DIR: append from now on to DIR/report/log.txt, the operating guide's `tail -f` (nanochat's
     # `report reset` removes only its own section files and report.md: the log survives it)

@@ -18,8 +18,9 @@
 # Then mid_train and chat_sft on `megacontext tasks` conversations longer than the window, base_eval
 # (with --mc: the MegaContext validation) and the report. Everything lands in $MC_RUNCPU_DIR
 # (default .mc/runcpu_quality), wiped first; what it prints also in its report/log.txt. Sizes come
-# from the MC_Q_* variables below (the defaults are the recipe; the tests shrink them). MC_Q_FROM_PLAIN=DIR starts from another run's
-# data, tokenizer and plain phase (the same sizes): the second phase's ablations share one plain phase.
+# from the MC_Q_* variables below (the defaults are the recipe; the tests shrink them).
+# MC_Q_FROM_PLAIN=DIR starts from another run's data, tokenizer and plain phase (the same sizes): the
+# second phase's ablations share one plain phase.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -31,7 +32,7 @@ SEQ_PLAIN=${MC_Q_SEQ_PLAIN:-512}       # the plain phase's window (tokens)
 SEQ=${MC_Q_SEQ:-1024}                  # the model's window from the second phase on
 BUDGET=${MC_Q_BUDGET:-64}              # W: working-context entries (8x W = 512 fits the window: ΔNLL@H at 8x)
 PLAIN_STEPS=${MC_Q_PLAIN_STEPS:-2200}  # optimizer steps of the plain phase (short window)
-LONG_PLAIN=${MC_Q_LONG_PLAIN_STEPS:-0}  # plain steps that open the second phase (long window; docs/research-log.md, q3)
+LONG_PLAIN=${MC_Q_LONG_PLAIN_STEPS:-0}  # plain steps that open the second phase (long window)
 STEPS=${MC_Q_STEPS:-500}               # the second phase's steps after them (with --mc: the MegaContext steps)
 BATCH_TOKENS=${MC_Q_BATCH_TOKENS:-8192}
 DEPTH=${MC_Q_DEPTH:-2}

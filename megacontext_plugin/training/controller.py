@@ -201,15 +201,15 @@ class MCController(nn.Module):
             self._plans[T] = plan
         return plan
 
-    def teacher_step(self, step: int) -> bool:
-        """Whether the teacher's full-context pass runs at ``step`` (``--mc_teacher_every``)."""
-        return step % self.cfg.mc_teacher_every == 0
+    def teacher_pass_at(self, step: int, teacher_host: bool) -> bool:
+        """Whether the teacher's full-context pass runs at ``step``: the host gives one (``nll_fn``) and
+        ``step`` is one of every ``--mc_teacher_every``."""
+        return teacher_host and step % self.cfg.mc_teacher_every == 0
 
-    def random_variants(self, step: int, teacher_host: bool) -> int:
-        """Random variants per sequence at ``step``: the configured ones, plus the teacher's where its
-        pass does not run (every step of a host without one, ``teacher_host`` False)."""
+    def random_variants(self, teacher_pass: bool) -> int:
+        """Random variants per sequence: the configured ones, plus the teacher's where its pass does not run."""
         _, teacher, random = self.cfg.variant_counts
-        return random + teacher if not teacher_host or not self.teacher_step(step) else random
+        return random if teacher_pass else random + teacher
 
     def can_compress(self, T: int) -> bool:
         """Whether ``process_batch`` compresses a batch of length ``T`` (False: it returns None and the
@@ -286,13 +286,13 @@ class MCController(nn.Module):
         H = cfg.mc_horizon
         on_policy, teacher, _ = cfg.variant_counts
         teacher_host = nll_fn is not None
-        random = self.random_variants(step, teacher_host)
-        if not (teacher_host and self.teacher_step(step)):  # no teacher pass: its variants are random ones
+        if not self.teacher_pass_at(step, teacher_host):  # its variants are random ones
             nll_fn, teacher = None, 0
+        random = self.random_variants(nll_fn is not None)
         next_budget = self.budget_at(step + 1, T) if self._last_length == T else None
         self._last_length = T
         sampled = self.layouts.get(B, 1 + random, T, cfg.block_size, budget, self.recent, next_budget=next_budget,
-                                   next_variants=1 + self.random_variants(step + 1, teacher_host))
+                                   next_variants=1 + self.random_variants(self.teacher_pass_at(step + 1, teacher_host)))
         timings["layouts_ms"] = _ms(t0)
 
         t1 = time.perf_counter()
@@ -311,10 +311,10 @@ class MCController(nn.Module):
         t2 = time.perf_counter()
         if on_policy or teacher:
             query_BHD = lod0_BTD[:, T - 2 * H:T - H].detach().to(self.aux_dtype)
+            max_level = max(1, num_levels - 1)
             guided = guided_prompt_layouts(
                 T - H, cfg.block_size, self.prompt_recent, on_policy, teacher,
-                focus_config(cfg, budget - H, recent_tokens=self.prompt_recent, max_level=max(1, num_levels - 1)),
-                max(1, num_levels - 1),
+                focus_config(cfg, budget - H, recent_tokens=self.prompt_recent, max_level=max_level), max_level,
                 self._lens_scorer(levels, query_BHD) if on_policy else None, saliency, B)
         layouts = with_guided(sampled, guided, H, ("on-policy",) * on_policy + ("teacher",) * teacher)
         index = build_index(layouts, T, cfg.block_size, num_levels, H, x_BT.device)
