@@ -3,6 +3,8 @@ curriculum counts from the end of them, and a plain phase that leaves no MC step
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -49,3 +51,35 @@ def test_later_stages_ignore_the_plain_steps() -> None:
 def test_a_plain_phase_that_leaves_no_mc_step_is_one_config_error() -> None:
     with pytest.raises(ConfigError, match="--mc_plain_steps 3 leaves no MegaContext step of base_train's 3"):
         TrainingRun(CFG, _model(), num_iterations=3, stage="base")
+
+
+def test_plain_every_trains_every_nth_step_after_the_plain_phase_plainly_and_the_curriculum_counts_them() -> None:
+    model = _model()
+    cfg = dataclasses.replace(CFG, mc_plain_every=3)
+    run = TrainingRun(cfg, model, num_iterations=12, stage="base")
+    try:
+        x = torch.randint(0, 64, (2, 128))
+        plain = []
+        for step in range(12):
+            batch = run.forward_batch(model, x, x)
+            plain.append(batch is None)
+            assert run.plain == (batch is None)
+            run.after_optimizer_step(step)
+        # the 3 plain steps, then every third of the MC steps (the last of each 3)
+        assert plain == [True] * 3 + [False, False, True] * 3
+        assert run.budget_step == 9
+    finally:
+        run.close()
+
+
+def test_plain_every_leaves_later_stages_alone() -> None:
+    run = TrainingRun(dataclasses.replace(CFG, mc_plain_every=2), _model(), num_iterations=2, stage="sft")
+    try:
+        assert not run.plain
+    finally:
+        run.close()
+
+
+def test_plain_every_one_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--mc_plain_every"):
+        dataclasses.replace(CFG, mc_plain_every=1)

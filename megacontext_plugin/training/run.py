@@ -74,8 +74,12 @@ class TrainingRun:
 
     @property
     def plain(self) -> bool:
-        """Whether this step is one of base_train's plain steps (``--mc_plain_steps``)."""
-        return self.step < self.plain_steps
+        """Whether this step trains plainly: one of base_train's first steps (``--mc_plain_steps``) or, after
+        them, one of every ``--mc_plain_every`` (the last of each N)."""
+        if not self.anneal:
+            return False
+        every = self.controller.cfg.mc_plain_every
+        return self.step < self.plain_steps or (every > 0 and (self.step - self.plain_steps) % every == every - 1)
 
     def start_monitor(self, model: nn.Module, stage: str) -> str | None:
         """Open the run's telemetry (``TelemetryConfigError`` for an OTLP mistake); returns the line
