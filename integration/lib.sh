@@ -1,6 +1,6 @@
 # Shared by runcpu.sh, runcpu_quality.sh and run10.sh (sourced, not run): messages, .mc_env, the patched
-# nanochat, the MegaContext argument checks, the run's log and the CPU recipes' stages. The caller sets ROOT
-# (the repository) and TOOL (its name).
+# nanochat, the MegaContext argument checks, the run's log, the CPU recipes' stages and resuming a run.
+# The caller sets ROOT (the repository) and TOOL (its name).
 
 # once mc_log_start has run, every say/die line (and every stage's output) is also appended to MC_LOG
 mc_logged() { [ -z "${MC_LOG:-}" ] || echo "$*" >>"$MC_LOG"; }  # LINE: into the run's log, once it has one
@@ -63,4 +63,78 @@ stage() {  # NAME command...: one stage of a CPU recipe, run in the patched tree
     fi
     say "$name: $((SECONDS - t0)) s"
     echo "$name $((SECONDS - t0))" >>"$RUN_DIR/stage_seconds.txt"
+    mc_mark "$name"
+}
+
+# --- resuming (run10.sh, runcpu.sh): a re-run in the same directory continues the run it finds there ---
+# MC_LEDGER, the run's ledger (DIR/${TOOL}_stages.txt), holds on its first line the command the run was
+# started with, then the name of each stage as it completes. A re-run with the same arguments skips
+# (one line each) the stages it lists, up to the first it does not; from that one on every stage runs.
+MC_LEDGER=""
+MC_RESUMING=0  # 1 while every stage so far was done by the run this one continues
+MC_SKIPPED=0
+
+mc_checkpoint_steps() {  # DIR [optim]: the steps DIR holds a whole nanochat checkpoint of, ascending: model_ and
+    # meta_ (save_checkpoint writes them in that order); with `optim` rank 0's optim_ too (written last: what
+    # base_train --resume-from-step reads). A step saved only in part (a crash mid-save) is not listed
+    local f step
+    for f in "$1"/meta_*.json; do
+        step=${f##*/meta_}; step=${step%.json}
+        case $step in ''|*[!0-9]*) continue ;; esac
+        [ -f "$1/model_$step.pt" ] || continue
+        if [ "${2:-}" = optim ] && [ ! -f "$1/optim_${step}_rank0.pt" ]; then continue; fi
+        echo $((10#$step))
+    done | sort -n
+}
+
+mc_latest_step() {  # DIR [optim]: the latest step of mc_checkpoint_steps; nothing when DIR holds none
+    mc_checkpoint_steps "$@" | tail -n 1
+}
+
+mc_prune_checkpoints() {  # DIR KEEP: remove the resumable checkpoints in DIR but the KEEP latest (the model,
+    # meta, optimizer and megacontext_ files of each older step); partial saves are left alone
+    local step s
+    for step in $(mc_checkpoint_steps "$1" optim | awk -v keep="$2" '{ s[NR] = $0 } END { for (i = 1; i <= NR - keep; i++) print s[i] }'); do
+        s=$(printf %06d "$step")
+        rm -f "$1/model_$s.pt" "$1/meta_$s.json" "$1/optim_${s}"_rank*.pt "$1/megacontext_$s.pt"
+    done
+}
+
+mc_ledger_command() {  # LEDGER: the command the run recorded in LEDGER was started with (nothing if no ledger)
+    if [ -f "$1" ]; then head -n 1 "$1"; fi
+}
+
+mc_start_over() {  # DRY PATH...: remove what an earlier run left at each PATH that exists (DRY=1: say what would go)
+    local dry=$1 path; shift
+    for path in "$@"; do
+        [ -e "$path" ] || continue
+        if [ "$dry" = 1 ]; then say "--fresh: would remove $path"; else say "--fresh: removing $path"; rm -rf "$path"; fi
+    done
+}
+
+mc_skip() {  # NAME [PATH | --checkpoint DIR]: true, saying so, when the run this one continues completed NAME and
+    # every stage before it was skipped too; PATH (or a checkpoint in DIR) is what NAME left, which must still be
+    # there. The first stage the ledger does not list is where the run resumes: it and all after it run
+    [ "$MC_RESUMING" = 1 ] || return 1
+    if ! grep -qxF "$1" "$MC_LEDGER"; then
+        MC_RESUMING=0
+        if [ "$MC_SKIPPED" -gt 0 ]; then say "resuming at $1"; fi
+        return 1
+    fi
+    local what=""
+    if [ "${2:-}" = --checkpoint ]; then
+        local step
+        step=$(mc_latest_step "$3")
+        [ -n "$step" ] || die "$MC_LEDGER lists $1 as done but $3 holds no checkpoint: add --fresh to start over"
+        what=" ($3, step $step)"
+    elif [ -n "${2:-}" ]; then
+        [ -e "$2" ] || die "$MC_LEDGER lists $1 as done but $2 is missing: add --fresh to start over"
+        what=" ($2)"
+    fi
+    MC_SKIPPED=$((MC_SKIPPED + 1))
+    say "skip $1: done by an earlier run$what"
+}
+
+mc_mark() {  # NAME: NAME completed: add it to the ledger (no ledger or no NAME: nothing to do; --dry-run: nothing)
+    if [ -n "$MC_LEDGER" ] && [ -n "$1" ] && [ "${DRY:-0}" != 1 ]; then echo "$1" >>"$MC_LEDGER"; fi
 }

@@ -4,11 +4,14 @@
 # long-context corpus (planted passkeys, key/value recall, copies) and the mid/SFT conversations
 # come from `megacontext tasks` (NANOCHAT_TASK_DIR).
 #
-#   bash integration/runcpu.sh [--mc] [MegaContext knobs...]
+#   bash integration/runcpu.sh [--mc] [MegaContext knobs...] [--fresh]
 #
 # With --mc every stage trains with the MegaContext controller (tiny-model defaults below; any knob
-# you pass wins). Everything lands in $MC_RUNCPU_DIR (default .mc/runcpu), wiped at the start, what it
-# prints in its report/log.txt too;
+# you pass wins). Everything lands in $MC_RUNCPU_DIR (default .mc/runcpu), what it prints in its
+# report/log.txt too. A run that stopped part-way is continued by the same command: the stages it
+# completed (runcpu_stages.txt) are skipped and base_train resumes from its latest checkpoint (saved
+# every MC_SAVE_EVERY steps, default 20). Otherwise (a finished run, other arguments, no run, or
+# --fresh) the directory is wiped and every stage runs: the smoke test tests the code you have now.
 # nanochat comes from .mc/nanochat (integration/mc_setup makes it; run here if it is missing).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,21 +19,39 @@ cd "$ROOT"
 TOOL=runcpu
 . "$ROOT/integration/lib.sh"
 
-mc_require_flag "$@"
+FRESH=0
+ARGS=()
+for arg in "$@"; do if [ "$arg" = --fresh ]; then FRESH=1; else ARGS+=("$arg"); fi; done
+mc_require_flag ${ARGS[@]+"${ARGS[@]}"}
 MC_ARGS=()
-if [ $# -gt 0 ]; then
+if [ ${#ARGS[@]} -gt 0 ]; then
     # tiny-model defaults (sequence length 256): blocks of 8, a 32-token protected tail, H = 16; telemetry
     # every 4 steps so the report's training curves have points in every stage
-    MC_ARGS=(--block_size 8 --allocator_recent_tokens 32 --mc_horizon 16 --mc_telemetry_every 4 "$@")
+    MC_ARGS=(--block_size 8 --allocator_recent_tokens 32 --mc_horizon 16 --mc_telemetry_every 4 "${ARGS[@]}")
 fi
+SAVE_EVERY=${MC_SAVE_EVERY:-20}
+[[ $SAVE_EVERY =~ ^(-1|[1-9][0-9]*)$ ]] || die "MC_SAVE_EVERY=$SAVE_EVERY: expected a number of steps, or -1 (only the last)"
 
 mc_load_env
 mc_ensure_nanochat cpu
 mc_use_plugin
 mc_check_knobs ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 RUN_DIR=${MC_RUNCPU_DIR:-$ROOT/.mc/runcpu}
-rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"
-mc_log_start "$RUN_DIR"  # say lines and every stage's output also go to $RUN_DIR/report/log.txt
+MC_LEDGER=$RUN_DIR/runcpu_stages.txt
+THIS="runcpu.sh${ARGS[*]:+ ${ARGS[*]}}"  # the ledger's first line: a run continues only the same run
+WAS=$(mc_ledger_command "$MC_LEDGER")
+if [ "$FRESH" = 0 ] && [ -n "$WAS" ] && [ "$WAS" = "$THIS" ] && ! grep -qxF report "$MC_LEDGER"; then
+    MC_RESUMING=1
+    mc_log_start "$RUN_DIR"  # say lines and every stage's output also go to $RUN_DIR/report/log.txt
+    say "continuing the unfinished run in $RUN_DIR (--fresh starts over)"
+else
+    if [ "$FRESH" = 1 ]; then why="--fresh"; elif [ -z "$WAS" ]; then why=""; elif [ "$WAS" != "$THIS" ]; then
+        why="it held a run of '$WAS'"; else why="its run had finished"; fi
+    rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"
+    echo "$THIS" >"$MC_LEDGER"
+    mc_log_start "$RUN_DIR"
+    if [ -n "$why" ]; then say "starting over in $RUN_DIR: $why"; fi
+fi
 export NANOCHAT_BASE_DIR="$RUN_DIR" NANOCHAT_TASK_DIR="$RUN_DIR/tasks"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} PYTHONPATH="$NC"
@@ -41,24 +62,38 @@ SEQ=256
 
 START=$SECONDS
 say "output in $RUN_DIR; MegaContext: $([ ${#MC_ARGS[@]} -gt 0 ] && echo "on (${MC_ARGS[*]})" || echo off)"
-stage "data" "$PY" -m megacontext_plugin.cli corpus --out "$RUN_DIR/base_data" --shards 6 --docs-per-shard 96 --max-chars 6000
-stage "tasks" "$PY" -m megacontext_plugin.cli tasks --out "$NANOCHAT_TASK_DIR" --max-seq-len $SEQ
-stage "report reset" "$PY" -m nanochat.report reset
-stage "tokenizer" "$PY" -m scripts.tok_train --max-chars 2000000 --vocab-size 1024
-stage "base" "$PY" -m scripts.base_train "${MODEL[@]}" --run "$RUN" --depth 4 --head-dim 64 --window-pattern L \
-    --max-seq-len $SEQ --device-batch-size 8 --total-batch-size 2048 --num-iterations 40 --eval-every 20 \
-    --eval-tokens 8192 --core-metric-every -1 --sample-every -1 ${MC_ARGS[@]+"${MC_ARGS[@]}"}
-stage "mid" "$PY" -m scripts.mid_train "${MODEL[@]}" --run "$RUN" --dtype float32 --max-seq-len $SEQ \
-    --device-batch-size 8 --total-batch-size 2048 --num-iterations 20 --eval-every -1 --eval-tokens 8192 \
-    ${MC_ARGS[@]+"${MC_ARGS[@]}"}
-stage "sft" "$PY" -m scripts.chat_sft "${MODEL[@]}" --run "$RUN" --dtype float32 --device-batch-size 4 \
-    --target-examples-per-step 8 --num-iterations 12 --eval-every 6 --eval-steps 4 --eval-metrics-every -1 \
-    ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+# each stage is skipped when the run this one continues completed it (mc_skip says so)
+mc_skip "data" "$RUN_DIR/base_data" || stage "data" "$PY" -m megacontext_plugin.cli corpus --out "$RUN_DIR/base_data" \
+    --shards 6 --docs-per-shard 96 --max-chars 6000
+mc_skip "tasks" "$NANOCHAT_TASK_DIR" \
+    || stage "tasks" "$PY" -m megacontext_plugin.cli tasks --out "$NANOCHAT_TASK_DIR" --max-seq-len $SEQ
+mc_skip "report reset" || stage "report reset" "$PY" -m nanochat.report reset
+mc_skip "tokenizer" "$RUN_DIR/tokenizer/token_bytes.pt" \
+    || stage "tokenizer" "$PY" -m scripts.tok_train --max-chars 2000000 --vocab-size 1024
+if ! mc_skip "base" --checkpoint "$RUN_DIR/base_checkpoints/d4"; then
+    FROM=()
+    if STEP=$(mc_latest_step "$RUN_DIR/base_checkpoints/d4" optim) && [ -n "$STEP" ]; then
+        say "base: resuming from step $STEP, the latest checkpoint in $RUN_DIR/base_checkpoints/d4"
+        FROM=(--resume-from-step "$STEP")
+    fi
+    stage "base" "$PY" -m scripts.base_train "${MODEL[@]}" --run "$RUN" --depth 4 --head-dim 64 --window-pattern L \
+        --max-seq-len $SEQ --device-batch-size 8 --total-batch-size 2048 --num-iterations 40 --eval-every 20 \
+        --eval-tokens 8192 --core-metric-every -1 --sample-every -1 --save-every "$SAVE_EVERY" \
+        ${FROM[@]+"${FROM[@]}"} ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+fi
+mc_skip "mid" --checkpoint "$RUN_DIR/mid_checkpoints/d4" \
+    || stage "mid" "$PY" -m scripts.mid_train "${MODEL[@]}" --run "$RUN" --dtype float32 --max-seq-len $SEQ \
+        --device-batch-size 8 --total-batch-size 2048 --num-iterations 20 --eval-every -1 --eval-tokens 8192 \
+        ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+mc_skip "sft" --checkpoint "$RUN_DIR/chatsft_checkpoints/d4" \
+    || stage "sft" "$PY" -m scripts.chat_sft "${MODEL[@]}" --run "$RUN" --dtype float32 --device-batch-size 4 \
+        --target-examples-per-step 8 --num-iterations 12 --eval-every 6 --eval-steps 4 --eval-metrics-every -1 \
+        ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 # after training, so the report's curves cover every stage: upstream's base_eval on a local one-task CORE
 # stand-in (offline), then with --mc the MegaContext validation
 "$PY" -c "from megacontext_plugin.data.core_bundle import write_core_bundle; write_core_bundle('$RUN_DIR')"
-stage "base eval" "$PY" -m scripts.base_eval ${MC_ARGS[@]+"${MC_ARGS[@]}"}
-stage "chat" "$PY" -m scripts.chat_cli "${MODEL[@]}" --dtype float32 -t 0 \
+mc_skip "base eval" || stage "base eval" "$PY" -m scripts.base_eval ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+mc_skip "chat" || stage "chat" "$PY" -m scripts.chat_cli "${MODEL[@]}" --dtype float32 -t 0 \
     -p "My dog is called kel. What is my dog called?" ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 stage "report" "$PY" -m nanochat.report generate
 say "done in $((SECONDS - START)) s: checkpoints in $RUN_DIR/{base,mid,chatsft}_checkpoints"

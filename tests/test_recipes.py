@@ -248,7 +248,7 @@ def test_stages_and_say_lines_land_in_report_log_txt(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "t: error: two failed; the full log is" in proc.stderr
     log = (tmp_path / "run" / "report" / "log.txt").read_text().splitlines()
     assert log[0].startswith("== t started ") and "before the log" not in "\n".join(log)
-    assert log[1:5] == ["t: hello", "t: == one", "from-one", "t: one: 0 s"]
+    assert log[1:4] == ["t: hello", "t: == one", "from-one"] and log[4] in ("t: one: 0 s", "t: one: 1 s")  # a tick
     assert log[5:7] == ["t: == two", "from-two"] and log[7].startswith("t: error: two failed")
     assert "from-one" in (tmp_path / "run" / "t.log").read_text()  # the stage log as before
     assert "t: hello" in proc.stdout and "from-two" in proc.stdout  # and the terminal
@@ -268,20 +268,36 @@ def test_python_stages_log_line_by_line(tmp_path: Path) -> None:
     assert "1" in early and "2" not in early
 
 
-def _fake_repo_for_run10(tmp_path: Path, short: int = 0) -> tuple[Path, dict[str, str]]:
+def _fake_repo_for_run10(tmp_path: Path, short: int = 0, recipe: str = "run10.sh") -> tuple[Path, dict[str, str]]:
     """A checkout whose .venv python runs nothing (it prints what it would run; `nanochat.dataset -n N`
-    makes N empty shards, `short` fewer), with a patched tree stand-in and curl stubbed: run10.sh end to end."""
+    makes N empty shards, `short` fewer), with a patched tree stand-in and curl stubbed: run10.sh (or
+    RECIPE) end to end. The training stubs leave what upstream's scripts leave: tok_train the tokenizer,
+    base_train a checkpoint every --save-every steps and at its last (from --resume-from-step on; it fails
+    after step STUB_CRASH_AT, as a lost machine would), mid_train and chat_sft one at their end."""
     repo, bin_dir = tmp_path / "repo", tmp_path / "bin"
     (repo / "integration").mkdir(parents=True)
     (repo / ".mc" / "nanochat").mkdir(parents=True)
-    for name in ("run10.sh", "lib.sh"):
+    for name in (recipe, "lib.sh"):
         shutil.copy(ROOT / "integration" / name, repo / "integration" / name)
     (repo / "megacontext_plugin").symlink_to(ROOT / "megacontext_plugin")
     (repo / ".venv" / "bin").mkdir(parents=True)
     bin_dir.mkdir()
     (repo / ".venv" / "bin" / "python").write_text(f"""#!/bin/bash
+ckpt() {{  # STAGE STEP: an empty stand-in for each file save_checkpoint writes
+    local d="$NANOCHAT_BASE_DIR/$1_checkpoints/d$depth" f; f=$(printf %06d "$2"); mkdir -p "$d"
+    : >"$d/model_$f.pt"; : >"$d/meta_$f.json"; : >"$d/optim_${{f}}_rank0.pt"
+}}
+declare -A opt=([--depth]=12 [--resume-from-step]=0 [--save-every]=-1 [--num-iterations]=10 [--out]=x)
+args=("$@")
+for ((i = 0; i < $#; i++)); do
+    a=${{args[i]}}
+    case $a in --*=*) opt[${{a%%=*}}]=${{a#*=}} ;; --*) opt[$a]=${{args[i+1]:-}} ;; esac
+done
+depth=${{STUB_DEPTH:-${{opt[--depth]}}}}
 case "$*" in
     "-m megacontext_plugin.cli nanochat verify"*) exit 0 ;;
+    "-m megacontext_plugin.cli corpus"*|"-m megacontext_plugin.cli tasks"*)
+        mkdir -p "${{opt[--out]}}"; echo "stub ran: $*" ;;
     "-m megacontext_plugin."*) exec "{sys.executable}" "$@" ;;
     "-m nanochat.dataset -n "*)
         mkdir -p "$NANOCHAT_BASE_DIR/base_data"
@@ -289,10 +305,23 @@ case "$*" in
             : >"$NANOCHAT_BASE_DIR/base_data/$(printf 'shard_%05d.parquet' $i)"
         done
         echo "stub dataset: $4 shards" ;;
+    "-m scripts.tok_train"*)
+        mkdir -p "$NANOCHAT_BASE_DIR/tokenizer"; : >"$NANOCHAT_BASE_DIR/tokenizer/token_bytes.pt"
+        echo "stub ran: $*" ;;
+    "-m scripts.base_train"*)
+        echo "stub ran: $*"
+        n=${{opt[--num-iterations]}} every=${{opt[--save-every]}}
+        for ((s = ${{opt[--resume-from-step]}} + 1; s <= n; s++)); do
+            if [ $s = $n ] || {{ [ $every -gt 0 ] && [ $((s % every)) = 0 ]; }}; then ckpt base $s; fi
+            if [ "$s" = "${{STUB_CRASH_AT:-}}" ]; then echo "stub: the machine is lost at step $s"; exit 1; fi
+        done ;;
+    "-m scripts.mid_train"*) ckpt mid 7; echo "stub ran: $*" ;;
+    "-m scripts.chat_sft"*) ckpt chatsft 5; echo "stub ran: $*" ;;
     *) echo "stub ran: $*" ;;
 esac
 """)
-    (bin_dir / "curl").write_text('#!/bin/sh\necho "stub curl"\n')
+    (bin_dir / "curl").write_text('#!/bin/bash\nwhile [ $# -gt 0 ]; do if [ "$1" = -o ]; then : >"$2"; fi; shift; '
+                                  'done\necho "stub curl"\n')
     for f in (repo / ".venv" / "bin" / "python", bin_dir / "curl"):
         f.chmod(0o755)
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path),
@@ -353,3 +382,177 @@ def test_nanochats_report_reset_keeps_the_log(nanochat_dir: Path, tmp_path: Path
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (report / "log.txt").read_text() == "runcpu: == report reset\n"
     assert (report / "header.md").is_file() and not (report / "report.md").exists()
+
+
+# --- issue 29, "A re-run starts over": periodic checkpoints, and a re-run continues the run it finds ---
+
+def _earlier_run10(base: Path, ledger: list[str], steps: dict[int, bool]) -> None:
+    """What an interrupted run10.sh --gpu h100 left in BASE: its ledger (the command, then the stages done),
+    the tokenizer, and base checkpoints at STEPS (True: whole; False: the optimizer's file never written)."""
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "run10_stages.txt").write_text("".join(f"{line}\n" for line in ledger))
+    (base / "tokenizer").mkdir()
+    (base / "tokenizer" / "token_bytes.pt").write_bytes(b"")
+    ckpt = base / "base_checkpoints" / "d12"
+    ckpt.mkdir(parents=True)
+    for step, whole in steps.items():
+        optim = (f"optim_{step:06d}_rank0.pt",) if whole else ()
+        for name in (f"model_{step:06d}.pt", f"meta_{step:06d}.json", *optim):
+            (ckpt / name).write_bytes(b"")
+
+
+def _files(base: Path) -> list[str]:
+    return sorted(str(p.relative_to(base)) for p in base.rglob("*"))
+
+
+def test_run10_dry_run_continues_a_run_from_its_latest_checkpoint(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    _earlier_run10(base, ["run10.sh --gpu h100", "report reset", "tok_train", "tok_eval"],
+                   {250: True, 500: True, 750: False})  # step 750 was being saved when the machine went
+    before = _files(base)
+    proc = _bash(RUN10, "--gpu", "h100", "--dry-run", env=os.environ | {"NANOCHAT_BASE_DIR": str(base)})
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert not _commands(out, "tok_train") and not _commands(out, "tok_eval") and "nanochat.report reset" not in out
+    assert f"run10: skip tok_train: done by an earlier run ({base}/tokenizer/token_bytes.pt)\n" in out
+    assert "run10: skip report reset: done by an earlier run\n" in out and "run10: resuming at base_train\n" in out
+    (base_train,) = _commands(out, "base_train")
+    assert base_train.split()[-3:] == ["--save-every=250", "--resume-from-step=500", "--run=dummy"]
+    for script in ("base_loss", "base_eval", "mid_train", "chat_sft"):  # everything after the resume point runs
+        assert _commands(out, script), script
+    assert _files(base) == before  # a dry run writes nothing
+
+
+def test_run10_fresh_starts_over_and_removes_what_the_earlier_run_left(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    _earlier_run10(base, ["run10.sh --gpu 5090", "report reset", "tok_train"], {500: True})
+    env = os.environ | {"NANOCHAT_BASE_DIR": str(base)}
+    proc = _bash(RUN10, "--gpu", "h100", "--fresh", "--dry-run", env=env)  # --fresh: other arguments are fine
+    assert proc.returncode == 0, proc.stderr
+    assert _commands(proc.stdout, "tok_train") and "nanochat.report reset" in proc.stdout and "skip" not in proc.stdout
+    (base_train,) = _commands(proc.stdout, "base_train")
+    assert "--resume-from-step" not in base_train and "--save-every=250" in base_train
+    for gone in ("run10_stages.txt", "tokenizer", "base_checkpoints/d12"):
+        assert f"run10: --fresh: would remove {base}/{gone}\n" in proc.stdout
+    assert (base / "base_checkpoints" / "d12" / "model_000500.pt").exists()  # would: nothing removed yet
+
+
+@pytest.mark.parametrize(("gpu", "save_every", "flag"), [("5090", None, "--save-every=500"),
+                                                          ("h100", None, "--save-every=250"),
+                                                          ("h100", "100", "--save-every=100"),
+                                                          ("5090", "-1", "--save-every=-1")])
+def test_run10_base_train_saves_every_262m_tokens_or_mc_save_every(gpu: str, save_every: str | None,
+                                                                     flag: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MC_SAVE_EVERY", "NANOCHAT_BASE_DIR")}
+    env["NANOCHAT_BASE_DIR"] = "/nonexistent/mc-base"
+    if save_every is not None:
+        env["MC_SAVE_EVERY"] = save_every
+    proc = _bash(RUN10, "--gpu", gpu, "--dry-run", env=env)
+    assert proc.returncode == 0, proc.stderr
+    (base_train,) = _commands(proc.stdout, "base_train")
+    assert flag in base_train.split()
+
+
+@pytest.mark.parametrize("case", ["no_ledger", "other_command", "output_gone", "bad_save_every"])
+def test_run10_will_not_mix_runs_and_says_so_in_one_line(tmp_path: Path, case: str) -> None:
+    base = tmp_path / "base"
+    env = os.environ | {"NANOCHAT_BASE_DIR": str(base)}
+    if case == "no_ledger":  # outputs no ledger accounts for (say upstream's own d12 run): not ours to reuse
+        _earlier_run10(base, [], {})
+        (base / "run10_stages.txt").unlink()
+        needle = f"{base}/tokenizer is from a run with no ledger"
+    elif case == "other_command":
+        _earlier_run10(base, ["run10.sh --gpu 5090 --mc", "report reset"], {})
+        needle = f"{base} holds a run started as 'run10.sh --gpu 5090 --mc': run that to continue it"
+    elif case == "output_gone":
+        _earlier_run10(base, ["run10.sh --gpu h100", "report reset", "tok_train"], {})
+        (base / "tokenizer" / "token_bytes.pt").unlink()
+        needle = "lists tok_train as done but"
+    else:
+        env["MC_SAVE_EVERY"] = "often"
+        needle = "MC_SAVE_EVERY=often: expected a number of steps"
+    proc = _bash(RUN10, "--gpu", "h100", "--dry-run", env=env)
+    assert proc.returncode == 2, proc.stdout
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("run10: error: ") and needle in proc.stderr
+    assert case == "bad_save_every" or "add --fresh to start over" in proc.stderr
+    assert not _commands(proc.stdout, "base_train")
+
+
+def test_run10_rerun_after_a_lost_machine_continues_base_train_and_keeps_the_report(tmp_path: Path) -> None:
+    repo, env = _fake_repo_for_run10(tmp_path)
+    script, base = repo / "integration" / "run10.sh", tmp_path / "base"
+    ckpt = base / "base_checkpoints" / "d12"
+    lost = _bash(script, "--gpu", "h100", env=env | {"STUB_CRASH_AT": "700"}, cwd=tmp_path)
+    assert lost.returncode == 2 and "stub: the machine is lost at step 700" in lost.stdout
+    assert (base / "run10_stages.txt").read_text().splitlines() == ["run10.sh --gpu h100", "report reset", "tok_train",
+                                                                     "tok_eval"]
+    assert (ckpt / "optim_000500_rank0.pt").exists()  # saved every 250 steps: 500 is the latest
+
+    again = _bash(script, "--gpu", "h100", env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "run10: base_train: resuming from step 500, the latest checkpoint in" in again.stdout
+    (base_train,) = _commands(again.stdout, "base_train")
+    assert "--resume-from-step=500" in base_train.split() and "--save-every=250" in base_train.split()
+    log = (base / "report" / "log.txt").read_text()
+    assert log.count("stub ran: -m nanochat.report reset") == 1  # the report is the first run's, continued
+    assert log.count("stub ran: -m scripts.tok_train") == 1
+    assert sorted(p.name for p in ckpt.iterdir()) == ["meta_002950.json", "model_002950.pt",
+                                                      "optim_002950_rank0.pt"]  # the last step is kept
+    stages = (base / "run10_stages.txt").read_text().splitlines()
+    assert stages[1:] == ["report reset", "tok_train", "tok_eval", "base_train", "base_loss", "base_eval",
+                          "identity_conversations", "mid_train", "chat_eval mid", "chat_sft", "chat_eval sft"]
+
+    done = _bash(script, "--gpu", "h100", env=env, cwd=tmp_path)  # a finished run: every stage is skipped
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"run10: skip base_train: done by an earlier run ({ckpt}, step 2950)\n" in done.stdout
+    assert [line for line in done.stdout.splitlines() if line.startswith("+ ") and "-m scripts." in line] == []
+
+    fresh = _bash(script, "--gpu", "h100", "--fresh", env=env, cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert f"run10: --fresh: removing {ckpt}\n" in fresh.stdout and "skip" not in fresh.stdout
+    (base_train,) = _commands(fresh.stdout, "base_train")
+    assert "--resume-from-step" not in base_train
+    assert (base / "report" / "log.txt").read_text().count("stub ran: -m nanochat.report reset") == 2
+
+
+def test_runcpu_continues_an_unfinished_run_and_starts_a_finished_one_over(tmp_path: Path) -> None:
+    repo, env = _fake_repo_for_run10(tmp_path, recipe="runcpu.sh")
+    run_dir = tmp_path / "run"
+    env = env | {"MC_RUNCPU_DIR": str(run_dir), "STUB_DEPTH": "4"}
+    script = repo / "integration" / "runcpu.sh"
+    lost = _bash(script, env=env | {"STUB_CRASH_AT": "30"}, cwd=tmp_path)
+    assert lost.returncode == 2 and "runcpu: error: base failed" in lost.stderr
+
+    again = _bash(script, env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    for stage in ("data", "tasks", "report reset", "tokenizer"):
+        assert f"runcpu: skip {stage}: done by an earlier run" in again.stdout
+    assert "runcpu: base: resuming from step 20, the latest checkpoint in" in again.stdout
+    base_train = next(line for line in again.stdout.splitlines() if line.startswith("stub ran: -m scripts.base_train"))
+    assert " --save-every 20 --resume-from-step 20" in base_train
+    assert (run_dir / "report" / "log.txt").read_text().count("stub ran: -m nanochat.report reset") == 1
+
+    over = _bash(script, env=env, cwd=tmp_path)  # finished: the smoke test runs every stage again
+    assert over.returncode == 0, over.stdout + over.stderr
+    assert f"runcpu: starting over in {run_dir}: its run had finished" in over.stdout and "skip" not in over.stdout
+    assert "--resume-from-step" not in over.stdout
+
+
+def test_lib_finds_the_latest_whole_checkpoint_and_prunes_the_older_ones(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for step in (999999, 1000000):  # 7 digits past 999,999 (nanochat's :06d): numeric order, not the names'
+        for name in (f"model_{step:06d}.pt", f"meta_{step:06d}.json", f"optim_{step:06d}_rank0.pt",
+                     f"megacontext_{step:06d}.pt"):
+            (ckpt / name).write_bytes(b"")
+    (ckpt / "model_1000500.pt").write_bytes(b"")  # saved in part: the optimizer's file never came
+    (ckpt / "meta_1000500.json").write_bytes(b"")
+    (ckpt / "model_2000000.pt").write_bytes(b"")  # the model only: meta_ not written yet
+    (ckpt / "meta_latest.json").write_bytes(b"")
+    proc = _lib(tmp_path, f'echo "[$(mc_latest_step {ckpt} optim)] [$(mc_latest_step {ckpt})] '
+                          f'[$(mc_latest_step {tmp_path / "none"})]"; mc_prune_checkpoints {ckpt} 1')
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "[1000000] [1000500] []\n"
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "megacontext_1000000.pt", "meta_1000000.json", "meta_1000500.json", "meta_latest.json", "model_1000000.pt",
+        "model_1000500.pt", "model_2000000.pt", "optim_1000000_rank0.pt"]
