@@ -285,8 +285,12 @@ def test_lens_view_has_no_gist_above_the_level_and_pools_each_entry_to_its_best_
     view = lens_view(wc, level)
     view.validate(recent_tokens=recent)  # the same tokens, tiled in order, the tail untouched
     assert int(view.levels.max(initial=0)) <= max(level, int(wc.levels[wc.levels <= level].max(initial=0)))
-    kept = {e for e in wc.entries() if e[0] <= level}
+    gist_levels = wc.levels[wc.levels > 0]
+    lone = gist_levels.size == 1 and 1 < int(gist_levels[0]) <= level  # opened to give the view a median (D44)
+    kept = {e for e in wc.entries() if e[0] <= level and not (lone and e[0] > 0)}
     assert kept <= set(view.entries())  # entries at or below the level are left as they are
+    if lone:
+        assert int((view.levels > 0).sum()) >= 2 or int(view.levels.max(initial=0)) <= 1
     u_view = np.asarray(data.draw(st.lists(st.integers(-16, 16), min_size=len(view), max_size=len(view))),
                         dtype=np.float32) / 16
     pooled = pool_view(wc, view, u_view)
@@ -295,6 +299,8 @@ def test_lens_view_has_no_gist_above_the_level_and_pools_each_entry_to_its_best_
         inside = (view.starts >= wc.starts[i]) & (view.ends <= wc.ends[i])
         best.append(float(u_view[inside].max()))
     gists = [b for b, lv in zip(best, wc.levels, strict=True) if lv > 0]
+    if len(gists) < 2 and view is not wc:  # a lone gist: read against the median of the view's gists (D44)
+        gists = [float(u) for u, lv in zip(u_view, view.levels, strict=True) if lv > 0]
     median = float(np.median(np.asarray(gists, dtype=np.float32))) if gists else 0.0
     for b, got in zip(best, pooled, strict=True):  # every entry relative to the median gist (D31, D33)
         want = min(1.0, max(-1.0, b - median)) if gists else b
@@ -303,7 +309,27 @@ def test_lens_view_has_no_gist_above_the_level_and_pools_each_entry_to_its_best_
     # away from the clip, and once there is a median to read against, a uniform shift changes no entry
     inner = (np.abs(pooled) < 0.7) & bool(gists)
     assert np.allclose(shifted[inner], pooled[inner], atol=1e-6)
-    assert lens_view(wc, None) is wc
+    lone_any = gist_levels.size == 1 and int(gist_levels[0]) > 1
+    assert (lens_view(wc, None) is wc) != lone_any  # only a lone gist is opened when no level is known
+
+
+def test_a_lone_gist_is_read_against_its_children() -> None:
+    """One gist over most of the history and raw tokens after it (a history just past a tree level's
+    width): LensNet scores its children and the gist gets its best child's lead over their median,
+    so a child that stands out can open it; read against itself it would always be 0 (D44)."""
+    from megacontext_plugin.focus import score_through_view
+
+    # K = 2, 10 tokens: a level-3 gist over [0, 8) and two raw tokens; LensNet knows level 3
+    wc = WorkingContext.from_entries([3, 0, 0], [0, 8, 9], 2, 10)
+    seen: list[list[tuple[int, int]]] = []
+
+    def lens(w: WorkingContext) -> np.ndarray:
+        seen.append(w.entries())
+        return np.array([0.5, 0.1, -0.3, -0.2], dtype=np.float32)[: len(w)]
+
+    u = score_through_view(lens, 3)(wc)
+    assert seen == [[(2, 0), (2, 1), (0, 8), (0, 9)]]  # opened once: two gists to compare
+    assert np.allclose(u, [0.2, -0.6, -0.5])  # the median of the two children is 0.3
 
 
 def test_a_coarse_gist_is_scored_by_its_best_child() -> None:

@@ -42,35 +42,45 @@ def start_layout(num_tokens: int, block_size: int, recent_tokens: int) -> Workin
 
 
 def lens_view(wc: WorkingContext, level: int | None) -> WorkingContext:
-    """``wc`` with every gist above ``level`` expanded down to ``level`` (``wc`` itself when it has
-    none, or ``level`` is None). Its length is not bounded by a budget: only LensNet reads it."""
+    """``wc`` with every gist above ``level`` expanded down to ``level`` (None: none is), and a lone
+    gist (the view's only one, above level 1) opened until the view holds two or more: the allocator
+    reads utilities relative to the typical gist, and one gist alone has none to stand out from
+    (D44). Its length is not bounded by a budget: only LensNet reads it."""
     view = wc
     if level is not None:
         while (coarse := np.flatnonzero(view.levels > level)).size:
             view = view.expand(coarse)
+    while (gists := np.flatnonzero(view.levels > 0)).size == 1 and view.levels[gists[0]] > 1:
+        view = view.expand(gists)
     return view
 
 
-def relative_to_median_gist(wc: WorkingContext, utilities_W: np.ndarray) -> np.ndarray:
+def relative_to_median_gist(wc: WorkingContext, utilities_W: np.ndarray, values: np.ndarray | None = None
+                            ) -> np.ndarray:
     """``utilities[W]`` with every entry's utility, raw or gist, minus the median utility of
-    ``wc``'s gists, clipped to [-1, 1]; unchanged when ``wc`` holds no gist (D31, D33)."""
-    u_W = np.asarray(utilities_W, dtype=np.float32).copy()
+    ``wc``'s gists, clipped to [-1, 1]; unchanged when ``wc`` holds no gist (D31, D33). ``values``
+    (another layout's utilities) are what is read against ``wc``'s median instead, when given."""
+    u_W = np.asarray(utilities_W, dtype=np.float32)
+    out = (u_W if values is None else np.asarray(values, dtype=np.float32)).copy()
     gist_W = wc.levels > 0
     if gist_W.any():
-        u_W = np.clip(u_W - np.median(u_W[gist_W]), -1.0, 1.0)
-    return u_W
+        out = np.clip(out - np.median(u_W[gist_W]), -1.0, 1.0)
+    return out
 
 
 def pool_view(wc: WorkingContext, view: WorkingContext, view_utilities: np.ndarray) -> np.ndarray:
     """``utilities[W]`` of ``wc`` from ``view_utilities[V]`` of its ``lens_view``: each entry's
-    largest over the view entries it covers (its own where the view holds it unchanged), gists
-    then every entry read relative to the median gist (``relative_to_median_gist``): what the
-    allocator acts on."""
+    largest over the view entries it covers (its own where the view holds it unchanged), then
+    every entry read relative to the median gist (``relative_to_median_gist``): ``wc``'s gists,
+    or the view's where ``wc`` holds fewer than two (D44). What the allocator acts on."""
     u_V = np.asarray(view_utilities, dtype=np.float32)
     if view is wc:
         return relative_to_median_gist(wc, u_V)
     first_W = np.searchsorted(view.starts, wc.starts)  # both tile [0, N) in order
-    return relative_to_median_gist(wc, np.maximum.reduceat(u_V, first_W))
+    pooled_W = np.maximum.reduceat(u_V, first_W)
+    if int((wc.levels > 0).sum()) >= 2:
+        return relative_to_median_gist(wc, pooled_W)
+    return relative_to_median_gist(view, u_V, pooled_W)
 
 
 def score_through_view(score: Callable[[WorkingContext], np.ndarray], level: int | None
