@@ -107,7 +107,7 @@ from _models import BenchModel, build_model, model_kind
 
 from megacontext_plugin.config import ConfigError, MCConfig
 from megacontext_plugin.nets import build_gistnet, build_lensnet
-from megacontext_plugin.training import losses as L
+from megacontext_plugin.training import losses
 from megacontext_plugin.training.controller import MCBatch, MCController
 from megacontext_plugin.training.flops import mc_step_flops
 from megacontext_plugin.training.layouts import sample_layouts
@@ -265,7 +265,7 @@ def base_step(bench: BenchModel, batch: MCBatch, x_BT: torch.Tensor) -> float:
     inputs = batch.inputs_RWD.detach().requires_grad_(True)
     t0 = time.perf_counter()
     nll_RW = bench.nll(inputs, batch.value_ids_RW, batch.targets_RW, batch.cos_sin)
-    L.mean_over(nll_RW, batch.index.valid_RW).backward()
+    losses.mean_over(nll_RW, batch.index.valid_RW).backward()
     emb_BTD = bench.wte(x_BT)
     emb_BTD.backward(inputs.grad.new_zeros(emb_BTD.shape))
     return (time.perf_counter() - t0) * 1e3

@@ -220,7 +220,7 @@ class MegaContextPlugin:
 
     def _start_from_source(self, training: TrainingRun) -> None:
         controller = training.controller
-        saved = self._source_state(controller.cfg, controller.device_)
+        saved = self._source_state(controller.cfg, controller.device)
         if saved is not None:
             training.start_from(saved)
 
@@ -291,7 +291,7 @@ class MegaContextPlugin:
             return
         path = state_path(checkpoint_dir, step)
         try:
-            saved = read_matching(path, training.controller.cfg, training.controller.device_)
+            saved = read_matching(path, training.controller.cfg, training.controller.device)
         except CheckpointError as e:
             _fail(str(e))
         if saved is None and step <= training.plain_steps:  # the plain phase saves no MegaContext state
@@ -339,7 +339,7 @@ class MegaContextPlugin:
         if self.run.training is None:  # base_eval: the aux nets saved beside the checkpoint it loaded
             self.setup_model(model, args, 0, "eval")
         assert self.run.training is not None
-        post_run_validation(model, tokenizer, self.run.training.controller, source, report)
+        post_run_validation(model, tokenizer, self.run.training.controller.nets, source, report)
 
 
 plugin = MegaContextPlugin()

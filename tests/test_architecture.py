@@ -31,7 +31,9 @@ ALLOWED: dict[str, set[str]] = {
     "inference": {"config", "tree", "context", "focus", "nets", "telemetry", "private_files"},
     "plugin": {"arg_errors", "config", "hookspecs", "tree", "context", "nets", "focus", "training", "telemetry",
                "inference", "evaluation", "checkpoint"},
-    # checkpoint: the one loader of the plugin's files and its CheckpointError
+    # checkpoint: the one loader of the plugin's files and its CheckpointError; training: train_tiny (the
+    # stand-in's recipe trains), the stand-in model and the curriculum's last budget, never a controller to
+    # hold the nets (test_evaluation_holds_no_training_controller)
     "evaluation": {"config", "tree", "context", "focus", "nets", "training", "data", "telemetry", "checkpoint"},
     "cli": {"arg_errors", "config", "demo", "data", "nanochat_patch", "evaluation"},
 }
@@ -84,6 +86,20 @@ def test_inference_never_imports_training() -> None:
     assert "training" not in ALLOWED["inference"]
     inference = (PACKAGE / "inference").rglob("*.py")
     bad = [str(p.relative_to(PACKAGE)) for p in inference if "training" in _imported_rooms(p)]
+    assert not bad, bad
+
+
+def test_evaluation_holds_no_training_controller() -> None:
+    """Evaluation reads the aux nets through ``nets.AuxNets`` (the arms, the post-run validation, both
+    checkpoint loaders); only ``train_tiny``, the stand-in's recipe, trains with an ``MCController``.
+    The rest takes from training the stand-in model and the curriculum's last budget, nothing else."""
+    allowed = {f"{PACKAGE.name}.training.reference_model", f"{PACKAGE.name}.training.curriculum"}
+    bad = []
+    for path in (PACKAGE / "evaluation").rglob("*.py"):
+        if path.name == "train_tiny.py":
+            continue
+        training = {m for m in _module_imports(path) if m.startswith(f"{PACKAGE.name}.training")}
+        bad += [f"{path.relative_to(PACKAGE)} imports {m}" for m in sorted(training - allowed)]
     assert not bad, bad
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from megacontext_plugin.config import MCConfig
 from megacontext_plugin.context import WorkingContext
-from megacontext_plugin.training import losses as L
+from megacontext_plugin.training import losses
 from megacontext_plugin.training.controller import MCController
 from megacontext_plugin.training.layouts import minimal_length
 from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
@@ -76,16 +76,16 @@ def test_targets_are_the_token_after_each_span_never_the_input() -> None:
     c = make_controller(small_cfg())
     x, y = data(1)
     b = c.process_batch(x, y, nn.Embedding(VOCAB, D), step=3)
-    L = b.layouts
-    B, V = L.batch, L.variants
+    layouts = b.layouts
+    B, V = layouts.batch, layouts.variants
     full = torch.cat([x, y[:, -1:]], dim=1)  # x[t+1] == y[t]
     for r in range(B * V):
-        n = int(L.lengths_R[r])
-        ends = torch.from_numpy(L.ends_RW[r, :n])
+        n = int(layouts.lengths_R[r])
+        ends = torch.from_numpy(layouts.ends_RW[r, :n])
         assert torch.equal(b.targets_RW[r, :n], full[r // V, ends])  # the token right after the span
         assert bool((b.targets_RW[r, n:] == -1).all())
-        raw = torch.from_numpy(L.levels_RW[r, :n] == 0)
-        starts = torch.from_numpy(L.starts_RW[r, :n])[raw]
+        raw = torch.from_numpy(layouts.levels_RW[r, :n] == 0)
+        starts = torch.from_numpy(layouts.starts_RW[r, :n])[raw]
         # a raw entry's target is never the input token itself (unless the data repeats it)
         assert torch.equal(b.targets_RW[r, :n][raw], full[r // V, starts + 1])
 
@@ -94,24 +94,25 @@ def test_every_variant_is_legal_aligned_and_distinct() -> None:
     cfg = small_cfg(mc_num_random_variants=4, mc_max_counterfactuals=8)
     c = make_controller(cfg)
     b = c.process_batch(*data(2, batch=3), nn.Embedding(VOCAB, D), step=9)
-    L = b.layouts
-    V = L.variants
+    layouts = b.layouts
+    V = layouts.variants
     assert V == 5
-    for r in range(L.batch * V):
-        n = int(L.lengths_R[r])
-        lv, ix = L.levels_RW[r, :n], L.indices_RW[r, :n]
+    for r in range(layouts.batch * V):
+        n = int(layouts.lengths_R[r])
+        lv, ix = layouts.levels_RW[r, :n], layouts.indices_RW[r, :n]
         assert n <= b.budget
         if r % V == 0:  # recency baseline: the last `budget` raw tokens
             assert n == b.budget and (lv == 0).all() and ix[0] == T - b.budget and ix[-1] == T - 1
             continue
         wc = WorkingContext(lv, ix, K, T)  # validates the tiling and alignment
         wc.validate(recent_tokens=cfg.allocator_recent_tokens, budget=b.budget)
-        assert ((L.starts_RW[r, :n] % (K ** lv.astype(np.int64))) == 0).all()
+        assert ((layouts.starts_RW[r, :n] % (K ** lv.astype(np.int64))) == 0).all()
         assert n > b.budget - (K - 1)  # filled up to the budget: little padding
-    for row in range(L.batch):
-        keys = {L.levels_RW[row * V + v].tobytes() + L.indices_RW[row * V + v].tobytes() for v in range(1, V)}
+    for row in range(layouts.batch):
+        rows = range(row * V + 1, row * V + V)
+        keys = {layouts.levels_RW[r].tobytes() + layouts.indices_RW[r].tobytes() for r in rows}
         assert len(keys) == V - 1
-    assert L.duplicates == 0
+    assert layouts.duplicates == 0
 
 
 def test_identical_variants_are_counted_when_the_budget_leaves_no_choice() -> None:
@@ -129,12 +130,12 @@ def test_packed_inputs_are_one_gather_of_the_tree_levels() -> None:
     b = c.process_batch(x, y, wte, step=0)
     levels = build_levels(wte(x).to(c.aux_dtype), K, c.gistnet, max_level=c.num_levels - 1)
     levels[0] = wte(x)
-    L = b.layouts
-    for r in range(L.batch * L.variants):
-        for w in range(int(L.lengths_R[r])):
-            want = levels[L.levels_RW[r, w]][r // L.variants, L.indices_RW[r, w]]
+    layouts = b.layouts
+    for r in range(layouts.batch * layouts.variants):
+        for w in range(int(layouts.lengths_R[r])):
+            want = levels[layouts.levels_RW[r, w]][r // layouts.variants, layouts.indices_RW[r, w]]
             assert torch.allclose(b.inputs_RWD[r, w], want)
-        assert bool((b.inputs_RWD[r, int(L.lengths_R[r]):] == 0).all())
+        assert bool((b.inputs_RWD[r, int(layouts.lengths_R[r]):] == 0).all())
 
 
 def test_curriculum_anneals_from_80_percent_to_the_final_length_in_few_shapes() -> None:
@@ -399,16 +400,16 @@ def test_listwise_kl_fixes_ranks_and_gaps_not_the_level() -> None:
     target = torch.tensor([[1.0, 0.2, 0.0, 0.5], [0.3, 0.0, 0.0, 0.0]])
     mask = torch.tensor([[True, True, True, False], [True, False, False, False]])  # row 1: one entry, left out
     shifted = target - 0.7
-    assert L.listwise_kl(shifted, target, mask, 0.1).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.listwise_kl(shifted, target, mask, 0.1).item() == pytest.approx(0.0, abs=1e-6)
     swapped = torch.tensor([[0.2, 1.0, 0.0, 0.5], [0.3, 0.0, 0.0, 0.0]], requires_grad=True)
-    loss = L.listwise_kl(swapped, target, mask, 0.1)
+    loss = losses.listwise_kl(swapped, target, mask, 0.1)
     assert loss.item() > 1.0
     loss.backward()
     assert swapped.grad is not None
     assert swapped.grad[0, 0] < 0 < swapped.grad[0, 1]  # raise the salient entry, lower the other
     assert swapped.grad[0, 3] == 0 and (swapped.grad[1] == 0).all()  # masked entries and short rows: nothing
     none = torch.zeros(2, 4, requires_grad=True)
-    assert L.listwise_kl(none, target, torch.zeros(2, 4, dtype=torch.bool), 0.1).item() == 0.0
+    assert losses.listwise_kl(none, target, torch.zeros(2, 4, dtype=torch.bool), 0.1).item() == 0.0
 
 
 @pytest.mark.parametrize("weight", [0.0, 1.0])

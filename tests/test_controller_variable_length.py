@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from test_controller import VOCAB, D, T, make_controller, small_cfg, tiny_model
 
 from megacontext_plugin.training import controller as controller_module
-from megacontext_plugin.training import losses as L
+from megacontext_plugin.training import losses
 from megacontext_plugin.training.controller import MCBatch, MCController
 from megacontext_plugin.training.flops import vanilla_step_flops
 from megacontext_plugin.training.layouts import LayoutPrefetcher
@@ -239,17 +239,18 @@ def test_hard_negatives_are_chosen_among_masked_pairs_only() -> None:
     adv_BP = torch.tensor([[5.0, -4.0, 1.0], [9.0, 0.5, -3.0]])
     everything = torch.ones_like(adv_BP, dtype=torch.bool)
     for ratio in (0.1, 0.3, 0.5, 1.0):
-        assert torch.equal(L.hard_negative_mask(adv_BP, ratio, everything), L.hard_negative_mask(adv_BP, ratio))
+        masked = losses.hard_negative_mask(adv_BP, ratio, everything)
+        assert torch.equal(masked, losses.hard_negative_mask(adv_BP, ratio))
     first_row = torch.tensor([[True] * 3, [False] * 3])
-    assert L.hard_negative_mask(adv_BP, 0.5, first_row).tolist() == [[True, True, False], [False] * 3]
-    assert not bool(L.hard_negative_mask(adv_BP, 0.5, torch.zeros_like(first_row)).any())
+    assert losses.hard_negative_mask(adv_BP, 0.5, first_row).tolist() == [[True, True, False], [False] * 3]
+    assert not bool(losses.hard_negative_mask(adv_BP, 0.5, torch.zeros_like(first_row)).any())
     ones_RW = torch.ones(2, 4, dtype=torch.bool)
     nll_RW = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
     tail_RH = torch.tensor([[2, 3], [2, 3]])
-    assert L.tail_nll(nll_RW, tail_RH, ones_RW).tolist() == L.tail_nll(nll_RW, tail_RH).tolist() == [3.5, 7.5]
+    assert losses.tail_nll(nll_RW, tail_RH, ones_RW).tolist() == losses.tail_nll(nll_RW, tail_RH).tolist() == [3.5, 7.5]
     some_RW = torch.tensor([[True, True, False, True], [True, True, False, False]])
-    assert L.tail_nll(nll_RW, tail_RH, some_RW).tolist() == [4.0, 0.0]
-    assert L.tail_supervised(some_RW, tail_RH).tolist() == [True, False]
+    assert losses.tail_nll(nll_RW, tail_RH, some_RW).tolist() == [4.0, 0.0]
+    assert losses.tail_supervised(some_RW, tail_RH).tolist() == [True, False]
 
 
 def test_align_right_moves_each_conversation_to_the_end_and_keeps_full_rows() -> None:

@@ -177,7 +177,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line(tmp_path) -> No
 
 def test_a_checkpoint_from_another_version_is_refused_in_one_line(tmp_path) -> None:
     from megacontext_plugin.config import MCConfig
-    from megacontext_plugin.evaluation.checkpoint import build, save
+    from megacontext_plugin.evaluation.checkpoint import save
+    from megacontext_plugin.evaluation.train_tiny import build
     from megacontext_plugin.training.reference_model import TinyGPTConfig
 
     model, ctrl = build(TinyGPTConfig(vocab_size=256, sequence_len=512, n_layer=1, n_head=4, n_embd=64),
@@ -185,7 +186,7 @@ def test_a_checkpoint_from_another_version_is_refused_in_one_line(tmp_path) -> N
                                  lensnet_layers=1, lensnet_dim=64))
     ctrl.close()
     good = tmp_path / "tiny.pt"
-    save(good, model, ctrl, {})
+    save(good, model, ctrl.cfg, ctrl.controller_state(), {})
     state = torch.load(good, weights_only=True)
     state["mc_config"]["mc_knob_from_elsewhere"] = 0.3
     old = tmp_path / "old.pt"
@@ -238,7 +239,7 @@ def test_long_context_refuses_an_allocator_knob_out_of_range_before_loading(
 def test_mc_arm_starts_coarsest_and_lensnet_never_sees_a_level_it_did_not_train_on() -> None:
     from megacontext_plugin.config import MCConfig
     from megacontext_plugin.evaluation.arms import ArmRunner
-    from megacontext_plugin.evaluation.checkpoint import build
+    from megacontext_plugin.evaluation.train_tiny import build
     from megacontext_plugin.training.reference_model import TinyGPTConfig
 
     cfg = MCConfig(mc=True, block_size=8, allocator_recent_tokens=16, mc_horizon=16, gistnet_layers=1,
@@ -248,7 +249,8 @@ def test_mc_arm_starts_coarsest_and_lensnet_never_sees_a_level_it_did_not_train_
     assert ctrl.lens_level == 2
     from megacontext_plugin.inference.settings import SessionSettings
     assert SessionSettings.from_config(cfg, 512).lens_level == 2  # chat reads the same level
-    runner = ArmRunner(model, ctrl, budget=64)
+    runner = ArmRunner(model, ctrl.nets, budget=64)
+    assert runner.lens_level == 2  # the nets alone give the level the controller has
     long = runner.start_layout(1008, room=58, num_levels=4)  # 16x: the coarsest holds a level-3 gist
     assert long == WorkingContext.coarsest(1008, 8, 16) and int(long.levels.max()) == 3
     from inference_support import record_lens_levels
@@ -275,14 +277,14 @@ def test_mc_arm_starts_coarsest_and_lensnet_never_sees_a_level_it_did_not_train_
 def test_lens_ranking_scores_the_layout_the_mc_arm_starts_from(start: str) -> None:
     from megacontext_plugin.config import MCConfig
     from megacontext_plugin.evaluation.arms import ArmRunner
-    from megacontext_plugin.evaluation.checkpoint import build
+    from megacontext_plugin.evaluation.train_tiny import build
     from megacontext_plugin.training.reference_model import TinyGPTConfig
 
     cfg = MCConfig(mc=True, block_size=8, allocator_recent_tokens=16, mc_horizon=16, gistnet_layers=1,
                    lensnet_layers=1, lensnet_dim=64)
     torch.manual_seed(0)
     model, ctrl = build(TinyGPTConfig(vocab_size=256, sequence_len=1024, n_layer=1, n_head=4, n_embd=64), cfg)
-    runner = ArmRunner(model, ctrl, budget=64, start=start)
+    runner = ArmRunner(model, ctrl.nets, budget=64, start=start)
     scored: list[WorkingContext] = []
     score = runner.scorer
 

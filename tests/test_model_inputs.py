@@ -41,7 +41,7 @@ def test_training_evaluation_and_inference_read_the_same_inputs(extra: list[str]
     train = model_inputs(LevelTable(levels, x), train_rows, **common)
 
     # evaluation: the arm runner's source and rows for the same WC
-    runner = ArmRunner(model, ctrl, budget=T)
+    runner = ArmRunner(model, ctrl.nets, budget=T)
     eval_levels, _ = runner.tree(prefix)
     source = runner.source(eval_levels, prefix, cont)
     evaluation = model_inputs(source, EntryRows.of([full_wc]), **common)
@@ -75,3 +75,60 @@ def test_value_ids_are_int64_whatever_the_token_dtype() -> None:
                        rotary_dtype=torch.float32, targets_BT=ids)
     assert out.value_ids_RW.dtype == torch.int64
     assert out.value_ids_RW[0].tolist() == [-1, -1, 8, 9, 10, 11]
+
+
+def _old_batch_scores(lensnet, table: LevelTable, wcs: list[WorkingContext], query_RHD: torch.Tensor) -> list:
+    """The training controller's on-policy scorer before ``lens_utilities`` (its site code, kept as the reference)."""
+    rows = EntryRows.of(wcs)
+    R, W = rows.shape
+    entries = table.gather(np.repeat(rows.seq_R, W), rows.levels_RW.reshape(-1),
+                           rows.indices_RW.reshape(-1)).view(R, W, -1)
+    t = torch.from_numpy
+    spans = np.where(rows.valid_RW, rows.ends_RW - rows.starts_RW, 0)
+    levels_RW = np.where(rows.valid_RW, rows.levels_RW, 0)
+    u_RW = lensnet(entries, t(levels_RW), t(spans), query_RHD, t(rows.valid_RW)).float().cpu().numpy()
+    return [u_RW[r, :len(wc)] for r, wc in enumerate(wcs)]
+
+
+def _old_one_scores(lensnet, x_WD: torch.Tensor, wc: WorkingContext, query_1HD: torch.Tensor) -> np.ndarray:
+    """The probe's, the evaluation arm's and inference's scorer of one working context before ``lens_utilities``."""
+    levels = torch.from_numpy(wc.levels.astype(np.int64))[None]
+    spans = torch.from_numpy((wc.ends - wc.starts).astype(np.int64))[None]
+    return lensnet(x_WD[None], levels, spans, query_1HD)[0].float().cpu().numpy()
+
+
+@pytest.mark.parametrize("context", ["bidirectional", "cross"])
+@torch.no_grad()
+def test_lens_utilities_score_as_every_site_did(context: str) -> None:
+    """``context.lens_utilities``, the one LensNet scorer of working contexts, gives the utilities
+    the four sites computed by hand: a padded batch (training's on-policy layouts, masked), one
+    context from a level table (the probe, the evaluation's arm) and from entries in hand (refocus)."""
+    from megacontext_plugin.context import lens_utilities
+    from megacontext_plugin.nets.lensnet import LensNet
+
+    torch.manual_seed(0)
+    K, N, D, H = 4, 64, 32, 4
+    lensnet = LensNet(D, 16, 2, 2, context, max_level=3).eval()
+    lensnet.score.weight.normal_()  # scores away from 0, so a difference shows
+    levels = [torch.randn(2, N // K**level, D) for level in range(3)]
+    table = LevelTable(levels, torch.zeros(2, N, dtype=torch.int64))
+    query_RHD = torch.randn(2, H, D)
+    short = WorkingContext.coarsest(N, K, H)
+    wcs = [short.expand([0, 1]), short]
+    assert len(wcs[1]) < len(wcs[0])  # row 1 is padded
+
+    got = lens_utilities(lensnet, wcs, query_RHD, source=table, masked=True)
+    for g, want in zip(got, _old_batch_scores(lensnet, table, wcs, query_RHD), strict=True):
+        assert g.dtype == np.float32 and np.array_equal(g, want)
+    assert np.ptp(got[0]) > 0.1
+
+    wc = wcs[0]
+    rows = EntryRows.of([wc])
+    x_WD = table.gather(rows.seq_R.repeat(len(wc)), rows.levels_RW[0], rows.indices_RW[0])
+    want = _old_one_scores(lensnet, x_WD, wc, query_RHD[:1])
+    assert np.array_equal(lens_utilities(lensnet, [wc], query_RHD[:1], source=table)[0], want)
+    assert np.array_equal(lens_utilities(lensnet, [wc], query_RHD[:1], entries_RWD=x_WD[None])[0], want)
+    # one context read unmasked, a padded batch masked: the padding changes nothing of the longer row
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="source"):
+        lens_utilities(lensnet, [wc], query_RHD[:1])

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -16,6 +17,7 @@ from megacontext_plugin.evaluation import run_report
 from megacontext_plugin.evaluation.codec import BYTES, tokenizer_codec
 from megacontext_plugin.evaluation.nanochat_model import validation_budget
 from megacontext_plugin.evaluation.postrun import post_run_validation
+from megacontext_plugin.nets import AuxNets
 from megacontext_plugin.telemetry import TelemetryEvent, make_provider
 from megacontext_plugin.training.controller import MCController
 from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
@@ -63,11 +65,32 @@ class Report:
         self.report_dir = str(report_dir)
 
 
-def _controller(tmp_path: Path) -> MCController:
-    cfg = MCConfig(mc=True, block_size=4, mc_horizon=8, allocator_recent_tokens=8, gistnet_heads=2, gistnet_layers=1,
-                   lensnet_dim=16, lensnet_heads=2, lensnet_layers=1, mc_eval_lengths="2,3", mc_eval_samples=1,
-                   mc_telemetry_dir=str(tmp_path / "telemetry"))
-    return MCController(cfg, dim=32, head_dim=16, sequence_len=SEQ, total_steps=1)
+def _config(tmp_path: Path) -> MCConfig:
+    return MCConfig(mc=True, block_size=4, mc_horizon=8, allocator_recent_tokens=8, gistnet_heads=2, gistnet_layers=1,
+                    lensnet_dim=16, lensnet_heads=2, lensnet_layers=1, mc_eval_lengths="2,3", mc_eval_samples=1,
+                    mc_telemetry_dir=str(tmp_path / "telemetry"))
+
+
+def _nets(tmp_path: Path) -> AuxNets:
+    """The aux nets the validation reads (a training run passes its ``MCController.nets``)."""
+    return AuxNets.build(_config(tmp_path), dim=32, sequence_len=SEQ)
+
+
+@pytest.mark.parametrize("knobs", [{}, {"mc_train_wc_length": 0.3, "mc_anneal_fraction": 0.5}, {"mc_wc_budget": 24}])
+def test_the_validation_budget_is_the_controllers_last_budget(tmp_path: Path, knobs: dict) -> None:
+    """``validation_budget`` reads the nets alone and gives what it gave from the controller:
+    ``--mc_wc_budget`` when set, else the budget the controller reaches at its last step, whatever
+    the run's length."""
+    import dataclasses
+
+    from megacontext_plugin.evaluation.nanochat_model import validation_budget
+
+    cfg = dataclasses.replace(_config(tmp_path), **knobs)
+    for total_steps in (1, 7, 1000):
+        ctrl = MCController(cfg, dim=32, head_dim=16, sequence_len=SEQ, total_steps=total_steps)
+        last = ctrl.budget_at(ctrl.total_steps, ctrl.sequence_len)
+        assert validation_budget(ctrl.nets) == (min(cfg.mc_wc_budget, SEQ) if cfg.mc_wc_budget else last)
+        ctrl.close()
 
 
 def test_tokenizer_codec_puts_bos_first_and_reads_answers_back() -> None:
@@ -82,7 +105,7 @@ def test_tokenizer_codec_puts_bos_first_and_reads_answers_back() -> None:
 
 def test_post_run_validation_prints_the_table_and_logs_a_report_section(tmp_path: Path, capsys) -> None:
     torch.manual_seed(0)
-    gpt, ctrl = GPTStandIn(), _controller(tmp_path)
+    gpt, nets = GPTStandIn(), _nets(tmp_path)
     provider = make_provider("jsonl", tmp_path / "telemetry" / "base-20250101-000000-1")
     for step in (0, 5):
         provider.emit(TelemetryEvent("mc_batch_stats", {"variants_total": 12, "sequences": 2, "step": step,
@@ -96,9 +119,9 @@ def test_post_run_validation_prints_the_table_and_logs_a_report_section(tmp_path
     report = Report(tmp_path / "report")
     upstream = "## Base model evaluation\ntimestamp: 2025-01-01 00:00:00\n\n- CORE metric: 0.1\n\n"
     (tmp_path / "report" / "base-model-evaluation.md").write_text(upstream)
-    result = post_run_validation(gpt, ByteTokenizer(), ctrl, "base", report)
+    result = post_run_validation(gpt, ByteTokenizer(), nets, "base", report)
 
-    budget = validation_budget(ctrl)
+    budget = validation_budget(nets)
     assert result["settings"]["budget"] == budget and result["settings"]["lengths_x"] == [2, 3]
     arms = {(r["arm"], r["length_x"]) for r in result["rows"]}
     assert arms == {(a, x) for a in ("truncation", "uniform", "mc", "full") for x in (2, 3)}
@@ -175,12 +198,12 @@ def test_validation_leaves_out_the_lengths_its_budget_cannot_hold(tmp_path: Path
     from megacontext_plugin.evaluation.postrun import ValidationSettings, validate
 
     torch.manual_seed(0)
-    gpt, ctrl = GPTStandIn(), _controller(tmp_path)
-    ctrl.cfg = dataclasses.replace(ctrl.cfg, mc_wc_budget=24)
-    geometry = {"budget": validation_budget(ctrl), "horizon": 8, "block_size": 4, "recent": int(ctrl.prompt_recent)}
+    gpt, nets = GPTStandIn(), _nets(tmp_path)
+    nets.cfg = dataclasses.replace(nets.cfg, mc_wc_budget=24)
+    geometry = {"budget": validation_budget(nets), "horizon": 8, "block_size": 4, "recent": nets.prompt_recent}
     unheld = [x for x, _ in unheld_lengths((1, 2, 3, 4, 5), slack=0.25, **geometry)]
     assert unheld and len(unheld) < 5  # some lengths fit this budget, some do not
-    result = validate(gpt, ByteTokenizer(), ctrl, ValidationSettings(lengths=(1, 2, 3, 4, 5), samples=1,
+    result = validate(gpt, ByteTokenizer(), nets, ValidationSettings(lengths=(1, 2, 3, 4, 5), samples=1,
                                                                     recall_docs=1, lens_docs=0))
     assert {r["length_x"] for r in result["rows"]} == {1, 2, 3, 4, 5} - set(unheld)
     assert f"--mc_eval_lengths {','.join(f'{x}x' for x in unheld)} left out" in capsys.readouterr().out

@@ -16,11 +16,16 @@ Rows of entries (each row a view of one history: ``level``, node ``index`` and t
 
 Because all three callers build their inputs here, what the base model reads for a working
 context cannot differ between training, evaluation and inference.
+
+LensNet's inputs are built here too, in ``lens_utilities``: working contexts and a query become
+LensNet's utilities per entry (the entries' vectors from the same ``EntrySource``, their levels and
+token spans computed once from ``EntryRows``), so the on-policy layouts and the focus probe of
+training, the evaluation's ``mc`` arm and inference's refocus score a working context alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,6 +66,11 @@ class EntryRows:
     @property
     def valid_RW(self) -> np.ndarray:
         return self.levels_RW != PAD_LEVEL
+
+    @property
+    def spans_RW(self) -> np.ndarray:
+        """Tokens covered by each entry (``end - start``; 0 on padding)."""
+        return np.where(self.valid_RW, self.ends_RW - self.starts_RW, 0)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -176,6 +186,34 @@ def model_inputs(source: EntrySource, rows: EntryRows, *, scheme: str, sigma_sca
     if cos_sin is not None and from_entry:
         cos_sin = (cos_sin[0][:, cols], cos_sin[1][:, cols])
     return ModelInputs(inputs_RnD, value_RnT, targets, cos_sin)
+
+
+def lens_utilities(lensnet: Callable[..., torch.Tensor], wcs: Sequence[WorkingContext], query_RHD: torch.Tensor, *,
+                   source: EntrySource | None = None, entries_RWD: torch.Tensor | None = None,
+                   masked: bool = False) -> list[np.ndarray]:
+    """LensNet's utilities of every entry of each working context (float32 ``[W_r]`` per context)
+    against its query ``[R, H, D]`` (row ``r`` reads history ``r``).
+
+    The entries' vectors come from ``source`` or, when the caller holds them already,
+    ``entries_RWD``; they are cast to the query's dtype. Levels and spans are those of
+    ``EntryRows.of(wcs)`` (0 on padding). LensNet reads the mask of real entries when a context is
+    shorter than another, and always with ``masked`` (a batch of contexts, whatever their lengths:
+    its attention then takes one path); one context is read unmasked. Gradients are left to the
+    caller's mode (every caller scores under ``no_grad``)."""
+    rows = EntryRows.of(list(wcs))
+    R, W = rows.shape
+    device = query_RHD.device
+    if entries_RWD is None:
+        if source is None:
+            raise ValueError("lens_utilities needs a source of entry vectors or the entries themselves")
+        seq = np.repeat(rows.seq_R, W)
+        entries_RWD = source.gather(seq, rows.levels_RW.reshape(-1), rows.indices_RW.reshape(-1)).view(R, W, -1)
+    valid_RW = rows.valid_RW
+    mask = torch.from_numpy(valid_RW).to(device) if masked or not valid_RW.all() else None
+    levels = torch.from_numpy(np.where(valid_RW, rows.levels_RW, 0)).to(device)
+    spans = torch.from_numpy(rows.spans_RW).to(device)
+    u_RW = lensnet(entries_RWD.to(query_RHD.dtype), levels, spans, query_RHD, mask).float().cpu().numpy()
+    return [u_RW[r, :len(wc)] for r, wc in enumerate(wcs)]
 
 
 class TreeSource:

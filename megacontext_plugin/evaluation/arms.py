@@ -18,7 +18,7 @@ last prefix token raw, so its output predicts ``cont[0]``.
 - ``full``: every prefix token raw (only where ``len(prefix) + len(cont) - 1`` fits the model's
   ``sequence_len``; the upper bound).
 
-Positions follow the controller's ``--mc_position_scheme`` (and gist damping) exactly as training
+Positions follow the nets' ``--mc_position_scheme`` (and gist damping) exactly as training
 packs them. All of it runs under ``torch.no_grad`` on batch size one.
 """
 
@@ -30,12 +30,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..context import EntryRows, LevelTable, model_inputs
+from ..context import EntryRows, LevelTable, lens_utilities, model_inputs
 from ..context.positions import rope_base
 from ..context.working_context import WorkingContext
-from ..focus import FocusAllocator, focus_config, residency, score_through_view, start_layout
-from ..training.layouts import max_tree_level
+from ..focus import FocusAllocator, focus_config, residency, score_through_view, start_layout, trained_level
+from ..nets import AuxNets
 from ..tree.building import build_levels
+from ..tree.protocol import max_tree_level
 
 ARMS = ("truncation", "uniform", "mc", "full")
 
@@ -54,12 +55,16 @@ class Prediction:
 class ArmRunner:
     """Runs one arm on (prefix, cont) pairs. ``model`` is a TinyGPT-like module (``wte``,
     ``forward(inputs_embeds=..., cos_sin=...)``, ``config.sequence_len``; nanochat's GPT through
-    ``evaluation.nanochat_model.NanochatArms``); ``controller`` an
-    ``MCController`` (GistNet, LensNet, config) for the ``uniform`` and ``mc`` arms."""
+    ``evaluation.nanochat_model.NanochatArms``); ``nets`` GistNet, LensNet and their knobs
+    (``nets.AuxNets``: a training controller's ``MCController.nets``, or a checkpoint's) for the
+    ``uniform`` and ``mc`` arms."""
 
-    def __init__(self, model: nn.Module, controller: nn.Module | None, budget: int, *, rounds: int = 4,
+    def __init__(self, model: nn.Module, nets: AuxNets | None, budget: int, *, rounds: int = 4,
                  start: str = "coarsest") -> None:
-        self.model, self.ctrl, self.budget, self.rounds, self.start = model, controller, budget, rounds, start
+        self.model, self.nets, self.budget, self.rounds, self.start = model, nets, budget, rounds, start
+        self.lens_level = None if nets is None else trained_level(
+            nets.sequence_len, nets.cfg.mc_horizon, nets.cfg.block_size, nets.prompt_recent)
+        """The coarsest gist level LensNet trained on (``focus.trained_level``), as the controller's."""
         if start not in ("recency", "coarsest"):
             raise ValueError(f"start must be recency or coarsest, got {start!r}")
         self.seq_len = int(model.config.sequence_len)
@@ -97,19 +102,19 @@ class ArmRunner:
         source = self.source(levels, prefix, cont)
         wc, info = self._compressed(arm, source, prefix, room, num_levels)
         if arm == "mc" and answer_span is not None:
-            coarsest = WorkingContext.coarsest(n, self.ctrl.cfg.block_size, int(self.ctrl.prompt_recent))
+            coarsest = WorkingContext.coarsest(n, self.nets.cfg.block_size, self.nets.prompt_recent)
             info |= answer_focus(wc, coarsest, answer_span, room)
         return self.predict_wc(wc, source, cont, info)
 
     def tree(self, prefix: torch.Tensor) -> tuple[list[torch.Tensor], int]:
         """GistNet's tree of the prefix: levels ``[1, N_l, D]`` (level 0 the prefix's token embeddings)."""
-        ctrl = self.ctrl
-        if ctrl is None:
-            raise ValueError("the uniform and mc arms need the controller (GistNet, LensNet)")
-        K, n = ctrl.cfg.block_size, int(prefix.numel())
+        nets = self.nets
+        if nets is None:
+            raise ValueError("the uniform and mc arms need the aux nets (GistNet, LensNet)")
+        K, n = nets.cfg.block_size, int(prefix.numel())
         num_levels = max_tree_level(n, K) + 1
-        lod0 = self.model.wte(prefix[None]).to(ctrl.aux_dtype)
-        return build_levels(lod0, K, ctrl.gistnet, max_level=num_levels - 1), num_levels
+        lod0 = self.model.wte(prefix[None]).to(nets.aux_dtype)
+        return build_levels(lod0, K, nets.gistnet, max_level=num_levels - 1), num_levels
 
     def source(self, levels: list[torch.Tensor], prefix: torch.Tensor, cont: torch.Tensor) -> LevelTable:
         """The entries of the prefix's tree and the continuation's tokens (raw, after the prefix)."""
@@ -122,13 +127,13 @@ class ArmRunner:
 
     def _compressed(self, arm: str, source: LevelTable, prefix: torch.Tensor, room: int, num_levels: int
                     ) -> tuple[WorkingContext, dict[str, float]]:
-        ctrl = self.ctrl
-        K, n, recent = ctrl.cfg.block_size, int(prefix.numel()), int(ctrl.prompt_recent)
+        nets = self.nets
+        K, n, recent = nets.cfg.block_size, int(prefix.numel()), nets.prompt_recent
         if arm == "uniform":
             return uniform_layout(n, room, K, recent, num_levels - 1), {}
         wc = self.start_layout(n, room, num_levels)
         scorer = self.scorer(source, prefix)
-        allocator = FocusAllocator(focus_config(ctrl.cfg, room, recent_tokens=recent, max_level=max(1, num_levels - 1)))
+        allocator = FocusAllocator(focus_config(nets.cfg, room, recent_tokens=recent, max_level=max(1, num_levels - 1)))
         swaps, resid = [], []
         for _ in range(self.rounds):
             before = wc
@@ -140,7 +145,7 @@ class ArmRunner:
 
     def start_layout(self, n: int, room: int, num_levels: int) -> WorkingContext:
         """The working context the ``mc`` arm's refocus calls start from (``start``)."""
-        K, recent = self.ctrl.cfg.block_size, int(self.ctrl.prompt_recent)
+        K, recent = self.nets.cfg.block_size, self.nets.prompt_recent
         if self.start == "recency":
             return WorkingContext.recency(n, room, K, recent, max_level=num_levels - 1)
         return start_layout(n, K, recent)
@@ -148,19 +153,15 @@ class ArmRunner:
     def scorer(self, source: LevelTable, prefix: torch.Tensor):
         """LensNet utilities of a working context of the prefix against its last H tokens, through its
         ``focus.lens_view`` (gists above the level LensNet trained on scored by their descendants)."""
-        ctrl = self.ctrl
-        H, n = ctrl.cfg.mc_horizon, int(prefix.numel())
+        nets = self.nets
+        H, n = nets.cfg.mc_horizon, int(prefix.numel())
         tail = source.gather(np.zeros(H, dtype=np.int64), np.zeros(H, dtype=np.int64),
-                             np.arange(n - H, n))[None].to(ctrl.aux_dtype)
+                             np.arange(n - H, n))[None].to(nets.aux_dtype)
 
         def score(wc: WorkingContext) -> np.ndarray:
-            entries = source.gather(np.zeros(len(wc), dtype=np.int64), wc.levels.astype(np.int64),
-                                    wc.indices.astype(np.int64))[None].to(ctrl.aux_dtype)
-            lv = torch.from_numpy(wc.levels.astype(np.int64))[None]
-            spans = torch.from_numpy((wc.ends - wc.starts).astype(np.int64))[None]
-            return ctrl.lensnet(entries, lv, spans, tail)[0].float().numpy()
+            return lens_utilities(nets.lensnet, [wc], tail, source=source)[0]
 
-        return score_through_view(score, ctrl.lens_level)
+        return score_through_view(score, self.lens_level)
 
     # ---- the base model over the view + the continuation ---------------------------------------
     @torch.no_grad()
@@ -174,9 +175,9 @@ class ArmRunner:
         """The model over ``rows`` (the prefix's view, then ``cont[:-1]`` raw) built by ``model_inputs``,
         exactly as training and inference build theirs."""
         c = int(cont.numel())
-        ctrl = self.ctrl
-        inputs = model_inputs(source, rows, scheme=ctrl.cfg.mc_position_scheme if ctrl is not None else "ordinal",
-                              sigma_scale=ctrl.cfg.mc_rope_gist_sigma if ctrl is not None else 0.0,
+        nets = self.nets
+        inputs = model_inputs(source, rows, scheme=nets.cfg.mc_position_scheme if nets is not None else "ordinal",
+                              sigma_scale=nets.cfg.mc_rope_gist_sigma if nets is not None else 0.0,
                               head_dim=self.model.head_dim, sequence_len=self.seq_len, rotary_dtype=torch.float32,
                               rope_base=rope_base(getattr(self.model, "gpt", self.model)))
         x = inputs.inputs_RWD.to(self.model.wte.weight.dtype)

@@ -231,7 +231,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     codec = tokenizer_codec(nc.tokenizer)
     conversations = {x: make_conversations(args.seed, x * budget, docs, engine.count_tokens, codec.chars_per_token)
                      for x in lengths}
-    mc_flags = chat_cli_flags(nc.controller.cfg, budget, overrides) if "mc" in arms else None
+    mc_flags = chat_cli_flags(nc.nets.cfg, budget, overrides) if "mc" in arms else None
     try:
         if mc_flags is not None:
             engine.open_megacontext(args.checkpoint, nc.step, mc_flags)

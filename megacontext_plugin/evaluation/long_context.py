@@ -52,6 +52,7 @@ import torch
 from ..checkpoint import CheckpointError
 from ..config import ConfigError, MCConfig
 from ..data import metrics, stdlib_text, tasks
+from ..nets import AuxNets
 from . import chat_arm, nanochat_checkpoint
 from .arms import ARMS, ArmRunner, unheld_lengths, unheld_reason
 from .checkpoint import load
@@ -170,9 +171,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             nc = nanochat_checkpoint.load(args.checkpoint, args.step)
         except CheckpointError as e:
             parser.error(f"--checkpoint {e}")
-        model, ctrl, recipe, codec = nc.model, nc.controller, nc.recipe, tokenizer_codec(nc.tokenizer)
+        model, nets, recipe, codec = nc.model, nc.nets, nc.recipe, tokenizer_codec(nc.tokenizer)
         budget = args.budget or nc.budget
-        horizon = args.horizon or ctrl.cfg.mc_horizon
+        horizon = args.horizon or nets.cfg.mc_horizon
         if not nc.trained_with_mc:
             asked = [a for a in arms or () if a in nanochat_checkpoint.NEEDS_AUX_NETS]
             if asked:
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.step is not None:
             parser.error("--step: only for a nanochat checkpoint directory")
         try:
-            model, ctrl, recipe = load(args.checkpoint)
+            model, nets, recipe = load(args.checkpoint)
         except ValueError as e:
             parser.error(f"--checkpoint {e}")
         budget, horizon = args.budget or 64, args.horizon or 16
@@ -198,17 +199,17 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                      f"{model.config.sequence_len}")
     if any(a in ("uniform", "mc") for a in arms):
         lengths = _held_lengths(parser, lengths, explicit=args.lengths != DEFAULT_LENGTHS, budget=budget,
-                                horizon=horizon, block_size=ctrl.cfg.block_size, recent=int(ctrl.prompt_recent),
+                                horizon=horizon, block_size=nets.cfg.block_size, recent=nets.prompt_recent,
                                 slack=0.0 if codec.byte_level else 0.25)
     if overrides:
-        ctrl.cfg = dataclasses.replace(ctrl.cfg, **overrides)
+        nets.cfg = dataclasses.replace(nets.cfg, **overrides)
     with torch.no_grad():
         if texts is not None:
-            result = evaluate_documents(model, ctrl, texts, budget=budget, lengths=lengths, horizon=horizon,
+            result = evaluate_documents(model, nets, texts, budget=budget, lengths=lengths, horizon=horizon,
                                         arms=arms, limit=args.documents_per_length, rounds=args.rounds,
                                         start=args.start, codec=codec)
         else:
-            result = evaluate(model, ctrl, budget=budget, lengths=lengths, depths=depths, samples=args.samples,
+            result = evaluate(model, nets, budget=budget, lengths=lengths, depths=depths, samples=args.samples,
                               recall_docs=args.recall_docs, lens_docs=args.lens_docs, horizon=horizon, arms=arms,
                               rounds=args.rounds, start=args.start, seed=args.seed, codec=codec)
     result["checkpoint"] = str(args.checkpoint)
@@ -292,7 +293,7 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, lengths: Sequence[int],
+def evaluate(model: torch.nn.Module, nets: AuxNets, *, budget: int, lengths: Sequence[int],
              depths: Sequence[float], samples: int, recall_docs: int, lens_docs: int, horizon: int,
              arms: Sequence[str], rounds: int = 4, start: str = "coarsest", seed: int = 1234,
              codec: Codec = BYTES) -> dict[str, Any]:
@@ -301,7 +302,7 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
     Documents of ``x * budget`` tokens are ``x * budget * codec.chars_per_token`` characters long
     (bytes: one character per token; a BPE tokenizer: its measured ratio, so lengths stay in tokens)."""
     t0 = time.perf_counter()
-    runner = ArmRunner(model, ctrl, budget, rounds=rounds, start=start)
+    runner = ArmRunner(model, nets, budget, rounds=rounds, start=start)
     if horizon >= budget:
         raise ValueError(f"--horizon {horizon} must be smaller than the budget {budget}")
     rows: list[dict[str, Any]] = []
@@ -375,7 +376,7 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
     for name, key in LENS_KEYS.items():
         lens_metrics[key] = mean(lens_all[name])
         lens_metrics[f"{key}_by_length"] = {str(k): v for k, v in lens_by_length[name].items()}
-    cfg = ctrl.cfg
+    cfg = nets.cfg
     return {
         "rows": rows,
         **lens_metrics,
@@ -384,7 +385,7 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
         "settings": {"budget": budget, "lengths_x": list(lengths), "depths": list(depths), "samples": samples,
                      "recall_docs": recall_docs, "horizon": horizon, "arms": list(arms), "rounds": rounds,
                      "start": start, "seed": seed, "block_size": cfg.block_size,
-                     "recent_tokens": int(ctrl.prompt_recent),
+                     "recent_tokens": nets.prompt_recent,
                      "lens_horizon": cfg.mc_horizon, "allocator": {
                          "expand_threshold": cfg.allocator_expand_threshold,
                          "collapse_threshold": cfg.allocator_collapse_threshold,
@@ -397,14 +398,14 @@ def evaluate(model: torch.nn.Module, ctrl: torch.nn.Module, *, budget: int, leng
     }
 
 
-def evaluate_documents(model: torch.nn.Module, ctrl: torch.nn.Module, texts: dict[str, str], *, budget: int,
+def evaluate_documents(model: torch.nn.Module, nets: AuxNets, texts: dict[str, str], *, budget: int,
                        lengths: Sequence[int], horizon: int, arms: Sequence[str], limit: int, rounds: int = 4,
                        start: str = "coarsest", codec: Codec = BYTES) -> dict[str, Any]:
     """NLL@H per arm on the user's texts (``--documents``), cut into documents of ``x * budget`` tokens:
     ``delta_nll_h`` against full attention (where it fits), ``delta_nll_truncation`` against truncation,
     and ``gap_closed``, the share of truncation's gap to full attention that the arm closes."""
     t0 = time.perf_counter()
-    runner = ArmRunner(model, ctrl, budget, rounds=rounds, start=start)
+    runner = ArmRunner(model, nets, budget, rounds=rounds, start=start)
     rows: list[dict[str, Any]] = []
     token_ids = [codec.encode(text) for text in texts.values()]
     for x in lengths:
@@ -431,11 +432,11 @@ def evaluate_documents(model: torch.nn.Module, ctrl: torch.nn.Module, texts: dic
                 gap = mean(trunc) - mean(full)  # type: ignore[operator]
                 row["gap_closed"] = (mean(trunc) - row["nll_h"]) / gap if gap > 0 else None  # type: ignore[operator]
             rows.append(row)
-    cfg = ctrl.cfg
+    cfg = nets.cfg
     return {"rows": rows,
             "settings": {"budget": budget, "lengths_x": list(lengths), "horizon": horizon, "arms": list(arms),
                          "rounds": rounds, "start": start, "block_size": cfg.block_size,
-                         "recent_tokens": int(ctrl.prompt_recent), "documents": f"{len(texts)} files",
+                         "recent_tokens": nets.prompt_recent, "documents": f"{len(texts)} files",
                          "files": list(texts), "documents_per_length": limit, "sequence_len": runner.seq_len,
                          "tokens": codec.name},
             "seconds": time.perf_counter() - t0}

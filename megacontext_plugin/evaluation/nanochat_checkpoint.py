@@ -28,8 +28,7 @@ import torch
 
 from ..checkpoint import CheckpointError, read_state, state_path
 from ..config import MCConfig, config_from_saved
-from ..context.positions import rope_base
-from ..training.controller import MCController
+from ..nets import AuxNets
 from .nanochat_model import NanochatArms, validation_budget
 
 NEEDS_AUX_NETS = ("uniform", "mc")
@@ -42,9 +41,9 @@ class NanochatRun:
 
     model: NanochatArms
     tokenizer: Any
-    controller: MCController
+    nets: AuxNets
     trained_with_mc: bool
-    """False: no ``megacontext_{step}.pt`` (a vanilla run); ``controller`` holds untrained nets at the default knobs."""
+    """False: no ``megacontext_{step}.pt`` (a vanilla run); ``nets`` are untrained, at the default knobs."""
     step: int
     recipe: dict[str, Any]
 
@@ -52,7 +51,7 @@ class NanochatRun:
     def budget(self) -> int:
         """The checkpoint's budget (``--mc_wc_budget``, else the final curriculum budget of a full
         window); for a vanilla run the same at the default knobs."""
-        return validation_budget(self.controller)
+        return validation_budget(self.nets)
 
 
 def steps_in(checkpoint_dir: Path) -> list[int]:
@@ -122,12 +121,10 @@ def load(checkpoint_dir: Path, step: int | None = None, device: str | None = Non
             mc_cfg = config_from_saved(saved["config"])
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{mc_state}: not MegaContext state ({e})") from None
-    controller = MCController(mc_cfg, dim=cfg.n_embd, head_dim=cfg.n_embd // cfg.n_head,
-                              sequence_len=cfg.sequence_len, total_steps=1, device=dev, rope_base=rope_base(gpt))
+    nets = AuxNets.build(mc_cfg, dim=cfg.n_embd, sequence_len=cfg.sequence_len, device=dev)
     if trained_with_mc:
-        controller.nets.load_nets(saved["controller"])
-    controller.eval()
-    controller.close()  # no layout prefetching at evaluation time
+        nets.load_nets(saved["controller"])
+    nets.eval()
     recipe = {"nanochat_step": step, "model_config": meta.get("model_config"),
               "megacontext_state": str(mc_state) if trained_with_mc else None}
-    return NanochatRun(NanochatArms(gpt), tokenizer, controller, trained_with_mc, step, recipe)
+    return NanochatRun(NanochatArms(gpt), tokenizer, nets, trained_with_mc, step, recipe)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..training.controller import MCController
+from ..nets import AuxNets
+from ..training.curriculum import curriculum_budget, smallest_useful_budget
 
 
 class NanochatArms(nn.Module):
@@ -36,9 +37,12 @@ class NanochatArms(nn.Module):
                                        cos.to(dtype), sin.to(dtype))
 
 
-def validation_budget(controller: MCController) -> int:
+def validation_budget(nets: AuxNets) -> int:
     """The checkpoint's budget: ``--mc_wc_budget`` if set, else the final curriculum budget of a
-    sequence as long as the model's window (what the aux nets were trained at)."""
-    if controller.cfg.mc_wc_budget:
-        return min(controller.cfg.mc_wc_budget, controller.sequence_len)
-    return controller.budget_at(controller.total_steps, controller.sequence_len)
+    sequence as long as the model's window (what the aux nets were trained at;
+    ``MCController.budget_at`` at the last step, whatever the run's length)."""
+    cfg, T = nets.cfg, nets.sequence_len
+    if cfg.mc_wc_budget:
+        return min(cfg.mc_wc_budget, T)
+    floor = smallest_useful_budget(T, cfg.block_size, cfg.training_tail(T))
+    return max(min(curriculum_budget(cfg, 1, 1, T, floor), T), floor)

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..config import MCConfig
+from ..nets import AuxNets
 from ..telemetry import default_telemetry_dir
-from ..training.controller import MCController
 from . import run_report
 from .arms import unheld_lengths, unheld_reason
 from .codec import tokenizer_codec
@@ -45,32 +46,34 @@ class ValidationSettings:
 
 
 @torch.no_grad()
-def validate(gpt: nn.Module, tokenizer: Any, controller: MCController,
+def validate(gpt: nn.Module, tokenizer: Any, nets: AuxNets,
              settings: ValidationSettings = ValidationSettings()) -> dict[str, Any]:
     """Every arm on held-out seeded documents tokenized with the run's tokenizer, at the checkpoint's
-    budget; the result of ``long_context.evaluate`` (rows per arm and length) plus ``budget``."""
-    was_training, ctrl_training = gpt.training, controller.training
-    gpt.eval()
-    controller.eval()
+    budget; the result of ``long_context.evaluate`` (rows per arm and length) plus ``budget``.
+    ``nets``: the run's aux nets (``MCController.nets`` during training), back in their mode after."""
+    modules = (gpt, nets.gistnet, nets.lensnet)
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
     try:
-        budget = validation_budget(controller)
-        cfg = controller.cfg
+        budget = validation_budget(nets)
+        cfg = nets.cfg
         geometry = {"budget": budget, "horizon": cfg.mc_horizon, "block_size": cfg.block_size,
-                    "recent": int(controller.prompt_recent)}
+                    "recent": nets.prompt_recent}
         dropped = dict(unheld_lengths(settings.lengths, slack=0.25, **geometry))
         if dropped:
             x, need = next(iter(dropped.items()))
             print(f"megacontext: --mc_eval_lengths {','.join(f'{d}x' for d in dropped)} left out: "
                   f"{unheld_reason(x, need, **geometry)}")
         lengths = [x for x in settings.lengths if x not in dropped]  # none left: the table says so by its emptiness
-        return evaluate(NanochatArms(gpt), controller, budget=budget, lengths=lengths,
+        return evaluate(NanochatArms(gpt), nets, budget=budget, lengths=lengths,
                         depths=settings.depths, samples=settings.samples, recall_docs=settings.recall_docs,
-                        lens_docs=settings.lens_docs, horizon=controller.cfg.mc_horizon, arms=("truncation",
+                        lens_docs=settings.lens_docs, horizon=cfg.mc_horizon, arms=("truncation",
                         "uniform", "mc", "full"), rounds=settings.rounds, seed=settings.seed,
                         codec=tokenizer_codec(tokenizer))
     finally:
-        gpt.train(was_training)
-        controller.train(ctrl_training)
+        for m, mode in zip(modules, modes, strict=True):
+            m.train(mode)
 
 
 COLUMNS = (("arm", "arm"), ("length_x", "length (x W)"), ("length_tokens", "tokens"), ("passkey_acc", "passkey"),
@@ -112,25 +115,23 @@ ALWAYS_SHOWN = ("block_size", "mc_horizon", "mc_wc_budget", "mc_train_wc_length"
 """Knobs the section always lists; the others only where the run changed them."""
 
 
-def settings_from(controller: MCController) -> ValidationSettings:
-    cfg = controller.cfg
+def settings_from(cfg: MCConfig) -> ValidationSettings:
     lengths = tuple(int(p) for p in cfg.mc_eval_lengths.split(","))
     return ValidationSettings(lengths=lengths, samples=cfg.mc_eval_samples, recall_docs=cfg.mc_eval_samples,
                               seed=cfg.mc_eval_seed)
 
 
-def knobs_used(controller: MCController) -> dict[str, Any]:
+def knobs_used(cfg: MCConfig) -> dict[str, Any]:
     """The knobs the run changed from their defaults, and the few that define the validation."""
-    from ..config import MCConfig
-
-    defaults, now = MCConfig().as_dict(), controller.cfg.as_dict()
+    defaults, now = MCConfig().as_dict(), cfg.as_dict()
     return {k: v for k, v in now.items() if k in ALWAYS_SHOWN or (v != defaults.get(k) and k != "mc")}
 
 
-def post_run_validation(model: nn.Module, tokenizer: Any, controller: MCController, source: str,
+def post_run_validation(model: nn.Module, tokenizer: Any, nets: AuxNets, source: str,
                         report: Any) -> dict[str, Any]:
     """Run, print, write the files and log the report section; returns the validation result."""
-    result = validate(model, tokenizer, controller, settings_from(controller))
+    cfg = nets.cfg
+    result = validate(model, tokenizer, nets, settings_from(cfg))
     result["source"] = source
     print(text_table(result))
     report_dir = Path(getattr(report, "report_dir", "") or ".")
@@ -141,13 +142,12 @@ def post_run_validation(model: nn.Module, tokenizer: Any, controller: MCControll
         (out / f"validation-{source}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
         png = run_report.plot_validation(result, out / f"validation-{source}.png")
         images += [png] if png is not None else []
-    cfg = controller.cfg
     runs = run_report.latest_runs(Path(cfg.mc_telemetry_dir) if cfg.mc_telemetry_dir else default_telemetry_dir())
     if hasattr(report, "report_dir"):
         curves = run_report.plot_curves({stage: run_report.read_curves(p) for stage, p in runs.items()},
                                         out / "training-curves.png")
         images += [curves] if curves is not None else []
-    body = run_report.section(source, knobs_used(controller), markdown_table(result), images, report_dir, runs)
+    body = run_report.section(source, knobs_used(cfg), markdown_table(result), images, report_dir, runs)
     section_file = report_dir / host_section_file(source)
     if hasattr(report, "report_dir") and section_file.is_file():
         with open(section_file, "a", encoding="utf-8") as f:

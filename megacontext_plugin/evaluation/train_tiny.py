@@ -39,7 +39,8 @@ from ..checkpoint import read_state
 from ..config import ConfigError, MCConfig
 from ..data import tasks
 from ..nets.output_head import head_on_last
-from ..training.reference_model import TinyGPTConfig
+from ..training.controller import MCController
+from ..training.reference_model import TinyGPT, TinyGPTConfig
 from . import checkpoint
 from .documents import RECALL
 
@@ -49,6 +50,14 @@ MIN_TASK_LEN = 88
 PLAIN_FORMAT = "megacontext-eval-tiny-plain/1"
 """``DIR/plain.pt``: the model, optimizer and data generator after the plain phase (``--from-plain``)."""
 
+
+
+def build(model_config: TinyGPTConfig, cfg: MCConfig, total_steps: int = 1) -> tuple[TinyGPT, MCController]:
+    """A fresh TinyGPT and the training controller of its aux nets (``ctrl.nets`` is what the arms read)."""
+    model = TinyGPT(model_config)
+    ctrl = MCController(cfg, dim=model_config.n_embd, head_dim=model_config.n_embd // model_config.n_head,
+                        sequence_len=model_config.sequence_len, total_steps=total_steps)
+    return model, ctrl
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="directory for tiny.pt and train_log.jsonl")
@@ -188,7 +197,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     mcfg = TinyGPTConfig(vocab_size=256, sequence_len=args.mc_len, n_layer=args.layers, n_head=args.heads,
                          n_embd=args.width)
     anneal_steps = max(1, round(args.anneal * args.mc_steps))
-    model, ctrl = checkpoint.build(mcfg, cfg, total_steps=anneal_steps)
+    model, ctrl = build(mcfg, cfg, total_steps=anneal_steps)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
@@ -278,7 +287,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     recipe = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
     recipe["train_seconds"] = round(time.perf_counter() - t0, 1)
     path = args.out / "tiny.pt"
-    checkpoint.save(path, model, ctrl, recipe)
+    checkpoint.save(path, model, ctrl.cfg, ctrl.controller_state(), recipe)
     log.close()
     print(f"wrote {path} ({recipe['train_seconds']} s)")
     return 0

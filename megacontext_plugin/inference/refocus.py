@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..context import WorkingContext
-from ..focus import FocusAllocator, FocusReport, lens_view, pool_view
+from ..context import WorkingContext, lens_utilities
+from ..focus import FocusAllocator, FocusReport, score_through_view
 from .records import SessionStats
 from .room import make_room
 from .settings import SessionSettings
@@ -47,9 +47,9 @@ class Refocuser:
     """LensNet and the focus allocator of one session (the cooldown lives in the allocator)."""
 
     def __init__(self, lensnet: nn.Module, settings: SessionSettings, stats: SessionStats, *,
-                 aux_dtype: torch.dtype, device: torch.device) -> None:
+                 aux_dtype: torch.dtype) -> None:
         self.lensnet, self.settings, self.stats = lensnet, settings, stats
-        self.aux_dtype, self.device = aux_dtype, device
+        self.aux_dtype = aux_dtype
         self.allocator = FocusAllocator(settings.focus)
 
     def score(self, wc: WorkingContext, tail_HD: torch.Tensor,
@@ -58,47 +58,49 @@ class Refocuser:
         """LensNet utilities ``[W]`` (float32 numpy) of ``wc``'s entries against the tail, through its
         ``focus.lens_view`` (a gist coarser than LensNet trained on is scored by its descendants).
         ``x_WD``: ``wc``'s entries when the caller has them; otherwise ``embeddings_of`` gives them."""
-        view = lens_view(wc, self.settings.lens_level)
-        x_VD = x_WD if view is wc and x_WD is not None else embeddings_of(view)
-        levels = torch.from_numpy(view.levels.astype(np.int64)).to(self.device)[None]
-        spans = torch.from_numpy(view.widths).to(self.device)[None]
-        scores_1V = self.lensnet(x_VD[None].to(self.aux_dtype), levels, spans, tail_HD[None].to(self.aux_dtype))
-        self.stats.lens_calls += 1
-        return pool_view(wc, view, scores_1V[0].float().cpu().numpy())
+        query_1HD = tail_HD[None].to(self.aux_dtype)
 
-    def refocus(self, wc0: WorkingContext, x_WD: torch.Tensor,
+        def utilities(view: WorkingContext) -> np.ndarray:
+            x_VD = x_WD if view is wc and x_WD is not None else embeddings_of(view)
+            self.stats.lens_calls += 1
+            return lens_utilities(self.lensnet, [view], query_1HD, entries_RWD=x_VD[None])[0]
+
+        return score_through_view(utilities, self.settings.lens_level)(wc)
+
+    def refocus(self, wc: WorkingContext, x_WD: torch.Tensor,
                 embeddings_of: Callable[[WorkingContext], torch.Tensor], answer_from: int | None) -> Refocused:
-        """Refocus ``wc0`` (entries ``x[W, D]``); ``embeddings_of`` gives the entries of a candidate
+        """Refocus ``wc`` (entries ``x[W, D]``); ``embeddings_of`` gives the entries of a candidate
         the allocator proposes; ``answer_from`` is the first token of the answer being generated
         (None at a prompt), which making room collapses first."""
         s = self.settings
         t0 = time.perf_counter()
-        W0 = len(wc0)
-        tail_HD = x_WD[W0 - min(s.horizon, W0):W0]  # the protected tail is raw: these are the last H tokens
-        u0 = self.score(wc0, tail_HD, embeddings_of, x_WD)
+        W = len(wc)
+        tail_HD = x_WD[W - min(s.horizon, W):W]  # the protected tail is raw: these are the last H tokens
+        scores = self.score(wc, tail_HD, embeddings_of, x_WD)
         lens_s = time.perf_counter() - t0
-        wc1, u1, forced = wc0, u0, 0
-        if W0 + s.refocus_every > s.budget:
+        start, start_scores, forced = wc, scores, 0  # what the allocator starts from
+        if W + s.refocus_every > s.budget:
             now = self.allocator.refocus_count
             cooldown = self.allocator.cooldown_tracker
-            wc1, u1, lv, ix = make_room(wc0, u0, s.budget - s.headroom, s.protected, s.max_level,
-                                        s.focus.collapse_threshold, cooldown, now, answer_from, s.lens_level)
-            cooldown.record(lv, ix, now)  # the allocator may not undo them at once
-            forced = int(lv.size)
+            start, start_scores, levels, indices = make_room(
+                wc, scores, s.budget - s.headroom, s.protected, s.max_level, s.focus.collapse_threshold, cooldown,
+                now, answer_from, s.lens_level)
+            cooldown.record(levels, indices, now)  # the allocator may not undo them at once
+            forced = int(levels.size)
 
-        def scorer(wc: WorkingContext) -> np.ndarray:
+        def scorer(candidate: WorkingContext) -> np.ndarray:
             nonlocal lens_s
-            if wc is wc1:
-                return u1
+            if candidate is start:
+                return start_scores
             t = time.perf_counter()
-            u = self.score(wc, tail_HD, embeddings_of)
+            utilities = self.score(candidate, tail_HD, embeddings_of)
             lens_s += time.perf_counter() - t
-            return u
+            return utilities
 
-        wc2, report = self.allocator.refocus(wc1, scorer)
+        refocused, report = self.allocator.refocus(start, scorer)
         st = self.stats
         st.refocuses += 1
         st.expands += report.expands
         st.collapses += report.collapses
         st.forced_collapses += forced
-        return Refocused(wc2, report.expands, report.collapses, forced, lens_s * 1e3, report, u0)
+        return Refocused(refocused, report.expands, report.collapses, forced, lens_s * 1e3, report, scores)

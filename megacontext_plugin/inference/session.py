@@ -87,7 +87,7 @@ class MCSession:
         self.entries = EntryBuffer(self.tree, self.wte, settings, head_dim=mcfg.n_embd // mcfg.n_head,
                                    sequence_len=mcfg.sequence_len, device=self.device, rope_base=rope_base(model))
         self.forward = CachedForward(model, settings, self.stats, self.device)
-        self.refocuser = Refocuser(lensnet, settings, self.stats, aux_dtype=aux_dtype, device=self.device)
+        self.refocuser = Refocuser(lensnet, settings, self.stats, aux_dtype=aux_dtype)
         self.conversation = Conversation(self.tree)
         self.wc: WorkingContext | None = None
         self.since_refocus = 0

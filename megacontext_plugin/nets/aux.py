@@ -1,8 +1,9 @@
 """GistNet and LensNet for one base model, with the knobs and dtype they were built for.
 
-Training (``training.MCController``: adds the optimizer, the KL anchor and the EMAs) and
-inference (``inference.InferenceRuntime``: nets only) both hold one :class:`AuxNets`, so the
-chat stage never builds the training room's state to borrow two networks.
+Training (``training.MCController``: adds the optimizer, the KL anchor and the EMAs), inference
+(``inference.InferenceRuntime``: nets only) and evaluation (the arms, the post-run validation, a
+checkpoint's loaders) all hold one :class:`AuxNets`, so neither chat nor evaluation builds the
+training room's state to borrow two networks.
 """
 
 from __future__ import annotations
@@ -80,6 +81,17 @@ class AuxNets:
         gistnet = build_gistnet(cfg, dim, width=width).to(device, aux_dtype)
         lensnet = build_lensnet(cfg, dim).to(device, aux_dtype)
         return cls(cfg, sequence_len, gistnet, lensnet, aux_dtype, device)
+
+    @property
+    def prompt_recent(self) -> int:
+        """Raw tail of a prompt at this model's window (``MCConfig.prompt_tail``): what the allocator
+        never edits, LensNet's query included."""
+        return self.cfg.prompt_tail(self.sequence_len)
+
+    def eval(self) -> None:
+        """Both nets in eval mode (evaluation and chat never train them)."""
+        self.gistnet.eval()
+        self.lensnet.eval()
 
     def load_nets(self, state: dict[str, Any]) -> None:
         """Load ``state["gistnet"]`` and ``state["lensnet"]`` (a saved controller state has both)."""

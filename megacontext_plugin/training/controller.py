@@ -34,16 +34,17 @@ import torch
 import torch.nn as nn
 
 from ..config import MCConfig
-from ..context import EntryRows, LevelTable, model_inputs
+from ..context import EntryRows, LevelTable, lens_utilities, model_inputs
 from ..context.positions import ROPE_BASE, PositionalCache
 from ..focus import focus_config, score_batch_through_view, trained_level
 from ..nets import AuxNets, activation_dtype, allreduce_gradients
 from ..tree.building import build_levels
-from . import losses as L
+from ..tree.protocol import max_tree_level
+from . import losses
 from .curriculum import curriculum_budget, smallest_useful_budget
 from .flops import StepFlops, mc_step_flops, vanilla_step_flops
 from .guided import NllFn, entry_saliency, guided_prompt_layouts, horizon_saliency
-from .layouts import LayoutPrefetcher, VariantLayouts, max_tree_level, with_guided
+from .layouts import LayoutPrefetcher, VariantLayouts, with_guided
 from .packing import PackIndex, build_index
 
 TEACHER_TEMPERATURE = 0.1
@@ -135,7 +136,7 @@ class MCController(nn.Module):
         self.rope_base = rope_base
         """The base model's rotary base (``context.positions.rope_base``)."""
         self.total_steps = max(1, total_steps)
-        self.device_ = self.nets.device
+        self.device = self.nets.device
         self.aux_dtype = self.nets.aux_dtype
         self.gistnet, self.lensnet = self.nets.gistnet, self.nets.lensnet
         self.lens_prev = copy.deepcopy(self.lensnet).requires_grad_(False)
@@ -350,7 +351,9 @@ class MCController(nn.Module):
                         index: PackIndex) -> tuple[torch.Tensor, torch.Tensor]:
         """LensNet's utilities ``[R, W]`` of the non-baseline variants (the baseline rows hold no gist to
         rank), causally: the entries of the prompt against its last H tokens; and the previous
-        step's LensNet's on the same inputs (zeros when the KL term is off: its forward is skipped)."""
+        step's LensNet's on the same inputs (zeros when the KL term is off: its forward is skipped).
+        Both nets read the packed inputs with their gradient and the levels and spans of the batch's
+        ``PackIndex``, so they are called here, not through ``context.lens_utilities``."""
         B, T, _ = lod0_BTD.shape
         H, V = self.cfg.mc_horizon, layouts.variants
         R, W = inputs_RWD.shape[:2]
@@ -389,22 +392,13 @@ class MCController(nn.Module):
 
     def _lens_scorer(self, levels: list[torch.Tensor], query_BHD: torch.Tensor):
         """LensNet utilities of one prompt working context per sequence, in one call (on-policy variants),
-        through each one's ``focus.lens_view`` as at inference."""
+        through each one's ``focus.lens_view`` as at inference (``context.lens_utilities``)."""
         B = levels[0].shape[0]
         table = LevelTable([level.detach().to(self.aux_dtype) for level in levels], levels[0].new_zeros(B, 1))
-        device = query_BHD.device
 
         @torch.no_grad()
         def score(wcs: list) -> list[np.ndarray]:
-            rows = EntryRows.of(wcs)
-            R, W = rows.shape
-            entries = table.gather(np.repeat(rows.seq_R, W), rows.levels_RW.reshape(-1),
-                                   rows.indices_RW.reshape(-1)).view(R, W, -1)
-            t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-            spans = np.where(rows.valid_RW, rows.ends_RW - rows.starts_RW, 0)
-            levels_RW = np.where(rows.valid_RW, rows.levels_RW, 0)
-            u_BW = self.lensnet(entries, t(levels_RW), t(spans), query_BHD, t(rows.valid_RW)).float().cpu().numpy()
-            return [u_BW[b, :len(wc)] for b, wc in enumerate(wcs)]
+            return lens_utilities(self.lensnet, wcs, query_BHD, source=table, masked=True)
 
         return score_batch_through_view(score, self.lens_level)
 
@@ -420,9 +414,9 @@ class MCController(nn.Module):
         cfg = self.cfg
         nll_RW = nll_RW.float()
         supervised_RW = batch.targets_RW >= 0  # padding is -1 too: a subset of valid
-        token_loss = L.mean_over(nll_RW, supervised_RW)
+        token_loss = losses.mean_over(nll_RW, supervised_RW)
         tails = _tail_verdicts(batch, nll_RW, supervised_RW)
-        gist_loss = L.mean_over(tails.dnll_BN, tails.has_tail_BN)
+        gist_loss = losses.mean_over(tails.dnll_BN, tails.has_tail_BN)
         lens = self._lens_loss(batch, tails)
         weighted = {"mc_gist": cfg.mc_gist_loss_weight * gist_loss, "mc_lens": cfg.mc_lens_loss_weight * lens.total}
         total = token_loss + weighted["mc_gist"] + weighted["mc_lens"]
@@ -444,13 +438,13 @@ class MCController(nn.Module):
         index, V = batch.index, batch.layouts.variants
         B = batch.rows // V
         valid = index.valid_RW
-        margin_BP = L.pair_margins(batch.scores_RW.view(B, V, -1)[:, 1:], index.refined_BPW, index.coarser_BPW)
-        adv_BP = L.preference_advantages(tails.dnll_BN.detach())
+        margin_BP = losses.pair_margins(batch.scores_RW.view(B, V, -1)[:, 1:], index.refined_BPW, index.coarser_BPW)
+        adv_BP = losses.preference_advantages(tails.dnll_BN.detach())
         pair_ok_BP = tails.has_tail_B[:, None].expand_as(adv_BP)
         # EMA state stays on the device as 0-d tensors: no host sync on the training path. A batch
         # with no supervised pair leaves the EMA as it was; an EMA of 0 (none seen yet) is unset.
         has_pairs = pair_ok_BP.any()
-        batch_var = L.mean_over(adv_BP.square(), pair_ok_BP)
+        batch_var = losses.mean_over(adv_BP.square(), pair_ok_BP)
         beta = cfg.mc_lens_adv_norm_beta
         if self.adv_var_ema is None:
             adv_var = batch_var
@@ -460,22 +454,22 @@ class MCController(nn.Module):
             adv_var = torch.where(has_pairs, blended, prev)
         adv_norm_BP = adv_BP / (adv_var + 1e-12).sqrt()
         if adv_BP.numel():
-            keep_BP = L.hard_negative_mask(adv_norm_BP, cfg.mc_lens_hard_negative_ratio, pair_ok_BP)
-            bt = L.bradley_terry_loss(margin_BP, adv_norm_BP, keep_BP, cfg.mc_lens_temperature)
-            bt_excess = L.bradley_terry_excess(margin_BP, adv_BP, keep_BP, cfg.mc_lens_temperature)
+            keep_BP = losses.hard_negative_mask(adv_norm_BP, cfg.mc_lens_hard_negative_ratio, pair_ok_BP)
+            bt = losses.bradley_terry_loss(margin_BP, adv_norm_BP, keep_BP, cfg.mc_lens_temperature)
+            bt_excess = losses.bradley_terry_excess(margin_BP, adv_BP, keep_BP, cfg.mc_lens_temperature)
         else:  # one random variant per sequence: no pairs to rank
             keep_BP = torch.zeros_like(adv_BP, dtype=torch.bool)
             bt = batch.scores_RW.sum() * 0.0
             bt_excess = bt.detach()
         scored_RW = valid.clone()
         scored_RW.view(B, V, -1)[:, 0] = False  # baseline rows are not scored
-        kl = L.bernoulli_kl(batch.prev_scores_RW, batch.scores_RW, scored_RW)
-        pressure = L.mean_over(batch.scores_RW, valid & (index.levels_RW > 0))
+        kl = losses.bernoulli_kl(batch.prev_scores_RW, batch.scores_RW, scored_RW)
+        pressure = losses.mean_over(batch.scores_RW, valid & (index.levels_RW > 0))
         budget_target = pressure.detach() if self.budget_ema is None else self.budget_ema
         budget_pen = (pressure - budget_target).square()
         if batch.saliency_RW is not None:
             gists_RW = scored_RW & (index.levels_RW > 0) & (batch.saliency_RW.amax(-1, keepdim=True) > 0)
-            teacher = L.listwise_kl(batch.scores_RW, batch.saliency_RW, gists_RW, TEACHER_TEMPERATURE)
+            teacher = losses.listwise_kl(batch.scores_RW, batch.saliency_RW, gists_RW, TEACHER_TEMPERATURE)
         else:
             teacher = batch.scores_RW.sum() * 0.0
         total = (bt + cfg.mc_lens_kl_weight * kl + cfg.mc_lens_budget_smooth_weight * budget_pen
@@ -517,8 +511,8 @@ class _TailVerdicts:
 def _tail_verdicts(batch: MCBatch, nll_RW: torch.Tensor, supervised_RW: torch.Tensor) -> _TailVerdicts:
     index, V = batch.index, batch.layouts.variants
     B = batch.rows // V
-    tail_BV = L.tail_nll(nll_RW, index.tail_RH, supervised_RW).view(B, V)
-    has_tail_B = L.tail_supervised(supervised_RW, index.tail_RH).view(B, V).all(dim=1)
+    tail_BV = losses.tail_nll(nll_RW, index.tail_RH, supervised_RW).view(B, V)
+    has_tail_B = losses.tail_supervised(supervised_RW, index.tail_RH).view(B, V).all(dim=1)
     has_tail_BN = has_tail_B[:, None].expand(B, V - 1)
     dnll_BN = torch.where(has_tail_BN, tail_BV[:, 1:] - tail_BV[:, :1].detach(), tail_BV.new_zeros(()))
     return _TailVerdicts(tail_BV, has_tail_B, has_tail_BN, dnll_BN)
@@ -559,18 +553,18 @@ def _loss_metrics(batch: MCBatch, nll_RW: torch.Tensor, supervised_RW: torch.Ten
         "lens_budget_penalty": lens.budget_pen.detach(),
         "lens_teacher_kl": lens.teacher.detach(),
         "delta_nll_h": gist_loss.detach(),
-        "adv_delta_mean": L.mean_over(adv_delta, adv_delta_ok),
+        "adv_delta_mean": losses.mean_over(adv_delta, adv_delta_ok),
         # NaN (no point: telemetry drops it) when no sequence has a supervised tail
         "adv_delta_p95": torch.nanquantile(torch.where(adv_delta_ok, adv_delta, nan), 0.95),
         # margin says "i better"; dnll_i - dnll_j = -adv is negative when i is better
-        "preference_corr_mean": L.correlation(lens.margin_BP.detach(), -lens.adv_BP),
+        "preference_corr_mean": losses.correlation(lens.margin_BP.detach(), -lens.adv_BP),
         "pairs_kept": lens.keep_BP.sum().float(),
         "tail_supervised_frac": tails.has_tail_B.float().mean(),
         **_variant_counts(batch),
         "wc_budget": torch.tensor(float(batch.budget)),
     }
     levels_RW = batch.index.levels_RW.masked_fill(~supervised_RW, -1)  # unsupervised entries: no level
-    for level, value in L.level_losses(nll_RW, levels_RW, batch.num_levels).items():
+    for level, value in losses.level_losses(nll_RW, levels_RW, batch.num_levels).items():
         metrics[f"lod{level}_loss"] = value
     return metrics
 

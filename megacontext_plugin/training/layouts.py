@@ -64,14 +64,6 @@ class VariantLayouts:
 VARIANT_KINDS = ("baseline", "on-policy", "teacher", "random")
 
 
-def max_tree_level(sequence_len: int, block_size: int) -> int:
-    """Highest level with at least one node in a sequence of ``sequence_len`` tokens."""
-    level = 0
-    while block_size ** (level + 1) <= sequence_len:
-        level += 1
-    return level
-
-
 def minimal_length(sequence_len: int, block_size: int, recent_tokens: int) -> int:
     """Entries of the coarsest legal working context (the smallest budget that can hold a variant)."""
     return len(WorkingContext.coarsest(sequence_len, block_size, recent_tokens))

@@ -121,7 +121,7 @@ class TrainingMonitor:
             provider, run_id = NoOpTelemetryProvider(), new_run_id(stage)
             where = "off (--mc_telemetry_every 0)" if rank == 0 else "rank 0 only"
         monitor = cls(controller, base_flops_fn(model), every=cfg.mc_telemetry_every, provider=provider,
-                      run_id=run_id, rank=rank, world_size=world, peak_flops=device_peak_flops(controller.device_),
+                      run_id=run_id, rank=rank, world_size=world, peak_flops=device_peak_flops(controller.device),
                       alerts=AlertMonitor(enabled=rank == 0, warmup_steps=alert_warmup),
                       head_flops=head_flops_per_token(model))
         return monitor, where

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..context.working_context import WorkingContext
+from ..context import LevelTable, WorkingContext, lens_utilities
 from ..focus import FocusAllocator, FocusReport, focus_config, residency, score_through_view
 from ..tree.building import build_levels
 
@@ -76,19 +76,10 @@ def probe_focus(controller: nn.Module, ids_T: torch.Tensor, wte: nn.Module, budg
     aux = controller.aux_dtype
     lod0_1TD = wte(ids_T.reshape(1, T)).to(aux)
     levels = build_levels(lod0_1TD, K, controller.gistnet, max_level=num_levels - 1)
-    sizes = [int(level.shape[1]) for level in levels]
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    table_ND = torch.cat([level[0] for level in levels], dim=0)
+    table = LevelTable(levels, ids_T.reshape(1, T))
     tail_1HD = lod0_1TD[:, T - H:]
-    device = table_ND.device
-
-    def score(wc: WorkingContext) -> torch.Tensor:
-        rows = torch.from_numpy(offsets[wc.levels.astype(np.int64)] + wc.indices.astype(np.int64)).to(device)
-        levels_1W = torch.from_numpy(wc.levels.astype(np.int64)).to(device)[None]
-        spans_1W = torch.from_numpy(wc.ends - wc.starts).to(device)[None]
-        return controller.lensnet(table_ND.index_select(0, rows)[None], levels_1W, spans_1W, tail_1HD)[0].float()
-
-    lens = score_through_view(lambda wc: score(wc).cpu().numpy(), controller.lens_level)  # as inference scores
+    lens = score_through_view(  # as inference scores
+        lambda wc: lens_utilities(controller.lensnet, [wc], tail_1HD, source=table)[0], controller.lens_level)
     before = WorkingContext.recency(T, budget, K, controller.prompt_recent, max_level=num_levels - 1)
     scores = lens(before)
     first = [scores]

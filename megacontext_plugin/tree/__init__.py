@@ -12,7 +12,7 @@ import torch
 
 from .building import GIST_DTYPES, build_levels, cascade, mean_pool_gist
 from .disk import FSYNC_POLICIES, DiskTree, FsyncPolicy, remove_if_closed
-from .protocol import EmbedFn, GistFn, MCTree, TreeError, level_span, nodes_at_level
+from .protocol import EmbedFn, GistFn, MCTree, TreeError, level_span, max_tree_level, nodes_at_level
 from .ram import RamTree
 
 TREE_KINDS: tuple[str, ...] = ("ram", "disk")
@@ -73,6 +73,7 @@ __all__ = [
     "build_levels",
     "cascade",
     "level_span",
+    "max_tree_level",
     "mean_pool_gist",
     "nodes_at_level",
     "open_tree",

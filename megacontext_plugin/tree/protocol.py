@@ -47,6 +47,14 @@ def nodes_at_level(num_tokens: int, level: int, block_size: int) -> int:
     return num_tokens // (block_size**level)
 
 
+def max_tree_level(num_tokens: int, block_size: int) -> int:
+    """Highest level with at least one node in a history of ``num_tokens`` tokens."""
+    level = 0
+    while block_size ** (level + 1) <= num_tokens:
+        level += 1
+    return level
+
+
 @runtime_checkable
 class MCTree(Protocol):
     """What every tree backend offers. Indices are 0-based node indices within a level."""
