@@ -34,7 +34,8 @@ BUDGET=${MC_Q_BUDGET:-64}              # W: working-context entries (8x W = 512 
 PLAIN_STEPS=${MC_Q_PLAIN_STEPS:-2200}  # optimizer steps of the plain phase (short window)
 LONG_PLAIN=${MC_Q_LONG_PLAIN_STEPS:-0}  # plain steps that open the second phase (long window)
 STEPS=${MC_Q_STEPS:-500}               # the second phase's steps after them (with --mc: the MegaContext steps)
-BATCH_TOKENS=${MC_Q_BATCH_TOKENS:-8192}
+BATCH_TOKENS=${MC_Q_BATCH_TOKENS:-8192}  # tokens per optimizer step of the second phase
+PLAIN_BATCH_TOKENS=${MC_Q_PLAIN_BATCH_TOKENS:-4096}  # and of the plain phase (retrieval emerges by steps, not tokens)
 DEPTH=${MC_Q_DEPTH:-2}
 VOCAB=${MC_Q_VOCAB:-2048}
 MID_STEPS=${MC_Q_MID_STEPS:-60}
@@ -42,7 +43,7 @@ SFT_STEPS=${MC_Q_SFT_STEPS:-40}
 # short documents: about 216 tokens each (measured at vocabulary 2,048) plus BOS and what best-fit packing crops,
 # so that the plain phase never reaches the long documents; documents of exactly SEQ tokens for the second phase,
 # one per row, with room to spare (the dataloader never wraps around to the short ones)
-WARMUP_DOCS=${MC_Q_WARMUP_DOCS:-$(( PLAIN_STEPS * BATCH_TOKENS / 190 ))}
+WARMUP_DOCS=${MC_Q_WARMUP_DOCS:-$(( PLAIN_STEPS * PLAIN_BATCH_TOKENS / 190 ))}
 LONG_DOCS=${MC_Q_LONG_DOCS:-$(( (LONG_PLAIN + STEPS) * BATCH_TOKENS / SEQ * 3 / 2 ))}
 MIX=${MC_Q_MIX:-passkey=0.35,recall=0.25,copy=0.1,python=0.3}
 FROM_PLAIN=${MC_Q_FROM_PLAIN:-}        # a finished run's directory: its data, tokenizer and plain phase are reused
@@ -81,8 +82,9 @@ mc_use_plugin
 mc_check_knobs ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"
 mc_log_start "$RUN_DIR"  # say lines and every stage's output also go to $RUN_DIR/report/log.txt
-printf 'seq_plain=%s\nseq=%s\nplain_steps=%s\nlong_plain_steps=%s\nsteps=%s\nbatch_tokens=%s\nwarmup_docs=%s\nlong_docs=%s\n' \
-    "$SEQ_PLAIN" "$SEQ" "$PLAIN_STEPS" "$LONG_PLAIN" "$STEPS" "$BATCH_TOKENS" "$WARMUP_DOCS" "$LONG_DOCS" >"$RUN_DIR/recipe_sizes.txt"
+printf 'seq_plain=%s\nseq=%s\nplain_steps=%s\nlong_plain_steps=%s\nsteps=%s\nplain_batch_tokens=%s\nbatch_tokens=%s\nwarmup_docs=%s\nlong_docs=%s\n' \
+    "$SEQ_PLAIN" "$SEQ" "$PLAIN_STEPS" "$LONG_PLAIN" "$STEPS" "$PLAIN_BATCH_TOKENS" "$BATCH_TOKENS" "$WARMUP_DOCS" "$LONG_DOCS" \
+    >"$RUN_DIR/recipe_sizes.txt"
 export NANOCHAT_BASE_DIR="$RUN_DIR" NANOCHAT_TASK_DIR="$RUN_DIR/tasks"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} PYTHONPATH="$NC"
@@ -93,7 +95,7 @@ MODEL=(--device-type cpu)
 START=$SECONDS
 say "output in $RUN_DIR; MegaContext: $([ ${#MC_ARGS[@]} -gt 0 ] && echo "on (${MC_ARGS[*]})" || echo off)"
 DATA="$RUN_DIR/base_data"
-BASE=(--run "$RUN" --depth "$DEPTH" --head-dim 64 --window-pattern L --total-batch-size "$BATCH_TOKENS"
+BASE=(--run "$RUN" --depth "$DEPTH" --head-dim 64 --window-pattern L
       --eval-tokens 65536 --core-metric-every -1 --sample-every -1)
 if [ -n "$FROM_PLAIN" ]; then  # the same data, tokenizer and plain phase as that run (ablations of the second phase)
     stage "plain phase from $FROM_PLAIN" bash -c "cp -r '$FROM_PLAIN'/{base_data,tokenizer,tasks,corpus_train_files.txt} \
@@ -121,12 +123,12 @@ else
     rmdir "$RUN_DIR/long_data"
     stage "tasks" "$PY" -m megacontext_plugin.cli tasks --out "$NANOCHAT_TASK_DIR" --max-seq-len "$SEQ"
     stage "base (plain, window $SEQ_PLAIN)" "$PY" -m scripts.base_train "${MODEL[@]}" "${BASE[@]}" \
-        --max-seq-len "$SEQ_PLAIN" --device-batch-size $((BATCH_TOKENS / SEQ_PLAIN)) \
+        --total-batch-size "$PLAIN_BATCH_TOKENS" --max-seq-len "$SEQ_PLAIN" --device-batch-size $((PLAIN_BATCH_TOKENS / SEQ_PLAIN)) \
         --num-iterations "$PLAIN_STEPS" --warmdown-ratio 0 --eval-every $(( PLAIN_STEPS / 4 > 0 ? PLAIN_STEPS / 4 : 1 ))
 fi
 TOTAL=$((PLAIN_STEPS + LONG_PLAIN + STEPS))
 stage "base ($([ ${#MC_ARGS[@]} -gt 0 ] && echo MegaContext || echo plain), window $SEQ)" \
-    "$PY" -m scripts.base_train "${MODEL[@]}" "${BASE[@]}" --max-seq-len "$SEQ" \
+    "$PY" -m scripts.base_train "${MODEL[@]}" "${BASE[@]}" --max-seq-len "$SEQ" --total-batch-size "$BATCH_TOKENS" \
     --device-batch-size $((BATCH_TOKENS / SEQ)) --num-iterations "$TOTAL" --resume-from-step "$PLAIN_STEPS" \
     --warmdown-ratio "$(awk "BEGIN{print 0.5 * $STEPS / $TOTAL}")" --eval-every $((LONG_PLAIN + STEPS)) \
     ${MC_ARGS[@]+"${MC_ARGS[@]}" --mc_plain_steps $((PLAIN_STEPS + LONG_PLAIN))}

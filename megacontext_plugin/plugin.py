@@ -34,7 +34,7 @@ from megacontext_plugin.inference.web import check_web_arguments, serves_web, we
 from megacontext_plugin.nets import AuxNets, model_device, model_dims
 from megacontext_plugin.telemetry import TelemetryConfigError
 from megacontext_plugin.training import MCBatch, MCController
-from megacontext_plugin.training.curriculum import adjusted_device_batch, adjusted_iterations
+from megacontext_plugin.training.curriculum import adjusted_device_batch, adjusted_iterations, mid_loader_iterations
 from megacontext_plugin.training.monitor import TrainingMonitor
 from megacontext_plugin.training.run import TrainingRun
 
@@ -151,8 +151,13 @@ class MegaContextPlugin:
             _fail(str(e))
         self.run.cfg = cfg
         if stage in ("base", "mid") and sequence_len is not None and cfg.mc_auto_batch:
-            args.device_batch_size, message = adjusted_device_batch(cfg, args.device_batch_size, sequence_len)
+            requested = args.device_batch_size
+            args.device_batch_size, message = adjusted_device_batch(cfg, requested, sequence_len)
             _say(message)
+            if stage == "mid":
+                args.num_iterations, message = mid_loader_iterations(args.num_iterations, requested,
+                                                                     args.device_batch_size)
+                _say(message)
 
     @hookimpl
     def plan_iterations(self, args: argparse.Namespace, num_iterations: int) -> int | None:

@@ -8,7 +8,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from megacontext_plugin.config import MCConfig
 from megacontext_plugin.nets import build_gistnet, build_lensnet
-from megacontext_plugin.training.curriculum import auto_batch, curriculum_budget, smallest_useful_budget
+from megacontext_plugin.training.curriculum import (
+    auto_batch,
+    curriculum_budget,
+    mid_loader_iterations,
+    smallest_useful_budget,
+)
 from megacontext_plugin.training.flops import gists_per_sequence, mc_step_flops, vanilla_step_flops
 from megacontext_plugin.tree import build_levels
 
@@ -123,3 +128,33 @@ def test_auto_batch_leaves_the_plain_steps_as_they_are() -> None:
     plan = auto_batch(cfg, 32, 1000, 2048)
     assert plan.num_iterations == 400 + round(600 / plan.mean_multiplier)
     assert auto_batch(MCConfig(mc=True), 32, 1000, 2048).num_iterations == round(1000 / plan.mean_multiplier)
+
+
+def _upstream_mid_loop(loader_iterations: int, micro_batches_per_step: int) -> tuple[int, list[float]]:
+    """The pin's mid_train loop as it counts: one micro-batch fetched before the loop, ``k`` per step, the
+    stage ending at the top of the step after the loader's count reached ``--num-iterations``; returns the
+    step it saves at and the schedule's progress after each step."""
+    it, step, progress, seen = 1, 0, 0.0, []
+    last = loader_iterations <= it
+    while not last:
+        for _ in range(micro_batches_per_step):
+            it += 1
+            last = last or loader_iterations <= it
+            progress = max(progress, it / loader_iterations)
+        seen.append(progress)
+        step += 1
+    return step, seen
+
+
+@pytest.mark.parametrize("requested", [1, 2, 20, 60])
+@pytest.mark.parametrize("batches", [(8, 1), (8, 2), (4, 4)])
+def test_mid_train_keeps_its_steps_and_schedule_when_auto_batch_lowers_the_batch(requested: int,
+                                                                                 batches: tuple[int, int]) -> None:
+    device_batch, adjusted = batches
+    counted, message = mid_loader_iterations(requested, device_batch, adjusted)
+    assert (message is None) == (device_batch == adjusted)
+    saved_at, progress = _upstream_mid_loop(counted, device_batch // adjusted)
+    upstream_saved_at, upstream_progress = _upstream_mid_loop(requested, 1)
+    assert saved_at == upstream_saved_at == max(0, requested - 1)
+    assert all(0 <= p <= 1 for p in progress) and progress[-1:] == upstream_progress[-1:]
+    assert mid_loader_iterations(-1, 8, 1) == (-1, None)  # one epoch: progress by consumption, nothing to do

@@ -191,6 +191,17 @@ def test_mid_sft_and_chat_carry_the_megacontext_state_from_stage_to_stage(patche
                   "-p", "What is my dog called?", *MC)
     assert f"loaded from {sft_states[-1]}" in out  # SFT -> chat
 
+    # auto-batch lowers mid's device batch (2 -> 1): the stage still takes the requested steps, its schedule
+    # within [0, 1] (upstream's loader counts micro-batches)
+    at = MID.index("--num-iterations") + 1
+    requested = [*MID[:at], "4", *MID[at + 1:]]
+    out = _script(patched, base_dir, None, "scripts.mid_train", *requested, *MC[:-2])
+    assert "auto-batch: --device-batch-size 2 -> 1" in out and "--num-iterations 4 -> 7" in out
+    steps = [line for line in out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in steps] == ["00000", "00001", "00002"]
+    assert all(0 <= float(line.split("lrm:")[1].split("|")[0]) <= 1 for line in steps)
+    assert (ckpt["mid"] / "model_000003.pt").is_file()
+
     # the same stages without --mc: upstream's scripts, reading the offline task files
     _script(patched, base_dir, "none", "scripts.mid_train", *MID, "--model-tag", "d2")
     _script(patched, base_dir, "none", "scripts.chat_sft", *SFT)

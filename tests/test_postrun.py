@@ -128,6 +128,12 @@ def test_post_run_validation_prints_the_table_and_logs_a_report_section(tmp_path
     assert any((v >= 0).any() for v in gpt.value_ids_seen)  # raw tokens carry their value-embedding id
     out = capsys.readouterr().out
     assert f"MegaContext validation: budget W={budget}" in out and "ΔNLL@H vs truncation" in out
+    band_lines = [line.removeprefix("megacontext: band ") for line in out.splitlines() if "megacontext: band " in line]
+    assert [line.split(":")[0].split(" ", 1)[1] for line in band_lines] == [
+        "ΔNLL@H, MC - full, worst length", "swap rate", "residency"]
+    assert band_lines[0].split()[0] in ("PASS", "WARN")  # a stand-in's refocus may make no swap: n/a there
+    assert all(line.split()[0] in ("PASS", "WARN", "n/a") for line in band_lines[1:])
+    assert f"at W={budget} it is indicative" in band_lines[0]
 
     section = (tmp_path / "report" / "base-model-evaluation.md").read_text()
     assert section.startswith(upstream + "### MegaContext\n")  # beside upstream's numbers, in its section
@@ -139,6 +145,8 @@ def test_post_run_validation_prints_the_table_and_logs_a_report_section(tmp_path
     assert all((tmp_path / "report" / link).stat().st_size > 0 for link in links)
     saved = json.loads((tmp_path / "report" / "megacontext" / "validation-base.json").read_text())
     assert saved["source"] == "base" and len(saved["rows"]) == 8
+    assert [b["status"] for b in saved["bands"]] == [line.split()[0] for line in band_lines]
+    assert all(f"- {line}" in body for line in band_lines)  # the report shows the bands under the table
 
 
 def test_read_curves_takes_losses_probe_and_timing_from_the_jsonl(tmp_path: Path) -> None:
@@ -207,3 +215,23 @@ def test_validation_leaves_out_the_lengths_its_budget_cannot_hold(tmp_path: Path
                                                                     recall_docs=1, lens_docs=0))
     assert {r["length_x"] for r in result["rows"]} == {1, 2, 3, 4, 5} - set(unheld)
     assert f"--mc_eval_lengths {','.join(f'{x}x' for x in unheld)} left out" in capsys.readouterr().out
+
+
+def _validation(budget: int, mc: list[dict[str, float]]) -> dict[str, object]:
+    return {"settings": {"budget": budget}, "rows": [{"arm": "truncation", "length_x": 2, "delta_nll_h": 0.4},
+                                                     *({"arm": "mc", "length_x": x, **m} for x, m in enumerate(mc))]}
+
+
+def test_bands_pass_and_warn_as_the_guide_sets_them() -> None:
+    from megacontext_plugin.evaluation.bands import check_bands
+
+    inside = check_bands(_validation(8192, [{"delta_nll_h": 0.02, "swap_rate": 0.1, "residency": 0.95},
+                                            {"delta_nll_h": 0.09, "swap_rate": 0.12, "residency": 0.97}]))
+    assert [b.status for b in inside] == ["PASS", "PASS", "PASS"] and inside[0].value == 0.09
+    assert inside[0].note == ""  # at the guide's W_max the band is the guide's own
+    assert inside[1].line() == "PASS swap rate: 0.110 (band 0.05-0.20)"
+    outside = check_bands(_validation(64, [{"delta_nll_h": 0.3, "swap_rate": 0.4, "residency": 0.5},
+                                           {"delta_nll_h": -0.1, "swap_rate": 0.3, "residency": 0.7}]))
+    assert [b.status for b in outside] == ["WARN", "WARN", "WARN"]  # the worst length, the means
+    assert outside[0].value == 0.3 and "at W=64 it is indicative" in outside[0].line()
+    assert [b.status for b in check_bands(_validation(64, [{"swap_rate": 0.01}]))] == ["n/a", "WARN", "n/a"]

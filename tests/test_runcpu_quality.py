@@ -19,7 +19,7 @@ SCRIPT = ROOT / "integration" / "runcpu_quality.sh"
 TINY = {"MC_Q_PLAIN_STEPS": "4", "MC_Q_LONG_PLAIN_STEPS": "2", "MC_Q_STEPS": "3", "MC_Q_WARMUP_DOCS": "600",
         "MC_Q_LONG_DOCS": "80",
         "MC_Q_MID_STEPS": "2", "MC_Q_SFT_STEPS": "2", "MC_Q_SEQ_PLAIN": "256", "MC_Q_SEQ": "512",
-        "MC_Q_BATCH_TOKENS": "2048", "MC_Q_VOCAB": "512", "OMP_NUM_THREADS": "1"}
+        "MC_Q_BATCH_TOKENS": "2048", "MC_Q_PLAIN_BATCH_TOKENS": "1024", "MC_Q_VOCAB": "512", "OMP_NUM_THREADS": "1"}
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="the recipes are bash scripts")
 

@@ -25,6 +25,7 @@ from ..nets import AuxNets
 from ..telemetry import default_telemetry_dir
 from . import run_report
 from .arms import unheld_lengths, unheld_reason
+from .bands import check_bands
 from .codec import tokenizer_codec
 from .long_context import evaluate
 from .nanochat_model import NanochatArms, validation_budget
@@ -134,6 +135,10 @@ def post_run_validation(model: nn.Module, tokenizer: Any, nets: AuxNets, source:
     result = validate(model, tokenizer, nets, settings_from(cfg))
     result["source"] = source
     print(text_table(result))
+    bands = check_bands(result)
+    result["bands"] = [b.as_dict() for b in bands]
+    for band in bands:
+        print(f"megacontext: band {band.line()}")
     report_dir = Path(getattr(report, "report_dir", "") or ".")
     images: list[Path] = []
     out = report_dir / "megacontext"
@@ -147,7 +152,8 @@ def post_run_validation(model: nn.Module, tokenizer: Any, nets: AuxNets, source:
         curves = run_report.plot_curves({stage: run_report.read_curves(p) for stage, p in runs.items()},
                                         out / "training-curves.png")
         images += [curves] if curves is not None else []
-    body = run_report.section(source, knobs_used(cfg), markdown_table(result), images, report_dir, runs)
+    body = run_report.section(source, knobs_used(cfg), markdown_table(result), images, report_dir, runs,
+                              bands=[b.line() for b in bands])
     section_file = report_dir / host_section_file(source)
     if hasattr(report, "report_dir") and section_file.is_file():
         with open(section_file, "a", encoding="utf-8") as f:

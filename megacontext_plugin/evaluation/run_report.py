@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,12 +158,15 @@ def plot_validation(result: dict[str, Any], png: Path) -> Path | None:
 
 
 def section(source: str, knobs: dict[str, Any], table: str, images: list[Path], report_dir: Path,
-            runs: dict[str, Path]) -> str:
+            runs: dict[str, Path], bands: Sequence[str] = ()) -> str:
     """The section's Markdown body (nanochat's ``Report.log`` adds the title and timestamp); images
-    are linked relative to the report directory, where ``report.md`` is written."""
+    are linked relative to the report directory, where ``report.md`` is written. ``bands``: the operating
+    guide's band checks, one line each (``evaluation.bands``)."""
     lines = [f"MegaContext post-run validation of the {source} checkpoint (held-out seeded documents, the run's "
              "tokenizer; ΔNLL@H vs full attention where the document fits the window, vs truncation at every "
              "length; swap rate and residency of the MC arm's refocus calls).", "", table, ""]
+    if bands:
+        lines += ["The operating guide's bands:", "", *(f"- {line}" for line in bands), ""]
     for png in images:
         rel = png.relative_to(report_dir) if png.is_relative_to(report_dir) else png
         lines += [f"![{png.stem}]({rel.as_posix()})", ""]

@@ -106,3 +106,21 @@ def adjusted_iterations(cfg: MCConfig, num_iterations: int, sequence_len: int) -
     return plan.num_iterations, (f"auto-batch: {num_iterations} -> {plan.num_iterations} iterations (MC processes "
                                  f"{plan.mean_multiplier:.2f}x vanilla's base-model positions per sequence on "
                                  f"average; --mc_auto_batch 0 keeps yours)")
+
+
+def mid_loader_iterations(num_iterations: int, device_batch_size: int,
+                          adjusted_batch_size: int) -> tuple[int, str | None]:
+    """``--num-iterations`` for upstream's ``mid_train`` after auto-batch lowered its device batch.
+
+    mid_train's data loader counts micro-batches against ``--num-iterations`` (its progress, the
+    schedule's input, too) and reads one ahead, so with ``k`` micro-batches per optimizer step the
+    requested count would end the stage after a k-th of its steps with the schedule past its end. A count
+    of ``(N - 1) * k + 1`` micro-batches ends it where upstream ends ``N`` at one micro-batch per step (its
+    checkpoint ``N - 1``, the schedule's progress reaching exactly 1). ``num_iterations <= 0`` (one epoch,
+    progress by consumption) and an unchanged batch need nothing."""
+    if num_iterations <= 0 or adjusted_batch_size == device_batch_size:
+        return num_iterations, None
+    k = device_batch_size // adjusted_batch_size  # auto-batch picks a divisor: the total batch is unchanged
+    counted = (num_iterations - 1) * k + 1
+    return counted, (f"auto-batch: mid_train's loader counts micro-batches ({k} per step now): --num-iterations "
+                     f"{num_iterations} -> {counted}, the same {num_iterations - 1} optimizer steps and schedule")
