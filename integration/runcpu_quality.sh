@@ -52,8 +52,9 @@ if [ $# -gt 0 ]; then
     # the stand-in's geometry (D25): blocks of 8, a 16-token protected tail, H = 16, W = BUDGET; light aux nets;
     # the curriculum anneals over the first 10% of the MC steps; no auto-batch (the steps are the recipe's);
     # any gist LensNet ranks above the typical one is opened while the budget has room (D44: this model's
-    # lens ranks the key's gist first by margins under 0.1)
-    MC_ARGS=(--block_size 8 --allocator_recent_tokens 16 --mc_horizon 16
+    # lens ranks the key's gist first by margins under 0.1); every second step of the MegaContext phase
+    # trains plainly, so the run's full attention keeps reading the whole window (D45)
+    MC_ARGS=(--block_size 8 --allocator_recent_tokens 16 --mc_horizon 16 --mc_plain_every 2
              --mc_train_wc_length "$(awk "BEGIN{print $BUDGET/$SEQ}")" --mc_anneal_fraction 0.1
              --mc_auto_batch 0 --gistnet_layers 1 --lensnet_layers 1 --lensnet_dim 64
              --allocator_expand_threshold 0 --allocator_collapse_threshold 0.3 --mc_telemetry_every 50
