@@ -147,7 +147,7 @@ if ! mc_skip base_train --checkpoint "$BASE_CK"; then
     [ "$DRY" = 1 ] || mc_prune_checkpoints "$BASE_CK" 1  # the last step is what the next stages read
 fi
 mc_skip base_loss || run base_loss "$PY" -m scripts.base_loss --device-batch-size=$DBS
-mc_skip base_eval || run base_eval "$PY" -m scripts.base_eval
+mc_skip base_eval || run base_eval "$PY" -m scripts.base_eval ${MC[@]+"${MC[@]}"}  # with --mc: the post-run validation and its bands
 mc_skip identity_conversations "$B/identity_conversations.jsonl" \
     || run identity_conversations curl -sSL -o "$B/identity_conversations.jsonl" \
         https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conversations.jsonl

@@ -51,10 +51,10 @@ def test_run10_h100_doubles_the_batch_and_halves_the_iterations_for_the_same_tok
 def test_run10_forwards_the_megacontext_knobs_to_every_training_and_eval_stage() -> None:
     proc = _bash(RUN10, "--gpu", "h100", "--dry-run", "--mc", "--block_size", "32")
     assert proc.returncode == 0, proc.stderr
-    for script in ("base_train", "mid_train", "chat_sft", "chat_eval"):
+    for script in ("base_train", "base_eval", "mid_train", "chat_sft", "chat_eval"):  # evals: the post-run validation
         lines = _commands(proc.stdout, script)
         assert lines and all(line.endswith("--mc --block_size 32") for line in lines), script
-    for stage in ("tok_train", "tok_eval", "base_loss", "base_eval", "nanochat.report generate"):
+    for stage in ("tok_train", "tok_eval", "base_loss", "nanochat.report generate"):
         assert stage in proc.stdout  # every stage of the seed's recipe is there
 
 
