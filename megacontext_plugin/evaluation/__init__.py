@@ -13,13 +13,13 @@ DESCRIPTION = ("Long-context quality: `eval train-tiny --out DIR` trains the tin
 
 def add_parsers(p_eval: argparse.ArgumentParser) -> None:
     """Wire ``long-context`` and ``train-tiny`` under ``megacontext eval``."""
-    from . import long_context, train_tiny
+    from . import long_context, long_context_cli, train_tiny
 
     sub = p_eval.add_subparsers(dest="eval_command", required=True)
     p_lc = sub.add_parser("long-context", help="compare the arms at a fixed working-context budget",
                           description=long_context.__doc__.splitlines()[0])
-    long_context.add_arguments(p_lc)
-    p_lc.set_defaults(func=lambda a: long_context.run(a, p_lc))
+    long_context_cli.add_arguments(p_lc)
+    p_lc.set_defaults(func=lambda a: long_context_cli.run(a, p_lc))
     p_tt = sub.add_parser("train-tiny", help="train the tiny byte-level model and aux nets the evaluation uses",
                           description=train_tiny.__doc__.splitlines()[0])
     train_tiny.add_arguments(p_tt)
