@@ -154,7 +154,7 @@ class MegaContextPlugin:
             requested = args.device_batch_size
             args.device_batch_size, message = adjusted_device_batch(cfg, requested, sequence_len)
             _say(message)
-            if stage == "mid":
+            if stage == "mid" and hasattr(args, "num_iterations"):
                 args.num_iterations, message = mid_loader_iterations(args.num_iterations, requested,
                                                                      args.device_batch_size)
                 _say(message)
