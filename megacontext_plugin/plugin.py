@@ -64,6 +64,9 @@ class _Run:
     """MC decoding for the Engine's ``generate`` (the chat stage's, or a training stage's samples)."""
     chat_nets: AuxNets | None = field(default=None, repr=False)
     """The chat stage's aux nets, loaded from its starting checkpoint (no controller, no optimizer)."""
+    optimizer_steps: int | None = None
+    """The steps mid_train was asked for where its loader's count was converted (``mid_loader_iterations``):
+    the training run counts optimizer steps (the alerts' warm-up), not micro-batches."""
 
     def close(self) -> None:
         if self.training is not None:
@@ -155,8 +158,9 @@ class MegaContextPlugin:
             args.device_batch_size, message = adjusted_device_batch(cfg, requested, sequence_len)
             _say(message)
             if stage == "mid" and hasattr(args, "num_iterations"):
-                args.num_iterations, message = mid_loader_iterations(args.num_iterations, requested,
-                                                                     args.device_batch_size)
+                steps = args.num_iterations
+                args.num_iterations, message = mid_loader_iterations(steps, requested, args.device_batch_size)
+                self.run.optimizer_steps = steps if message else None
                 _say(message)
 
     @hookimpl
@@ -184,7 +188,7 @@ class MegaContextPlugin:
                 run.chat_nets = self._load_chat_nets(cfg, model)
                 self._open_chat(run.chat_nets, model, answer_reports=host_is_chat_cli(), web=serves_web(args))
                 return True
-            run.training = TrainingRun(cfg, model, num_iterations=num_iterations, stage=stage)
+            run.training = TrainingRun(cfg, model, num_iterations=run.optimizer_steps or num_iterations, stage=stage)
             self._start_from_source(run.training)
             if stage in ("base", "mid", "sft"):
                 _say(f"telemetry -> {where}" if (where := run.training.start_monitor(model, stage)) else None)

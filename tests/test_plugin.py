@@ -290,6 +290,27 @@ def test_adjust_arguments_hook_rejects_bad_combinations_before_any_work(capsys: 
     mc.reset()
 
 
+def test_adjust_arguments_hook_keeps_mid_trains_steps_when_auto_batch_lowers_its_batch(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    pm = _manager()
+    mc = MegaContextPlugin()
+    pm.register(mc, name="megacontext")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--max-seq-len", type=int, default=T)
+    parser.add_argument("--device-batch-size", type=int, default=32)
+    parser.add_argument("--num-iterations", type=int, default=20)
+    pm.hook.register_arguments(parser=parser)
+    args = parser.parse_args(["--mc", *SMALL])
+    pm.hook.adjust_arguments(args=args, stage="mid")
+    k = 32 // args.device_batch_size
+    assert k > 1 and args.num_iterations == 19 * k + 1  # the loader's micro-batches for upstream's 19 steps
+    assert f"--num-iterations 20 -> {19 * k + 1}" in capsys.readouterr().out
+    model = TinyGPT(TinyGPTConfig(vocab_size=64, sequence_len=T, n_layer=1, n_head=4, n_embd=64))
+    pm.hook.setup_model(model=model, args=args, num_iterations=args.num_iterations, stage="mid")
+    assert mc.run.training is not None and mc.run.training.controller.total_steps == 20  # optimizer steps
+    mc.reset()
+
+
 def test_plan_iterations_hook_keeps_the_base_model_positions_of_vanilla() -> None:
     host = SmallHost(["--mc", *SMALL])
     planned = host.pm.hook.plan_iterations(args=host.args, num_iterations=1000)

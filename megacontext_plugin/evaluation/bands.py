@@ -47,7 +47,7 @@ def check_bands(result: dict[str, Any]) -> list[BandCheck]:
     """The guide's bands on a validation ``result`` (``long_context.evaluate``'s rows and ``settings``):
     ΔNLL@H of the MC arm against full attention at its worst length (<= 0.10), the refocus swap rate
     (0.05-0.20) and residency (90-100 %), each averaged over the lengths."""
-    budget = int(result.get("settings", {}).get("budget", 0) or result.get("budget", 0) or 0)
+    budget = int(result["settings"]["budget"])
     deltas = _mc_values(result, "delta_nll_h")
     scale = "" if budget >= GUIDE_W_MAX else (f"the guide sets it at W_max {GUIDE_W_MAX // 1024}k; "
                                               f"at W={budget} it is indicative")
