@@ -47,7 +47,7 @@ def test_the_recipe_runs_every_stage_and_ends_evaluable(patched: Path, tmp_path:
     stages = [line.rsplit(" ", 1)[0] for line in (run / "stage_seconds.txt").read_text().splitlines()]
     assert stages == ["data (short documents)", "report reset", "tokenizer", "data (documents of 512 tokens)", "tasks",
                       "base (plain, window 256)", "base (MegaContext, window 512)", "mid", "sft", "base eval",
-                      "report"]
+                      "sft eval", "report"]
     log = (run / "report" / "log.txt").read_text()  # the operating guide's tail -f: every stage, across report reset
     assert all(f"runcpu_quality: == {stage}\n" in log for stage in stages) and "Reset report and wrote header" in log
     base = run / "base_checkpoints" / "d2"
@@ -58,7 +58,10 @@ def test_the_recipe_runs_every_stage_and_ends_evaluable(patched: Path, tmp_path:
     assert "resuming at step 4, within --mc_plain_steps 6: GistNet and LensNet start fresh" in proc.stdout
     listed = (run / "corpus_train_files.txt").read_text().splitlines()
     assert listed and all(name.endswith(".py") for name in listed)
-    assert "### MegaContext" in (run / "report" / "report.md").read_text()
+    report = (run / "report" / "report.md").read_text()
+    assert report.count("### MegaContext") == 2  # the base checkpoint's validation and the SFT checkpoint's
+    assert "## Chat evaluation sft" in report and (run / "report" / "megacontext" / "validation-sft.json").is_file()
+    assert "megacontext: band " in proc.stdout.split("== sft eval")[1]
     assert (run / "chatsft_checkpoints" / "d2").is_dir()
     # the evaluation the recipe names at its end runs on what it trained
     evaluate = subprocess.run([sys.executable, "-m", "megacontext_plugin.cli", "eval", "long-context", "--checkpoint",

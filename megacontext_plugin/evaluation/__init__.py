@@ -12,8 +12,8 @@ DESCRIPTION = ("Long-context quality: `eval train-tiny --out DIR` trains the tin
 
 
 def add_parsers(p_eval: argparse.ArgumentParser) -> None:
-    """Wire ``long-context`` and ``train-tiny`` under ``megacontext eval``."""
-    from . import long_context, long_context_cli, train_tiny
+    """Wire ``long-context``, ``train-tiny`` and ``validate`` under ``megacontext eval``."""
+    from . import long_context, long_context_cli, train_tiny, validate_cli
 
     sub = p_eval.add_subparsers(dest="eval_command", required=True)
     p_lc = sub.add_parser("long-context", help="compare the arms at a fixed working-context budget",
@@ -24,3 +24,7 @@ def add_parsers(p_eval: argparse.ArgumentParser) -> None:
                           description=train_tiny.__doc__.splitlines()[0])
     train_tiny.add_arguments(p_tt)
     p_tt.set_defaults(func=lambda a: train_tiny.run(a, p_tt))
+    p_va = sub.add_parser("validate", help="the post-run validation (base_eval --mc's) of any checkpoint of a "
+                          "nanochat run, offline, into its report", description=validate_cli.__doc__.splitlines()[0])
+    validate_cli.add_arguments(p_va)
+    p_va.set_defaults(func=lambda a: validate_cli.run(a, p_va))

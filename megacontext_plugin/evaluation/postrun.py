@@ -162,9 +162,18 @@ def post_run_validation(model: nn.Module, tokenizer: Any, nets: AuxNets, source:
     return result
 
 
-def host_section_file(source: str) -> str:
-    """The report section the host script logged just before (nanochat's ``Report.log`` slug)."""
-    title = "Base model evaluation" if source == "base" else f"Chat evaluation {source}"
+def section_title(source: str) -> str:
+    """The title of the report section the host script logs for ``source`` (``base_eval``, ``chat_eval -i``)."""
+    return "Base model evaluation" if source == "base" else f"Chat evaluation {source}"
+
+
+def section_file_name(title: str) -> str:
+    """nanochat's ``Report.log`` file name for a section title."""
     return title.lower().replace(" ", "-") + ".md"
+
+
+def host_section_file(source: str) -> str:
+    """The report section the host script logged just before."""
+    return section_file_name(section_title(source))
 
 
