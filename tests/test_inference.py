@@ -18,7 +18,7 @@ from inference_support import VOCAB, FakeEngine, FakeTokenizer, T, build, prompt
 
 from megacontext_plugin.config import ConfigError
 from megacontext_plugin.context import WorkingContext
-from megacontext_plugin.focus import CooldownTracker
+from megacontext_plugin.focus import PROMPT_ROUNDS, CooldownTracker, start_layout
 from megacontext_plugin.inference import (
     InferenceRuntime,
     MCSession,
@@ -32,6 +32,7 @@ from megacontext_plugin.inference import (
     sample_next_token,
     wants_megacontext,
 )
+from megacontext_plugin.inference.refocus import Refocuser
 from megacontext_plugin.telemetry.events import INFERENCE_UPDATE, TelemetryEvent, validate_event
 
 SUPPORT = Path(__file__).with_name("inference_support.py")
@@ -69,8 +70,8 @@ def test_a_prompt_ten_windows_long_decodes_and_the_tree_holds_every_token(tiny) 
     assert session.wc.num_tokens == session.num_tokens and len(session.wc) <= runtime.budget
     session.wc.validate(recent_tokens=session.settings.protected, budget=runtime.budget)
     stats = session.stats
-    assert stats.lens_calls >= 1 + 40 // 8  # after the prompt, then every --mc_refocus_every tokens
-    assert stats.forced_collapses > 0  # the history is made to fit: edits happened
+    assert stats.lens_calls >= PROMPT_ROUNDS + 40 // 8  # after the prompt, then every --mc_refocus_every tokens
+    assert len(session.wc) < session.num_tokens // 4  # ten windows in a fraction of one: the history is tiled
     assert stats.entries_reused > stats.entries_forwarded  # the KV cache was reused, not recomputed
     assert seen and seen == list(session.events) and all(e["refocused"] for e in seen)
     runtime.close()
@@ -290,10 +291,34 @@ def test_every_refocus_emits_an_inference_update_in_the_telemetry_schema(tiny) -
     logits = session.ingest(prompt(3 * T))
     for _ in range(17):
         logits = session.step(int(logits.argmax()))
-    assert len(session.events) == session.stats.refocuses == 3
+    assert len(session.events) == session.stats.refocuses == PROMPT_ROUNDS + 2  # the prompt's, then every 8 tokens
     for payload in session.events:
         validate_event(TelemetryEvent(INFERENCE_UPDATE, payload))
     assert session.events[-1]["tokens_generated"] == 16 and session.events[-1]["refocus_interval"] == 8
+
+
+def test_a_prompt_refocuses_from_the_coarsest_layout_as_training_and_the_evaluation_do(tiny, monkeypatch) -> None:
+    """LensNet gets the whole budget to open what the prompt needs: the first refocus after a prompt starts
+    from ``focus.start_layout`` of the whole history, not from the recency layout the budget leaves no room in."""
+    model, controller, cfg = tiny
+    session = _session(model, controller, cfg)
+    starts: list[WorkingContext] = []
+    refocus = Refocuser.refocus
+    monkeypatch.setattr(Refocuser, "refocus", lambda self, wc, *a, **k: starts.append(wc) or refocus(self, wc, *a, **k))
+    s = session.settings
+    session.ingest(prompt(3 * T))
+    assert starts[0] == start_layout(3 * T, s.block_size, s.protected) and len(starts) == PROMPT_ROUNDS
+    logits = session.ingest(prompt(T // 2))  # the next prompt of the same history starts over from its coarsest
+    assert starts[PROMPT_ROUNDS] == start_layout(3 * T + T // 2, s.block_size, s.protected)
+    assert logits.shape == (VOCAB,)
+
+
+def test_a_prompt_that_fits_raw_with_headroom_for_the_answer_stays_raw(tiny) -> None:
+    model, controller, cfg = tiny
+    session = _session(model, controller, cfg)
+    n = session.settings.budget - session.settings.headroom
+    session.ingest(prompt(n))
+    assert len(session.wc) == n and not session.wc.levels.any()
 
 
 def test_inference_settings_reject_a_budget_without_room() -> None:

@@ -33,7 +33,15 @@ import torch.nn as nn
 from ..context import EntryRows, LevelTable, lens_utilities, model_inputs
 from ..context.positions import rope_base
 from ..context.working_context import WorkingContext
-from ..focus import FocusAllocator, focus_config, residency, score_through_view, start_layout, trained_level
+from ..focus import (
+    PROMPT_ROUNDS,
+    FocusAllocator,
+    focus_config,
+    residency,
+    score_through_view,
+    start_layout,
+    trained_level,
+)
 from ..nets import AuxNets
 from ..tree.building import build_levels
 from ..tree.protocol import max_tree_level
@@ -59,7 +67,7 @@ class ArmRunner:
     (``nets.AuxNets``: a training controller's ``MCController.nets``, or a checkpoint's) for the
     ``uniform`` and ``mc`` arms."""
 
-    def __init__(self, model: nn.Module, nets: AuxNets | None, budget: int, *, rounds: int = 4,
+    def __init__(self, model: nn.Module, nets: AuxNets | None, budget: int, *, rounds: int = PROMPT_ROUNDS,
                  start: str = "coarsest") -> None:
         self.model, self.nets, self.budget, self.rounds, self.start = model, nets, budget, rounds, start
         self.lens_level = None if nets is None else trained_level(

@@ -7,10 +7,19 @@ from .config import ALLOCATOR_TYPES, AllocatorType, FocusConfig, FocusError
 from .cooldown import CooldownTracker
 from .knobs import focus_config
 from .selection import EditPlan, select_edits
-from .start import lens_view, pool_view, score_batch_through_view, score_through_view, start_layout, trained_level
+from .start import (
+    PROMPT_ROUNDS,
+    lens_view,
+    pool_view,
+    score_batch_through_view,
+    score_through_view,
+    start_layout,
+    trained_level,
+)
 
 __all__ = [
     "ALLOCATOR_TYPES",
+    "PROMPT_ROUNDS",
     "AllocatorType",
     "CooldownTracker",
     "EditPlan",

@@ -35,9 +35,16 @@ def trained_level(sequence_len: int, horizon: int, block_size: int, prompt_tail:
     return max(1, int(WorkingContext.coarsest(prompt, block_size, prompt_tail).levels.max(initial=0)))
 
 
+PROMPT_ROUNDS = 4
+"""Refocus calls from ``start_layout`` at a prompt (the evaluation's ``mc`` arm and a chat session's):
+each call is up to ``--allocator_iterations`` rounds and opens at most ``--allocator_max_replacements``
+gists per round, so one call cannot drill from the coarsest level to a raw key."""
+
+
 def start_layout(num_tokens: int, block_size: int, recent_tokens: int) -> WorkingContext:
     """The layout refocus starts from, in training's guided variants, the evaluation's ``mc`` arm
-    and its lens measures: the coarsest of ``num_tokens`` with the last ``recent_tokens`` raw."""
+    and its lens measures, and a chat session at each prompt: the coarsest of ``num_tokens`` with the
+    last ``recent_tokens`` raw."""
     return WorkingContext.coarsest(num_tokens, block_size, recent_tokens)
 
 

@@ -11,7 +11,8 @@ A session is the decode loop over four parts, each in a module of its own:
 - ``conversation.Conversation``: what a resent conversation adds to the stored one;
 - ``entries.EntryBuffer``: the WC's entry vectors and value ids, regathered from the first change;
 - ``refocus.Refocuser``: LensNet's scores, making room, the focus allocator (after every prompt,
-  then every ``refocus_every`` generated tokens);
+  from the coarsest layout of the history as in training and the evaluation, then every
+  ``refocus_every`` generated tokens);
 - ``forward.CachedForward``: the base model with a KV cache reused up to the first changed entry.
 
 With ``ordinal`` positions (the default) an unchanged prefix keeps its positions;
@@ -34,6 +35,7 @@ from torch import nn
 
 from ..context import WorkingContext, WorkingContextError
 from ..context.positions import rope_base
+from ..focus import PROMPT_ROUNDS, start_layout
 from ..nets import model_device, model_wte
 from ..tree import MCTree, TreeError, open_tree
 from .conversation import Conversation
@@ -165,6 +167,10 @@ class MCSession:
             raise
         self.stats.tokens_ingested += n
         self.turn_start = self.tree.num_tokens
+        if n and self._start_prompt():
+            for _ in range(PROMPT_ROUNDS):
+                self._refocus("prompt")
+            return self._logits()
         if self.wc is None or len(self.wc) + n > self.entries.capacity:
             self._relayout()
         elif n:
@@ -217,6 +223,23 @@ class MCSession:
         self.wc = self.wc.append(int(ids_n.shape[0]))
         self.entries.append(W, emb_nD, ids_n)
         self.forward.invalidate(W)
+
+    def _start_prompt(self) -> bool:
+        """Lay a prompt's history out as refocus starts from it in training and in the evaluation
+        (``focus.start_layout``: the coarsest tiling, the protected tail raw), with a fresh allocator
+        plan, so that LensNet has the whole budget to open what the prompt needs. False, changing
+        nothing, where the history fits raw in the room kept free for the answer (nothing to choose) or its
+        coarsest tiling does not fit (the recency layout and room-making handle it)."""
+        s = self.settings
+        n = self.tree.num_tokens
+        if n <= s.budget - s.headroom:
+            return False
+        wc = start_layout(n, s.block_size, s.protected)
+        if len(wc) > s.budget - s.headroom or int(wc.levels.max(initial=0)) > s.max_level:
+            return False
+        self.refocuser.allocator.reset()
+        self._install(wc)
+        return True
 
     def _relayout(self) -> None:
         """A fresh recency layout of the whole history (cold start, reopen, or a paste longer than the buffer)."""
