@@ -22,7 +22,7 @@ Sessions.
   kill) continues where it stopped. A prompt that does not continue the session's current
   conversation (a new process, or the CLI's ``clear``) starts a new conversation *after* the
   stored history (its leading BOS dropped), so the model still sees what came before. A reopened
-  session's working context is rebuilt from the tree (recency layout, then LensNet).
+  session's working context is rebuilt from the tree at its next prompt (the coarsest layout, then LensNet).
 
 ``num_samples > 1`` works for unnamed sessions: each row is its own session (the prompt is
 ingested per row), decoded in lockstep; a named session holds one history, so it refuses more
