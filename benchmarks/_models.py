@@ -121,7 +121,7 @@ def build_model(depth: int, T: int, seed: int, *, vocab: int | None = None, kind
                 torch.nn.init.normal_(block.attn.c_proj.weight, std=0.02)
                 torch.nn.init.normal_(block.mlp.c_proj.weight, std=0.02)
         return BenchModel(model, kind, depth, vocab, width, NANOCHAT_HEAD_DIM)
-    from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
+    from megacontext_plugin.nets.tiny_gpt import TinyGPT, TinyGPTConfig
 
     vocab = vocab or 8192
     width = STAND_IN_HEAD_DIM * depth

@@ -203,10 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     conversations.add_arguments(p_tasks)
     p_tasks.set_defaults(func=lambda a: conversations.run(a, p_tasks))
     from megacontext_plugin import evaluation
+    from megacontext_plugin.training import tiny_recipe
 
     p_eval = sub.add_parser("eval", help="long-context quality evaluation (train-tiny, long-context)",
                             description=evaluation.DESCRIPTION)
-    evaluation.add_parsers(p_eval)
+    # train-tiny is training's recipe (it trains with the controller), listed under eval for the models it makes
+    eval_sub = p_eval.add_subparsers(dest="eval_command", required=True)
+    evaluation.add_long_context_parser(eval_sub)
+    tiny_recipe.add_parser(eval_sub)
+    evaluation.add_validate_parser(eval_sub)
 
     p_nano = sub.add_parser("nanochat", help="apply, verify or revert our patches to an upstream nanochat tree; "
                                              "run one of its scripts",

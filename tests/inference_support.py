@@ -16,8 +16,8 @@ from typing import ClassVar
 import torch
 
 from megacontext_plugin.config import MCConfig, parse_config
+from megacontext_plugin.nets.tiny_gpt import TinyGPT, TinyGPTConfig
 from megacontext_plugin.training import MCController
-from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
 
 T = 128
 VOCAB = 64

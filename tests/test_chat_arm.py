@@ -10,7 +10,7 @@ import pytest
 
 from megacontext_plugin.config import MCConfig, parse_config
 from megacontext_plugin.data import conversations as convs
-from megacontext_plugin.evaluation import add_parsers
+from megacontext_plugin.evaluation import add_long_context_parser
 from megacontext_plugin.evaluation.chat_conversations import (
     KINDS,
     MIN_FILLER_TOKENS,
@@ -101,7 +101,7 @@ def test_chat_cli_flags_reproduce_the_run_knobs_at_the_budget() -> None:
 
 def _parse(*argv: str) -> argparse.Namespace:
     root = argparse.ArgumentParser(prog="megacontext eval")
-    add_parsers(root)
+    add_long_context_parser(root.add_subparsers(dest="eval_command", required=True))
     return root.parse_args(["long-context", *argv])
 
 

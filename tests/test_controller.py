@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 from megacontext_plugin.config import MCConfig
 from megacontext_plugin.context import WorkingContext
+from megacontext_plugin.focus.budget import minimal_length
+from megacontext_plugin.nets.tiny_gpt import TinyGPT, TinyGPTConfig
 from megacontext_plugin.training import losses
 from megacontext_plugin.training.controller import MCController
-from megacontext_plugin.training.layouts import minimal_length
-from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
 from megacontext_plugin.tree import build_levels
 
 T, K, D, VOCAB = 128, 8, 64, 64

@@ -7,13 +7,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from megacontext_plugin.config import MCConfig
+from megacontext_plugin.focus.budget import curriculum_budget, smallest_useful_budget
 from megacontext_plugin.nets import build_gistnet, build_lensnet
-from megacontext_plugin.training.curriculum import (
-    auto_batch,
-    curriculum_budget,
-    mid_loader_iterations,
-    smallest_useful_budget,
-)
+from megacontext_plugin.training.curriculum import auto_batch, mid_loader_iterations
 from megacontext_plugin.training.flops import gists_per_sequence, mc_step_flops, vanilla_step_flops
 from megacontext_plugin.tree import build_levels
 

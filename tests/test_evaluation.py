@@ -16,7 +16,6 @@ from megacontext_plugin.cli import main
 from megacontext_plugin.context import WorkingContext
 from megacontext_plugin.evaluation import documents, scoring
 from megacontext_plugin.evaluation.arms import Prediction, uniform_layout
-from megacontext_plugin.evaluation.checkpoint import decode, encode
 from megacontext_plugin.evaluation.codec import BYTES
 
 
@@ -44,7 +43,7 @@ def test_documents_are_seeded_and_answers_checkable() -> None:
     assert [d.text for d in a] != [d.text for d in documents.make_passkey_docs(8, 256, [0.0, 0.5, 1.0], 3)]
     for d in a:
         assert f"The pass key is {d.answer}." in d.prompt and d.prompt.endswith(d.query)
-        assert len(d.text) <= 256 and decode(encode(d.text)) == d.text
+        assert len(d.text) <= 256 and BYTES.decode(BYTES.encode(d.text)) == d.text
     r = documents.make_recall_docs(7, 256, 4)
     assert [d.text for d in r] == [d.text for d in documents.make_recall_docs(7, 256, 4)]
     for d in r:
@@ -70,7 +69,7 @@ def test_an_always_right_model_scores_100_and_a_random_one_chance() -> None:
 def test_answer_span_is_the_digits_of_the_key_line() -> None:
     for d in documents.make_passkey_docs(3, 300, [0.0, 0.5, 1.0], 2):
         lo, hi = documents.answer_span(d)
-        assert encode(d.prompt)[lo:hi].tolist() == list(d.answer.encode())
+        assert BYTES.encode(d.prompt)[lo:hi] == list(d.answer.encode())
         assert d.prompt[lo - len("The pass key is "):lo] == "The pass key is "
 
 
@@ -113,7 +112,7 @@ def test_uniform_layout_is_one_gist_level_within_budget(n: int) -> None:
 
 
 def test_min_task_len_is_the_shortest_document_the_plain_phase_can_write() -> None:
-    from megacontext_plugin.evaluation.train_tiny import MIN_TASK_LEN, make_batch
+    from megacontext_plugin.training.tiny_recipe import MIN_TASK_LEN, make_batch
     for seed in range(20):  # both tasks, several depths
         x, y, answer = make_batch(np.random.default_rng(seed), 4, MIN_TASK_LEN)
         assert x.shape == y.shape == answer.shape == (4, MIN_TASK_LEN)
@@ -177,9 +176,9 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line(tmp_path) -> No
 
 def test_a_checkpoint_from_another_version_is_refused_in_one_line(tmp_path) -> None:
     from megacontext_plugin.config import MCConfig
-    from megacontext_plugin.evaluation.checkpoint import save
-    from megacontext_plugin.evaluation.train_tiny import build
-    from megacontext_plugin.training.reference_model import TinyGPTConfig
+    from megacontext_plugin.nets.tiny_checkpoint import save
+    from megacontext_plugin.nets.tiny_gpt import TinyGPTConfig
+    from megacontext_plugin.training.tiny_recipe import build
 
     model, ctrl = build(TinyGPTConfig(vocab_size=256, sequence_len=512, n_layer=1, n_head=4, n_embd=64),
                         MCConfig(mc=True, block_size=8, allocator_recent_tokens=16, mc_horizon=16, gistnet_layers=1,
@@ -239,8 +238,8 @@ def test_long_context_refuses_an_allocator_knob_out_of_range_before_loading(
 def test_mc_arm_starts_coarsest_and_lensnet_never_sees_a_level_it_did_not_train_on() -> None:
     from megacontext_plugin.config import MCConfig
     from megacontext_plugin.evaluation.arms import ArmRunner
-    from megacontext_plugin.evaluation.train_tiny import build
-    from megacontext_plugin.training.reference_model import TinyGPTConfig
+    from megacontext_plugin.nets.tiny_gpt import TinyGPTConfig
+    from megacontext_plugin.training.tiny_recipe import build
 
     cfg = MCConfig(mc=True, block_size=8, allocator_recent_tokens=16, mc_horizon=16, gistnet_layers=1,
                    lensnet_layers=1, lensnet_dim=64)
@@ -277,8 +276,8 @@ def test_mc_arm_starts_coarsest_and_lensnet_never_sees_a_level_it_did_not_train_
 def test_lens_ranking_scores_the_layout_the_mc_arm_starts_from(start: str) -> None:
     from megacontext_plugin.config import MCConfig
     from megacontext_plugin.evaluation.arms import ArmRunner
-    from megacontext_plugin.evaluation.train_tiny import build
-    from megacontext_plugin.training.reference_model import TinyGPTConfig
+    from megacontext_plugin.nets.tiny_gpt import TinyGPTConfig
+    from megacontext_plugin.training.tiny_recipe import build
 
     cfg = MCConfig(mc=True, block_size=8, allocator_recent_tokens=16, mc_horizon=16, gistnet_layers=1,
                    lensnet_layers=1, lensnet_dim=64)

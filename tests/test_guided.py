@@ -162,7 +162,7 @@ def test_horizon_saliency_touches_no_model_gradient_and_finds_the_dependency() -
 
 
 def test_the_teacher_pass_with_the_head_on_the_horizon_gives_the_full_heads_saliency() -> None:
-    from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
+    from megacontext_plugin.nets.tiny_gpt import TinyGPT, TinyGPTConfig
     from megacontext_plugin.training.run import full_context_nll
 
     torch.manual_seed(0)

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from megacontext_plugin.context import WorkingContext
-from megacontext_plugin.training.layouts import PAD_LEVEL, minimal_length, sample_layouts
+from megacontext_plugin.focus.budget import minimal_length
+from megacontext_plugin.training.layouts import PAD_LEVEL, sample_layouts
 from megacontext_plugin.training.packing import build_index
 
 

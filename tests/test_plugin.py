@@ -15,8 +15,8 @@ import torch
 
 from megacontext_plugin import hookspecs
 from megacontext_plugin.hookspecs import ForwardOverride
+from megacontext_plugin.nets.tiny_gpt import TinyGPT, TinyGPTConfig
 from megacontext_plugin.plugin import MegaContextPlugin, plugin
-from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
 
 
 def _manager() -> pluggy.PluginManager:

@@ -18,9 +18,9 @@ from megacontext_plugin.evaluation.codec import BYTES, tokenizer_codec
 from megacontext_plugin.evaluation.nanochat_model import validation_budget
 from megacontext_plugin.evaluation.postrun import post_run_validation
 from megacontext_plugin.nets import AuxNets
+from megacontext_plugin.nets.tiny_gpt import TinyGPT, TinyGPTConfig
 from megacontext_plugin.telemetry import TelemetryEvent, make_provider
 from megacontext_plugin.training.controller import MCController
-from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
 
 SEQ = 128
 

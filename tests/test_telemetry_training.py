@@ -19,6 +19,7 @@ from test_telemetry_otlp import OTEL_VARS, Collector
 
 import megacontext_plugin.telemetry.providers as providers_mod
 from megacontext_plugin.config import MCConfig
+from megacontext_plugin.nets.tiny_gpt import TinyGPT, TinyGPTConfig
 from megacontext_plugin.telemetry import (
     EVENT_SCHEMAS,
     AlertMonitor,
@@ -32,7 +33,6 @@ from megacontext_plugin.training import MCController
 from megacontext_plugin.training.flops import gists_per_sequence
 from megacontext_plugin.training.mfu import base_flops_fn, device_peak_flops, peak_flops
 from megacontext_plugin.training.monitor import TrainingMonitor
-from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "telemetry.md"
 TRAINING_EVENTS = {"mc_tree_snapshot", "working_context_snapshot", "focus_allocator", "mc_timing", "mc_batch_stats",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from megacontext_plugin.config import ConfigError, MCConfig
-from megacontext_plugin.training.reference_model import TinyGPT, TinyGPTConfig
+from megacontext_plugin.nets.tiny_gpt import TinyGPT, TinyGPTConfig
 from megacontext_plugin.training.run import TrainingRun
 
 CFG = MCConfig(mc=True, block_size=8, allocator_recent_tokens=16, mc_horizon=8, gistnet_layers=1, lensnet_layers=1,

@@ -53,6 +53,11 @@ PASSKEY_QUERY = "What is the pass key? The pass key is"
 RECALL_QUERY = "key {key} -> value"
 _SENTENCE_WORDS = (4, 12)
 
+PASSKEY_DIGITS = 5
+RECALL_SHAPE = {"num_pairs": 2, "num_symbols": 16, "value_digits": 3}
+"""The passkey and recall documents of the long-context evaluation, and those the tiny models train on
+(``training.tiny_recipe``): a model is scored on the shape it learnt."""
+
 
 # ----------------------------------------------------------------------------------------------
 # helpers

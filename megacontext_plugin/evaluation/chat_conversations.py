@@ -32,7 +32,8 @@ import numpy as np
 
 from ..data import conversations as convs
 from ..data import tasks
-from .documents import PASSKEY_DIGITS, rng
+from ..data.tasks import PASSKEY_DIGITS
+from .documents import rng
 
 KINDS = ("passkey", "name", "number")
 MIN_FILLER_TOKENS = 12

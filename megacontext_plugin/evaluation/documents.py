@@ -11,10 +11,8 @@ import numpy as np
 import torch
 
 from ..data import tasks
+from ..data.tasks import PASSKEY_DIGITS, RECALL_SHAPE
 from .codec import BYTES, Codec
-
-PASSKEY_DIGITS = 5
-RECALL = {"num_pairs": 2, "num_symbols": 16, "value_digits": 3}
 
 
 def rng(seed: int, *parts: int) -> np.random.Generator:
@@ -35,7 +33,7 @@ def make_recall_docs(seed: int, length: int, count: int) -> list[tasks.RecallSam
     out = []
     for s in range(count):
         gen = rng(seed, 2, length, s)
-        out.append(tasks.make_recall(gen, num_chars=length, depth=float(gen.uniform(0, 1)), **RECALL))
+        out.append(tasks.make_recall(gen, num_chars=length, depth=float(gen.uniform(0, 1)), **RECALL_SHAPE))
     return out
 
 
@@ -49,7 +47,7 @@ def passkey_fits(length: int) -> bool:
 
 def recall_fits(length: int) -> bool:
     try:
-        tasks.make_recall(0, num_chars=length, **RECALL)
+        tasks.make_recall(0, num_chars=length, **RECALL_SHAPE)
     except ValueError:
         return False
     return True

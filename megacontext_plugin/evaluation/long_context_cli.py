@@ -22,9 +22,9 @@ import torch
 from ..checkpoint import CheckpointError
 from ..config import ConfigError, MCConfig
 from ..data import stdlib_text
+from ..nets.tiny_checkpoint import load
 from . import chat_arm, nanochat_checkpoint
 from .arms import ARMS, unheld_lengths, unheld_reason
-from .checkpoint import load
 from .codec import BYTES, tokenizer_codec
 from .documents import (
     read_text_file,

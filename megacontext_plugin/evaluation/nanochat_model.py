@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..focus.budget import curriculum_budget, smallest_useful_budget
 from ..nets import AuxNets
-from ..training.curriculum import curriculum_budget, smallest_useful_budget
 
 
 class NanochatArms(nn.Module):

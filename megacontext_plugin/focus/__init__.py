@@ -1,8 +1,10 @@
-"""The focus allocator: LensNet utilities -> legal working-context edits within the budget."""
+"""The focus allocator: LensNet utilities -> legal working-context edits within the budget, and the
+budget a run trains at (``budget``)."""
 
 from __future__ import annotations
 
 from .allocator import FocusAllocator, FocusReport, Scorer, Utilities, as_utilities, residency
+from .budget import curriculum_budget, minimal_length, smallest_useful_budget
 from .config import ALLOCATOR_TYPES, AllocatorType, FocusConfig, FocusError
 from .cooldown import CooldownTracker
 from .knobs import focus_config
@@ -30,13 +32,16 @@ __all__ = [
     "Scorer",
     "Utilities",
     "as_utilities",
+    "curriculum_budget",
     "focus_config",
     "lens_view",
+    "minimal_length",
     "pool_view",
     "residency",
     "score_batch_through_view",
     "score_through_view",
     "select_edits",
+    "smallest_useful_budget",
     "start_layout",
     "trained_level",
 ]

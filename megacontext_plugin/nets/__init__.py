@@ -1,7 +1,9 @@
 """GistNet and LensNet, the dtype they run in, their gradient all-reduce under DDP, and what they
 read of the host's base model.
 
-Imports only torch and ``megacontext_plugin.config``.
+The package imports only torch and ``megacontext_plugin.config``. The stand-in base model
+(``tiny_gpt``) and its checkpoint file (``tiny_checkpoint``), which also read ``context`` and
+``checkpoint``, are imported by their module path.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Training MegaContext inside the base model's loop: variants, packing, losses, curriculum, FLOPs."""
 
+from ..focus.budget import curriculum_budget
 from .controller import MCBatch, MCController, MCLosses
-from .curriculum import AutoBatchPlan, auto_batch, curriculum_budget
+from .curriculum import AutoBatchPlan, auto_batch
 from .flops import StepFlops, mc_step_flops, vanilla_step_flops
 
 __all__ = [

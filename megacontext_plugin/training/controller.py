@@ -37,11 +37,11 @@ from ..config import MCConfig
 from ..context import EntryRows, LevelTable, lens_utilities, model_inputs
 from ..context.positions import ROPE_BASE, PositionalCache
 from ..focus import focus_config, score_batch_through_view, trained_level
+from ..focus.budget import curriculum_budget, smallest_useful_budget
 from ..nets import AuxNets, activation_dtype, allreduce_gradients
 from ..tree.building import build_levels
 from ..tree.protocol import max_tree_level
 from . import losses
-from .curriculum import curriculum_budget, smallest_useful_budget
 from .flops import StepFlops, mc_step_flops, vanilla_step_flops
 from .guided import NllFn, entry_saliency, guided_prompt_layouts, horizon_saliency
 from .layouts import LayoutPrefetcher, VariantLayouts, with_guided
@@ -220,7 +220,7 @@ class MCController(nn.Module):
 
     def budget_at(self, step: int, T: int | None = None) -> int:
         """Working-context entries per variant at ``step`` for batches of length ``T`` (default
-        ``sequence_len``; see ``curriculum.curriculum_budget``)."""
+        ``sequence_len``; see ``focus.budget.curriculum_budget``)."""
         T = self.sequence_len if T is None else T
         return self._budget(step, T, self.length_plan(T).budget_floor)
 

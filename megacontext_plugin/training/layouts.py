@@ -64,11 +64,6 @@ class VariantLayouts:
 VARIANT_KINDS = ("baseline", "on-policy", "teacher", "random")
 
 
-def minimal_length(sequence_len: int, block_size: int, recent_tokens: int) -> int:
-    """Entries of the coarsest legal working context (the smallest budget that can hold a variant)."""
-    return len(WorkingContext.coarsest(sequence_len, block_size, recent_tokens))
-
-
 def random_variant(
     sequence_len: int, block_size: int, budget: int, recent_tokens: int, rng: np.random.Generator
 ) -> WorkingContext:

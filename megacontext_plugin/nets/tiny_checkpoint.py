@@ -1,9 +1,11 @@
-"""The tiny evaluation checkpoint: a byte-level TinyGPT and its aux nets in one file.
+"""The tiny checkpoint: a byte-level ``TinyGPT`` and its aux nets in one file.
 
 Format (``torch.save`` of a dict): ``format`` = :data:`FORMAT`, ``model_config`` (TinyGPTConfig
 fields), ``model`` (state dict), ``mc_config`` (MCConfig fields), ``controller``
-(``MCController.controller_state()``: ``train_tiny`` trains with the controller), ``recipe`` (what
-trained it: free-form). :func:`load` gives the model and ``nets.AuxNets``: evaluation holds no controller.
+(``MCController.controller_state()``: the recipe trains with the controller), ``recipe`` (what
+trained it: free-form). Training's recipe (``training.tiny_recipe``, ``megacontext eval train-tiny``)
+writes it and the evaluation reads it, so both sides of the format live here, below both rooms.
+:func:`load` gives the model and ``nets.AuxNets``: the evaluation holds no controller.
 """
 
 from __future__ import annotations
@@ -16,19 +18,10 @@ import torch
 
 from ..checkpoint import read_state
 from ..config import MCConfig, config_from_saved
-from ..nets import AuxNets
-from ..training.reference_model import TinyGPT, TinyGPTConfig
+from .aux import AuxNets
+from .tiny_gpt import TinyGPT, TinyGPTConfig
 
 FORMAT = "megacontext-eval-tiny/1"
-
-
-def encode(text: str) -> torch.Tensor:
-    """Byte-level tokens (the tasks' text is ASCII): vocab 256."""
-    return torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
-
-
-def decode(ids: Any) -> str:
-    return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
 
 def save(path: str | Path, model: TinyGPT, cfg: MCConfig, controller_state: dict[str, Any],

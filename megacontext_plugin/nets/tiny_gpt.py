@@ -6,6 +6,8 @@ positions with QK norm, causal attention, relu² MLP, untied lm_head with a logi
 the two inputs the patched nanochat ``GPT.forward`` takes from the hooks: input embeddings
 instead of ids, and per-row rotary tables. ``forward_embeds`` (with nanochat's KV-cache duck
 type) is the patched host's inference entry point, used by the inference tests and benchmark.
+Training's recipe (``training.tiny_recipe``) trains it and the evaluation loads it
+(``nets.tiny_checkpoint``), so it sits with the other networks, below both rooms.
 """
 
 from __future__ import annotations

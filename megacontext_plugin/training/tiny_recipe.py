@@ -19,7 +19,7 @@ A reproducible CPU recipe (seeded data from ``data.tasks``, seeded init, fixed s
    step also takes a plain full-attention step on ``--mix-batch`` documents of the same
    length, so the full-attention arm (the upper bound) stays trained.
 
-Writes ``DIR/tiny.pt`` (``checkpoint`` format) and ``DIR/train_log.jsonl``.
+Writes ``DIR/tiny.pt`` (``nets.tiny_checkpoint``'s format) and ``DIR/train_log.jsonl``.
 """
 
 from __future__ import annotations
@@ -38,18 +38,16 @@ import torch
 from ..checkpoint import read_state
 from ..config import ConfigError, MCConfig
 from ..data import tasks
+from ..nets import tiny_checkpoint
 from ..nets.output_head import head_on_last
-from ..training.controller import MCController
-from ..training.reference_model import TinyGPT, TinyGPTConfig
-from . import checkpoint
-from .documents import RECALL
+from ..nets.tiny_gpt import TinyGPT, TinyGPTConfig
+from .controller import MCController
 
 MIN_TASK_LEN = 88
-"""Bytes below which ``tasks.make_passkey``/``make_recall`` (the ``RECALL`` shape) cannot write a document."""
+"""Bytes below which ``tasks.make_passkey``/``make_recall`` (the ``RECALL_SHAPE``) cannot write a document."""
 
 PLAIN_FORMAT = "megacontext-eval-tiny-plain/1"
 """``DIR/plain.pt``: the model, optimizer and data generator after the plain phase (``--from-plain``)."""
-
 
 
 def build(model_config: TinyGPTConfig, cfg: MCConfig, total_steps: int = 1) -> tuple[TinyGPT, MCController]:
@@ -58,6 +56,15 @@ def build(model_config: TinyGPTConfig, cfg: MCConfig, total_steps: int = 1) -> t
     ctrl = MCController(cfg, dim=model_config.n_embd, head_dim=model_config.n_embd // model_config.n_head,
                         sequence_len=model_config.sequence_len, total_steps=total_steps)
     return model, ctrl
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``megacontext eval train-tiny``."""
+    p_tt = sub.add_parser("train-tiny", help="train the tiny byte-level model and aux nets the evaluation uses",
+                          description=__doc__.splitlines()[0])
+    add_arguments(p_tt)
+    p_tt.set_defaults(func=lambda a: run(a, p_tt))
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="directory for tiny.pt and train_log.jsonl")
@@ -121,10 +128,10 @@ def make_batch(rng: np.random.Generator, batch: int, length: int
     for _ in range(batch):
         depth = float(rng.uniform(0, 1))
         if rng.uniform() < 0.5:
-            doc = tasks.make_passkey(rng, num_chars=length + 1, depth=depth, digits=5)
+            doc = tasks.make_passkey(rng, num_chars=length + 1, depth=depth, digits=tasks.PASSKEY_DIGITS)
             start = doc.query_offset
         else:
-            doc = tasks.make_recall(rng, num_chars=length + 1, depth=depth, **RECALL)
+            doc = tasks.make_recall(rng, num_chars=length + 1, depth=depth, **tasks.RECALL_SHAPE)
             start = doc.queries_offset
         pad = length + 1 - len(doc.text)
         text = " " * pad + doc.text
@@ -287,7 +294,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     recipe = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
     recipe["train_seconds"] = round(time.perf_counter() - t0, 1)
     path = args.out / "tiny.pt"
-    checkpoint.save(path, model, ctrl.cfg, ctrl.controller_state(), recipe)
+    tiny_checkpoint.save(path, model, ctrl.cfg, ctrl.controller_state(), recipe)
     log.close()
     print(f"wrote {path} ({recipe['train_seconds']} s)")
     return 0
