@@ -15,8 +15,9 @@
 #      by default), then, with --mc, the MegaContext steps (--mc_plain_steps names both plain
 #      stretches, the curriculum anneals over the rest).
 # Without --mc the same two invocations train the same model plainly: the baseline.
-# Then mid_train and chat_sft on `megacontext tasks` conversations longer than the window, base_eval
-# (with --mc: the MegaContext validation) and the report. Everything lands in $MC_RUNCPU_DIR
+# Then mid_train (at a tenth of upstream's learning rate, MC_Q_MID_LR_FRAC, which keeps the base model's
+# retrieval) and chat_sft on `megacontext tasks` conversations longer than the window, base_eval (with
+# --mc: the MegaContext validation), with --mc the SFT checkpoint's validation, and the report. Everything lands in $MC_RUNCPU_DIR
 # (default .mc/runcpu_quality), wiped first; what it prints also in its report/log.txt. Sizes come
 # from the MC_Q_* variables below (the defaults are the recipe; the tests shrink them).
 # MC_Q_FROM_PLAIN=DIR starts from another run's data, tokenizer and plain phase (the same sizes): the
@@ -39,6 +40,7 @@ PLAIN_BATCH_TOKENS=${MC_Q_PLAIN_BATCH_TOKENS:-8192}  # and of the plain phase (4
 DEPTH=${MC_Q_DEPTH:-2}
 VOCAB=${MC_Q_VOCAB:-2048}
 MID_STEPS=${MC_Q_MID_STEPS:-60}
+MID_LR_FRAC=${MC_Q_MID_LR_FRAC:-0.1}   # mid_train's --init-lr-frac: at upstream's 1.0 mid erases the base model's retrieval (D47)
 SFT_STEPS=${MC_Q_SFT_STEPS:-40}
 # short documents: about 216 tokens each (measured at vocabulary 2,048) plus BOS and what best-fit packing crops,
 # so that the plain phase never reaches the long documents; documents of exactly SEQ tokens for the second phase,
@@ -135,7 +137,7 @@ stage "base ($([ ${#MC_ARGS[@]} -gt 0 ] && echo MegaContext || echo plain), wind
     ${MC_ARGS[@]+"${MC_ARGS[@]}" --mc_plain_steps $((PLAIN_STEPS + LONG_PLAIN))}
 stage "mid" "$PY" -m scripts.mid_train "${MODEL[@]}" --run "$RUN" --dtype float32 --max-seq-len "$SEQ" \
     --device-batch-size 4 --total-batch-size $((4 * SEQ)) --num-iterations "$MID_STEPS" --eval-every -1 \
-    --eval-tokens 16384 ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+    --eval-tokens 16384 --init-lr-frac "$MID_LR_FRAC" ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 stage "sft" "$PY" -m scripts.chat_sft "${MODEL[@]}" --run "$RUN" --dtype float32 --device-batch-size 4 \
     --target-examples-per-step 8 --num-iterations "$SFT_STEPS" --eval-every "$SFT_STEPS" --eval-steps 4 --eval-metrics-every -1 \
     ${MC_ARGS[@]+"${MC_ARGS[@]}"}
