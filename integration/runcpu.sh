@@ -94,8 +94,10 @@ mc_skip "sft" --checkpoint "$RUN_DIR/chatsft_checkpoints/d4" \
 "$PY" -c "from megacontext_plugin.data.core_bundle import write_core_bundle; write_core_bundle('$RUN_DIR')"
 mc_skip "base eval" || stage "base eval" "$PY" -m scripts.base_eval ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 # upstream's chat_eval downloads its tasks: offline, the SFT checkpoint gets the MegaContext validation only
+# (NANOCHAT_DIR the patched tree: the caller's may name the unpatched source mc_setup copied)
 [ ${#MC_ARGS[@]} -eq 0 ] || mc_skip "sft eval" \
-    || stage "sft eval" "$PY" -m megacontext_plugin.cli eval validate --checkpoint "$RUN_DIR/chatsft_checkpoints/d4"
+    || stage "sft eval" env NANOCHAT_DIR="$NC" "$PY" -m megacontext_plugin.cli eval validate \
+        --checkpoint "$RUN_DIR/chatsft_checkpoints/d4"
 mc_skip "chat" || stage "chat" "$PY" -m scripts.chat_cli "${MODEL[@]}" --dtype float32 -t 0 \
     -p "My dog is called kel. What is my dog called?" ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 stage "report" "$PY" -m nanochat.report generate

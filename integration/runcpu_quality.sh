@@ -144,8 +144,10 @@ stage "sft" "$PY" -m scripts.chat_sft "${MODEL[@]}" --run "$RUN" --dtype float32
 "$PY" -c "from megacontext_plugin.data.core_bundle import write_core_bundle; write_core_bundle('$RUN_DIR')"
 stage "base eval" "$PY" -m scripts.base_eval ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 # upstream's chat_eval downloads its tasks: offline, the SFT checkpoint gets the MegaContext validation only
+# (NANOCHAT_DIR the patched tree: the caller's may name the unpatched source mc_setup copied)
 [ ${#MC_ARGS[@]} -eq 0 ] \
-    || stage "sft eval" "$PY" -m megacontext_plugin.cli eval validate --checkpoint "$RUN_DIR/chatsft_checkpoints/d$DEPTH"
+    || stage "sft eval" env NANOCHAT_DIR="$NC" "$PY" -m megacontext_plugin.cli eval validate \
+        --checkpoint "$RUN_DIR/chatsft_checkpoints/d$DEPTH"
 stage "report" "$PY" -m nanochat.report generate
 say "done in $((SECONDS - START)) s: checkpoints in $RUN_DIR/{base,mid,chatsft}_checkpoints"
 say "evaluate: .venv/bin/megacontext eval long-context --checkpoint $RUN_DIR/base_checkpoints/d$DEPTH --budget $BUDGET"

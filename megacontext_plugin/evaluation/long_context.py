@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from ..data import metrics, tasks
+from ..focus import PROMPT_ROUNDS
 from ..nets import AuxNets
 from .arms import ArmRunner
 from .codec import BYTES, Codec
@@ -70,7 +71,7 @@ from .scoring import (
 
 def evaluate(model: torch.nn.Module, nets: AuxNets, *, budget: int, lengths: Sequence[int],
              depths: Sequence[float], samples: int, recall_docs: int, lens_docs: int, horizon: int,
-             arms: Sequence[str], rounds: int = 4, start: str = "coarsest", seed: int = 1234,
+             arms: Sequence[str], rounds: int = PROMPT_ROUNDS, start: str = "coarsest", seed: int = 1234,
              codec: Codec = BYTES) -> dict[str, Any]:
     """All metrics as a JSON-able dict (see the module docstring); ``rows`` one per (arm, length).
 
@@ -174,8 +175,8 @@ def evaluate(model: torch.nn.Module, nets: AuxNets, *, budget: int, lengths: Seq
 
 
 def evaluate_documents(model: torch.nn.Module, nets: AuxNets, texts: dict[str, str], *, budget: int,
-                       lengths: Sequence[int], horizon: int, arms: Sequence[str], limit: int, rounds: int = 4,
-                       start: str = "coarsest", codec: Codec = BYTES) -> dict[str, Any]:
+                       lengths: Sequence[int], horizon: int, arms: Sequence[str], limit: int,
+                       rounds: int = PROMPT_ROUNDS, start: str = "coarsest", codec: Codec = BYTES) -> dict[str, Any]:
     """NLL@H per arm on the user's texts (``--documents``), cut into documents of ``x * budget`` tokens:
     ``delta_nll_h`` against full attention (where it fits), ``delta_nll_truncation`` against truncation,
     and ``gap_closed``, the share of truncation's gap to full attention that the arm closes."""

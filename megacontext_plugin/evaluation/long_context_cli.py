@@ -22,6 +22,7 @@ import torch
 from ..checkpoint import CheckpointError
 from ..config import ConfigError, MCConfig
 from ..data import stdlib_text
+from ..focus import PROMPT_ROUNDS
 from ..nets.tiny_checkpoint import load
 from . import chat_arm, nanochat_checkpoint
 from .arms import ARMS, unheld_lengths, unheld_reason
@@ -56,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arms", default=None,
                    help=f"comma list out of {','.join(ARMS)} (default: all; a nanochat run trained without --mc "
                         f"has no GistNet/LensNet, so truncation,full)")
-    p.add_argument("--rounds", type=int, default=4, help="refocus calls of the MC arm per document")
+    p.add_argument("--rounds", type=int, default=PROMPT_ROUNDS, help="refocus calls of the MC arm per document")
     p.add_argument("--start", choices=("recency", "coarsest"), default="coarsest",
                    help="the MC arm's working context before refocusing")
     p.add_argument("--seed", type=int, default=1234, help="seed of the evaluation documents")

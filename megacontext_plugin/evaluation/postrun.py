@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..config import MCConfig
+from ..focus import PROMPT_ROUNDS
 from ..nets import AuxNets
 from ..telemetry import default_telemetry_dir
 from . import run_report
@@ -41,7 +42,7 @@ class ValidationSettings:
     samples: int = 2
     recall_docs: int = 2
     lens_docs: int = 0
-    rounds: int = 4
+    rounds: int = PROMPT_ROUNDS
     seed: int = 4321
     """Held out: the corpus and task generators of a run use other seeds (``megacontext corpus`` 0, ``tasks`` 0)."""
 
