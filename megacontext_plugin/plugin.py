@@ -89,11 +89,8 @@ class MegaContextPlugin:
         self.run.close()
         self.run = _Run()
 
-    # ---- what tests and benchmarks read -------------------------------------------------------
-    @property
-    def cfg(self) -> MCConfig | None:
-        return self.run.cfg
-
+    # ---- the run's state the product reads: nets (generate), inference (the chat evaluation; a user's listeners,
+    # docs/reference.md), training, controller and monitor (benchmarks/throughput.py) -----------------------------
     @property
     def training(self) -> TrainingRun | None:
         return self.run.training
@@ -107,26 +104,9 @@ class MegaContextPlugin:
         return None if self.run.training is None else self.run.training.monitor
 
     @property
-    def step(self) -> int:
-        return 0 if self.run.training is None else self.run.training.step
-
-    @property
-    def anneal(self) -> bool:
-        return self.run.training is None or self.run.training.anneal
-
-    @property
-    def budget_step(self) -> int:
-        assert self.run.training is not None
-        return self.run.training.budget_step
-
-    @property
     def nets(self) -> AuxNets | None:
         """The aux nets in use: the chat stage's, or the training controller's."""
         return self.run.chat_nets if self.run.training is None else self.run.training.controller.nets
-
-    @property
-    def chat(self) -> ChatRuntime | None:
-        return self.run.chat
 
     @property
     def inference(self) -> InferenceRuntime | None:

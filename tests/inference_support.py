@@ -1,5 +1,6 @@
 """Helpers of the inference tests: a tiny model and controller built identically in every process, a
-fake tokenizer and engine, and (run as a script) the child process of the SIGKILL test.
+fake tokenizer and engine, a session's logits recomputed without its KV cache, and (run as a script)
+the child process of the SIGKILL test.
 
     python tests/inference_support.py TREE_DIR SESSION PROMPT_LEN
 
@@ -16,6 +17,10 @@ from typing import ClassVar
 import torch
 
 from megacontext_plugin.config import MCConfig, parse_config
+from megacontext_plugin.context import EntryRows, rotary_tables
+from megacontext_plugin.context.positions import rope_base
+from megacontext_plugin.inference import MCSession
+from megacontext_plugin.nets import activation_dtype
 from megacontext_plugin.nets.tiny_gpt import TinyGPT, TinyGPTConfig
 from megacontext_plugin.training import MCController
 
@@ -57,6 +62,22 @@ def sharpen_lensnet(controller: MCController, scale: float = 4.0) -> None:
     lens = controller.lensnet
     with torch.no_grad():
         torch.nn.init.normal_(lens.score.weight, std=scale / lens.hidden**0.5)
+
+
+@torch.inference_mode()
+def full_recompute_logits(session: MCSession) -> torch.Tensor:
+    """Next-token logits ``[V]`` of the session's current WC computed from scratch, without its KV cache: the
+    reference the cached path (``CachedForward.logits``) must match. One forward of every entry, at the
+    positions the session's settings give them (the model's own rotary table where they are ordinal)."""
+    wc, model, s = session.wc, session.model, session.settings
+    assert wc is not None
+    mcfg = model.config
+    W = len(wc)
+    tables = rotary_tables(EntryRows.of([wc]), s.position_scheme, s.rope_gist_sigma, mcfg.n_embd // mcfg.n_head,
+                           mcfg.sequence_len, activation_dtype(session.device), session.device, rope_base(model))
+    cos, sin = (model.cos[:, :W], model.sin[:, :W]) if tables is None else (tables[0][:, :W], tables[1][:, :W])
+    logits = model.forward_embeds(session.entries.x_CD[:W][None], session.entries.vid_C[:W][None], None, cos, sin)
+    return logits[0, -1, :mcfg.vocab_size].float()
 
 
 def prompt(length: int, seed: int = 1) -> list[int]:

@@ -11,6 +11,7 @@ import torch
 
 from megacontext_plugin.context import WorkingContext, WorkingContextError
 from megacontext_plugin.focus import CooldownTracker, FocusAllocator, FocusConfig, FocusError
+from megacontext_plugin.focus.cooldown import node_keys
 
 
 def wc_of(entries: list[tuple[int, int]], block_size: int, num_tokens: int) -> WorkingContext:
@@ -236,6 +237,16 @@ def test_zero_cooldown_allows_flipping_back_within_one_refocus() -> None:
     assert out.entries()[0] == (1, 0) and report.rejected_cooldown == 1
 
 
+def _last_flip(tracker: CooldownTracker, level: int, index: int) -> int | None:
+    """Refocus number of the node's last remembered flip (the tracker's ``state_dict``), or None."""
+    state = tracker.state_dict()
+    key = int(node_keys(np.array([level]), np.array([index]))[0])
+    at = int(np.searchsorted(state["keys"], key))
+    if at < state["keys"].size and int(state["keys"][at]) == key:
+        return int(state["last"][at])
+    return None
+
+
 def test_cooldown_tracker_boundaries() -> None:
     tracker = CooldownTracker(2)
     tracker.record(np.array([1, 2]), np.array([5, 0]), now=3)
@@ -244,7 +255,7 @@ def test_cooldown_tracker_boundaries() -> None:
     assert tracker.blocked(levels, indices, now=4).tolist() == [True, True, False]
     assert tracker.blocked(levels, indices, now=5).tolist() == [False, False, False]
     tracker.record(np.array([1]), np.array([5]), now=4)  # a later flip replaces the earlier one
-    assert tracker.last_flip(1, 5) == 4 and tracker.last_flip(2, 0) == 3 and tracker.last_flip(1, 4) is None
+    assert _last_flip(tracker, 1, 5) == 4 and _last_flip(tracker, 2, 0) == 3 and _last_flip(tracker, 1, 4) is None
     tracker.prune(next_refocus=5)  # (2, 0) can block nothing from refocus 5 on
     assert len(tracker) == 1 and tracker.blocked(levels, indices, now=5).tolist() == [True, False, False]
     assert not CooldownTracker(0).blocked(levels, indices, now=0).any()

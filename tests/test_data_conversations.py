@@ -34,6 +34,11 @@ def nanochat_customjson_check(messages: object) -> None:
         assert isinstance(message["content"], str), f"Message {i} content must be a string"
 
 
+def _num_chars(c: conv.Conversation) -> int:
+    """Characters of the conversation's message contents."""
+    return sum(len(m["content"]) for m in c.messages)
+
+
 def _lines(path: Path) -> list[list[dict[str, str]]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -96,14 +101,14 @@ def test_any_seed_and_lengths_give_valid_checkable_conversations(
     assert c.kind == kind
     nanochat_customjson_check(json.loads(c.to_json()))
     assert c.messages[-1]["role"] == "assistant" and all(m["content"] for m in c.messages)
-    assert lengths.min_chars <= c.num_chars <= lengths.max_chars
+    assert lengths.min_chars <= _num_chars(c) <= lengths.max_chars
     _check_answers(c)
     assert conv.make_conversation(kind, seed, lengths) == c
 
 
 def test_lengths_span_64_tokens_to_several_windows() -> None:
     lengths = Lengths()  # 256 tokens x 4
-    chars = [c.num_chars for c in conv.generate_conversations(0, "mid_train", 600, lengths=lengths)]
+    chars = [_num_chars(c) for c in conv.generate_conversations(0, "mid_train", 600, lengths=lengths)]
     assert lengths.min_chars == 148 and lengths.max_chars == 2355
     assert min(chars) >= lengths.min_chars and max(chars) <= lengths.max_chars
     window = 256 * conv.CHARS_PER_TOKEN

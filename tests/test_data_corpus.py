@@ -18,6 +18,19 @@ def _texts(path: Path) -> list[str]:
     return pq.read_table(path, columns=["text"]).column("text").to_pylist()
 
 
+def _read_split(out_dir: Path, split: str) -> list[str]:
+    """All texts of a split as nanochat reads it: every shard but the last is train, the last is val."""
+    assert split in ("train", "val"), split
+    paths = sorted(p for p in out_dir.iterdir() if re.fullmatch(r"shard_\d{5}\.parquet", p.name))
+    assert paths, f"no shard_NNNNN.parquet files in {out_dir}"
+    texts: list[str] = []
+    for path in paths[:-1] if split == "train" else paths[-1:]:
+        pf = pq.ParquetFile(path)
+        for rg in range(pf.num_row_groups):
+            texts.extend(pf.read_row_group(rg, columns=["text"]).column("text").to_pylist())
+    return texts
+
+
 def test_round_trip_nanochat_layout(tmp_path: Path) -> None:
     out = tmp_path / "base_data"
     summary = corpus.write_corpus(out, num_shards=3, docs_per_shard=12, seed=1, row_groups=3)
@@ -35,9 +48,9 @@ def test_round_trip_nanochat_layout(tmp_path: Path) -> None:
         total += sum(len(t) for t in rows)
     assert summary.characters == total
     # nanochat's split rule: all but the last shard is train, the last is val
-    assert corpus.read_split(out, "val") == _texts(out / "shard_00002.parquet")
-    assert corpus.read_split(out, "train") == _texts(out / "shard_00000.parquet") + _texts(out / "shard_00001.parquet")
-    every = "\n".join(corpus.read_split(out, "train"))
+    assert _read_split(out, "val") == _texts(out / "shard_00002.parquet")
+    assert _read_split(out, "train") == _texts(out / "shard_00000.parquet") + _texts(out / "shard_00001.parquet")
+    every = "\n".join(_read_split(out, "train"))
     assert "What is the pass key? The pass key is" in every and re.search(r"key \w+ -> value \d+\.", every)
 
 
@@ -85,7 +98,7 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
 def test_mix_restricts_kinds(tmp_path: Path) -> None:
     s = corpus.write_corpus(tmp_path, 2, 10, mix={"passkey": 1.0})
     assert s.kinds == {"passkey": 20}
-    assert all(t.endswith(".") and "pass key is" in t for t in corpus.read_split(tmp_path, "train"))
+    assert all(t.endswith(".") and "pass key is" in t for t in _read_split(tmp_path, "train"))
 
 
 def test_main_writes_and_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,7 +176,7 @@ def test_python_documents_come_from_the_training_split_that_is_written_down(tmp_
     assert listing.read_text().splitlines() == [p.relative_to(root).as_posix() for p in train]
     assert held and not set(held) & set(train) and s.kinds == {"python": 16}
     sources = {p: stdlib_text.read_source(p) for p in train}
-    for text in corpus.read_split(tmp_path / "c", "train"):
+    for text in _read_split(tmp_path / "c", "train"):
         assert any(text in source for source in sources.values())
     assert not any(stdlib_text.is_held_out(p, 0) for p in train)
 

@@ -14,7 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from inference_support import VOCAB, FakeEngine, FakeTokenizer, T, build, prompt, record_lens_levels, sharpen_lensnet
+from inference_support import (
+    VOCAB,
+    FakeEngine,
+    FakeTokenizer,
+    T,
+    build,
+    full_recompute_logits,
+    prompt,
+    record_lens_levels,
+    sharpen_lensnet,
+)
 
 from megacontext_plugin.config import ConfigError
 from megacontext_plugin.context import WorkingContext
@@ -84,12 +94,12 @@ def test_the_kv_cache_path_gives_the_logits_of_a_full_recompute(tiny) -> None:
     logits = session.ingest(prompt(6 * T))
     recomputed = []
     for _ in range(40):
-        assert torch.allclose(logits, session.full_recompute_logits(), atol=2e-5, rtol=0)
+        assert torch.allclose(logits, full_recompute_logits(session), atol=2e-5, rtol=0)
         before = session.stats.entries_forwarded
         logits = session.step(int(logits.argmax()))
         recomputed.append(session.stats.entries_forwarded - before)
         assert len(session.wc) <= session.settings.budget
-    assert torch.allclose(logits, session.full_recompute_logits(), atol=2e-5, rtol=0)
+    assert torch.allclose(logits, full_recompute_logits(session), atol=2e-5, rtol=0)
     stats = session.stats
     assert stats.expands > 0 and stats.collapses + stats.forced_collapses > 0  # LensNet's edits happened
     assert min(recomputed) == 1  # a plain decode step forwards one entry
@@ -106,7 +116,7 @@ def test_the_kv_path_matches_a_full_recompute_under_other_position_schemes(extra
         logits = session.ingest(prompt(4 * T))
         for _ in range(12):
             logits = session.step(int(logits.argmax()))
-            assert torch.allclose(logits, session.full_recompute_logits(), atol=2e-5, rtol=0)
+            assert torch.allclose(logits, full_recompute_logits(session), atol=2e-5, rtol=0)
     finally:
         controller.close()
 

@@ -227,8 +227,8 @@ MASTER_SFT = ["--device-type", "cpu", "--device-batch-size", "2", "--max-seq-len
 @pytest.mark.upstream("master")
 def test_master_sft_eval_and_chat_carry_the_megacontext_state(patched: Path, base_dir: Path) -> None:
     """Master's stages (no mid_train): base -> SFT -> chat, and base_eval's post-run validation, offline
-    through master's own dataset cache (``data.hub_tasks``)."""
-    from megacontext_plugin.data.hub_tasks import write_hub_tasks
+    through master's own dataset cache (``tests/hub_tasks_support.py``)."""
+    from hub_tasks_support import write_hub_tasks
 
     write_hub_tasks(base_dir, sft_train=40, sft_val=8)
     _base_train(patched, base_dir, None, MC)

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import pluggy
+import plugin_support
 import pytest
 import torch
 
@@ -191,7 +192,7 @@ def test_after_optimizer_step_hook_steps_the_aux_nets() -> None:
     host.step(0, *_data(4))
     after = list(host.plugin.controller.gistnet.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
-    assert host.plugin.step == 1 and host.plugin.controller.steps_done == 1
+    assert plugin_support.step(host.plugin) == 1 and host.plugin.controller.steps_done == 1
     host.close()
 
 
@@ -239,7 +240,7 @@ def test_save_state_hook_writes_beside_the_checkpoint_and_load_state_hook_resume
     resumed.model.load_state_dict(model_state)
     resumed.opt = torch.optim.SGD(resumed.model.parameters(), lr=0.1)
     resumed.pm.hook.load_state(checkpoint_dir=str(tmp_path), step=2)
-    assert resumed.plugin.step == 2
+    assert plugin_support.step(resumed.plugin) == 2
     got = resumed.step(2, *_data(12))
     def mc(log: dict[str, float]) -> dict[str, float]:
         timed = ("mc/wall_time_s", "mc/telemetry_frac")  # wall-clock readings: they differ between runs
@@ -335,8 +336,9 @@ def test_load_state_hook_before_setup_starts_the_next_stage_from_the_saved_nets(
     assert "loaded from" in capsys.readouterr().out
     for key, value in mid.plugin.controller.gistnet.state_dict().items():
         assert torch.equal(value, gist_state[key])
-    assert not mid.plugin.anneal and mid.plugin.budget_step == mid.plugin.controller.total_steps
-    assert mid.plugin.controller.budget_at(mid.plugin.budget_step) == mid.plugin.controller.budget_at(10**9)
+    budget_step = plugin_support.budget_step(mid.plugin)
+    assert not plugin_support.anneal(mid.plugin) and budget_step == mid.plugin.controller.total_steps
+    assert mid.plugin.controller.budget_at(budget_step) == mid.plugin.controller.budget_at(10**9)
     mid.close()
 
     fresh = SmallHost(["--mc", *SMALL], stage="mid", source=(tmp_path / "vanilla", 7))  # trained without --mc
@@ -470,8 +472,9 @@ class _HookedEngine(_Engine):
 def test_chat_cli_answers_print_their_latency_and_past_the_window_the_level_map(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     host = SmallHost(["--mc", *SMALL, "--mc_telemetry", "none"], stage="chat")
-    assert host.plugin.chat.answer_reports is False  # pytest is not chat_cli: chat_web and chat_eval stay quiet
-    host.plugin.chat.answer_reports = True
+    chat = plugin_support.chat(host.plugin)
+    assert chat is not None and chat.answer_reports is False  # pytest is not chat_cli: chat_web, chat_eval stay quiet
+    chat.answer_reports = True
     engine = _HookedEngine(host.model.eval(), host.pm.hook)
     capsys.readouterr()
 
@@ -502,12 +505,14 @@ class _BosEngine(_HookedEngine):
 
 def test_chat_cli_answers_never_show_the_token_that_ends_them(monkeypatch: pytest.MonkeyPatch) -> None:
     host = SmallHost(["--mc", *SMALL, "--mc_telemetry", "none"], stage="chat")
-    host.plugin.chat.answer_reports = True  # chat_cli prints every token it gets, specials included
+    chat = plugin_support.chat(host.plugin)
+    assert chat is not None
+    chat.answer_reports = True  # chat_cli prints every token it gets, specials included
     engine = _BosEngine(host.model.eval(), host.pm.hook)
     assert [c for c, _ in engine.generate([1] * (T - 8), max_tokens=3)] == [[7]]  # upstream's decode, it fits
     tok = engine.tokenizer
     for terminal in (tok.get_bos_token_id(), tok.encode_special("<|assistant_end|>")):  # MegaContext's stream
-        monkeypatch.setattr(host.plugin.chat.runtime, "generate",
+        monkeypatch.setattr(chat.runtime, "generate",
                             lambda *a, t=terminal, **k: iter([([5], [1]), ([6], [1]), ([t], [1]), ([8], [1])]))
         assert [c for c, _ in engine.generate([1] * (6 * T), max_tokens=8)] == [[5], [6]]
     host.close()

@@ -166,10 +166,6 @@ class Conversation:
     messages: tuple[Message, ...]
     answers: tuple[str, ...] = ()
 
-    @property
-    def num_chars(self) -> int:
-        return _chars(self.messages)
-
     def to_json(self) -> str:
         """The JSONL line (no newline): a JSON array of ``{"role", "content"}`` objects."""
         return json.dumps(list(self.messages), ensure_ascii=False, separators=(",", ":"))

@@ -274,25 +274,6 @@ def write_corpus(
     return CorpusSummary(str(out), tuple(names), documents, characters, {k: v for k, v in kinds.items() if v})
 
 
-def read_split(out_dir: str | os.PathLike[str], split: str) -> list[str]:
-    """All texts of a split as nanochat reads it: every shard but the last is train, the last is val."""
-    _, pq = _parquet()
-
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    paths = sorted(p for p in Path(out_dir).iterdir() if _SHARD.match(p.name))
-    if not paths:
-        raise FileNotFoundError(f"no shard_NNNNN.parquet files in {out_dir}")
-    paths = paths[:-1] if split == "train" else paths[-1:]
-    texts: list[str] = []
-    for path in paths:
-        pf = pq.ParquetFile(path)
-        for rg in range(pf.num_row_groups):
-            texts.extend(pf.read_row_group(rg, columns=["text"]).column("text").to_pylist())
-    return texts
-
-
-
 DESCRIPTION = "Write a seeded long-context corpus as nanochat-style parquet shards (last shard = val)."
 
 

@@ -1,26 +1,16 @@
 """Scoring helpers for the long-context tasks: exact match, and per digit and per position,
 where exact match alone hides partial recall.
 
-Predictions are compared after stripping surrounding whitespace; :func:`leading_answer` cuts a raw
-model continuation such as ``" 48213. Remember"`` down to its first run of digits.
+Predictions are compared after stripping surrounding whitespace.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-_DIGITS = re.compile(r"\d+")
-
-
-def leading_answer(continuation: str) -> str:
-    """The first run of digits in a model continuation ('' if there is none)."""
-    m = _DIGITS.search(continuation)
-    return m.group(0) if m else ""
 
 
 def _check_pair(predictions: Sequence[object], answers: Sequence[object]) -> None:
@@ -100,18 +90,6 @@ class Grid:
     lengths: tuple[int, ...]
     accuracy: np.ndarray  # shape (len(depths), len(lengths))
     counts: np.ndarray  # same shape, samples per cell
-
-    def cell(self, depth: float, length: int) -> float:
-        return float(self.accuracy[self.depths.index(depth), self.lengths.index(length)])
-
-    def format(self) -> str:
-        """A plain-text table: one row per depth, one column per length."""
-        head = "depth\\len " + " ".join(f"{n:>7d}" for n in self.lengths)
-        rows = [head]
-        for i, d in enumerate(self.depths):
-            cells = " ".join("      -" if math.isnan(v) else f"{v:7.3f}" for v in self.accuracy[i])
-            rows.append(f"{d:9.3f} {cells}")
-        return "\n".join(rows)
 
 
 def grid(depths: Sequence[float], lengths: Sequence[int], scores: Sequence[float], decimals: int = 3) -> Grid:

@@ -107,12 +107,6 @@ def approx_tokens(num_chars: int) -> int:
     return round(num_chars / CHARS_PER_TOKEN)
 
 
-def chars_for_tokens(num_tokens: int) -> int:
-    """Character budget for about ``num_tokens`` tokens (inverse of :func:`approx_tokens`)."""
-    _check_int("num_tokens", num_tokens, 1)
-    return math.ceil(num_tokens * CHARS_PER_TOKEN)
-
-
 def _sentence(rng: np.random.Generator, budget: int) -> str:
     """One capitalised sentence of at most ``budget`` characters, or '' if not even one word fits."""
     n_words = int(rng.integers(_SENTENCE_WORDS[0], _SENTENCE_WORDS[1] + 1))

@@ -61,14 +61,6 @@ class CooldownTracker:
             keep = next_refocus - self._last < self.cooldown
             self._keys, self._last = self._keys[keep], self._last[keep]
 
-    def last_flip(self, level: int, index: int) -> int | None:
-        """Refocus number of the node's last remembered flip, or None."""
-        key = int(node_keys(np.array([level]), np.array([index]))[0])
-        at = int(np.searchsorted(self._keys, key))
-        if at < self._keys.size and int(self._keys[at]) == key:
-            return int(self._last[at])
-        return None
-
     def state_dict(self) -> dict[str, np.ndarray]:
         return {"keys": self._keys.copy(), "last": self._last.copy()}
 

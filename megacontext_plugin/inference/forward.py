@@ -111,11 +111,3 @@ class CachedForward:
             return None
         x_D = x_CD[start - 1].to(self.model.cos.dtype)
         return F.rms_norm(x_D, (x_D.size(-1),))[None, None]
-
-    def full_recompute(self, wc: WorkingContext, x_CD: torch.Tensor, vid_C: torch.Tensor) -> torch.Tensor:
-        """Next-token logits ``[V]`` of ``wc`` from scratch, without the KV cache (the reference the
-        cached path must match)."""
-        W = len(wc)
-        cos, sin = self._cos_sin(self._rotary(wc), 0, W)
-        logits = self.model.forward_embeds(x_CD[:W][None], vid_C[:W][None], None, cos, sin)
-        return logits[0, -1, :self.vocab_size].float()

@@ -209,12 +209,6 @@ class MCSession:
         self.accept(token)
         return self.advance()
 
-    @torch.inference_mode()
-    def full_recompute_logits(self) -> torch.Tensor:
-        """Next-token logits ``[V]`` of the current WC computed from scratch, without the KV cache."""
-        assert self.wc is not None
-        return self.forward.full_recompute(self.wc, self.entries.x_CD, self.entries.vid_C)
-
     # ---- the working context ------------------------------------------------------------------
     def _append(self, ids_n: torch.Tensor, emb_nD: torch.Tensor) -> None:
         """Raw tokens at the end of the WC (the KV cache keeps every entry before them)."""

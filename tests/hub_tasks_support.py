@@ -1,4 +1,5 @@
-"""Offline stand-ins for the Hugging Face datasets that nanochat master's chat_sft and chat_eval read.
+"""Offline stand-ins for the Hugging Face datasets that nanochat master's chat_sft and chat_eval read
+(``test_nanochat_hooks``'s master stages).
 
 Master reads task data through ``tasks.common.load_hub_dataset``: parquet shards in
 ``$NANOCHAT_BASE_DIR/task_data/{owner--name}/{subset}/{split}/``, listed by a ``manifest.json``
@@ -6,7 +7,7 @@ written last; it downloads only when the manifest is missing. Writing the shards
 there first runs chat_sft offline with no upstream line changed (the pin reads ``NANOCHAT_TASK_DIR``
 through its patched ``tasks/customjson.py`` instead).
 
-SmolTalk (train, test): our seeded conversations (``conversations.generate_conversations``, the SFT
+SmolTalk (train, test): our seeded conversations (``data.conversations.generate_conversations``, the SFT
 mixture). MMLU (all: auxiliary_train, test) and GSM8K (main: train, test): tiny rows in their schemas,
 as many as chat_sft's validation mixture slices (``stop=``: 5,200 and 420); accuracy on them measures
 nothing.
@@ -21,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .conversations import generate_conversations
+from megacontext_plugin.data.conversations import generate_conversations
 
 SMOLTALK = ("HuggingFaceTB/smol-smoltalk", "default")
 MMLU = ("cais/mmlu", "all")
