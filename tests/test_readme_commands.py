@@ -1,8 +1,9 @@
 """The README's commands on the main job's output: ``bash integration/runcpu.sh --mc`` (the README's first
-command), then every command of its *Chat* and *Evaluate your run* sections, as written, from a
-directory laid out as the repository root after that run (``.mc/nanochat``, ``.mc/runcpu``). Only
-the README's placeholders are filled in (``d20``: the run's depth, ``notes/*.txt`` and
-``long_report.txt``: files of ours, ``chat_cli``'s stdin, ``chat_web``'s port); a command that needs
+command; its machine lost mid-way through base_train by a SIGKILL, then the same command again, which
+must continue the run rather than restart it), then every command of its *Chat* and *Evaluate your run*
+sections, as written, from a directory laid out as the repository root after that run (``.mc/nanochat``,
+``.mc/runcpu``). Only the README's placeholders are filled in (``d20``: the run's depth, ``notes/*.txt``
+and ``long_report.txt``: files of ours, ``chat_cli``'s stdin, ``chat_web``'s port); a command that needs
 what no offline CPU machine has says why it is left out (``NETWORK``). ``test_readme.py`` checks the
 other sections' commands statically (scripts, subcommands, flags, knobs)."""
 
@@ -92,9 +93,29 @@ def test_every_readme_command_works_on_the_main_jobs_output(patched: Path, tmp_p
             "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
     first = re.findall(r"^```bash\n(.*?)^```", README, flags=re.S | re.M)[0].splitlines()[0]  # the main job
     assert first == "bash integration/runcpu.sh --mc"
+    job_env = env | {"MC_NANOCHAT": str(patched), "MC_RUNCPU_DIR": str(run), "MC_SAVE_EVERY": "4"}
+    lost = subprocess.Popen(["bash", "-c", first], cwd=ROOT, env=job_env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    assert lost.stdout is not None
+    seen = []
+    for line in lost.stdout:  # base_train's step 6: its checkpoint of step 4 is on disk
+        seen.append(line)
+        if line.startswith("step 00006/"):
+            os.killpg(lost.pid, signal.SIGKILL)  # the machine is lost mid-stage
+            break
+    lost.wait(timeout=60)
+    assert lost.returncode != 0 and any(line.startswith("step 00006/") for line in seen), "".join(seen[-40:])
     proc = subprocess.run(["bash", "-c", first], cwd=ROOT, capture_output=True, text=True, timeout=1500,
-                          env=env | {"MC_NANOCHAT": str(patched), "MC_RUNCPU_DIR": str(run)})
+                          env=job_env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"runcpu: continuing the unfinished run in {run}" in proc.stdout
+    assert all(f"runcpu: skip {stage}: done by an earlier run" in proc.stdout
+               for stage in ("data", "tasks", "report reset", "tokenizer"))
+    assert "runcpu: base: resuming from step 4, the latest checkpoint in" in proc.stdout
+    base_out = proc.stdout.split("runcpu: == base\n")[1].split("runcpu: == mid\n")[0]
+    steps = [line.split("/")[0] for line in base_out.splitlines() if line.startswith("step ")]
+    assert steps[0] == "step 00004" and steps == sorted(steps)  # continued, not restarted
+    assert (run / "report" / "log.txt").read_text().count("Reset report and wrote header") == 1
     assert "== sft eval" in proc.stdout and "megacontext: band " in proc.stdout.split("== sft eval")[1]
 
     (root / "notes").mkdir()
