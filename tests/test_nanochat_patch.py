@@ -545,8 +545,8 @@ def test_real_upstream_recipes_install_the_plugin_that_patched_them(nanochat_dir
     assert f"{Path(recipe).name}: installing the MegaContext plugin from {plugin}" in proc.stdout
     extra = "cpu" if recipe.endswith("runcpu.sh") else "gpu"
     assert calls.index(f"uv pip install {plugin}") == calls.index(f"uv sync --extra {extra}") + 1
-    # master's base_eval holds the post-run validation (the pin's base_loss/base_eval run without the flags)
-    stages = ("base_train", "mid_train", "chat_sft", "chat_eval") + (("base_eval",) if "/" in recipe else ())
+    # base_eval holds the post-run validation of the base checkpoint (the pin's base_loss runs without the flags)
+    stages = ("base_train", "base_eval", "mid_train", "chat_sft", "chat_eval")
     trains = [c for c in calls if c.split()[0] in ("torchrun", "python") and any(f"scripts.{s}" in c for s in stages)]
-    expected = {"speedrun.sh": 5, "run1000.sh": 5, "runs/speedrun.sh": 4, "runs/runcpu.sh": 3}[recipe]
+    expected = {"speedrun.sh": 6, "run1000.sh": 6, "runs/speedrun.sh": 4, "runs/runcpu.sh": 3}[recipe]
     assert len(trains) == expected and all(c.endswith("--mc --block_size 32") for c in trains), calls
