@@ -126,6 +126,17 @@ def test_base_train_without_mc_is_unchanged_and_with_mc_trains(patched: Path, ba
     assert (base_dir / "base_checkpoints" / "d2" / "model_000003.pt").is_file()
 
 
+@pytest.mark.upstream("pin")
+def test_base_train_under_auto_batch_trains_the_planned_steps_with_the_schedule_in_0_1(patched: Path,
+                                                                                      base_dir: Path) -> None:
+    out = _script(patched, base_dir, None, "scripts.base_train", *BASE_TRAIN, *MC[:-2])
+    planned = int(out.split("auto-batch: 3 -> ")[1].split()[0])  # vanilla's tokens in fewer, larger steps
+    steps = [line for line in out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in steps] == [f"{i:05d}/{planned:05d}" for i in range(planned)]
+    assert all(0 <= float(line.split("lrm:")[1].split("|")[0]) <= 1 for line in steps)
+    assert (base_dir / "base_checkpoints" / "d2" / f"model_{planned:06d}.pt").is_file()
+
+
 def test_base_train_reports_a_bad_mc_flag_in_one_line(patched: Path, base_dir: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "scripts.base_train", "--mc_tree", "cloud"], cwd=patched,
                           env=_env(patched, base_dir, None), capture_output=True, text=True, timeout=120, check=False)
@@ -201,10 +212,19 @@ def test_mid_sft_and_chat_carry_the_megacontext_state_from_stage_to_stage(patche
     assert [line.split()[1] for line in steps] == ["00001", "00002", "00003"]  # upstream prints the step done
     assert all(0 <= float(line.split("lrm:")[1].split("|")[0]) <= 1 for line in steps)
     assert (ckpt["mid"] / "model_000003.pt").is_file()
+    # SFT under auto-batch (it changes nothing there: chat_sft counts examples, not positions): the steps
+    # upstream takes for the same flags (its last iteration evaluates and saves), the schedule in [0, 1]
+    def sft_steps(out: str) -> list[str]:
+        return [line for line in out.splitlines() if line.startswith("Step ") and "Training loss" in line]
+
+    steps = sft_steps(_script(patched, base_dir, None, "scripts.chat_sft", *SFT, *MC[:-2]))
+    upstream = sft_steps(_script(patched, base_dir, "none", "scripts.chat_sft", *SFT))
+    assert [line.split()[1] for line in steps] == [line.split()[1] for line in upstream] == ["00000/00003",
+                                                                                              "00001/00003"]
+    assert all(0 <= float(line.split("lrm:")[1].split("|")[0]) <= 1 for line in steps)
 
     # the same stages without --mc: upstream's scripts, reading the offline task files
     _script(patched, base_dir, "none", "scripts.mid_train", *MID, "--model-tag", "d2")
-    _script(patched, base_dir, "none", "scripts.chat_sft", *SFT)
 
 
 def test_base_train_with_mc_logs_to_wandb_offline(patched: Path, base_dir: Path, tmp_path: Path) -> None:
