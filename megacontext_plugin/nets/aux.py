@@ -1,9 +1,9 @@
 """GistNet and LensNet for one base model, with the knobs and dtype they were built for.
 
-Training (``training.MCController``: adds the optimizer, the KL anchor and the EMAs), inference
-(``inference.InferenceRuntime``: nets only) and evaluation (the arms, the post-run validation, a
-checkpoint's loaders) all hold one :class:`AuxNets`, so neither chat nor evaluation builds the
-training room's state to borrow two networks.
+Training (``training.MCController``, whose ``AuxTrainer`` adds the optimizer, the KL anchor and
+the EMAs), inference (``inference.InferenceRuntime``: nets only) and evaluation (the arms, the
+post-run validation, a checkpoint's loaders) all hold one :class:`AuxNets`, so neither chat nor
+evaluation builds the training room's state to borrow two networks.
 """
 
 from __future__ import annotations

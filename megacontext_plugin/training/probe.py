@@ -21,7 +21,6 @@ random generator of the run, and its FLOPs are not counted in MFU (it is telemet
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +30,7 @@ import torch.nn as nn
 from ..context import LevelTable, WorkingContext, lens_utilities
 from ..focus import FocusAllocator, FocusReport, focus_config, residency, score_through_view
 from ..tree.building import build_levels
+from .timing import Timings
 
 
 @dataclass(frozen=True)
@@ -65,32 +65,33 @@ def probe_focus(controller: nn.Module, ids_T: torch.Tensor, wte: nn.Module, budg
     ``controller`` is the run's ``MCController``. Returns None when the sequence is too short for
     any gist (nothing to refocus).
     """
-    t0 = time.perf_counter()
-    cfg = controller.cfg
-    K, H = cfg.block_size, cfg.mc_horizon
-    if not controller.can_compress(int(ids_T.shape[-1])):
-        return None
-    num_levels = controller.length_plan(int(ids_T.shape[-1])).num_levels
-    T = int(ids_T.shape[-1]) - H  # the prompt: what comes before the horizon
-    ids_T = ids_T.reshape(-1)[:T]
-    aux = controller.aux_dtype
-    lod0_1TD = wte(ids_T.reshape(1, T)).to(aux)
-    levels = build_levels(lod0_1TD, K, controller.gistnet, max_level=num_levels - 1)
-    table = LevelTable(levels, ids_T.reshape(1, T))
-    tail_1HD = lod0_1TD[:, T - H:]
-    lens = score_through_view(  # as inference scores
-        lambda wc: lens_utilities(controller.lensnet, [wc], tail_1HD, source=table)[0], controller.lens_level)
-    before = WorkingContext.recency(T, budget, K, controller.prompt_recent, max_level=num_levels - 1)
-    scores = lens(before)
-    first = [scores]
+    timings = Timings()
+    with timings.phase("probe"):
+        cfg = controller.cfg
+        K, H = cfg.block_size, cfg.mc_horizon
+        if not controller.can_compress(int(ids_T.shape[-1])):
+            return None
+        num_levels = controller.length_plan(int(ids_T.shape[-1])).num_levels
+        T = int(ids_T.shape[-1]) - H  # the prompt: what comes before the horizon
+        ids_T = ids_T.reshape(-1)[:T]
+        aux = controller.aux_dtype
+        lod0_1TD = wte(ids_T.reshape(1, T)).to(aux)
+        levels = build_levels(lod0_1TD, K, controller.gistnet, max_level=num_levels - 1)
+        table = LevelTable(levels, ids_T.reshape(1, T))
+        tail_1HD = lod0_1TD[:, T - H:]
+        lens = score_through_view(  # as inference scores
+            lambda wc: lens_utilities(controller.lensnet, [wc], tail_1HD, source=table)[0], controller.lens_level)
+        before = WorkingContext.recency(T, budget, K, controller.prompt_recent, max_level=num_levels - 1)
+        scores = lens(before)
+        first = [scores]
 
-    def scorer(wc: WorkingContext) -> np.ndarray:
-        if first:  # the starting WC was just scored: reuse it
-            return first.pop()
-        return lens(wc)
+        def scorer(wc: WorkingContext) -> np.ndarray:
+            if first:  # the starting WC was just scored: reuse it
+                return first.pop()
+            return lens(wc)
 
-    allocator = FocusAllocator(focus_config(cfg, budget, recent_tokens=controller.prompt_recent,
-                                            max_level=max(1, num_levels - 1)))
-    after, report = allocator.refocus(before, scorer)
-    return FocusProbe(report, before, after, budget, residency(before, after), scores,
-                      (time.perf_counter() - t0) * 1e3)
+        allocator = FocusAllocator(focus_config(cfg, budget, recent_tokens=controller.prompt_recent,
+                                                max_level=max(1, num_levels - 1)))
+        after, report = allocator.refocus(before, scorer)
+        moved = residency(before, after)
+    return FocusProbe(report, before, after, budget, moved, scores, timings.ms["probe_ms"])
