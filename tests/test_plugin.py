@@ -265,14 +265,21 @@ def test_load_state_hook_without_saved_state_is_a_clear_error(tmp_path: Path,
     off.close()
 
 
-def test_adjust_arguments_hook_rejects_bad_combinations_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
+def _host_parser(*extra: tuple[str, int]) -> tuple[pluggy.PluginManager, MegaContextPlugin, argparse.ArgumentParser]:
+    """The plugin registered on a host whose parser has nanochat's batch flags (``--max-seq-len`` T,
+    ``--device-batch-size`` 32, and ``extra`` (flag, default) pairs) and the plugin's own."""
     pm = _manager()
     mc = MegaContextPlugin()
     pm.register(mc, name="megacontext")
     parser = argparse.ArgumentParser()
-    parser.add_argument("--max-seq-len", type=int, default=T)
-    parser.add_argument("--device-batch-size", type=int, default=32)
+    for flag, default in (("--max-seq-len", T), ("--device-batch-size", 32), *extra):
+        parser.add_argument(flag, type=int, default=default)
     pm.hook.register_arguments(parser=parser)
+    return pm, mc, parser
+
+
+def test_adjust_arguments_hook_rejects_bad_combinations_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
+    pm, mc, parser = _host_parser()
     bad = parser.parse_args(["--mc", *SMALL, "--mc_train_wc_length", "0.1"])  # 12 entries <= the 16-token tail
     with pytest.raises(SystemExit) as exc:
         pm.hook.adjust_arguments(args=bad, stage="base")
@@ -293,14 +300,7 @@ def test_adjust_arguments_hook_rejects_bad_combinations_before_any_work(capsys: 
 
 def test_adjust_arguments_hook_keeps_mid_trains_steps_when_auto_batch_lowers_its_batch(
         capsys: pytest.CaptureFixture[str]) -> None:
-    pm = _manager()
-    mc = MegaContextPlugin()
-    pm.register(mc, name="megacontext")
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--max-seq-len", type=int, default=T)
-    parser.add_argument("--device-batch-size", type=int, default=32)
-    parser.add_argument("--num-iterations", type=int, default=20)
-    pm.hook.register_arguments(parser=parser)
+    pm, mc, parser = _host_parser(("--num-iterations", 20))
     args = parser.parse_args(["--mc", *SMALL])
     pm.hook.adjust_arguments(args=args, stage="mid")
     k = 32 // args.device_batch_size
