@@ -17,9 +17,10 @@
 # Without --mc the same two invocations train the same model plainly: the baseline.
 # Then mid_train (at a tenth of upstream's learning rate, MC_Q_MID_LR_FRAC, which keeps the base model's
 # retrieval) and chat_sft on `megacontext tasks` conversations longer than the window, base_eval (with
-# --mc: the MegaContext validation), with --mc the SFT checkpoint's validation, and the report. Everything lands in $MC_RUNCPU_DIR
-# (default .mc/runcpu_quality), wiped first; what it prints also in its report/log.txt. Sizes come
-# from the MC_Q_* variables below (the defaults are the recipe; the tests shrink them).
+# --mc: the MegaContext validation), with --mc the SFT checkpoint's validation, and the report.
+# Everything lands in $MC_RUNCPU_DIR (default .mc/runcpu_quality), wiped first; what it prints also in
+# its report/log.txt. Sizes come from the MC_Q_* variables below (the defaults are the recipe; the
+# tests shrink them).
 # MC_Q_FROM_PLAIN=DIR starts from another run's data, tokenizer and plain phase (the same sizes): the
 # second phase's ablations share one plain phase.
 set -euo pipefail

@@ -39,10 +39,10 @@ for path in json.loads(sys.argv[1]):
 """Runs ``python -m megacontext_plugin.cli PATH... --help`` for each subcommand path in argv[1] (JSON)."""
 
 
-def _command_lines() -> list[str]:
-    """Every line of the README's code blocks, continuation lines joined, comments dropped."""
+def command_lines(blocks: list[str]) -> list[str]:
+    """Every line of ``blocks`` (code blocks' bodies), continuation lines joined, comments dropped."""
     lines: list[str] = []
-    for block in CODE_BLOCKS:
+    for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #")[0].strip()
             if line and not line.startswith("#"):
@@ -71,7 +71,7 @@ def _megacontext_commands() -> list[list[str]]:
     prose = re.sub(r"```.*?```", "", README, flags=re.S)
     inline = [span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", prose)]
     commands = []
-    for line in _command_lines() + inline:
+    for line in command_lines(CODE_BLOCKS) + inline:
         words = _words(line)
         for i, word in enumerate(words):
             console_script = Path(word).name == "megacontext"
@@ -121,7 +121,7 @@ def test_repository_paths_the_readme_names_exist() -> None:
 def test_commands_run_scripts_that_exist() -> None:
     upstream = _upstream_files()
     scripts, modules = [], []
-    for line in _command_lines():
+    for line in command_lines(CODE_BLOCKS):
         words = _words(line)
         for i, word in enumerate(words[:-1]):
             if word == "bash" or (word.endswith("python") and words[i + 1].endswith(".py")):

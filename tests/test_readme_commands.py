@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from test_nanochat_hooks import patched  # noqa: F401 (fixture)
+from test_readme import command_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -33,15 +34,9 @@ LONG_REPORT = ("The quarterly report is long. " * 60 + "The pass key is 48213. R
 
 
 def section_commands(title: str) -> list[str]:
-    """The commands of the README section ``## TITLE``'s bash blocks (continuations joined, comments dropped)."""
+    """The commands of the README section ``## TITLE``'s bash blocks (``test_readme.command_lines``)."""
     body = README.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
-    commands = []
-    for block in re.findall(r"^```bash\n(.*?)^```", body, flags=re.S | re.M):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = re.sub(r"\s+#.*$", "", line).strip()
-            if line:
-                commands.append(" ".join(line.split()))
-    return commands
+    return command_lines(re.findall(r"^```bash\n(.*?)^```", body, flags=re.S | re.M))
 
 
 def _free_port() -> int:
