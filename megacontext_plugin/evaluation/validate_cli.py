@@ -15,9 +15,8 @@ shows it where upstream's numbers would be.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 
@@ -36,12 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the last)")
     p.add_argument("--source", choices=sorted(set(SOURCES.values())), default=None,
                    help="the stage's name in the report (default: from the directory: chatsft_checkpoints -> sft)")
-
-
-def _fail(message: str) -> NoReturn:
-    """A user mistake: one line on stderr, exit 2."""
-    print(f"megacontext eval validate: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def source_of(checkpoint: Path) -> str | None:
@@ -73,20 +66,20 @@ class _SectionReport:
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not args.checkpoint.is_dir():
-        _fail(f"--checkpoint {args.checkpoint}: not a directory (expected a run's checkpoint directory, "
-              f"e.g. $NANOCHAT_BASE_DIR/chatsft_checkpoints/d4)")
+        parser.error(f"--checkpoint {args.checkpoint}: not a directory (expected a run's checkpoint directory, "
+                     f"e.g. $NANOCHAT_BASE_DIR/chatsft_checkpoints/d4)")
     source = args.source or source_of(args.checkpoint)
     if source is None:
-        _fail(f"--checkpoint {args.checkpoint}: not under one of nanochat's checkpoint directories "
-              f"({', '.join(SOURCES)}); pass --source")
+        parser.error(f"--checkpoint {args.checkpoint}: not under one of nanochat's checkpoint directories "
+                     f"({', '.join(SOURCES)}); pass --source")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     try:
         nc = nanochat_checkpoint.load(args.checkpoint, args.step)
     except CheckpointError as e:
-        _fail(f"--checkpoint {e}")
+        parser.error(f"--checkpoint {e}")
     if not nc.trained_with_mc:
-        _fail(f"--checkpoint {args.checkpoint}: step {nc.step} was trained without --mc (no megacontext_{nc.step}.pt "
-              f"beside it): there are no aux nets to validate")
+        parser.error(f"--checkpoint {args.checkpoint}: step {nc.step} was trained without --mc (no "
+                     f"megacontext_{nc.step}.pt beside it): there are no aux nets to validate")
     report = _SectionReport(args.checkpoint.resolve().parent.parent / "report")
     section_file = Path(report.report_dir) / host_section_file(source)
     if not section_file.is_file():  # no upstream numbers for this stage: say so where they would be
