@@ -36,6 +36,7 @@ from megacontext_plugin.inference import (
     SessionSettings,
     SpecialTokens,
     decode_stream,
+    ending_at_role_tokens,
     level_map,
     make_room,
     render_level_map,
@@ -179,9 +180,40 @@ def test_short_prompts_go_to_upstreams_decode(tiny) -> None:
     model, controller, _ = tiny
     runtime = InferenceRuntime(controller.nets)
     assert wants_megacontext(T - 8, 8, T, named=False) is False
-    assert runtime.generate(FakeEngine(model), prompt(T - 8), max_tokens=8) is None  # fits: upstream's path
-    assert runtime.generate(FakeEngine(model), prompt(T - 8), max_tokens=9) is not None
+    engine = _ReenteringEngine(model, runtime)
+    assert list(runtime.generate(engine, prompt(T - 8), max_tokens=8)) == [([7], [1])] * 8  # fits: upstream's path
+    assert engine.upstream_calls == 1 and runtime.last_session is None
+    assert len(list(runtime.generate(engine, prompt(T - 8), max_tokens=9, temperature=0.0))) == 9  # MegaContext's
+    assert engine.upstream_calls == 1 and runtime.last_session is not None
     runtime.close()
+
+
+class _ReenteringEngine(FakeEngine):
+    """``Engine.generate`` as the patch makes it: the hook (``runtime.generate``) first, else upstream's decode."""
+
+    def __init__(self, model: torch.nn.Module, runtime: InferenceRuntime) -> None:
+        super().__init__(model)
+        self.runtime, self.upstream_calls = runtime, 0
+
+    def generate(self, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
+                 temperature: float = 1.0, top_k: int | None = None, seed: int = 42):
+        stream = self.runtime.generate(self, tokens, num_samples, max_tokens, temperature, top_k, seed)
+        if stream is not None:
+            yield from stream
+            return
+        self.upstream_calls += 1
+        for _ in range(max_tokens or 1):
+            yield [7] * num_samples, [1] * num_samples
+
+
+def test_upstreams_decode_ends_each_row_at_a_role_token() -> None:
+    s = FakeTokenizer.SPECIALS
+    specials = SpecialTokens.from_tokenizer(FakeTokenizer())
+    end = s["<|assistant_end|>"]
+    upstream = [([7, 7], [1, 1]), ([s["<|assistant_start|>"], 8], [1, 1]), ([9, 8], [1, 1]),
+                ([9, s["<|user_start|>"]], [1, 1]), ([9, 9], [1, 1])]
+    assert list(ending_at_role_tokens(iter(upstream), specials)) == [
+        ([7, 7], [1, 1]), ([end, 8], [0, 1]), ([9, 8], [1, 1]), ([9, end], [1, 0])]  # each row's own end
 
 
 def test_several_samples_decode_in_lockstep_and_a_named_session_refuses_them(tiny, tmp_path: Path) -> None:
@@ -247,6 +279,19 @@ def test_the_stream_runs_the_calculator_and_stops_like_upstream() -> None:
     assert masks[6:9] == [0, 0, 0] and masks[:6] == [1] * 6
     assert tokens[-1] == s["<|assistant_end|>"]  # the row completed: the stream ended there
     assert row.accepted == tokens  # every yielded token went into the history first
+
+
+@pytest.mark.parametrize("role", ["<|user_end|>", "<|user_start|>", "<|assistant_start|>"])
+def test_a_role_token_in_an_answer_ends_it_as_assistant_end(role: str) -> None:
+    tok = FakeTokenizer()
+    s = tok.SPECIALS
+    row = _Scripted([12, 13, s[role], 14, 15])  # the model leaves its turn after two tokens
+    stream = decode_stream([row], lambda: [row._logits()], None, 0.0, None, 0, SpecialTokens.from_tokenizer(tok),
+                           tok, None, torch.device("cpu"))
+    columns = list(stream)
+    assert [c[0] for c, _ in columns] == [12, 13, s["<|assistant_end|>"]]  # no client sees the role token
+    assert [m[0] for _, m in columns] == [1, 1, 0]  # the end is forced, not what was sampled
+    assert row.accepted == [12, 13, s["<|assistant_end|>"]]  # the history holds a closed turn
 
 
 def test_make_room_collapses_what_lensnet_calls_cheap_then_the_oldest() -> None:

@@ -409,10 +409,10 @@ def test_generate_hook_decodes_prompts_past_the_window_over_megacontext_and_leav
     off.close()
 
     on = SmallHost(["--mc", *SMALL, "--mc_telemetry_dir", str(tmp_path / "telemetry")], stage="chat")
+    hooked = _HookedEngine(on.model.eval(), on.pm.hook)
+    short = list(hooked.generate([1] * (T - 8), max_tokens=8, temperature=0.0))
+    assert short == [([7], [1])] * 8 and hooked.upstream_calls == 1  # prompt + answer fit: upstream's decode
     engine = _Engine(on.model.eval())
-    short = on.pm.hook.generate(engine=engine, tokens=[1] * (T - 8), num_samples=1, max_tokens=8, temperature=0.0,
-                                top_k=None, seed=0)
-    assert short is None  # prompt + answer fit the window: upstream's exact path
     long_prompt = torch.randint(0, 64, (10 * T,), generator=torch.Generator().manual_seed(0)).tolist()
     stream = on.pm.hook.generate(engine=engine, tokens=long_prompt, num_samples=1, max_tokens=40, temperature=0.0,
                                  top_k=None, seed=0)
@@ -512,9 +512,31 @@ def test_chat_cli_answers_never_show_the_token_that_ends_them(monkeypatch: pytes
     assert [c for c, _ in engine.generate([1] * (T - 8), max_tokens=3)] == [[7]]  # upstream's decode, it fits
     tok = engine.tokenizer
     for terminal in (tok.get_bos_token_id(), tok.encode_special("<|assistant_end|>")):  # MegaContext's stream
-        monkeypatch.setattr(chat.runtime, "generate",
-                            lambda *a, t=terminal, **k: iter([([5], [1]), ([6], [1]), ([t], [1]), ([8], [1])]))
+        monkeypatch.setattr(chat.runtime, "stream",
+                            lambda *a, t=terminal, **k: (iter([([5], [1]), ([6], [1]), ([t], [1]), ([8], [1])]), True))
         assert [c for c, _ in engine.generate([1] * (6 * T), max_tokens=8)] == [[5], [6]]
+    host.close()
+
+
+class _RoleEngine(_HookedEngine):
+    """Upstream's decode samples ``<|user_end|>`` after one token (a model that leaves its turn)."""
+
+    def upstream_decode(self, num_samples: int, max_tokens: int | None):
+        for token in (7, self.tokenizer.encode_special("<|user_end|>"), 7, 7):
+            yield [token] * num_samples, [1] * num_samples
+
+
+@pytest.mark.parametrize("reports", [False, True])
+def test_with_mc_upstreams_decode_ends_an_answer_at_a_role_token(reports: bool) -> None:
+    host = SmallHost(["--mc", *SMALL, "--mc_telemetry", "none"], stage="chat")
+    chat = plugin_support.chat(host.plugin)
+    assert chat is not None
+    chat.answer_reports = reports  # chat_cli (reports) or chat_web and chat_eval
+    engine = _RoleEngine(host.model.eval(), host.pm.hook)
+    end = engine.tokenizer.encode_special("<|assistant_end|>")
+    columns = list(engine.generate([1] * (T - 8), num_samples=1, max_tokens=4))
+    assert columns == ([([7], [1])] if reports else [([7], [1]), ([end], [0])])  # chat_cli prints no terminal
+    assert engine.upstream_calls == 1
     host.close()
 
 

@@ -10,7 +10,7 @@ cache; ``decode_stream`` is nanochat ``Engine.generate``'s contract over session
 from __future__ import annotations
 
 from .chat import ChatRuntime
-from .decode import SpecialTokens, decode_stream, sample_next_token
+from .decode import SpecialTokens, decode_stream, ending_at_role_tokens, sample_next_token
 from .kv_cache import MCKVCache
 from .level_map import level_bar, level_map, level_runs, render_level_map
 from .runtime import InferenceRuntime, default_tree_dir, wants_megacontext
@@ -37,6 +37,7 @@ __all__ = [
     "SpecialTokens",
     "decode_stream",
     "default_tree_dir",
+    "ending_at_role_tokens",
     "first_difference",
     "gistnet_version",
     "level_bar",

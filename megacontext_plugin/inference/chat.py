@@ -49,8 +49,6 @@ class ChatRuntime:
         """Print each answer's latency and level map (``cli_report``): set for ``chat_cli``."""
         self.messages: list[str] = []
         self._provider_exit: ClosedAtExit | None = None
-        self._upstream_decoding = False
-        """True while the Engine decodes a prompt that fits on our behalf: the hook answers None then."""
         try:
             self._send_updates()
             name = self.runtime.cfg.mc_session
@@ -94,36 +92,19 @@ class ChatRuntime:
         self.messages.append(f"inference telemetry -> {where}")
 
     def generate(self, engine: Any, tokens: list[int], **kwargs: Any) -> Iterator[Any] | None:
-        """The hook's answer: None (upstream decodes), the MC stream, or either one timed for ``chat_cli``."""
-        if self._upstream_decoding:
-            return None
+        """The hook's answer (``InferenceRuntime.generate``), timed for ``chat_cli``."""
+        if not self.answer_reports or self.runtime.upstream_decoding:
+            return self.runtime.generate(engine, tokens, **kwargs)
         start = time.perf_counter()
-        stream = self.runtime.generate(engine, tokens, **kwargs)
-        if not self.answer_reports:
-            return stream
-        megacontext = stream is not None
+        answer, megacontext = self.runtime.stream(engine, tokens, **kwargs)
         runtime = self.runtime
 
         def report(latency: Any) -> None:
             session = runtime.last_session if megacontext else None
             print("\n" + answer_report(latency, session.render_level_map() if session else None), flush=True)
 
-        answer = stream if megacontext else self._upstream_decode(engine, tokens, kwargs)
         specials = SpecialTokens.from_tokenizer(engine.tokenizer)
         return timed(without_terminal(answer, specials), len(tokens), megacontext, start, report)
-
-    def _upstream_decode(self, engine: Any, tokens: list[int], kwargs: dict[str, Any]) -> Iterator[Any]:
-        """Upstream's own decode of a prompt that fits, driven from here so that ``chat_cli`` can time it:
-        ``Engine.generate`` asks this hook first, on its first ``next``, and gets None meanwhile."""
-        inner = engine.generate(tokens, **kwargs)
-        self._upstream_decoding = True
-        try:
-            first = next(inner, None)
-        finally:
-            self._upstream_decoding = False
-        if first is not None:
-            yield first
-            yield from inner
 
     def close(self) -> None:
         self._runtime_exit.close()

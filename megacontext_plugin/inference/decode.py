@@ -9,6 +9,11 @@ python block (``<|python_start|>`` ... ``<|python_end|>``) is evaluated by the h
 (``use_calculator`` of the Engine's own module, when it has one) and its result forced in
 between ``<|output_start|>`` and ``<|output_end|>``.
 
+One departure (D49): a role token sampled inside an answer (``<|user_start|>``, ``<|user_end|>``,
+``<|assistant_start|>``: the model leaving its turn) is replaced by ``<|assistant_end|>`` (mask 0,
+not what was sampled) and completes the row, so no client is streamed a role token and the
+session's history holds a closed turn, not a turn the model invented for the user.
+
 Each row is an ``MCSession`` (``num_samples`` rows decode in lockstep, each with its own
 working context and KV cache). A generated token is appended to the row's history before the
 column is yielded, so a caller that stops early (or a killed process) never loses what it saw.
@@ -51,6 +56,8 @@ class SpecialTokens:
     python_end: int | None = None
     output_start: int | None = None
     output_end: int | None = None
+    roles: frozenset[int] = frozenset()
+    """``<|user_start|>``, ``<|user_end|>``, ``<|assistant_start|>``: never part of an answer."""
 
     @classmethod
     def from_tokenizer(cls, tokenizer: object) -> SpecialTokens:
@@ -62,8 +69,10 @@ class SpecialTokens:
 
         end = special("<|assistant_end|>")
         bos = int(tokenizer.get_bos_token_id())  # type: ignore[attr-defined]
+        roles = (special(name) for name in ("<|user_start|>", "<|user_end|>", "<|assistant_start|>"))
         return cls(bos if end is None else end, bos, special("<|python_start|>"), special("<|python_end|>"),
-                   special("<|output_start|>"), special("<|output_end|>"))
+                   special("<|output_start|>"), special("<|output_end|>"),
+                   frozenset(r for r in roles if r is not None and end is not None))
 
 
 @dataclass
@@ -124,6 +133,8 @@ def decode_stream(sessions: Sequence[MCSession], first_logits: Callable[[], Sequ
                 forced = len(row.forced) > 0
                 if forced:
                     token = row.forced.popleft()
+                elif token in specials.roles:  # the model left its turn: the answer ends here (D49)
+                    token, forced = specials.assistant_end, True
                 column.append(token)
                 masks.append(0 if forced else 1)
                 if token in (specials.assistant_end, specials.bos):
@@ -138,6 +149,28 @@ def decode_stream(sessions: Sequence[MCSession], first_logits: Callable[[], Sequ
         for session in sessions:
             if not session.closed:
                 session.flush()
+
+
+def ending_at_role_tokens(stream: Iterator[tuple[list[int], list[int]]], specials: SpecialTokens
+                          ) -> Iterator[tuple[list[int], list[int]]]:
+    """Upstream's own decode (a prompt that fits the window), with the one departure of the MC stream
+    (D49): a role token in a row becomes ``<|assistant_end|>`` (mask 0) and completes the row; the
+    stream ends when every row completed. A completed row's later tokens are upstream's, which its
+    callers ignore, as they do after ``<|assistant_end|>``."""
+    completed: list[bool] | None = None
+    for column, masks in stream:
+        if completed is None:
+            completed = [False] * len(column)
+        column, masks = list(column), list(masks)
+        for i, token in enumerate(column):
+            if completed[i]:
+                continue
+            if token in specials.roles:
+                column[i], masks[i] = specials.assistant_end, 0
+            completed[i] = column[i] in (specials.assistant_end, specials.bos)
+        yield column, masks
+        if all(completed):
+            return
 
 
 def without_terminal(stream: Iterator[tuple[list[int], list[int]]], specials: SpecialTokens

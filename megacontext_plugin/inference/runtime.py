@@ -1,9 +1,10 @@
 """What the plugin's ``generate`` hook calls: the policy (MC or upstream), and the sessions.
 
 Policy. A prompt that fits (``len(tokens) + max_tokens <= budget``, the budget being
-``--mc_wc_budget`` or the model's ``sequence_len``) goes to upstream's own decode, unchanged
-(the hook returns None). A longer one, or any prompt of a named session (``--mc_session``),
-is decoded over MegaContext.
+``--mc_wc_budget`` or the model's ``sequence_len``) goes to upstream's own decode, unchanged but
+for where an answer ends (``decode.ending_at_role_tokens``, D49: the hook runs upstream's
+``Engine.generate`` again, re-entered with the hook answering None). A longer one, or any prompt
+of a named session (``--mc_session``), is decoded over MegaContext.
 
 Sessions.
 
@@ -37,6 +38,7 @@ token, and the same conversation sent again continues the ingestion.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import sys
 import tempfile
@@ -52,7 +54,7 @@ from ..nets import AuxNets, model_device
 from ..private_files import make_private_dirs
 from ..telemetry import nanochat_base_dir
 from ..tree import remove_if_closed
-from .decode import SpecialTokens, decode_stream
+from .decode import SpecialTokens, decode_stream, ending_at_role_tokens
 from .ingest_watch import PROGRESS_EVERY_S, IngestTimeout, IngestWatch
 from .pool import SessionPool
 from .session import MCSession, SessionError, SessionSettings
@@ -88,6 +90,8 @@ class InferenceRuntime:
         self.snapshot_listeners: list[Callable[[str, dict[str, Any]], None]] = []
         """Get every session's shape events: ``(event name, attributes)`` (``MCSession.snapshot_listeners``)."""
         self.last_session: MCSession | None = None
+        self.upstream_decoding = False
+        """True while upstream's own decode of a prompt that fits starts (``_upstream``): the hook answers None."""
         self.log: Callable[[str], None] | None = None
         """Where a server's ingestion progress and time-limit lines go (None: no progress, no limit)."""
         self.ingest_limit_s = 0.0
@@ -173,9 +177,18 @@ class InferenceRuntime:
     def generate(self, engine: Any, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
                  temperature: float = 1.0, top_k: int | None = None,
                  seed: int = 42) -> Iterator[tuple[list[int], list[int]]] | None:
-        """The ``generate`` hook: None (upstream decodes) or the MC token stream."""
-        if not wants_megacontext(len(tokens), max_tokens, self.budget, bool(self.cfg.mc_session)):
+        """The ``generate`` hook's answer: ``stream``'s, or None while upstream's own decode starts (the hook
+        re-entered from ``_upstream``)."""
+        if self.upstream_decoding:
             return None
+        return self.stream(engine, tokens, num_samples, max_tokens, temperature, top_k, seed)[0]
+
+    def stream(self, engine: Any, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
+               temperature: float = 1.0, top_k: int | None = None,
+               seed: int = 42) -> tuple[Iterator[tuple[list[int], list[int]]], bool]:
+        """The answer's token stream, and whether it is decoded over MegaContext (else upstream's own)."""
+        if not wants_megacontext(len(tokens), max_tokens, self.budget, bool(self.cfg.mc_session)):
+            return self._upstream(engine, tokens, num_samples, max_tokens, temperature, top_k, seed), False
         if num_samples < 1:
             raise SessionError(f"num_samples must be >= 1, got {num_samples}")
         model = engine.model
@@ -191,7 +204,23 @@ class InferenceRuntime:
 
         stream = decode_stream(sessions, first_logits, max_tokens, temperature, top_k, seed, specials, tokenizer,
                                calculator, model_device(model))
-        return stream if self.log is None else self._ending_at_the_limit(stream, sessions)
+        return (stream if self.log is None else self._ending_at_the_limit(stream, sessions)), True
+
+    def _upstream(self, engine: Any, tokens: list[int], num_samples: int, max_tokens: int | None,
+                  temperature: float, top_k: int | None, seed: int) -> Iterator[tuple[list[int], list[int]]]:
+        """Upstream's ``Engine.generate`` of ``tokens`` (the hook answers None while it starts: it is called
+        on the stream's first ``next``) through ``ending_at_role_tokens``."""
+        inner = engine.generate(tokens, num_samples=num_samples, max_tokens=max_tokens, temperature=temperature,
+                                top_k=top_k, seed=seed)
+        self.upstream_decoding = True
+        try:
+            first = next(inner)
+        except StopIteration:
+            return
+        finally:
+            self.upstream_decoding = False
+        specials = SpecialTokens.from_tokenizer(engine.tokenizer)
+        yield from ending_at_role_tokens(itertools.chain([first], inner), specials)
 
     def _ingest(self, session: MCSession, ids: list[int]) -> torch.Tensor:
         if self.log is None:
