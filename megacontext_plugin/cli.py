@@ -243,14 +243,23 @@ def build_parser() -> argparse.ArgumentParser:
                               description=shards.DESCRIPTION)
     shards.add_arguments(p_shards)
     p_shards.set_defaults(func=lambda a: shards.run(a, p_shards))
-    parsers = list(_walk(parser))
-    every_option = {o for p in parsers for o in p._option_string_actions}
-    for each in parsers:
+    for each in _walk(parser):
         each.description = plain(each.description)
         for action in each._actions:
             action.help = plain(action.help)
-        one_line_errors(each, options=lambda: every_option)
+        one_line_errors(each)
     return parser
+
+
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost subcommand's parser ``args`` were parsed with: its flags are the ones a
+    mistyped flag is closest to (another subcommand's flag of that name would be the wrong hint)."""
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = getattr(args, sub.dest, None) if sub is not None else None
+        if sub is None or name is None:
+            return parser
+        parser = sub.choices[name]
 
 
 def _split_script_args(argv: list[str]) -> tuple[list[str], list[str]] | None:
@@ -273,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if running:
             return _run_error(f"unrecognized arguments: {' '.join(extra)} (the script's arguments go after --: "
                               f"megacontext nanochat run {args.script} -- {' '.join(extra)})")
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")  # as parse_args says it
+        _chosen(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")  # as parse_args says it
     if running:
         args.script_args = script_args
     return int(args.func(args))

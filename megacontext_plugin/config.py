@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,8 +161,8 @@ class MCConfig:
                                 "teacher's pass reads with, keeps reading its whole window while the model learns "
                                 "to read gists", check=lambda v: v == 0 or v >= 2,
                                 allowed="0 or an integer >= 2 (1 would leave no MegaContext step)")
-    mc_anneal_fraction: float = _knob(1.0, "base_train: share of the MC steps over which the budget anneals to "
-                                      "--mc_train_wc_length (it stays there for the rest)",
+    mc_anneal_fraction: float = _knob(1.0, "base_train and eval train-tiny: share of the MC steps over which the "
+                                      "budget anneals to --mc_train_wc_length (it stays there for the rest)",
                                       check=_open_unit, allowed="a fraction in (0, 1]")
     mc_horizon: int = _knob(0, "H: tail tokens (raw in every variant) on which ΔNLL@H is measured; LensNet's "
                             "query is the H tokens before them (0 = sequence length / 16, within [8, 64])",
@@ -456,16 +456,33 @@ def _arg_type(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
     return convert
 
 
-def register_arguments(parser: argparse.ArgumentParser) -> None:
+def register_arguments(parser: argparse.ArgumentParser, *, only: Collection[str] | None = None,
+                       defaults: Mapping[str, Any] | None = None) -> None:
     """Add ``--mc`` and every knob to ``parser`` (both ``--mc_foo`` and ``--mc-foo`` spellings).
 
     Parsed values land on the namespace under the field names; use :func:`config_from_args`.
+    ``only``: the knobs to add (default: all); ``defaults``: other defaults for some of them,
+    checked as a flag's value is. A recipe of this package (``eval train-tiny``) takes its knobs
+    from here under their real names with its own defaults, so its flags, help and checks are the
+    scripts' own and cannot drift apart from them.
     """
+    names_known = {f.name for f in knob_fields()}
+    wanted = names_known if only is None else set(only)
+    overrides = dict(defaults or {})
+    unknown = sorted((wanted | set(overrides)) - names_known)
+    if unknown:
+        raise ValueError(f"not knobs of MCConfig: {', '.join(unknown)}")
+    if not set(overrides) <= wanted:
+        raise ValueError(f"defaults of knobs not added: {', '.join(sorted(set(overrides) - wanted))}")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in knob_fields():
+        if f.name not in wanted:
+            continue
         group = groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
         names = flag_names(f)
-        default = f.default
+        default = overrides.get(f.name, f.default)
+        if f.name in overrides:
+            _check_value(f, default)
         help_text = f"{f.metadata['help']} (default: {default})".replace("%", "%%")  # argparse formats help with %
         if str(f.type) == "bool":
             group.add_argument(*names, dest=f.name, action="store_true", default=default, help=help_text)

@@ -83,7 +83,8 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-checkpoint")
     assert main(["eval", "train-tiny", "--out", str(out), "--plain-steps", "3", "--mc-steps", "2",
                  "--plain-len", "128", "--plain-batch", "2", "--mc-len", "256", "--mc-batch", "2",
-                 "--mix-batch", "1", "--threads", "1", "--width", "32", "--heads", "2", "--layers", "1"]) == 0
+                 "--mix-batch", "1", "--threads", "1", "--width", "32", "--heads", "2", "--layers", "1",
+                 "--mc_train_wc_length", "0.25"]) == 0  # W = 64 of the 256-token window
     return out / "tiny.pt"
 
 

@@ -261,3 +261,16 @@ def test_a_saved_config_round_trips_and_a_setting_of_another_version_is_named() 
         config_from_saved({**cfg.as_dict(), "mc_knob_from_elsewhere": 0.3})
     with pytest.raises(ConfigError):  # a saved value is checked like a flag
         config_from_saved({**cfg.as_dict(), "block_size": 0})
+
+
+def test_register_arguments_adds_only_the_knobs_asked_for_with_their_defaults_checked() -> None:
+    parser = argparse.ArgumentParser()
+    register_arguments(parser, only=["block_size", "mc_horizon"], defaults={"block_size": 8})
+    assert vars(parser.parse_args([])) == {"block_size": 8, "mc_horizon": 0}
+    assert "--mc" not in parser._option_string_actions and "--mc-block-size" in parser._option_string_actions
+    with pytest.raises(ValueError, match="no_such_knob"):
+        register_arguments(argparse.ArgumentParser(), only=["no_such_knob"])
+    with pytest.raises(ValueError, match="mc_horizon"):
+        register_arguments(argparse.ArgumentParser(), only=["block_size"], defaults={"mc_horizon": 8})
+    with pytest.raises(ConfigError, match="power of two"):
+        register_arguments(argparse.ArgumentParser(), only=["block_size"], defaults={"block_size": 12})

@@ -82,9 +82,10 @@ def test_demo_budget_too_small_is_reported(capsys: pytest.CaptureFixture[str]) -
     assert "cannot hold" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flag", [("--expand-threshold", "5"), ("--collapse-threshold", "-1"), ("--neighbours", "-1"),
-                                  ("--recent", "-3"), ("--threads", "-1"),
-                                  ("--lens-teacher-weight", "-1"), ("--lens-layers", "0"), ("--lens-dim", "0")])
+@pytest.mark.parametrize("flag", [("--allocator_expand_threshold", "5"), ("--allocator_collapse_threshold", "-1"),
+                                  ("--allocator_expand_neighbours", "-1"), ("--allocator_recent_tokens", "-3"),
+                                  ("--threads", "-1"), ("--mc_lens_teacher_weight", "-1"), ("--lensnet_layers", "0"),
+                                  ("--lensnet_dim", "0"), ("--block-size", "12"), ("--mc_train_wc_length", "0.0625")])
 def test_train_tiny_refuses_a_knob_out_of_range_before_writing(flag: tuple[str, str], tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "megacontext_plugin.cli", "eval", "train-tiny", "--out", str(out),

@@ -15,9 +15,14 @@ A reproducible CPU recipe (seeded data from ``data.tasks``, seeded init, fixed s
    tail where ΔNLL is measured): the token loss over the baseline, on-policy, teacher and random
    working-context variants, GistNet's substitutability loss, LensNet's preference loss and its
    distillation of the teacher's saliency; the curriculum
-   anneals the budget to ``--budget`` over the first ``--anneal`` share of the phase. Each
-   step also takes a plain full-attention step on ``--mix-batch`` documents of the same
-   length, so the full-attention arm (the upper bound) stays trained.
+   anneals the budget to ``--mc_train_wc_length`` of the window over the first
+   ``--mc_anneal_fraction`` of the phase. Each step also takes a plain full-attention step on
+   ``--mix-batch`` documents of the same length, so the full-attention arm (the upper bound)
+   stays trained.
+
+The MegaContext knobs it trains with are the config's own flags (``--block_size``,
+``--mc_horizon``, ``--allocator_recent_tokens``, ...), registered from its knob table with the
+stand-in's defaults (``RECIPE_DEFAULTS``); the recipe's own flags are spelled with dashes.
 
 Writes ``DIR/tiny.pt`` (``nets.tiny_checkpoint``'s format) and ``DIR/train_log.jsonl``.
 """
@@ -30,13 +35,13 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 
 from ..checkpoint import read_state
-from ..config import ConfigError, MCConfig
+from ..config import ALLOC, LENS, NETS, ConfigError, MCConfig, knob_fields, register_arguments
 from ..data import tasks
 from ..nets import tiny_checkpoint
 from ..nets.output_head import head_on_last
@@ -48,6 +53,29 @@ MIN_TASK_LEN = 88
 
 PLAIN_FORMAT = "megacontext-eval-tiny-plain/1"
 """``DIR/plain.pt``: the model, optimizer and data generator after the plain phase (``--from-plain``)."""
+
+TRAINED_KNOBS: tuple[str, ...] = tuple(
+    f.name for f in knob_fields()
+    if f.metadata["group"] in (LENS, ALLOC, NETS) or f.name in (
+        "block_size", "mc_horizon", "mc_train_wc_length", "mc_anneal_fraction", "mc_num_random_variants",
+        "mc_onpolicy_variants", "mc_teacher_variants", "mc_teacher_every", "mc_max_counterfactuals",
+        "mc_gist_loss_weight", "mc_position_scheme", "mc_rope_gist_sigma", "mc_aux_lr", "mc_aux_dtype"))
+"""The knobs train-tiny takes as flags: those its controller, nets and on-policy allocator read
+while training (and the checkpoint keeps). Not offered: ``--mc`` (always on), ``--mc_seed``
+(``--seed`` seeds everything), and knobs of storage, inference, base_train's schedule, telemetry
+and the post-run validation, which this recipe never reads."""
+
+RECIPE_DEFAULTS: dict[str, Any] = {
+    "block_size": 8, "allocator_recent_tokens": 16, "mc_horizon": 16,
+    "mc_train_wc_length": 0.125, "mc_anneal_fraction": 0.15,
+    "mc_num_random_variants": 2, "mc_onpolicy_variants": 1, "mc_teacher_variants": 2,
+    "allocator_expand_neighbours": 1, "allocator_expand_threshold": 0.1, "allocator_collapse_threshold": 0.3,
+    "mc_lens_teacher_weight": 1.0, "mc_aux_lr": 2e-3, "gistnet_layers": 1, "lensnet_layers": 1, "lensnet_dim": 64,
+}
+"""The stand-in's measured recipe (README, D25-D27): W = 64 of its 512-token window annealed over
+the first 15% of the MC phase, K = 8, the prompt's raw tail 16, H = 16, small aux nets. Each knob
+the recipe was measured with is pinned here, also where it equals the product's default, so a
+change of the product's default does not change the stand-in."""
 
 
 def build(model_config: TinyGPTConfig, cfg: MCConfig, total_steps: int = 1) -> tuple[TinyGPT, MCController]:
@@ -61,19 +89,14 @@ def build(model_config: TinyGPTConfig, cfg: MCConfig, total_steps: int = 1) -> t
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """``megacontext eval train-tiny``."""
     p_tt = sub.add_parser("train-tiny", help="train the tiny byte-level model and aux nets the evaluation uses",
-                          description=__doc__.splitlines()[0])
+                          description=__doc__.splitlines()[0],
+                          usage="megacontext eval train-tiny --out DIR [--OPTION VALUE ...] [--KNOB VALUE ...]")
     add_arguments(p_tt)
     p_tt.set_defaults(func=lambda a: run(a, p_tt))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="directory for tiny.pt and train_log.jsonl")
-    p.add_argument("--budget", type=int, default=64, help="final working-context budget W (entries)")
-    p.add_argument("--block-size", type=int, default=8, help="K")
-    p.add_argument("--recent", type=int, default=16,
-                   help="protected raw tail (--allocator_recent_tokens; at least --horizon): the prompt's last "
-                        "tokens, kept raw and never edited by the allocator")
-    p.add_argument("--horizon", type=int, default=16, help="H for LensNet and the gist loss (--mc_horizon)")
     p.add_argument("--plain-len", type=int, default=256)
     p.add_argument("--plain-steps", type=int, default=1600)
     p.add_argument("--plain-batch", type=int, default=16)
@@ -84,26 +107,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mc-steps", type=int, default=1200)
     p.add_argument("--mc-batch", type=int, default=8)
     p.add_argument("--mix-batch", type=int, default=4, help="plain documents per MC step (0: none)")
-    p.add_argument("--anneal", type=float, default=0.15, help="share of the MC phase over which the budget anneals")
-    p.add_argument("--variants", type=int, default=2, help="random working-context variants per sequence")
-    p.add_argument("--onpolicy", type=int, default=1, help="on-policy variants per sequence (--mc_onpolicy_variants)")
-    p.add_argument("--teacher", type=int, default=2,
-                   help="teacher-guided variants per sequence (--mc_teacher_variants)")
-    p.add_argument("--neighbours", type=int, default=1, help="--allocator_expand_neighbours")
-    p.add_argument("--expand-threshold", type=float, default=0.1,
-                   help="--allocator_expand_threshold (training's on-policy variants and the checkpoint's "
-                        "evaluation; D25)")
-    p.add_argument("--collapse-threshold", type=float, default=0.3,
-                   help="--allocator_collapse_threshold: a sibling group collapses only below -this (training's "
-                        "on-policy variants, the checkpoint's evaluation and chat; D25)")
-    p.add_argument("--lens-teacher-weight", type=float, default=1.0,
-                   help="--mc_lens_teacher_weight: LensNet's distillation of the teacher's saliency (0: off; D26)")
-    p.add_argument("--lens-layers", type=int, default=1, help="--lensnet_layers (the product default is 2)")
-    p.add_argument("--lens-dim", type=int, default=64, help="--lensnet_dim (the product default is 128)")
     p.add_argument("--answer-weight", type=float, default=1.0,
                    help="extra weight of the mean loss on answer digits (0: plain next-token loss)")
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--aux-lr", type=float, default=2e-3)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
@@ -116,8 +122,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-plain", type=Path, default=None,
                    help="start from the plain.pt an earlier run wrote (same model, data generator and optimizer "
                         "state: ablations of the MC phase share it); a larger --plain-steps continues the phase")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the data, the model's initialisation and the controller (--mc_seed)")
     p.add_argument("--log-every", type=int, default=25)
+    register_arguments(p, only=TRAINED_KNOBS, defaults=RECIPE_DEFAULTS)
+
+
+def tiny_config(args: argparse.Namespace) -> MCConfig:
+    """The controller's config from the parsed knobs, MegaContext on and seeded by ``--seed``, checked
+    against the window (``--mc-len``) here: a mistake is the user's, reported before anything is written."""
+    cfg = MCConfig(mc=True, mc_seed=args.seed, **{name: getattr(args, name) for name in TRAINED_KNOBS})
+    cfg.validate_for_model(args.mc_len)
+    return cfg
 
 
 def make_batch(rng: np.random.Generator, batch: int, length: int
@@ -182,16 +198,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16)
 
     try:
-        cfg = MCConfig(mc=True, block_size=args.block_size, allocator_recent_tokens=args.recent,
-                       mc_horizon=args.horizon,
-                       mc_train_wc_length=args.budget / args.mc_len, mc_num_random_variants=args.variants,
-                       mc_onpolicy_variants=args.onpolicy, mc_teacher_variants=args.teacher,
-                       allocator_expand_neighbours=args.neighbours,
-                       mc_aux_lr=args.aux_lr, mc_seed=args.seed, gistnet_layers=1, lensnet_layers=args.lens_layers,
-                       lensnet_dim=args.lens_dim, allocator_expand_threshold=args.expand_threshold,
-                       allocator_collapse_threshold=args.collapse_threshold,
-                       mc_lens_teacher_weight=args.lens_teacher_weight)
-    except ConfigError as e:  # a knob out of range is the user's mistake: one line, exit 2
+        cfg = tiny_config(args)
+    except ConfigError as e:  # a knob out of range, or knobs that contradict each other: one line, exit 2
         _fail(str(e))
     if args.out.exists() and not args.out.is_dir():
         _fail(f"--out {args.out} is not a directory")
@@ -203,13 +211,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     log = log_path.open("w")
     mcfg = TinyGPTConfig(vocab_size=256, sequence_len=args.mc_len, n_layer=args.layers, n_head=args.heads,
                          n_embd=args.width)
-    anneal_steps = max(1, round(args.anneal * args.mc_steps))
-    model, ctrl = build(mcfg, cfg, total_steps=anneal_steps)
+    model, ctrl = build(mcfg, cfg, total_steps=args.mc_steps)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
     print(f"train-tiny: TinyGPT {args.layers}x{args.width} bytes, window {args.mc_len}; plain {args.plain_steps} "
-          f"steps at {args.plain_len}, MC {args.mc_steps} steps at {args.mc_len} -> budget {args.budget}; "
+          f"steps at {args.plain_len}, MC {args.mc_steps} steps at {args.mc_len} -> budget "
+          f"{math.floor(cfg.mc_train_wc_length * args.mc_len)}; "
           f"{'bf16 autocast' if use_bf16 else 'fp32'}, {torch.get_num_threads()} threads", flush=True)
 
     def emit(rec: dict) -> None:
