@@ -66,7 +66,7 @@ stage() {  # NAME command...: one stage of a CPU recipe, run in the patched tree
     mc_mark "$name"
 }
 
-# --- resuming (run10.sh, runcpu.sh): a re-run in the same directory continues the run it finds there ---
+# --- resuming (run10.sh, runcpu.sh, runcpu_quality.sh): a re-run in the same directory continues the run it finds there ---
 # MC_LEDGER, the run's ledger (DIR/${TOOL}_stages.txt), holds on its first line the command the run was
 # started with, then the name of each stage as it completes. A re-run with the same arguments skips
 # (one line each) the stages it lists, up to the first it does not; from that one on every stage runs.
@@ -91,12 +91,14 @@ mc_latest_step() {  # DIR [optim]: the latest step of mc_checkpoint_steps; nothi
     mc_checkpoint_steps "$@" | tail -n 1
 }
 
-mc_prune_checkpoints() {  # DIR KEEP: remove the resumable checkpoints in DIR but the KEEP latest (the model,
-    # meta, optimizer and megacontext_ files of each older step); partial saves are left alone
-    local step s
-    for step in $(mc_checkpoint_steps "$1" optim | awk -v keep="$2" '{ s[NR] = $0 } END { for (i = 1; i <= NR - keep; i++) print s[i] }'); do
+mc_prune_checkpoints() {  # DIR KEEP [STEP...]: remove the resumable checkpoints in DIR but the KEEP latest and
+    # each STEP named (the model, meta, optimizer and megacontext_ files of each other step); partial saves are
+    # left alone
+    local dir=$1 keep=$2 step s; shift 2
+    for step in $(mc_checkpoint_steps "$dir" optim | awk -v keep="$keep" '{ s[NR] = $0 } END { for (i = 1; i <= NR - keep; i++) print s[i] }'); do
+        case " $* " in *" $step "*) continue ;; esac
         s=$(printf %06d "$step")
-        rm -f "$1/model_$s.pt" "$1/meta_$s.json" "$1/optim_${s}"_rank*.pt "$1/megacontext_$s.pt"
+        rm -f "$dir/model_$s.pt" "$dir/meta_$s.json" "$dir/optim_${s}"_rank*.pt "$dir/megacontext_$s.pt"
     done
 }
 

@@ -3,7 +3,7 @@
 # 2 cores (the goal is 45 minutes; docs/research-log.md): nanochat's scripts (tok_train, base_train,
 # mid_train, chat_sft) on the long-context corpus, then the post-run validation and the report.
 #
-#   bash integration/runcpu_quality.sh [--mc] [MegaContext knobs...]
+#   bash integration/runcpu_quality.sh [--mc] [MegaContext knobs...] [--fresh]
 #
 # The pretraining corpus (`megacontext corpus`): planted pass keys, key/value recall, copies and
 # chunks of the standard library's Python source (a seeded split of its files; the run trains on
@@ -18,9 +18,14 @@
 # Then mid_train (at a tenth of upstream's learning rate, MC_Q_MID_LR_FRAC, which keeps the base model's
 # retrieval) and chat_sft on `megacontext tasks` conversations longer than the window, base_eval (with
 # --mc: the MegaContext validation), with --mc the SFT checkpoint's validation, and the report.
-# Everything lands in $MC_RUNCPU_DIR (default .mc/runcpu_quality), wiped first; what it prints also in
-# its report/log.txt. Sizes come from the MC_Q_* variables below (the defaults are the recipe; the
-# tests shrink them).
+# Everything lands in $MC_RUNCPU_DIR (default .mc/runcpu_quality); what it prints also in its
+# report/log.txt. Sizes come from the MC_Q_* variables below (the defaults are the recipe; the tests
+# shrink them), recorded in recipe_sizes.txt.
+# A run that stopped part-way is continued by the same command with the same sizes (D50): the stages
+# its ledger (runcpu_quality_stages.txt) lists are skipped, one line each, the report is kept, and each
+# base_train phase resumes from its latest whole checkpoint (saved every MC_SAVE_EVERY steps, default
+# 250; once a phase is done only its last save stays). Otherwise (a finished run, other arguments or
+# sizes, no ledger, or --fresh) the directory is wiped and every stage runs.
 # MC_Q_FROM_PLAIN=DIR starts from another run's data, tokenizer and plain phase (the same sizes): the
 # second phase's ablations share one plain phase.
 set -euo pipefail
@@ -29,7 +34,10 @@ cd "$ROOT"
 TOOL=runcpu_quality
 . "$ROOT/integration/lib.sh"
 
-mc_require_flag "$@"
+FRESH=0
+ARGS=()
+for arg in "$@"; do if [ "$arg" = --fresh ]; then FRESH=1; else ARGS+=("$arg"); fi; done
+mc_require_flag ${ARGS[@]+"${ARGS[@]}"}
 SEQ_PLAIN=${MC_Q_SEQ_PLAIN:-512}       # the plain phase's window (tokens)
 SEQ=${MC_Q_SEQ:-1024}                  # the model's window from the second phase on
 BUDGET=${MC_Q_BUDGET:-64}              # W: working-context entries (8x W = 512 fits the window: ΔNLL@H at 8x)
@@ -50,8 +58,11 @@ WARMUP_DOCS=${MC_Q_WARMUP_DOCS:-$(( PLAIN_STEPS * PLAIN_BATCH_TOKENS / 190 ))}
 LONG_DOCS=${MC_Q_LONG_DOCS:-$(( (LONG_PLAIN + STEPS) * BATCH_TOKENS / SEQ * 3 / 2 ))}
 MIX=${MC_Q_MIX:-passkey=0.35,recall=0.25,copy=0.1,python=0.3}
 FROM_PLAIN=${MC_Q_FROM_PLAIN:-}        # a finished run's directory: its data, tokenizer and plain phase are reused
+# both base_train phases save this often: about every five minutes on 2 cores (a save is some 15 MB; D50)
+SAVE_EVERY=${MC_SAVE_EVERY:-250}
+[[ $SAVE_EVERY =~ ^(-1|[1-9][0-9]*)$ ]] || die "MC_SAVE_EVERY=$SAVE_EVERY: expected a number of steps, or -1 (only the last)"
 MC_ARGS=()
-if [ $# -gt 0 ]; then
+if [ ${#ARGS[@]} -gt 0 ]; then
     # the stand-in's geometry (D25): blocks of 8, a 16-token protected tail, H = 16, W = BUDGET; light aux nets;
     # the curriculum anneals over the first 10% of the MC steps; no auto-batch (the steps are the recipe's);
     # any gist LensNet ranks above the typical one is opened while the budget has room (D44: this model's
@@ -61,7 +72,7 @@ if [ $# -gt 0 ]; then
              --mc_train_wc_length "$(awk "BEGIN{print $BUDGET/$SEQ}")" --mc_anneal_fraction 0.1
              --mc_auto_batch 0 --gistnet_layers 1 --lensnet_layers 1 --lensnet_dim 64
              --allocator_expand_threshold 0 --allocator_collapse_threshold 0.3 --mc_telemetry_every 50
-             --mc_eval_lengths 2,4,8 "$@")
+             --mc_eval_lengths 2,4,8 "${ARGS[@]}")
 fi
 
 RUN_DIR=${MC_RUNCPU_DIR:-$ROOT/.mc/runcpu_quality}
@@ -80,15 +91,44 @@ if [ -n "$FROM_PLAIN" ]; then  # checked before anything is wiped
         || die "MC_Q_LONG_PLAIN_STEPS + MC_Q_STEPS = $((LONG_PLAIN + STEPS)): the long documents of $FROM_PLAIN hold about $held steps"
     LONG_DOCS=$source_docs
 fi
+# what the run trains: with the arguments, the identity of a run (MC_SAVE_EVERY and the thread count are not:
+# they change when it saves and how fast it computes, not what it trains)
+SIZES=$(printf '%s\n' "seq_plain=$SEQ_PLAIN" "seq=$SEQ" "budget=$BUDGET" "plain_steps=$PLAIN_STEPS" \
+    "long_plain_steps=$LONG_PLAIN" "steps=$STEPS" "plain_batch_tokens=$PLAIN_BATCH_TOKENS" "batch_tokens=$BATCH_TOKENS" \
+    "depth=$DEPTH" "vocab=$VOCAB" "mid_steps=$MID_STEPS" "mid_lr_frac=$MID_LR_FRAC" "sft_steps=$SFT_STEPS" \
+    "warmup_docs=$WARMUP_DOCS" "long_docs=$LONG_DOCS" "mix=$MIX" "from_plain=$FROM_PLAIN")
 mc_load_env
 mc_ensure_nanochat cpu
 mc_use_plugin
 mc_check_knobs ${MC_ARGS[@]+"${MC_ARGS[@]}"}
-rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"
-mc_log_start "$RUN_DIR"  # say lines and every stage's output also go to $RUN_DIR/report/log.txt
-printf 'seq_plain=%s\nseq=%s\nplain_steps=%s\nlong_plain_steps=%s\nsteps=%s\nplain_batch_tokens=%s\nbatch_tokens=%s\nwarmup_docs=%s\nlong_docs=%s\n' \
-    "$SEQ_PLAIN" "$SEQ" "$PLAIN_STEPS" "$LONG_PLAIN" "$STEPS" "$PLAIN_BATCH_TOKENS" "$BATCH_TOKENS" "$WARMUP_DOCS" "$LONG_DOCS" \
-    >"$RUN_DIR/recipe_sizes.txt"
+
+other_sizes() {  # what the run in RUN_DIR was sized otherwise, from its recipe_sizes.txt: "key=old (now new), ..."
+    local kv old
+    while IFS= read -r kv; do
+        old=$(grep -m 1 "^${kv%%=*}=" "$RUN_DIR/recipe_sizes.txt" 2>/dev/null) || old="${kv%%=*} unset"
+        [ "$old" = "$kv" ] || printf '%s (now %s)\n' "$old" "${kv#*=}"
+    done <<<"$SIZES" | paste -sd ';' | sed 's/;/, /g'
+}
+MC_LEDGER=$RUN_DIR/runcpu_quality_stages.txt
+COMMAND="runcpu_quality.sh${ARGS[*]:+ ${ARGS[*]}}"
+THIS="$COMMAND; sizes: $(paste -sd ' ' <<<"$SIZES")"  # the ledger's first line: a run continues only the same run
+WAS=$(mc_ledger_command "$MC_LEDGER")
+if [ "$FRESH" = 0 ] && [ -n "$WAS" ] && [ "$WAS" = "$THIS" ] && ! grep -qxF report "$MC_LEDGER"; then
+    MC_RESUMING=1
+    mc_log_start "$RUN_DIR"  # say lines and every stage's output also go to $RUN_DIR/report/log.txt
+    say "continuing the unfinished run in $RUN_DIR (--fresh starts over)"
+else
+    if [ "$FRESH" = 1 ]; then why="--fresh"
+    elif [ -z "$WAS" ]; then why=""; [ -z "$(ls -A "$RUN_DIR" 2>/dev/null)" ] || why="no ledger says what it held"
+    elif [ "${WAS%%; sizes: *}" != "$COMMAND" ]; then why="it held a run of '${WAS%%; sizes: *}'"
+    elif [ "$WAS" != "$THIS" ]; then why="its run had other sizes: $(other_sizes)"
+    else why="its run had finished"; fi
+    rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"
+    echo "$THIS" >"$MC_LEDGER"
+    echo "$SIZES" >"$RUN_DIR/recipe_sizes.txt"
+    mc_log_start "$RUN_DIR"
+    if [ -n "$why" ]; then say "starting over in $RUN_DIR: $why"; fi
+fi
 export NANOCHAT_BASE_DIR="$RUN_DIR" NANOCHAT_TASK_DIR="$RUN_DIR/tasks"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} PYTHONPATH="$NC"
@@ -99,54 +139,114 @@ MODEL=(--device-type cpu)
 START=$SECONDS
 say "output in $RUN_DIR; MegaContext: $([ ${#MC_ARGS[@]} -gt 0 ] && echo "on (${MC_ARGS[*]})" || echo off)"
 DATA="$RUN_DIR/base_data"
-BASE=(--run "$RUN" --depth "$DEPTH" --head-dim 64 --window-pattern L
+CK="$RUN_DIR/base_checkpoints/d$DEPTH"
+BASE=(--run "$RUN" --depth "$DEPTH" --head-dim 64 --window-pattern L --save-every "$SAVE_EVERY"
       --eval-tokens 65536 --core-metric-every -1 --sample-every -1)
-if [ -n "$FROM_PLAIN" ]; then  # the same data, tokenizer and plain phase as that run (ablations of the second phase)
-    stage "plain phase from $FROM_PLAIN" bash -c "cp -r '$FROM_PLAIN'/{base_data,tokenizer,tasks,corpus_train_files.txt} \
-        '$RUN_DIR'/ && mkdir -p '$RUN_DIR/base_checkpoints/d$DEPTH' && cp '$FROM_PLAIN/base_checkpoints/d$DEPTH'/*_$PLAIN_NAME* \
-        '$RUN_DIR/base_checkpoints/d$DEPTH'/"
-    stage "report reset" "$PY" -m nanochat.report reset
-else
-    # nanochat reads shards in name order, the last one as validation: the short documents first, then the
-    # long ones (written after the tokenizer, which sets their length in tokens), renumbered after them
-    WARM_SHARDS=$(( (WARMUP_DOCS + 1999) / 2000 ))
-    stage "data (short documents)" "$PY" -m megacontext_plugin.cli corpus --out "$DATA" --shards $((WARM_SHARDS + 1)) \
-        --docs-per-shard $(( (WARMUP_DOCS + WARM_SHARDS - 1) / WARM_SHARDS )) --row-groups 16 --mix "$MIX" \
-        --min-chars 400 --max-chars 1400 --train-files-out "$RUN_DIR/corpus_train_files.txt"
-    stage "report reset" "$PY" -m nanochat.report reset
-    stage "tokenizer" "$PY" -m scripts.tok_train --max-chars 4000000 --vocab-size "$VOCAB"
-    LONG_SHARDS=$(( (LONG_DOCS + 999) / 1000 ))
-    stage "data (documents of $SEQ tokens)" "$PY" -m megacontext_plugin.cli corpus --out "$RUN_DIR/long_data" \
-        --shards $((LONG_SHARDS + 1)) --docs-per-shard $(( (LONG_DOCS + LONG_SHARDS - 1) / LONG_SHARDS )) --seed 1 \
-        --row-groups 8 --mix "$MIX" --doc-tokens "$SEQ" --tokenizer "$RUN_DIR/tokenizer"
-    rm "$DATA/$(printf 'shard_%05d.parquet' "$WARM_SHARDS")"  # the short documents' validation shard
+WARM_SHARDS=$(( (WARMUP_DOCS + 1999) / 2000 ))
+LONG_SHARDS=$(( (LONG_DOCS + 999) / 1000 ))
+
+# The multi-step stages are shell functions run by `stage`, which records them only once every step succeeded.
+# They redo their work whole, so a try lost part-way leaves nothing a re-run trips on. (Inside them errexit is
+# off: `stage` runs its command as an `if` condition, hence the explicit `|| return 1`.)
+copy_plain_phase() {  # MC_Q_FROM_PLAIN's data, tokenizer, tasks, train-file list and last plain checkpoint
+    local what
+    for what in base_data tokenizer tasks; do
+        rm -rf "${RUN_DIR:?}/$what" && cp -r "$FROM_PLAIN/$what" "$RUN_DIR/" || return 1
+    done
+    cp "$FROM_PLAIN/corpus_train_files.txt" "$RUN_DIR/" && mkdir -p "$CK" \
+        && cp "$FROM_PLAIN/base_checkpoints/d$DEPTH"/*_"$PLAIN_NAME"* "$CK/"
+}
+long_documents() {  # nanochat reads shards in name order, the last one as validation: the long documents
+    # (written after the tokenizer, which sets their length in tokens) are renumbered after the short ones, whose
+    # validation shard goes (the tokenizer, trained before, held it out). Shards from WARM_SHARDS on are that
+    # validation shard or long documents an earlier try moved in: removed first
+    local f i
+    for f in "$DATA"/shard_*.parquet; do
+        [ -e "$f" ] || continue
+        i=${f##*shard_}; i=$((10#${i%.parquet}))
+        [ "$i" -lt "$WARM_SHARDS" ] || rm -f "$f" || return 1
+    done
+    "$PY" -m megacontext_plugin.cli corpus --out "$RUN_DIR/long_data" --shards $((LONG_SHARDS + 1)) \
+        --docs-per-shard $(( (LONG_DOCS + LONG_SHARDS - 1) / LONG_SHARDS )) --seed 1 --row-groups 8 --mix "$MIX" \
+        --doc-tokens "$SEQ" --tokenizer "$RUN_DIR/tokenizer" || return 1
     for f in "$RUN_DIR"/long_data/shard_*.parquet; do
         i=${f##*shard_}; i=$((10#${i%.parquet}))
-        mv "$f" "$DATA/$(printf 'shard_%05d.parquet' $((WARM_SHARDS + i)))"
+        mv "$f" "$DATA/$(printf 'shard_%05d.parquet' $((WARM_SHARDS + i)))" || return 1
     done
     rmdir "$RUN_DIR/long_data"
-    stage "tasks" "$PY" -m megacontext_plugin.cli tasks --out "$NANOCHAT_TASK_DIR" --max-seq-len "$SEQ"
-    stage "base (plain, window $SEQ_PLAIN)" "$PY" -m scripts.base_train "${MODEL[@]}" "${BASE[@]}" \
-        --total-batch-size "$PLAIN_BATCH_TOKENS" --max-seq-len "$SEQ_PLAIN" --device-batch-size $((PLAIN_BATCH_TOKENS / SEQ_PLAIN)) \
-        --num-iterations "$PLAIN_STEPS" --warmdown-ratio 0 --eval-every $(( PLAIN_STEPS / 4 > 0 ? PLAIN_STEPS / 4 : 1 ))
+}
+phase_two_latest() {  # the second phase's latest whole save: past the plain phase, and with --mc its
+    # megacontext_ file too (written after the optimizer's: without it the aux nets' state is lost)
+    local s
+    mc_checkpoint_steps "$CK" optim | while read -r s; do
+        [ "$s" -gt "$PLAIN_STEPS" ] || continue
+        [ ${#MC_ARGS[@]} -eq 0 ] || [ -f "$CK/megacontext_$(printf %06d "$s").pt" ] || continue
+        echo "$s"
+    done | tail -n 1
+}
+
+# each stage is skipped when the run this one continues completed it (mc_skip says so)
+if [ -n "$FROM_PLAIN" ]; then  # the same data, tokenizer and plain phase as that run (ablations of the second phase)
+    mc_skip "plain phase from $FROM_PLAIN" "$CK/model_$PLAIN_NAME.pt" \
+        || stage "plain phase from $FROM_PLAIN" copy_plain_phase
+    mc_skip "report reset" || stage "report reset" "$PY" -m nanochat.report reset
+else
+    # the short documents first (their corpus replaces every shard it wrote before, long ones included)
+    mc_skip "data (short documents)" "$RUN_DIR/corpus_train_files.txt" \
+        || stage "data (short documents)" "$PY" -m megacontext_plugin.cli corpus --out "$DATA" \
+            --shards $((WARM_SHARDS + 1)) --docs-per-shard $(( (WARMUP_DOCS + WARM_SHARDS - 1) / WARM_SHARDS )) \
+            --row-groups 16 --mix "$MIX" --min-chars 400 --max-chars 1400 \
+            --train-files-out "$RUN_DIR/corpus_train_files.txt"
+    mc_skip "report reset" || stage "report reset" "$PY" -m nanochat.report reset
+    mc_skip "tokenizer" "$RUN_DIR/tokenizer/token_bytes.pt" \
+        || stage "tokenizer" "$PY" -m scripts.tok_train --max-chars 4000000 --vocab-size "$VOCAB"
+    mc_skip "data (documents of $SEQ tokens)" "$DATA/$(printf 'shard_%05d.parquet' $((WARM_SHARDS + LONG_SHARDS)))" \
+        || stage "data (documents of $SEQ tokens)" long_documents
+    mc_skip "tasks" "$NANOCHAT_TASK_DIR" \
+        || stage "tasks" "$PY" -m megacontext_plugin.cli tasks --out "$NANOCHAT_TASK_DIR" --max-seq-len "$SEQ"
+    NAME="base (plain, window $SEQ_PLAIN)"
+    if ! mc_skip "$NAME" "$CK/model_$PLAIN_NAME.pt"; then
+        FROM=()
+        if STEP=$(mc_latest_step "$CK" optim) && [ -n "$STEP" ]; then
+            say "$NAME: resuming from step $STEP, the latest checkpoint in $CK"
+            FROM=(--resume-from-step "$STEP")
+        fi
+        stage "$NAME" "$PY" -m scripts.base_train "${MODEL[@]}" "${BASE[@]}" \
+            --total-batch-size "$PLAIN_BATCH_TOKENS" --max-seq-len "$SEQ_PLAIN" \
+            --device-batch-size $((PLAIN_BATCH_TOKENS / SEQ_PLAIN)) --num-iterations "$PLAIN_STEPS" --warmdown-ratio 0 \
+            --eval-every $(( PLAIN_STEPS / 4 > 0 ? PLAIN_STEPS / 4 : 1 )) ${FROM[@]+"${FROM[@]}"}
+        mc_prune_checkpoints "$CK" 1  # its last step stays: the second phase resumes from it
+    fi
 fi
 TOTAL=$((PLAIN_STEPS + LONG_PLAIN + STEPS))
-stage "base ($([ ${#MC_ARGS[@]} -gt 0 ] && echo MegaContext || echo plain), window $SEQ)" \
-    "$PY" -m scripts.base_train "${MODEL[@]}" "${BASE[@]}" --max-seq-len "$SEQ" --total-batch-size "$BATCH_TOKENS" \
-    --device-batch-size $((BATCH_TOKENS / SEQ)) --num-iterations "$TOTAL" --resume-from-step "$PLAIN_STEPS" \
-    --warmdown-ratio "$(awk "BEGIN{print 0.5 * $STEPS / $TOTAL}")" --eval-every $((LONG_PLAIN + STEPS)) \
-    ${MC_ARGS[@]+"${MC_ARGS[@]}" --mc_plain_steps $((PLAIN_STEPS + LONG_PLAIN))}
-stage "mid" "$PY" -m scripts.mid_train "${MODEL[@]}" --run "$RUN" --dtype float32 --max-seq-len "$SEQ" \
-    --device-batch-size 4 --total-batch-size $((4 * SEQ)) --num-iterations "$MID_STEPS" --eval-every -1 \
-    --eval-tokens 16384 --init-lr-frac "$MID_LR_FRAC" ${MC_ARGS[@]+"${MC_ARGS[@]}"}
-stage "sft" "$PY" -m scripts.chat_sft "${MODEL[@]}" --run "$RUN" --dtype float32 --device-batch-size 4 \
-    --target-examples-per-step 8 --num-iterations "$SFT_STEPS" --eval-every "$SFT_STEPS" --eval-steps 4 --eval-metrics-every -1 \
-    ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+NAME="base ($([ ${#MC_ARGS[@]} -gt 0 ] && echo MegaContext || echo plain), window $SEQ)"
+if ! mc_skip "$NAME" --checkpoint "$CK"; then
+    AT=$PLAIN_STEPS  # the plain phase's last step, or this phase's own latest save when a lost try left one
+    STEP=$(phase_two_latest)
+    if [ -n "$STEP" ]; then
+        say "$NAME: resuming from step $STEP, the latest checkpoint in $CK"
+        AT=$STEP
+    fi
+    stage "$NAME" "$PY" -m scripts.base_train "${MODEL[@]}" "${BASE[@]}" --max-seq-len "$SEQ" \
+        --total-batch-size "$BATCH_TOKENS" --device-batch-size $((BATCH_TOKENS / SEQ)) --num-iterations "$TOTAL" \
+        --resume-from-step "$AT" --warmdown-ratio "$(awk "BEGIN{print 0.5 * $STEPS / $TOTAL}")" \
+        --eval-every $((LONG_PLAIN + STEPS)) ${MC_ARGS[@]+"${MC_ARGS[@]}" --mc_plain_steps $((PLAIN_STEPS + LONG_PLAIN))}
+    # the run's last step stays, and the plain phase's (MC_Q_FROM_PLAIN runs copy it)
+    mc_prune_checkpoints "$CK" 1 "$PLAIN_STEPS"
+fi
+mc_skip "mid" --checkpoint "$RUN_DIR/mid_checkpoints/d$DEPTH" \
+    || stage "mid" "$PY" -m scripts.mid_train "${MODEL[@]}" --run "$RUN" --dtype float32 --max-seq-len "$SEQ" \
+        --device-batch-size 4 --total-batch-size $((4 * SEQ)) --num-iterations "$MID_STEPS" --eval-every -1 \
+        --eval-tokens 16384 --init-lr-frac "$MID_LR_FRAC" ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+mc_skip "sft" --checkpoint "$RUN_DIR/chatsft_checkpoints/d$DEPTH" \
+    || stage "sft" "$PY" -m scripts.chat_sft "${MODEL[@]}" --run "$RUN" --dtype float32 --device-batch-size 4 \
+        --target-examples-per-step 8 --num-iterations "$SFT_STEPS" --eval-every "$SFT_STEPS" --eval-steps 4 \
+        --eval-metrics-every -1 ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 "$PY" -c "from megacontext_plugin.data.core_bundle import write_core_bundle; write_core_bundle('$RUN_DIR')"
-stage "base eval" "$PY" -m scripts.base_eval ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+mc_skip "base eval" || stage "base eval" "$PY" -m scripts.base_eval ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 # upstream's chat_eval downloads its tasks: offline, the SFT checkpoint gets the MegaContext validation only
 # (NANOCHAT_DIR the patched tree: the caller's may name the unpatched source mc_setup copied)
-[ ${#MC_ARGS[@]} -eq 0 ] \
+[ ${#MC_ARGS[@]} -eq 0 ] || mc_skip "sft eval" \
     || stage "sft eval" env NANOCHAT_DIR="$NC" "$PY" -m megacontext_plugin.cli eval validate \
         --checkpoint "$RUN_DIR/chatsft_checkpoints/d$DEPTH"
 stage "report" "$PY" -m nanochat.report generate

@@ -272,8 +272,10 @@ def _fake_repo_for_run10(tmp_path: Path, short: int = 0, recipe: str = "run10.sh
     """A checkout whose .venv python runs nothing (it prints what it would run; `nanochat.dataset -n N`
     makes N empty shards, `short` fewer), with a patched tree stand-in and curl stubbed: run10.sh (or
     RECIPE) end to end. The training stubs leave what upstream's scripts leave: tok_train the tokenizer,
-    base_train a checkpoint every --save-every steps and at its last (from --resume-from-step on; it fails
-    after step STUB_CRASH_AT, as a lost machine would), mid_train and chat_sft one at their end."""
+    base_train a checkpoint every --save-every steps and at its last (from --resume-from-step on; with --mc
+    megacontext_ too; it fails after step STUB_CRASH_AT, as a lost machine would), mid_train and chat_sft one
+    at their end. ``megacontext corpus`` writes --shards empty shards (with --doc-tokens and STUB_LONG_CRASH
+    set it fails after writing them), ``tasks`` its directory; ``eval validate`` runs nothing."""
     repo, bin_dir = tmp_path / "repo", tmp_path / "bin"
     (repo / "integration").mkdir(parents=True)
     (repo / ".mc" / "nanochat").mkdir(parents=True)
@@ -283,11 +285,13 @@ def _fake_repo_for_run10(tmp_path: Path, short: int = 0, recipe: str = "run10.sh
     (repo / ".venv" / "bin").mkdir(parents=True)
     bin_dir.mkdir()
     (repo / ".venv" / "bin" / "python").write_text(f"""#!/bin/bash
-ckpt() {{  # STAGE STEP: an empty stand-in for each file save_checkpoint writes
+ckpt() {{  # STAGE STEP: an empty stand-in for each file save_checkpoint (and with --mc the plugin) writes
     local d="$NANOCHAT_BASE_DIR/$1_checkpoints/d$depth" f; f=$(printf %06d "$2"); mkdir -p "$d"
     : >"$d/model_$f.pt"; : >"$d/meta_$f.json"; : >"$d/optim_${{f}}_rank0.pt"
+    case " $args_line " in *" --mc "*) : >"$d/megacontext_$f.pt" ;; esac
 }}
-declare -A opt=([--depth]=12 [--resume-from-step]=0 [--save-every]=-1 [--num-iterations]=10 [--out]=x)
+declare -A opt=([--depth]=12 [--resume-from-step]=0 [--save-every]=-1 [--num-iterations]=10 [--out]=x [--shards]=0)
+args_line="$*"
 args=("$@")
 for ((i = 0; i < $#; i++)); do
     a=${{args[i]}}
@@ -296,8 +300,14 @@ done
 depth=${{STUB_DEPTH:-${{opt[--depth]}}}}
 case "$*" in
     "-m megacontext_plugin.cli nanochat verify"*) exit 0 ;;
-    "-m megacontext_plugin.cli corpus"*|"-m megacontext_plugin.cli tasks"*)
+    "-m megacontext_plugin.cli corpus"*)
+        mkdir -p "${{opt[--out]}}"; echo "stub ran: $*"
+        for ((i = 0; i < ${{opt[--shards]}}; i++)); do : >"${{opt[--out]}}/$(printf 'shard_%05d.parquet' $i)"; done
+        if [ -n "${{opt[--train-files-out]:-}}" ]; then : >"${{opt[--train-files-out]}}"; fi
+        if [ -n "${{opt[--doc-tokens]:-}}" ] && [ -n "${{STUB_LONG_CRASH:-}}" ]; then exit 1; fi ;;
+    "-m megacontext_plugin.cli tasks"*)
         mkdir -p "${{opt[--out]}}"; echo "stub ran: $*" ;;
+    "-m megacontext_plugin.cli eval validate"*) echo "stub ran: $*" ;;
     "-m megacontext_plugin."*) exec "{sys.executable}" "$@" ;;
     "-m nanochat.dataset -n "*)
         mkdir -p "$NANOCHAT_BASE_DIR/base_data"
@@ -538,6 +548,115 @@ def test_runcpu_continues_an_unfinished_run_and_starts_a_finished_one_over(tmp_p
     assert "--resume-from-step" not in over.stdout
 
 
+
+QUALITY_SIZES = {"MC_Q_PLAIN_STEPS": "20", "MC_Q_STEPS": "10", "MC_Q_WARMUP_DOCS": "600", "MC_Q_LONG_DOCS": "80",
+                 "MC_SAVE_EVERY": "4"}
+"""runcpu_quality.sh at the stub's sizes: one shard of short documents and its validation shard, one of long
+documents and theirs; a plain phase of 20 steps, a second of 10, saves every 4 steps."""
+
+
+def _quality(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    repo, env = _fake_repo_for_run10(tmp_path, recipe="runcpu_quality.sh")
+    run_dir = tmp_path / "run"
+    env |= QUALITY_SIZES | {"MC_RUNCPU_DIR": str(run_dir), "STUB_DEPTH": "2"}
+    return repo / "integration" / "runcpu_quality.sh", run_dir, env
+
+
+def _base_trains(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("stub ran: -m scripts.base_train")]
+
+
+def test_runcpu_quality_continues_its_second_phase_from_its_own_latest_save(tmp_path: Path) -> None:
+    script, run_dir, env = _quality(tmp_path)
+    ckpt = run_dir / "base_checkpoints" / "d2"
+    lost = _bash(script, "--mc", env=env | {"STUB_CRASH_AT": "26"}, cwd=tmp_path)  # lost in the second phase
+    assert lost.returncode == 2 and "runcpu_quality: error: base (MegaContext, window 1024) failed" in lost.stderr
+    ledger = (run_dir / "runcpu_quality_stages.txt").read_text().splitlines()
+    assert ledger[0].startswith("runcpu_quality.sh --mc; sizes: seq_plain=512 seq=1024 budget=64 plain_steps=20 ")
+    assert ledger[1:] == ["data (short documents)", "report reset", "tokenizer", "data (documents of 1024 tokens)",
+                          "tasks", "base (plain, window 512)"]
+    # the plain phase kept its last save only; the second phase saved step 24 (and its aux nets) before it was lost
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "megacontext_000024.pt", "meta_000020.json", "meta_000024.json", "model_000020.pt", "model_000024.pt",
+        "optim_000020_rank0.pt", "optim_000024_rank0.pt"]
+
+    again = _bash(script, "--mc", env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"runcpu_quality: continuing the unfinished run in {run_dir} (--fresh starts over)\n" in again.stdout
+    for stage in ledger[1:]:
+        assert again.stdout.count(f"runcpu_quality: skip {stage}: done by an earlier run") == 1, stage
+    assert "runcpu_quality: resuming at base (MegaContext, window 1024)\n" in again.stdout
+    assert (f"runcpu_quality: base (MegaContext, window 1024): resuming from step 24, the latest checkpoint in "
+            f"{ckpt}\n") in again.stdout
+    (base_train,) = _base_trains(again.stdout)
+    assert " --save-every 4 " in base_train and " --num-iterations 30 --resume-from-step 24 " in base_train
+    ran = [line.split()[3] for line in again.stdout.splitlines() if line.startswith("stub ran: -m ")]
+    assert ran == ["scripts.base_train", "scripts.mid_train", "scripts.chat_sft", "scripts.base_eval",
+                   "megacontext_plugin.cli", "nanochat.report"]  # the last: generate; the one before: eval validate
+    log = (run_dir / "report" / "log.txt").read_text()
+    assert log.count("stub ran: -m nanochat.report reset") == 1 and "stub ran: -m nanochat.report generate" in log
+    assert sorted(p.name for p in ckpt.iterdir()) == [  # the plain phase's last step and the run's
+        "megacontext_000030.pt", "meta_000020.json", "meta_000030.json", "model_000020.pt", "model_000030.pt",
+        "optim_000020_rank0.pt", "optim_000030_rank0.pt"]
+    assert (run_dir / "runcpu_quality_stages.txt").read_text().splitlines()[-1] == "report"
+
+    over = _bash(script, "--mc", env=env, cwd=tmp_path)  # finished: it starts over
+    assert over.returncode == 0, over.stdout + over.stderr
+    assert f"runcpu_quality: starting over in {run_dir}: its run had finished\n" in over.stdout
+    assert "skip" not in over.stdout and "resuming" not in over.stdout
+    assert [" --resume-from-step " in line for line in _base_trains(over.stdout)] == [False, True]
+
+
+def test_runcpu_quality_resumes_its_plain_phase_and_redoes_a_data_stage_lost_part_way(tmp_path: Path) -> None:
+    script, run_dir, env = _quality(tmp_path)
+    data = run_dir / "base_data"
+    lost = _bash(script, env=env | {"STUB_LONG_CRASH": "1"}, cwd=tmp_path)  # lost while writing the long documents
+    assert lost.returncode == 2 and "runcpu_quality: error: data (documents of 1024 tokens) failed" in lost.stderr
+    assert (run_dir / "long_data").is_dir()  # what the lost try left; the short validation shard is gone
+    (data / "shard_00007.parquet").write_bytes(b"")  # and, say, a long shard it had moved in
+    lost = _bash(script, env=env | {"STUB_CRASH_AT": "10"}, cwd=tmp_path)  # then lost in the plain phase
+    assert lost.returncode == 2 and "runcpu_quality: error: base (plain, window 512) failed" in lost.stderr
+    assert "runcpu_quality: resuming at data (documents of 1024 tokens)\n" in lost.stdout
+    assert sorted(p.name for p in data.iterdir()) == ["shard_00000.parquet", "shard_00001.parquet",
+                                                     "shard_00002.parquet"]  # short, long, long's validation
+    assert not (run_dir / "long_data").exists()
+
+    again = _bash(script, env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "runcpu_quality: skip data (documents of 1024 tokens): done by an earlier run" in again.stdout
+    assert "runcpu_quality: base (plain, window 512): resuming from step 8, the latest checkpoint in" in again.stdout
+    plain, second = _base_trains(again.stdout)
+    assert " --num-iterations 20 " in plain and plain.endswith(" --resume-from-step 8")
+    assert " --resume-from-step 20 " in second and " --mc_plain_steps" not in second
+    assert sorted(p.name for p in (run_dir / "base_checkpoints" / "d2").glob("model_*")) == [
+        "model_000020.pt", "model_000030.pt"]
+
+
+@pytest.mark.parametrize("case", ["other_arguments", "other_sizes", "no_ledger", "fresh"])
+def test_runcpu_quality_starts_over_and_says_why(tmp_path: Path, case: str) -> None:
+    script, run_dir, env = _quality(tmp_path)
+    lost = _bash(script, env=env | {"STUB_CRASH_AT": "10"}, cwd=tmp_path)
+    assert lost.returncode == 2
+    args, why = [], {"other_arguments": "it held a run of 'runcpu_quality.sh'",
+                     "other_sizes": "its run had other sizes: steps=10 (now 12), sft_steps=40 (now 2)",
+                     "no_ledger": "no ledger says what it held", "fresh": "--fresh"}[case]
+    if case == "other_arguments":
+        args = ["--mc", "--mc_horizon", "32"]
+    elif case == "other_sizes":
+        env |= {"MC_Q_STEPS": "12", "MC_Q_SFT_STEPS": "2"}
+    elif case == "no_ledger":
+        (run_dir / "runcpu_quality_stages.txt").unlink()
+    else:
+        args = ["--fresh"]
+    proc = _bash(script, *args, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"runcpu_quality: starting over in {run_dir}: {why}\n" in proc.stdout
+    assert "skip" not in proc.stdout and "resuming" not in proc.stdout
+    assert (run_dir / "report" / "log.txt").read_text().count("stub ran: -m nanochat.report reset") == 1
+    command = "runcpu_quality.sh --mc --mc_horizon 32" if case == "other_arguments" else "runcpu_quality.sh"
+    assert (run_dir / "runcpu_quality_stages.txt").read_text().startswith(f"{command}; sizes: ")  # not --fresh
+
+
 def test_lib_finds_the_latest_whole_checkpoint_and_prunes_the_older_ones(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
@@ -556,3 +675,14 @@ def test_lib_finds_the_latest_whole_checkpoint_and_prunes_the_older_ones(tmp_pat
     assert sorted(p.name for p in ckpt.iterdir()) == [
         "megacontext_1000000.pt", "meta_1000000.json", "meta_1000500.json", "meta_latest.json", "model_1000000.pt",
         "model_1000500.pt", "model_2000000.pt", "optim_1000000_rank0.pt"]
+
+
+def test_lib_prunes_all_but_the_latest_and_the_steps_named(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for step in (2, 4, 6, 9):
+        for name in (f"model_{step:06d}.pt", f"meta_{step:06d}.json", f"optim_{step:06d}_rank0.pt"):
+            (ckpt / name).write_bytes(b"")
+    proc = _lib(tmp_path, f"mc_prune_checkpoints {ckpt} 1 4")  # runcpu_quality.sh keeps its plain phase's last step
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in ckpt.glob("model_*")) == ["model_000004.pt", "model_000009.pt"]

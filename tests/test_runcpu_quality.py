@@ -1,12 +1,15 @@
 """integration/runcpu_quality.sh at a handful of steps: every stage of nanochat's pipeline runs through the
-plain phase and the resumed MegaContext phase, the corpus keeps its standard-library split, and the run
-ends evaluable. Its numbers are the benchmark's business (benchmarks/long_context.py), not this test's."""
+plain phase and the resumed MegaContext phase, the corpus keeps its standard-library split, a run lost mid-stage
+continues where it stopped, and the run ends evaluable. Its numbers are the benchmark's business
+(benchmarks/long_context.py), not this test's. How a re-run decides to continue or start over, stage by stage,
+is tested without training in test_recipes.py."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,26 +39,54 @@ def test_knobs_without_mc_are_refused_before_any_work(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.upstream("pin")  # the recipe runs the pin's scripts (mid_train); master has none
-def test_the_recipe_runs_every_stage_and_ends_evaluable(patched: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_the_recipe_runs_every_stage_continues_a_lost_run_and_ends_evaluable(patched: Path,  # noqa: F811
+                                                                              tmp_path: Path) -> None:
     for module in ("rustbpe", "tokenizers", "psutil", "pyarrow", "filelock"):
         pytest.importorskip(module, reason=f"upstream's scripts need {module}")
     run = tmp_path / "run"
-    env = os.environ | TINY | {"MC_NANOCHAT": str(patched), "MC_RUNCPU_DIR": str(run)}
+    env = os.environ | TINY | {"MC_NANOCHAT": str(patched), "MC_RUNCPU_DIR": str(run), "MC_SAVE_EVERY": "2"}
+    lost = subprocess.Popen(["bash", str(SCRIPT), "--mc"], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    assert lost.stdout is not None
+    seen = []
+    for line in lost.stdout:  # the second phase's step 6 (of 9): its save of step 6 is on disk, step 8's is not
+        seen.append(line)
+        if line.startswith("step 00006/00009"):
+            os.killpg(lost.pid, signal.SIGKILL)  # the machine is lost mid-stage
+            break
+    lost.wait(timeout=60)
+    before = "".join(seen)
+    assert lost.returncode != 0 and "step 00006/00009" in before, before[-4000:]
+    assert "resuming at step 4, within --mc_plain_steps 6: GistNet and LensNet start fresh" in before
+
     proc = subprocess.run(["bash", str(SCRIPT), "--mc"], capture_output=True, text=True, timeout=1200, env=env,
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert f"runcpu_quality: continuing the unfinished run in {run} (--fresh starts over)" in proc.stdout
+    assert all(proc.stdout.count(f"runcpu_quality: skip {stage}: done by an earlier run") == 1
+               for stage in ("data (short documents)", "report reset", "tokenizer", "data (documents of 512 tokens)",
+                             "tasks", "base (plain, window 256)"))
+    base = run / "base_checkpoints" / "d2"
+    assert (f"runcpu_quality: base (MegaContext, window 512): resuming from step 6, the latest checkpoint in "
+            f"{base}") in proc.stdout
+    second = proc.stdout.split("runcpu_quality: == base (MegaContext, window 512)\n")[1].split("== mid\n")[0]
+    steps = [line.split("/")[0] for line in second.splitlines() if line.startswith("step ")]
+    assert steps == ["step 00006", "step 00007", "step 00008"]  # continued, not restarted
+    assert "start fresh" not in second  # the aux nets continue from megacontext_000006.pt
     stages = [line.rsplit(" ", 1)[0] for line in (run / "stage_seconds.txt").read_text().splitlines()]
     assert stages == ["data (short documents)", "report reset", "tokenizer", "data (documents of 512 tokens)", "tasks",
                       "base (plain, window 256)", "base (MegaContext, window 512)", "mid", "sft", "base eval",
-                      "sft eval", "report"]
+                      "sft eval", "report"]  # each completed once, across the two runs
     log = (run / "report" / "log.txt").read_text()  # the operating guide's tail -f: every stage, across report reset
-    assert all(f"runcpu_quality: == {stage}\n" in log for stage in stages) and "Reset report and wrote header" in log
-    base = run / "base_checkpoints" / "d2"
-    assert (base / "model_000004.pt").is_file() and not (base / "megacontext_000004.pt").exists()  # plain phase
+    assert all(f"runcpu_quality: == {stage}\n" in log for stage in stages)
+    assert log.count("Reset report and wrote header") == 1  # the continued run kept the report
+    # the plain phase's last step (the second phase and MC_Q_FROM_PLAIN start from it) and the run's: the other
+    # saves (steps 2, 6 and 8) are pruned once their phase is done
+    assert sorted(p.name for p in base.glob("model_*")) == ["model_000004.pt", "model_000009.pt"]
+    assert not (base / "megacontext_000004.pt").exists()  # the plain phase trains without the plugin
     assert (base / "megacontext_000009.pt").is_file()  # 2 plain steps at the long window, then 3 MegaContext steps
     meta = json.loads((base / "meta_000009.json").read_text())
     assert meta["model_config"]["sequence_len"] == 512
-    assert "resuming at step 4, within --mc_plain_steps 6: GistNet and LensNet start fresh" in proc.stdout
     listed = (run / "corpus_train_files.txt").read_text().splitlines()
     assert listed and all(name.endswith(".py") for name in listed)
     report = (run / "report" / "report.md").read_text()
@@ -83,6 +114,20 @@ def test_the_recipe_runs_every_stage_and_ends_evaluable(patched: Path, tmp_path:
     assert (copied / "model_000009.pt").is_file() and not list(copied.glob("megacontext_*"))
     assert (baseline / "corpus_train_files.txt").read_text() == (run / "corpus_train_files.txt").read_text()
     assert "long_docs=80" in (baseline / "recipe_sizes.txt").read_text().splitlines()
+
+    # other arguments in the run's directory: it starts over (stopped once the first stage starts)
+    other = subprocess.Popen(["bash", str(SCRIPT), "--mc", "--mc_horizon", "32"], cwd=ROOT, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    assert other.stdout is not None
+    seen = []
+    for line in other.stdout:
+        seen.append(line)
+        if line == "runcpu_quality: == data (short documents)\n":
+            os.killpg(other.pid, signal.SIGKILL)
+            break
+    other.wait(timeout=60)
+    assert f"runcpu_quality: starting over in {run}: it held a run of 'runcpu_quality.sh --mc'\n" in seen, seen
+    assert not (run / "base_checkpoints").exists()
 
 
 def test_from_plain_refuses_more_steps_than_its_long_documents_hold(tmp_path: Path) -> None:
