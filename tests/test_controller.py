@@ -442,7 +442,8 @@ def test_lensnet_distils_the_teacher_saliency_only_with_a_teacher_pass(weight: f
     ctrl.close()
 
 
-def test_the_teacher_pass_runs_every_nth_step_and_its_variants_are_random_between() -> None:
+@pytest.mark.parametrize("budget_step", [None, 20])  # base_train's advancing step; a later stage's fixed one
+def test_the_teacher_pass_runs_every_nth_mc_step_and_its_variants_are_random_between(budget_step: int | None) -> None:
     model = tiny_model()
     ctrl = make_controller(small_cfg(mc_teacher_variants=2, mc_num_random_variants=1, mc_teacher_every=3),
                            total_steps=20)
@@ -453,16 +454,19 @@ def test_the_teacher_pass_runs_every_nth_step_and_its_variants_are_random_betwee
         passes.append(1)
         return model(inputs_embeds=emb, targets=targets, loss_reduction="none").float().view_as(targets)
 
-    for step in range(12, 17):
+    for mc_step in range(5):
         pending = ctrl.layouts._pending
+        step = 2 * mc_step + 1 if budget_step is None else budget_step  # base_train: every second step plain
         batch = ctrl.process_batch(x, y, model.wte, step=step, nll_fn=nll_fn)
         assert batch is not None
         kinds = batch.layouts.rows_per_kind()
-        assert batch.teacher_pass == (step % 3 == 0) and (batch.saliency_RW is not None) == (step % 3 == 0)
+        due = mc_step % 3 == 0
+        assert batch.teacher_pass == due and (batch.saliency_RW is not None) == due
         # the same rows every step: the teacher's two columns are random ones between its passes
         assert batch.layouts.variants == 4
-        assert (kinds["teacher"], kinds["random"]) == ((4, 2) if step % 3 == 0 else (0, 6))
+        assert (kinds["teacher"], kinds["random"]) == ((4, 2) if due else (0, 6))
         if pending is not None:  # the background sample for this step had this step's shape
             assert pending[0][1] == 1 + kinds["random"] // 2
-    assert len(passes) == 2  # steps 12 and 15
+        ctrl.step_aux()  # the MC step trained: the cadence counts it
+    assert len(passes) == 2  # MC steps 0 and 3, whatever step the curriculum reads
     ctrl.close()

@@ -143,10 +143,12 @@ class MCController(nn.Module):
             self._plans[T] = plan
         return plan
 
-    def teacher_pass_at(self, step: int, teacher_host: bool) -> bool:
-        """Whether the teacher's full-context pass runs at ``step``: the host gives one (``nll_fn``) and
-        ``step`` is one of every ``--mc_teacher_every``."""
-        return teacher_host and step % self.cfg.mc_teacher_every == 0
+    def teacher_pass_at(self, mc_step: int, teacher_host: bool) -> bool:
+        """Whether the teacher's full-context pass runs on the MC step ``mc_step`` (counted by the optimizer
+        steps the aux nets took, ``steps_done``: the curriculum's step stands still after base_train and
+        counts plain steps too): the host gives one (``nll_fn``) and ``mc_step`` is one of every
+        ``--mc_teacher_every``."""
+        return teacher_host and mc_step % self.cfg.mc_teacher_every == 0
 
     def random_variants(self, teacher_pass: bool) -> int:
         """Random variants per sequence: the configured ones, plus the teacher's where its pass does not run."""
@@ -225,12 +227,12 @@ class MCController(nn.Module):
                     return None
                 budget = self.budget_at(step, T)
                 teacher_host = nll_fn is not None
-                if not self.teacher_pass_at(step, teacher_host):  # its variants are random ones
+                if not self.teacher_pass_at(self.steps_done, teacher_host):  # its variants are random ones
                     nll_fn = None
                 random = self.random_variants(nll_fn is not None)
                 next_budget = self.budget_at(step + 1, T) if self._last_length == T else None
                 self._last_length = T
-                next_variants = 1 + self.random_variants(self.teacher_pass_at(step + 1, teacher_host))
+                next_variants = 1 + self.random_variants(self.teacher_pass_at(self.steps_done + 1, teacher_host))
                 sampled = self.layouts.get(B, 1 + random, T, self.cfg.block_size, budget, self.recent,
                                            next_budget=next_budget, next_variants=next_variants)
             num_levels = self.length_plan(T).num_levels
