@@ -142,7 +142,8 @@ class MCConfig:
                                      "depends on (input-gradient saliency of one full-context pass; no labels); "
                                      "every second one opens them without --allocator_expand_neighbours",
                                      check=_nonneg, allowed="an integer >= 0")
-    mc_teacher_every: int = _knob(1, "the teacher's full-context pass runs on every N-th MC step; the steps "
+    mc_teacher_every: int = _knob(1, "the teacher's full-context pass runs on every N-th optimizer step "
+                                  "(plain ones counted: keep N coprime with --mc_plain_every); the MC steps "
                                   "between train random variants in its variants' place and no distillation "
                                   "(the pass costs about two base forwards over the whole sequence)",
                                   check=_pos, allowed="an integer >= 1")

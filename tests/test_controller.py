@@ -442,8 +442,8 @@ def test_lensnet_distils_the_teacher_saliency_only_with_a_teacher_pass(weight: f
     ctrl.close()
 
 
-@pytest.mark.parametrize("budget_step", [None, 20])  # base_train's advancing step; a later stage's fixed one
-def test_the_teacher_pass_runs_every_nth_mc_step_and_its_variants_are_random_between(budget_step: int | None) -> None:
+@pytest.mark.parametrize("plain_every", [2, 0])  # base_train's plain steps between MC steps; a later stage's none
+def test_the_teacher_pass_runs_every_nth_optimizer_step_and_its_variants_are_random_between(plain_every: int) -> None:
     model = tiny_model()
     ctrl = make_controller(small_cfg(mc_teacher_variants=2, mc_num_random_variants=1, mc_teacher_every=3),
                            total_steps=20)
@@ -454,19 +454,23 @@ def test_the_teacher_pass_runs_every_nth_mc_step_and_its_variants_are_random_bet
         passes.append(1)
         return model(inputs_embeds=emb, targets=targets, loss_reduction="none").float().view_as(targets)
 
-    for mc_step in range(5):
+    due_steps = []
+    for step in range(10):
+        if plain_every and step % plain_every == plain_every - 1:  # a plain step: no batch, but an optimizer step
+            ctrl.step_aux()
+            continue
         pending = ctrl.layouts._pending
-        step = 2 * mc_step + 1 if budget_step is None else budget_step  # base_train: every second step plain
-        batch = ctrl.process_batch(x, y, model.wte, step=step, nll_fn=nll_fn)
+        batch = ctrl.process_batch(x, y, model.wte, step=20 if not plain_every else step, nll_fn=nll_fn)
         assert batch is not None
         kinds = batch.layouts.rows_per_kind()
-        due = mc_step % 3 == 0
+        due = step % 3 == 0  # the optimizer steps the plugin has seen, whatever step the curriculum reads
+        due_steps += [step] if due else []
         assert batch.teacher_pass == due and (batch.saliency_RW is not None) == due
         # the same rows every step: the teacher's two columns are random ones between its passes
         assert batch.layouts.variants == 4
         assert (kinds["teacher"], kinds["random"]) == ((4, 2) if due else (0, 6))
-        if pending is not None:  # the background sample for this step had this step's shape
+        if pending is not None and not plain_every:  # the background sample for this step had this step's shape
             assert pending[0][1] == 1 + kinds["random"] // 2
-        ctrl.step_aux()  # the MC step trained: the cadence counts it
-    assert len(passes) == 2  # MC steps 0 and 3, whatever step the curriculum reads
+        ctrl.step_aux()
+    assert len(passes) == len(due_steps) == (2 if plain_every else 4)  # steps 0 and 6; or 0, 3, 6 and 9
     ctrl.close()

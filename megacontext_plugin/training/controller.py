@@ -144,10 +144,11 @@ class MCController(nn.Module):
         return plan
 
     def teacher_pass_at(self, mc_step: int, teacher_host: bool) -> bool:
-        """Whether the teacher's full-context pass runs on the MC step ``mc_step`` (counted by the optimizer
-        steps the aux nets took, ``steps_done``: the curriculum's step stands still after base_train and
-        counts plain steps too): the host gives one (``nll_fn``) and ``mc_step`` is one of every
-        ``--mc_teacher_every``."""
+        """Whether the teacher's full-context pass runs at ``mc_step``, the optimizer steps the plugin has
+        seen (``steps_done``, plain ones included: the curriculum's step stands still after base_train):
+        the host gives one (``nll_fn``) and ``mc_step`` is one of every ``--mc_teacher_every``. With
+        ``--mc_plain_every P``, an N sharing a factor with P lands on the same MC steps each time (N = P:
+        every MC step or none), so N and P should be coprime."""
         return teacher_host and mc_step % self.cfg.mc_teacher_every == 0
 
     def random_variants(self, teacher_pass: bool) -> int:
