@@ -106,6 +106,29 @@ mc_ledger_command() {  # LEDGER: the command the run recorded in LEDGER was star
     if [ -f "$1" ]; then head -n 1 "$1"; fi
 }
 
+mc_open_run() {  # DIR THIS [DESCRIBE]: a CPU recipe's run directory. The unfinished run MC_LEDGER records as
+    # THIS is continued (MC_RESUMING=1) unless FRESH=1; any other run there is wiped and THIS recorded, saying why.
+    # DESCRIBE WAS prints why a ledger holding WAS (nothing: no ledger) is not this run (default: another command)
+    local dir=$1 this=$2 describe=${3:-mc_other_run} was why
+    was=$(mc_ledger_command "$MC_LEDGER")
+    if [ "$FRESH" = 0 ] && [ -n "$was" ] && [ "$was" = "$this" ] && ! grep -qxF report "$MC_LEDGER"; then
+        MC_RESUMING=1
+        mc_log_start "$dir"  # say lines and every stage's output also go to $dir/report/log.txt
+        say "continuing the unfinished run in $dir (--fresh starts over)"
+        return
+    fi
+    if [ "$FRESH" = 1 ]; then why="--fresh"; elif [ "$was" = "$this" ]; then why="its run had finished"
+    else why=$("$describe" "$was"); fi
+    rm -rf "$dir" && mkdir -p "$dir"
+    echo "$this" >"$MC_LEDGER"
+    mc_log_start "$dir"
+    if [ -n "$why" ]; then say "starting over in $dir: $why"; fi
+}
+
+mc_other_run() {  # WAS: mc_open_run's default reason: the command the ledger recorded (none without a ledger)
+    if [ -n "$1" ]; then echo "it held a run of '$1'"; fi
+}
+
 mc_start_over() {  # DRY PATH...: remove what an earlier run left at each PATH that exists (DRY=1: say what would go)
     local dry=$1 path; shift
     for path in "$@"; do

@@ -39,19 +39,7 @@ mc_check_knobs ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 RUN_DIR=${MC_RUNCPU_DIR:-$ROOT/.mc/runcpu}
 MC_LEDGER=$RUN_DIR/runcpu_stages.txt
 THIS="runcpu.sh${ARGS[*]:+ ${ARGS[*]}}"  # the ledger's first line: a run continues only the same run
-WAS=$(mc_ledger_command "$MC_LEDGER")
-if [ "$FRESH" = 0 ] && [ -n "$WAS" ] && [ "$WAS" = "$THIS" ] && ! grep -qxF report "$MC_LEDGER"; then
-    MC_RESUMING=1
-    mc_log_start "$RUN_DIR"  # say lines and every stage's output also go to $RUN_DIR/report/log.txt
-    say "continuing the unfinished run in $RUN_DIR (--fresh starts over)"
-else
-    if [ "$FRESH" = 1 ]; then why="--fresh"; elif [ -z "$WAS" ]; then why=""; elif [ "$WAS" != "$THIS" ]; then
-        why="it held a run of '$WAS'"; else why="its run had finished"; fi
-    rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"
-    echo "$THIS" >"$MC_LEDGER"
-    mc_log_start "$RUN_DIR"
-    if [ -n "$why" ]; then say "starting over in $RUN_DIR: $why"; fi
-fi
+mc_open_run "$RUN_DIR" "$THIS"
 export NANOCHAT_BASE_DIR="$RUN_DIR" NANOCHAT_TASK_DIR="$RUN_DIR/tasks"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} PYTHONPATH="$NC"

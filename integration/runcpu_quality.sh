@@ -112,23 +112,13 @@ other_sizes() {  # what the run in RUN_DIR was sized otherwise, from its recipe_
 MC_LEDGER=$RUN_DIR/runcpu_quality_stages.txt
 COMMAND="runcpu_quality.sh${ARGS[*]:+ ${ARGS[*]}}"
 THIS="$COMMAND; sizes: $(paste -sd ' ' <<<"$SIZES")"  # the ledger's first line: a run continues only the same run
-WAS=$(mc_ledger_command "$MC_LEDGER")
-if [ "$FRESH" = 0 ] && [ -n "$WAS" ] && [ "$WAS" = "$THIS" ] && ! grep -qxF report "$MC_LEDGER"; then
-    MC_RESUMING=1
-    mc_log_start "$RUN_DIR"  # say lines and every stage's output also go to $RUN_DIR/report/log.txt
-    say "continuing the unfinished run in $RUN_DIR (--fresh starts over)"
-else
-    if [ "$FRESH" = 1 ]; then why="--fresh"
-    elif [ -z "$WAS" ]; then why=""; [ -z "$(ls -A "$RUN_DIR" 2>/dev/null)" ] || why="no ledger says what it held"
-    elif [ "${WAS%%; sizes: *}" != "$COMMAND" ]; then why="it held a run of '${WAS%%; sizes: *}'"
-    elif [ "$WAS" != "$THIS" ]; then why="its run had other sizes: $(other_sizes)"
-    else why="its run had finished"; fi
-    rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"
-    echo "$THIS" >"$MC_LEDGER"
-    echo "$SIZES" >"$RUN_DIR/recipe_sizes.txt"
-    mc_log_start "$RUN_DIR"
-    if [ -n "$why" ]; then say "starting over in $RUN_DIR: $why"; fi
-fi
+other_run() {  # WAS: why the run the ledger recorded as WAS (nothing: no ledger) is not this one (mc_open_run)
+    if [ -z "$1" ]; then [ -z "$(ls -A "$RUN_DIR" 2>/dev/null)" ] || echo "no ledger says what it held"
+    elif [ "${1%%; sizes: *}" != "$COMMAND" ]; then echo "it held a run of '${1%%; sizes: *}'"
+    else echo "its run had other sizes: $(other_sizes)"; fi
+}
+mc_open_run "$RUN_DIR" "$THIS" other_run
+[ "$MC_RESUMING" = 1 ] || echo "$SIZES" >"$RUN_DIR/recipe_sizes.txt"
 export NANOCHAT_BASE_DIR="$RUN_DIR" NANOCHAT_TASK_DIR="$RUN_DIR/tasks"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} PYTHONPATH="$NC"
