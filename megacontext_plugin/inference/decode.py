@@ -74,6 +74,14 @@ class SpecialTokens:
                    special("<|output_start|>"), special("<|output_end|>"),
                    frozenset(r for r in roles if r is not None and end is not None))
 
+    def ends_row(self, token: int) -> bool:
+        """Whether ``token`` completes a row (upstream's rule: ``<|assistant_end|>`` or ``<|bos|>``)."""
+        return token in (self.assistant_end, self.bos)
+
+    def in_answer(self, token: int) -> int:
+        """``token`` as an answer holds it: a role token becomes ``<|assistant_end|>`` (D49)."""
+        return self.assistant_end if token in self.roles else token
+
 
 @dataclass
 class _Row:
@@ -133,11 +141,11 @@ def decode_stream(sessions: Sequence[MCSession], first_logits: Callable[[], Sequ
                 forced = len(row.forced) > 0
                 if forced:
                     token = row.forced.popleft()
-                elif token in specials.roles:  # the model left its turn: the answer ends here (D49)
-                    token, forced = specials.assistant_end, True
+                elif specials.in_answer(token) != token:  # the model left its turn: the answer ends here (D49)
+                    token, forced = specials.in_answer(token), True
                 column.append(token)
                 masks.append(0 if forced else 1)
-                if token in (specials.assistant_end, specials.bos):
+                if specials.ends_row(token):
                     row.completed = True
                 _tool_result(row, token, specials, tokenizer, calculator)
                 session.accept(token)  # stored before the caller sees it
@@ -165,9 +173,9 @@ def ending_at_role_tokens(stream: Iterator[tuple[list[int], list[int]]], special
         for i, token in enumerate(column):
             if completed[i]:
                 continue
-            if token in specials.roles:
-                column[i], masks[i] = specials.assistant_end, 0
-            completed[i] = column[i] in (specials.assistant_end, specials.bos)
+            if specials.in_answer(token) != token:
+                column[i], masks[i] = specials.in_answer(token), 0
+            completed[i] = specials.ends_row(column[i])
         yield column, masks
         if all(completed):
             return
@@ -179,7 +187,7 @@ def without_terminal(stream: Iterator[tuple[list[int], list[int]]], specials: Sp
     ``chat_cli`` prints every token it gets, and appends ``<|assistant_end|>`` to the conversation
     itself when the answer does not end with it. Tool tokens stay: they are part of the conversation."""
     for column, masks in stream:
-        if len(column) == 1 and column[0] in (specials.assistant_end, specials.bos):
+        if len(column) == 1 and specials.ends_row(column[0]):
             return
         yield column, masks
 
