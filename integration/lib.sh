@@ -20,8 +20,15 @@ mc_require_flag() {  # ARGS...: MegaContext knobs mean nothing without --mc
     fi
 }
 
-mc_load_env() {  # source .mc_env (integration/mc_setup writes it); set NC (patched nanochat) and PY
-    if [ -f "$ROOT/.mc_env" ]; then set -a; . "$ROOT/.mc_env"; set +a; fi
+mc_load_env() {  # .mc_env's variables (integration/mc_setup writes it), where the caller has not set them; NC, PY
+    local line key
+    if [ -f "$ROOT/.mc_env" ]; then
+        while IFS= read -r line; do  # `export KEY=VALUE`, VALUE quoted by printf %q
+            [[ $line =~ ^export\ ([A-Za-z_][A-Za-z0-9_]*)= ]] || continue
+            key=${BASH_REMATCH[1]}
+            [ -n "${!key+set}" ] || eval "$line"
+        done <"$ROOT/.mc_env"
+    fi
     NC=${MC_NANOCHAT:-$ROOT/.mc/nanochat}
     PY="$ROOT/.venv/bin/python"
 }
@@ -31,6 +38,10 @@ mc_ensure_nanochat() {  # cpu|gpu: run integration/mc_setup when .venv or the pa
         say "no patched nanochat at $NC yet: running integration/mc_setup --$1"
         bash "$ROOT/integration/mc_setup" "--$1"
     fi
+}
+
+mc_upstream() {  # which supported nanochat the patched tree $NC holds: pin or master (verify's last line names it)
+    "$PY" -m megacontext_plugin.cli nanochat verify "$NC" 2>/dev/null | tail -n 1 | sed -n 's/.*, the \(pin\|master\)): .*/\1/p'
 }
 
 mc_check_knobs() {  # ARGS...: a bad knob fails now, before any work

@@ -28,6 +28,9 @@
 # sizes, no ledger, or --fresh) the directory is wiped and every stage runs.
 # MC_Q_FROM_PLAIN=DIR starts from another run's data, tokenizer and plain phase (the same sizes): the
 # second phase's ablations share one plain phase.
+# On nanochat master (a patched master tree in .mc/nanochat: integration/mc_setup --upstream master), which has no
+# mid_train and no report: one chat_sft stage of MC_Q_MID_STEPS + MC_Q_SFT_STEPS steps at mid's learning rate on
+# the same conversations (written into master's dataset cache), and the report is the plugin's own (--mc).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -91,16 +94,23 @@ if [ -n "$FROM_PLAIN" ]; then  # checked before anything is wiped
         || die "MC_Q_LONG_PLAIN_STEPS + MC_Q_STEPS = $((LONG_PLAIN + STEPS)): the long documents of $FROM_PLAIN hold about $held steps"
     LONG_DOCS=$source_docs
 fi
+mc_load_env
+mc_ensure_nanochat cpu
+mc_use_plugin
+mc_check_knobs ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+UPSTREAM=$(mc_upstream)
+[ -n "$UPSTREAM" ] || die "$NC is not a patched nanochat at a supported commit (megacontext nanochat verify $NC)"
+if [ "$UPSTREAM" = master ]; then TASKS=task_data; else TASKS=tasks; fi  # where each reads the conversations
+if [ -n "$FROM_PLAIN" ]; then  # a plain phase of the other nanochat is another model (a run before this line was the pin's)
+    from_upstream=$(sed -n 's/^upstream=//p' "$FROM_PLAIN/recipe_sizes.txt"); from_upstream=${from_upstream:-pin}
+    [ "$from_upstream" = "$UPSTREAM" ] || die "MC_Q_FROM_PLAIN=$FROM_PLAIN was trained on nanochat's $from_upstream, this tree is $UPSTREAM"
+fi
 # what the run trains: with the arguments, the identity of a run (MC_SAVE_EVERY and the thread count are not:
 # they change when it saves and how fast it computes, not what it trains)
 SIZES=$(printf '%s\n' "seq_plain=$SEQ_PLAIN" "seq=$SEQ" "budget=$BUDGET" "plain_steps=$PLAIN_STEPS" \
     "long_plain_steps=$LONG_PLAIN" "steps=$STEPS" "plain_batch_tokens=$PLAIN_BATCH_TOKENS" "batch_tokens=$BATCH_TOKENS" \
     "depth=$DEPTH" "vocab=$VOCAB" "mid_steps=$MID_STEPS" "mid_lr_frac=$MID_LR_FRAC" "sft_steps=$SFT_STEPS" \
-    "warmup_docs=$WARMUP_DOCS" "long_docs=$LONG_DOCS" "mix=$MIX" "from_plain=$FROM_PLAIN")
-mc_load_env
-mc_ensure_nanochat cpu
-mc_use_plugin
-mc_check_knobs ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+    "warmup_docs=$WARMUP_DOCS" "long_docs=$LONG_DOCS" "mix=$MIX" "from_plain=$FROM_PLAIN" "upstream=$UPSTREAM")
 
 other_sizes() {  # what the run in RUN_DIR was sized otherwise, from its recipe_sizes.txt: "key=old (now new), ..."
     local kv old
@@ -140,7 +150,7 @@ LONG_SHARDS=$(( (LONG_DOCS + 999) / 1000 ))
 # off: `stage` runs its command as an `if` condition, hence the explicit `|| return 1`.)
 copy_plain_phase() {  # MC_Q_FROM_PLAIN's data, tokenizer, tasks, train-file list and last plain checkpoint
     local what
-    for what in base_data tokenizer tasks; do
+    for what in base_data tokenizer "$TASKS"; do
         rm -rf "${RUN_DIR:?}/$what" && cp -r "$FROM_PLAIN/$what" "$RUN_DIR/" || return 1
     done
     cp "$FROM_PLAIN/corpus_train_files.txt" "$RUN_DIR/" && mkdir -p "$CK" \
@@ -175,11 +185,15 @@ phase_two_latest() {  # the second phase's latest whole save: past the plain pha
     done | tail -n 1
 }
 
+report_reset() {  # nanochat's report starts over (master has none: the plugin writes its own at the validations)
+    [ "$UPSTREAM" = master ] || mc_skip "report reset" || stage "report reset" "$PY" -m nanochat.report reset
+}
+
 # each stage is skipped when the run this one continues completed it (mc_skip says so)
 if [ -n "$FROM_PLAIN" ]; then  # the same data, tokenizer and plain phase as that run (ablations of the second phase)
     mc_skip "plain phase from $FROM_PLAIN" "$CK/model_$PLAIN_NAME.pt" \
         || stage "plain phase from $FROM_PLAIN" copy_plain_phase
-    mc_skip "report reset" || stage "report reset" "$PY" -m nanochat.report reset
+    report_reset
 else
     # the short documents first (their corpus replaces every shard it wrote before, long ones included)
     mc_skip "data (short documents)" "$RUN_DIR/corpus_train_files.txt" \
@@ -187,13 +201,18 @@ else
             --shards $((WARM_SHARDS + 1)) --docs-per-shard $(( (WARMUP_DOCS + WARM_SHARDS - 1) / WARM_SHARDS )) \
             --row-groups 16 --mix "$MIX" --min-chars 400 --max-chars 1400 \
             --train-files-out "$RUN_DIR/corpus_train_files.txt"
-    mc_skip "report reset" || stage "report reset" "$PY" -m nanochat.report reset
+    report_reset
     mc_skip "tokenizer" "$RUN_DIR/tokenizer/token_bytes.pt" \
         || stage "tokenizer" "$PY" -m scripts.tok_train --max-chars 4000000 --vocab-size "$VOCAB"
     mc_skip "data (documents of $SEQ tokens)" "$DATA/$(printf 'shard_%05d.parquet' $((WARM_SHARDS + LONG_SHARDS)))" \
         || stage "data (documents of $SEQ tokens)" long_documents
-    mc_skip "tasks" "$NANOCHAT_TASK_DIR" \
-        || stage "tasks" "$PY" -m megacontext_plugin.cli tasks --out "$NANOCHAT_TASK_DIR" --max-seq-len "$SEQ"
+    if [ "$UPSTREAM" = master ]; then  # master reads its chat data from its dataset cache
+        mc_skip "tasks" "$RUN_DIR/task_data" \
+            || stage "tasks" "$PY" -m megacontext_plugin.cli tasks --upstream master --out "$RUN_DIR" --max-seq-len "$SEQ"
+    else
+        mc_skip "tasks" "$NANOCHAT_TASK_DIR" \
+            || stage "tasks" "$PY" -m megacontext_plugin.cli tasks --out "$NANOCHAT_TASK_DIR" --max-seq-len "$SEQ"
+    fi
     NAME="base (plain, window $SEQ_PLAIN)"
     if ! mc_skip "$NAME" "$CK/model_$PLAIN_NAME.pt"; then
         FROM=()
@@ -224,21 +243,43 @@ if ! mc_skip "$NAME" --checkpoint "$CK"; then
     # the run's last step stays, and the plain phase's (MC_Q_FROM_PLAIN runs copy it)
     mc_prune_checkpoints "$CK" 1 "$PLAIN_STEPS"
 fi
-mc_skip "mid" --checkpoint "$RUN_DIR/mid_checkpoints/d$DEPTH" \
-    || stage "mid" "$PY" -m scripts.mid_train "${MODEL[@]}" --run "$RUN" --dtype float32 --max-seq-len "$SEQ" \
-        --device-batch-size 4 --total-batch-size $((4 * SEQ)) --num-iterations "$MID_STEPS" --eval-every -1 \
-        --eval-tokens 16384 --init-lr-frac "$MID_LR_FRAC" ${MC_ARGS[@]+"${MC_ARGS[@]}"}
-mc_skip "sft" --checkpoint "$RUN_DIR/chatsft_checkpoints/d$DEPTH" \
-    || stage "sft" "$PY" -m scripts.chat_sft "${MODEL[@]}" --run "$RUN" --dtype float32 --device-batch-size 4 \
-        --target-examples-per-step 8 --num-iterations "$SFT_STEPS" --eval-every "$SFT_STEPS" --eval-steps 4 \
-        --eval-metrics-every -1 ${MC_ARGS[@]+"${MC_ARGS[@]}"}
-"$PY" -c "from megacontext_plugin.data.core_bundle import write_core_bundle; write_core_bundle('$RUN_DIR')"
-mc_skip "base eval" || stage "base eval" "$PY" -m scripts.base_eval ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+if [ "$UPSTREAM" = master ]; then
+    # no mid_train: one chat_sft stage on the mid and SFT conversations, as long as both, at mid's learning rate
+    # (upstream's 0.8 erases the base model's retrieval, D47); MMLU and GSM8K are the cache's placeholders, untrained
+    mc_skip "sft" --checkpoint "$RUN_DIR/chatsft_checkpoints/d$DEPTH" \
+        || stage "sft" "$PY" -m scripts.chat_sft "${MODEL[@]}" --run "$RUN" \
+            --max-seq-len "$SEQ" --device-batch-size 4 --total-batch-size $((4 * SEQ)) \
+            --num-iterations $((MID_STEPS + SFT_STEPS)) --init-lr-frac "$MID_LR_FRAC" --eval-every $((MID_STEPS + SFT_STEPS)) \
+            --eval-tokens 16384 --chatcore-every -1 --mmlu-epochs 0 --gsm8k-epochs 0 ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+else
+    mc_skip "mid" --checkpoint "$RUN_DIR/mid_checkpoints/d$DEPTH" \
+        || stage "mid" "$PY" -m scripts.mid_train "${MODEL[@]}" --run "$RUN" --dtype float32 --max-seq-len "$SEQ" \
+            --device-batch-size 4 --total-batch-size $((4 * SEQ)) --num-iterations "$MID_STEPS" --eval-every -1 \
+            --eval-tokens 16384 --init-lr-frac "$MID_LR_FRAC" ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+    mc_skip "sft" --checkpoint "$RUN_DIR/chatsft_checkpoints/d$DEPTH" \
+        || stage "sft" "$PY" -m scripts.chat_sft "${MODEL[@]}" --run "$RUN" --dtype float32 --device-batch-size 4 \
+            --target-examples-per-step 8 --num-iterations "$SFT_STEPS" --eval-every "$SFT_STEPS" --eval-steps 4 \
+            --eval-metrics-every -1 ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+fi
+if [ "$UPSTREAM" = master ]; then  # master's CORE reads its own eval bundle: bits per byte, and with --mc the validation
+    mc_skip "base eval" || stage "base eval" "$PY" -m scripts.base_eval "${MODEL[@]}" \
+        --eval bpb --split-tokens 65536 --device-batch-size 4 ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+else  # upstream's CORE on a local one-task bundle (its own downloads)
+    "$PY" -c "from megacontext_plugin.data.core_bundle import write_core_bundle; write_core_bundle('$RUN_DIR')"
+    mc_skip "base eval" || stage "base eval" "$PY" -m scripts.base_eval ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+fi
 # upstream's chat_eval downloads its tasks: offline, the SFT checkpoint gets the MegaContext validation only
 # (NANOCHAT_DIR the patched tree: the caller's may name the unpatched source mc_setup copied)
 [ ${#MC_ARGS[@]} -eq 0 ] || mc_skip "sft eval" \
     || stage "sft eval" env NANOCHAT_DIR="$NC" "$PY" -m megacontext_plugin.cli eval validate \
         --checkpoint "$RUN_DIR/chatsft_checkpoints/d$DEPTH"
-stage "report" "$PY" -m nanochat.report generate
-say "done in $((SECONDS - START)) s: checkpoints in $RUN_DIR/{base,mid,chatsft}_checkpoints"
+if [ "$UPSTREAM" = master ]; then
+    if [ ${#MC_ARGS[@]} -gt 0 ]; then say "report (the plugin's own: master writes none): $RUN_DIR/report/report.md"
+    else say "no report: master writes none, and without --mc there is no MegaContext validation (what the stages printed: $RUN_DIR/report/log.txt)"; fi
+    say "done in $((SECONDS - START)) s: checkpoints in $RUN_DIR/{base,chatsft}_checkpoints"
+else
+    stage "report" "$PY" -m nanochat.report generate
+    say "report: $RUN_DIR/report/report.md"
+    say "done in $((SECONDS - START)) s: checkpoints in $RUN_DIR/{base,mid,chatsft}_checkpoints"
+fi
 say "evaluate: .venv/bin/megacontext eval long-context --checkpoint $RUN_DIR/base_checkpoints/d$DEPTH --budget $BUDGET"

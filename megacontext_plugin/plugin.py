@@ -15,6 +15,7 @@ starts from, and restored exactly on ``--resume-from-step``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -26,7 +27,7 @@ from megacontext_plugin.arg_errors import one_line_errors
 from megacontext_plugin.checkpoint import CheckpointError, read_matching, restore_settings, state_path, write_state
 from megacontext_plugin.config import ConfigError, MCConfig, config_from_args, explicit_knobs
 from megacontext_plugin.config import register_arguments as _register_config_arguments
-from megacontext_plugin.evaluation.postrun import post_run_validation
+from megacontext_plugin.evaluation.postrun import log_host_section, post_run_validation, report_beside
 from megacontext_plugin.hookspecs import ForwardOverride, hookimpl
 from megacontext_plugin.inference import ChatRuntime, InferenceRuntime, SessionError
 from megacontext_plugin.inference.cli_report import host_is_chat_cli
@@ -328,6 +329,11 @@ class MegaContextPlugin:
         if self.run.training is None:  # base_eval: the aux nets saved beside the checkpoint it loaded
             self.setup_model(model, args, 0, "eval")
         assert self.run.training is not None
+        if report is None and self.run.source is not None and int(os.environ.get("RANK", "0")) == 0:
+            # nanochat without a report (master): the plugin's own, beside the checkpoints the script loaded
+            report = report_beside(self.run.source[0])
+            log_host_section(report, source, {"checkpoint": f"{self.run.source[0]} step {self.run.source[1]}",
+                             "upstream's numbers": "printed by the script (this nanochat writes no report)"})
         post_run_validation(model, tokenizer, self.run.training.controller.nets, source, report)
 
 

@@ -247,10 +247,10 @@ MASTER_SFT = ["--device-type", "cpu", "--device-batch-size", "2", "--max-seq-len
 @pytest.mark.upstream("master")
 def test_master_sft_eval_and_chat_carry_the_megacontext_state(patched: Path, base_dir: Path) -> None:
     """Master's stages (no mid_train): base -> SFT -> chat, and base_eval's post-run validation, offline
-    through master's own dataset cache (``tests/hub_tasks_support.py``)."""
-    from hub_tasks_support import write_hub_tasks
+    through master's own dataset cache (``data.hub_cache``, what ``megacontext tasks --upstream master`` writes)."""
+    from megacontext_plugin.data.hub_cache import write_hub_cache
 
-    write_hub_tasks(base_dir, sft_train=40, sft_val=8)
+    write_hub_cache(base_dir, counts={"mid_train": 1, "mid_val": 1, "sft_train": 40, "sft_val": 8})
     _base_train(patched, base_dir, None, MC)
     base_state = base_dir / "base_checkpoints" / "d2" / "megacontext_000003.pt"
     assert base_state.is_file()
@@ -268,5 +268,12 @@ def test_master_sft_eval_and_chat_carry_the_megacontext_state(patched: Path, bas
     out = _script(patched, base_dir, None, "scripts.base_eval", "--device-type", "cpu", "--eval", "bpb",
                   "--device-batch-size", "2", "--split-tokens", "1024", *MC)
     assert "val bpb:" in out and "MegaContext validation" in out  # master's own results, then ours
+    # master writes no report: the plugin's own, beside the checkpoints, and the script says where
+    report = base_dir / "report"
+    assert f"megacontext: report {report / 'report.md'}" in out
+    section = (report / "base-model-evaluation.md").read_text()
+    assert section.startswith("## Base model evaluation") and "### MegaContext" in section
+    assert "validation-base.png" in section and (report / "megacontext" / "validation-base.png").is_file()
+    assert "## Base model evaluation" in (report / "report.md").read_text()
 
     _script(patched, base_dir, "none", "scripts.chat_sft", *MASTER_SFT)  # without --mc: upstream's script, offline

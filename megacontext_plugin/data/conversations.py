@@ -469,13 +469,18 @@ def write_task_dir(
 
 DESCRIPTION = (
     "Write seeded chat conversations (nanochat CustomJSON JSONL) for mid-training and chat SFT: "
-    "mid_train, mid_val, sft_train and sft_val .jsonl, read by our patch from NANOCHAT_TASK_DIR."
+    "mid_train, mid_val, sft_train and sft_val .jsonl, read by our patch from NANOCHAT_TASK_DIR; with "
+    "--upstream master, the same conversations in master's dataset cache (OUT is the run's NANOCHAT_BASE_DIR)."
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The task flags (shared by ``python -m ...conversations`` and ``megacontext tasks``)."""
-    p.add_argument("--out", required=True, help="output directory (created; our four files are overwritten)")
+    p.add_argument("--out", required=True, help="output directory (created; our four files are overwritten); with "
+                   "--upstream master the run's NANOCHAT_BASE_DIR, whose task_data/ gets the conversations")
+    p.add_argument("--upstream", choices=("pin", "master"), default="pin",
+                   help="the nanochat that reads them: pin (NANOCHAT_TASK_DIR's JSONL files, the default) or master "
+                        "(its dataset cache: SmolTalk = the mid and SFT conversations, MMLU and GSM8K placeholders)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default 0)")
     for split in SPLITS:
         flag = "--" + split.replace("_", "-")
@@ -504,6 +509,17 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     start = time.perf_counter()
+    if args.upstream == "master":
+        from .hub_cache import write_hub_cache
+        try:
+            rows = write_hub_cache(out, seed=args.seed, lengths=lengths, progress=print,
+                                   counts={s: getattr(args, s) for s in SPLITS})
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"tasks: {rows['smoltalk/train']} training and {rows['smoltalk/test']} validation conversations in "
+              f"master's dataset cache {out / 'task_data'} (seed {args.seed}) in {time.perf_counter() - start:.2f} s")
+        return 0
     try:
         counts = write_task_dir(out, seed=args.seed, mid_train=args.mid_train, mid_val=args.mid_val,
                                 sft_train=args.sft_train, sft_val=args.sft_val, lengths=lengths, progress=print)

@@ -8,11 +8,16 @@ The text goes under a ``### MegaContext`` heading at the end of the section the 
 logged (``base-model-evaluation.md``, ``chat-evaluation-{source}.md``), so ``nanochat.report
 generate`` shows it beside upstream's numbers with no change of its own, and ``reset`` removes it
 with upstream's. Nothing in it names an upstream metric (the report's summary greps for those).
+
+Where nanochat writes no report (master, ``report=None``), :class:`RunReport` is the plugin's own in the same
+form, beside the checkpoints (``$NANOCHAT_BASE_DIR/report``): a section file per validated stage and a
+``report.md`` rebuilt from them after each validation.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,68 @@ from .codec import tokenizer_codec
 from .long_context import evaluate
 from .nanochat_model import NanochatArms, validation_budget
 from .report import format_cell
+
+
+class RunReport:
+    """A run's report directory (``$NANOCHAT_BASE_DIR/report``): upstream's ``nanochat.report.Report`` where
+    nanochat has one (the pin), else the plugin's own (master has none), which writes a section in the same
+    form (``## title``, then ``- key: value`` lines) and rebuilds ``report.md`` from its sections."""
+
+    def __init__(self, report_dir: Path) -> None:
+        self.report_dir = str(report_dir)
+        try:
+            from nanochat.report import Report
+        except ImportError:
+            self._upstream = None
+        else:
+            self._upstream = Report(str(report_dir))
+
+    @property
+    def own(self) -> bool:
+        """True where the report is the plugin's (nanochat has no ``nanochat.report``)."""
+        return self._upstream is None
+
+    def log(self, section: str, data: list[dict[str, Any]]) -> None:
+        if self._upstream is not None:
+            self._upstream.log(section=section, data=data)
+            return
+        Path(self.report_dir).mkdir(parents=True, exist_ok=True)
+        lines = [f"## {section}", ""] + [f"- {k}: {v}" for item in data for k, v in item.items()]
+        (Path(self.report_dir) / section_file_name(section)).write_text("\n".join(lines) + "\n\n")
+
+    def generate(self) -> Path:
+        """The plugin's own ``report.md``: its sections in the stages' order (upstream's ``report generate``
+        does this where nanochat has a report)."""
+        out = Path(self.report_dir)
+        parts = ["# MegaContext report", "",
+                 "nanochat at this commit writes no report of its own: its scripts print their numbers (the recipes "
+                 "keep what they printed in `log.txt` here). These are the MegaContext validations of the run's "
+                 "checkpoints.", ""]
+        for source in STAGES:
+            f = out / host_section_file(source)
+            if f.is_file():
+                parts.append(f.read_text(encoding="utf-8"))
+        tmp = out / "report.md.tmp"
+        tmp.write_text("\n".join(parts), encoding="utf-8")
+        os.replace(tmp, out / "report.md")
+        return out / "report.md"
+
+
+STAGES = ("base", "mid", "sft", "rl")
+"""The sources of nanochat's stages in training order (``base_eval``, ``chat_eval -i mid|sft|rl``)."""
+
+
+def report_beside(checkpoint_dir: str | os.PathLike[str]) -> RunReport:
+    """The report of the run a checkpoint directory belongs to (``BASE/base_checkpoints/d4`` -> ``BASE/report``)."""
+    return RunReport(Path(checkpoint_dir).resolve().parent.parent / "report")
+
+
+def log_host_section(report: Any, source: str, data: dict[str, Any]) -> None:
+    """Log the stage's section where the host logged none (an offline SFT checkpoint, master's scripts), so the
+    MegaContext section has one to join; ``data``: what the section says instead of upstream's numbers."""
+    section_file = Path(report.report_dir) / host_section_file(source)
+    if not section_file.is_file():
+        report.log(section_title(source), [data])
 
 
 @dataclass(frozen=True)
@@ -160,6 +227,8 @@ def post_run_validation(model: nn.Module, tokenizer: Any, nets: AuxNets, source:
         with open(section_file, "a", encoding="utf-8") as f:
             f.write("### MegaContext\n\n" + body + "\n")
         print(f"megacontext: validation added to {section_file}")
+    if isinstance(report, RunReport) and report.own:
+        print(f"megacontext: report {report.generate()}")
     return result
 
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..checkpoint import CheckpointError
 from . import nanochat_checkpoint
-from .postrun import host_section_file, post_run_validation, section_file_name, section_title
+from .postrun import log_host_section, post_run_validation, report_beside
 
 SOURCES = {"base_checkpoints": "base", "mid_checkpoints": "mid", "chatsft_checkpoints": "sft",
            "chatrl_checkpoints": "rl"}
@@ -42,28 +41,6 @@ def source_of(checkpoint: Path) -> str | None:
     return SOURCES.get(checkpoint.resolve().parent.name)
 
 
-class _SectionReport:
-    """nanochat's report for the run's directory: upstream's ``Report`` where nanochat has one, else a
-    stand-in that writes a section in the same form (``## title``, then ``- key: value`` lines)."""
-
-    def __init__(self, report_dir: Path) -> None:
-        self.report_dir = str(report_dir)
-        try:
-            from nanochat.report import Report
-        except ImportError:
-            self._upstream = None
-        else:
-            self._upstream = Report(str(report_dir))
-
-    def log(self, section: str, data: list[dict[str, Any]]) -> None:
-        if self._upstream is not None:
-            self._upstream.log(section=section, data=data)
-            return
-        Path(self.report_dir).mkdir(parents=True, exist_ok=True)
-        lines = [f"## {section}", ""] + [f"- {k}: {v}" for item in data for k, v in item.items()]
-        (Path(self.report_dir) / section_file_name(section)).write_text("\n".join(lines) + "\n\n")
-
-
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not args.checkpoint.is_dir():
         parser.error(f"--checkpoint {args.checkpoint}: not a directory (expected a run's checkpoint directory, "
@@ -80,11 +57,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not nc.trained_with_mc:
         parser.error(f"--checkpoint {args.checkpoint}: step {nc.step} was trained without --mc (no "
                      f"megacontext_{nc.step}.pt beside it): there are no aux nets to validate")
-    report = _SectionReport(args.checkpoint.resolve().parent.parent / "report")
-    section_file = Path(report.report_dir) / host_section_file(source)
-    if not section_file.is_file():  # no upstream numbers for this stage: say so where they would be
-        report.log(section_title(source), [{"checkpoint": f"{args.checkpoint} step {nc.step}",
-                            "upstream's tasks": "not run (they download their data); the MegaContext validation only"}])
+    report = report_beside(args.checkpoint)
+    log_host_section(report, source, {"checkpoint": f"{args.checkpoint} step {nc.step}",
+                     "upstream's tasks": "not run (they download their data); the MegaContext validation only"})
     gpt = nc.model.gpt
     post_run_validation(gpt, nc.tokenizer, nc.nets, source, report)
     return 0
