@@ -219,6 +219,36 @@ def test_megacontext_tasks_writes_four_files(tmp_path: Path, capsys: pytest.Capt
     assert [conv.validate_jsonl(tmp_path / "t" / f) for f in FILES] == [6, 2, 4, 2]
 
 
+def test_megacontext_tasks_for_master_writes_the_same_conversations_into_its_dataset_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyarrow.parquet as pq
+
+    from megacontext_plugin.data import hub_cache
+
+    counts = ["--mid-train", "6", "--mid-val", "2", "--sft-train", "4", "--sft-val", "2", "--max-seq-len", "128"]
+    assert cli_main(["tasks", "--out", str(tmp_path / "base"), "--upstream", "master", "--seed", "2", *counts]) == 0
+    assert cli_main(["tasks", "--out", str(tmp_path / "t"), "--seed", "2", *counts]) == 0
+    out = capsys.readouterr().out
+    assert "tasks: 10 training and 4 validation conversations in master's dataset cache" in out
+    cache = tmp_path / "base" / "task_data"
+
+    def rows(dataset: tuple[str, str], split: str) -> list[dict]:
+        folder = cache / dataset[0].replace("/", "--") / dataset[1] / split
+        assert json.loads((folder / "manifest.json").read_text()) == ["00000.parquet"]  # what load_hub_dataset lists
+        return pq.read_table(folder / "00000.parquet").to_pylist()
+
+    def jsonl(name: str) -> list[list[dict]]:
+        return [json.loads(line) for line in (tmp_path / "t" / f"{name}.jsonl").read_text().splitlines()]
+
+    # master has no mid-training: its SFT set is the mid and SFT conversations, the pin's files' very rows
+    assert [r["messages"] for r in rows(hub_cache.SMOLTALK, "train")] == jsonl("mid_train") + jsonl("sft_train")
+    assert [r["messages"] for r in rows(hub_cache.SMOLTALK, "test")] == jsonl("mid_val") + jsonl("sft_val")
+    # chat_sft slices its validation mixture eagerly: the placeholders hold the rows it indexes
+    assert len(rows(hub_cache.MMLU, "test")) == 5200 and len(rows(hub_cache.GSM8K, "test")) == 420
+    assert {"question", "choices", "answer", "subject"} <= set(rows(hub_cache.MMLU, "auxiliary_train")[0])
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [

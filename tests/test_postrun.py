@@ -198,6 +198,47 @@ def test_evaluate_hook_validates_with_mc_and_does_nothing_without(tmp_path: Path
         pm.unregister(plugin)
 
 
+def test_without_nanochats_report_the_evaluate_hook_writes_the_plugins_own_beside_the_checkpoints(
+        tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nanochat master's base_eval and chat_eval pass ``report=None``: the validation goes into the run's report
+    directory, in a section of its own and a ``report.md`` rebuilt from the sections."""
+    import argparse
+    import sys
+
+    import pluggy
+
+    from megacontext_plugin import hookspecs
+    from megacontext_plugin.plugin import MegaContextPlugin
+
+    monkeypatch.setitem(sys.modules, "nanochat.report", None)  # master: no nanochat.report to import
+    monkeypatch.delenv("RANK", raising=False)
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    plugin = MegaContextPlugin()
+    pm.register(plugin)
+    parser = argparse.ArgumentParser()
+    pm.hook.register_arguments(parser=parser)
+    checkpoint = tmp_path / "base" / "base_checkpoints" / "d2"
+    try:
+        on = parser.parse_args(["--mc", "--block_size", "4", "--mc_horizon", "8", "--allocator_recent_tokens", "8",
+                                "--gistnet_heads", "2", "--gistnet_layers", "1", "--lensnet_dim", "16",
+                                "--lensnet_heads", "2", "--lensnet_layers", "1", "--mc_eval_lengths", "2",
+                                "--mc_eval_samples", "1", "--mc_telemetry_dir", str(tmp_path / "none")])
+        pm.hook.adjust_arguments(args=on, stage="eval")
+        pm.hook.load_state(checkpoint_dir=str(checkpoint), step=7)  # the script's load_model, before setup
+        pm.hook.evaluate(model=GPTStandIn(), tokenizer=ByteTokenizer(), args=on, source="base", report=None)
+    finally:
+        plugin.reset()
+        pm.unregister(plugin)
+    report = tmp_path / "base" / "report"
+    assert f"megacontext: report {report / 'report.md'}" in capsys.readouterr().out
+    section = (report / "base-model-evaluation.md").read_text()
+    assert section.startswith(f"## Base model evaluation\n\n- checkpoint: {checkpoint} step 7\n")
+    assert "### MegaContext" in section and (report / "megacontext" / "validation-base.json").is_file()
+    whole = (report / "report.md").read_text()
+    assert whole.startswith("# MegaContext report\n") and section in whole
+
+
 def test_validation_leaves_out_the_lengths_its_budget_cannot_hold(tmp_path: Path, capsys) -> None:
     import dataclasses
 

@@ -299,7 +299,8 @@ for ((i = 0; i < $#; i++)); do
 done
 depth=${{STUB_DEPTH:-${{opt[--depth]}}}}
 case "$*" in
-    "-m megacontext_plugin.cli nanochat verify"*) exit 0 ;;
+    "-m megacontext_plugin.cli nanochat verify"*)
+        echo "$4 (plain directory, nanochat 0000000, the ${{STUB_UPSTREAM:-pin}}): patched" ;;
     "-m megacontext_plugin.cli corpus"*)
         mkdir -p "${{opt[--out]}}"; echo "stub ran: $*"
         for ((i = 0; i < ${{opt[--shards]}}; i++)); do : >"${{opt[--out]}}/$(printf 'shard_%05d.parquet' $i)"; done
@@ -630,6 +631,49 @@ def test_runcpu_quality_resumes_its_plain_phase_and_redoes_a_data_stage_lost_par
     assert " --resume-from-step 20 " in second and " --mc_plain_steps" not in second
     assert sorted(p.name for p in (run_dir / "base_checkpoints" / "d2").glob("model_*")) == [
         "model_000020.pt", "model_000030.pt"]
+
+
+def test_runcpu_quality_on_master_trains_one_sft_stage_and_writes_no_upstream_report(tmp_path: Path) -> None:
+    script, run_dir, env = _quality(tmp_path)
+    env |= {"STUB_UPSTREAM": "master", "MC_Q_MID_STEPS": "6", "MC_Q_SFT_STEPS": "4"}
+    proc = _bash(script, "--mc", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ran = [line.split(" ", 4)[3:] for line in proc.stdout.splitlines() if line.startswith("stub ran: -m ")]
+    assert [r[0] for r in ran] == ["megacontext_plugin.cli", "scripts.tok_train", "megacontext_plugin.cli",
+                                   "megacontext_plugin.cli", "scripts.base_train", "scripts.base_train",
+                                   "scripts.chat_sft", "scripts.base_eval", "megacontext_plugin.cli"]
+    tasks = ran[3][1]
+    assert tasks.startswith(f"tasks --upstream master --out {run_dir} ")  # master's dataset cache, in the run
+    sft = ran[6][1]
+    assert " --num-iterations 10 " in sft and " --init-lr-frac 0.1 " in sft
+    assert " --mmlu-epochs 0 --gsm8k-epochs 0 " in sft and (sft + " ").count(" --mc ") == 1
+    assert " --eval bpb " in ran[7][1]
+    assert "nanochat.report" not in proc.stdout  # master has none: the validations write the plugin's own
+    assert f"runcpu_quality: report (the plugin's own: master writes none): {run_dir}/report/report.md" in proc.stdout
+    stages = [line.rsplit(" ", 1)[0] for line in (run_dir / "stage_seconds.txt").read_text().splitlines()]
+    assert stages == ["data (short documents)", "tokenizer", "data (documents of 1024 tokens)", "tasks",
+                      "base (plain, window 512)", "base (MegaContext, window 1024)", "sft", "base eval", "sft eval"]
+    assert "upstream=master" in (run_dir / "recipe_sizes.txt").read_text().splitlines()
+
+    # a plain phase trained on the other nanochat is refused, in one line, before anything is wiped
+    other = _bash(script, env=env | {"STUB_UPSTREAM": "pin", "MC_Q_FROM_PLAIN": str(run_dir), "MC_Q_STEPS": "5",
+                                     "MC_RUNCPU_DIR": str(tmp_path / "baseline")}, cwd=tmp_path)
+    assert other.returncode == 2 and other.stderr == (f"runcpu_quality: error: MC_Q_FROM_PLAIN={run_dir} was trained "
+                                                      f"on nanochat's master, this tree is pin\n")
+
+
+def test_the_callers_environment_wins_over_mc_env(tmp_path: Path) -> None:
+    script, run_dir, env = _quality(tmp_path)
+    repo = script.parents[1]
+    (repo / ".mc_env").write_text(f"export MC_NANOCHAT={tmp_path / 'from_mc_env'}\nexport WANDB_RUN=from-mc-env\n")
+    (tmp_path / "mine").mkdir()
+    proc = _bash(script, "--mc", env=env | {"MC_NANOCHAT": str(tmp_path / "mine")}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    base_train = _base_trains(proc.stdout)[0]
+    assert " --run from-mc-env " in base_train  # what the caller did not set comes from .mc_env
+    log = (run_dir / "runcpu_quality.log").read_text()
+    assert "stub ran: -m scripts.base_train" in log
+    assert str(tmp_path / "from_mc_env") not in proc.stdout + log
 
 
 @pytest.mark.parametrize("case", ["other_arguments", "other_sizes", "no_ledger", "fresh"])

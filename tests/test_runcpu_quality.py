@@ -130,6 +130,38 @@ def test_the_recipe_runs_every_stage_continues_a_lost_run_and_ends_evaluable(pat
     assert not (run / "base_checkpoints").exists()
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.upstream("master")
+def test_on_master_the_recipe_trains_base_and_sft_and_writes_the_plugins_report(patched: Path,  # noqa: F811
+                                                                                tmp_path: Path) -> None:
+    for module in ("rustbpe", "tokenizers", "psutil", "pyarrow", "filelock"):
+        pytest.importorskip(module, reason=f"upstream's scripts need {module}")
+    run = tmp_path / "run"
+    env = os.environ | TINY | {"MC_NANOCHAT": str(patched), "MC_RUNCPU_DIR": str(run)}
+    proc = subprocess.run(["bash", str(SCRIPT), "--mc"], capture_output=True, text=True, timeout=1200, env=env,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    stages = [line.rsplit(" ", 1)[0] for line in (run / "stage_seconds.txt").read_text().splitlines()]
+    assert stages == ["data (short documents)", "tokenizer", "data (documents of 512 tokens)", "tasks",
+                      "base (plain, window 256)", "base (MegaContext, window 512)", "sft", "base eval", "sft eval"]
+    sft = proc.stdout.split("runcpu_quality: == sft\n")[1].split("runcpu_quality: sft:")[0]
+    assert "Training mixture: " in sft and "GistNet and LensNet loaded from" in sft  # our conversations, base -> SFT
+    assert (run / "chatsft_checkpoints" / "d2" / "megacontext_000004.pt").is_file()  # MID + SFT steps, one stage
+    report = (run / "report" / "report.md").read_text()  # master writes none: the plugin's own
+    assert report.startswith("# MegaContext report") and report.count("### MegaContext") == 2
+    assert "## Base model evaluation" in report and "## Chat evaluation sft" in report
+    assert (run / "report" / "megacontext" / "validation-base.png").is_file()
+    assert f"report (the plugin's own: master writes none): {run}/report/report.md" in proc.stdout
+    evaluate = subprocess.run([sys.executable, "-m", "megacontext_plugin.cli", "eval", "long-context", "--checkpoint",
+                               str(run / "base_checkpoints" / "d2"), "--lengths", "2", "--depths", "0.5",
+                               "--samples", "1", "--recall-docs", "1", "--lens-docs", "0"], capture_output=True,
+                              text=True, timeout=600, env=env | {"PYTHONPATH": str(patched),
+                                                                 "NANOCHAT_DIR": str(patched)})
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    assert all(f"\n{arm}" in evaluate.stdout or f" {arm} " in evaluate.stdout for arm in ("truncation", "mc"))
+
+
 def test_from_plain_refuses_more_steps_than_its_long_documents_hold(tmp_path: Path) -> None:
     source = tmp_path / "source"
     (source / "base_checkpoints" / "d2").mkdir(parents=True)
