@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_arguments(p_config)
     p_config.set_defaults(func=lambda a: _cmd_config(a, p_config))
 
-    from megacontext_plugin.data import conversations, corpus
+    from megacontext_plugin.data import corpus, tasks_cli
     from megacontext_plugin.demo import add_demo_parser
 
     add_demo_parser(sub)
@@ -199,9 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_arguments(p_corpus)
     p_corpus.set_defaults(func=lambda a: corpus.run(a, p_corpus))
     p_tasks = sub.add_parser("tasks", help="write offline chat conversations for nanochat mid-training and SFT",
-                             description=conversations.DESCRIPTION)
-    conversations.add_arguments(p_tasks)
-    p_tasks.set_defaults(func=lambda a: conversations.run(a, p_tasks))
+                             description=tasks_cli.DESCRIPTION)
+    tasks_cli.add_arguments(p_tasks)
+    p_tasks.set_defaults(func=lambda a: tasks_cli.run(a, p_tasks))
     from megacontext_plugin import evaluation
     from megacontext_plugin.training import tiny_recipe
 

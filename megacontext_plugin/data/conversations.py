@@ -35,18 +35,14 @@ stay near the lower end.
 Every conversation is seeded from ``(seed, split, index)``, so the files are the same bytes for
 a seed, and validation splits never share a stream with training splits.
 
-Usage: ``python -m megacontext_plugin.data.conversations --out DIR [--seed N] [--mid-train N] ...``
-(or ``megacontext tasks``).
+Written by ``megacontext tasks`` (``data.tasks_cli``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +50,6 @@ from pathlib import Path
 import numpy as np
 
 from megacontext_plugin.data import tasks
-
-from .arguments import float_at_least, int_at_least
 
 CHARS_PER_TOKEN = 2.3
 """Assumed characters per token of the offline 512-vocabulary tokenizer (measured 2.2-2.3 on these files)."""
@@ -459,84 +453,3 @@ def write_task_dir(
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
     return {f"{split}.jsonl": counts[split] for split in SPLITS}
-
-
-# ----------------------------------------------------------------------------------------------
-# command line
-
-
-
-
-DESCRIPTION = (
-    "Write seeded chat conversations (nanochat CustomJSON JSONL) for mid-training and chat SFT: "
-    "mid_train, mid_val, sft_train and sft_val .jsonl, read by our patch from NANOCHAT_TASK_DIR; with "
-    "--upstream master, the same conversations in master's dataset cache (OUT is the run's NANOCHAT_BASE_DIR)."
-)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The task flags (shared by ``python -m ...conversations`` and ``megacontext tasks``)."""
-    p.add_argument("--out", required=True, help="output directory (created; our four files are overwritten); with "
-                   "--upstream master the run's NANOCHAT_BASE_DIR, whose task_data/ gets the conversations")
-    p.add_argument("--upstream", choices=("pin", "master"), default="pin",
-                   help="the nanochat that reads them: pin (NANOCHAT_TASK_DIR's JSONL files, the default) or master "
-                        "(its dataset cache: SmolTalk = the mid and SFT conversations, MMLU and GSM8K placeholders)")
-    p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default 0)")
-    for split in SPLITS:
-        flag = "--" + split.replace("_", "-")
-        p.add_argument(flag, type=int_at_least(1), default=DEFAULT_COUNTS[split],
-                       help=f"conversations in {split}.jsonl (default {DEFAULT_COUNTS[split]})")
-    p.add_argument("--max-seq-len", type=int_at_least(MIN_TOKENS), default=Lengths.max_seq_len,
-                   help=f"nanochat's --max-seq-len, a length hint in tokens (default {Lengths.max_seq_len})")
-    p.add_argument("--length-factor", type=float_at_least(1.0), default=Lengths.length_factor,
-                   help="longest conversation = factor x max-seq-len tokens at ~3 characters per token "
-                        f"(default {Lengths.length_factor:g})")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m megacontext_plugin.data.conversations", description=DESCRIPTION)
-    add_arguments(p)
-    return p
-
-
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Write the task directory from parsed flags; exit 0, 2 (via ``parser.error``) or 1 with one line."""
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out {args.out} exists and is not a directory")
-    try:
-        lengths = Lengths(args.max_seq_len, args.length_factor)
-    except ValueError as exc:
-        parser.error(str(exc))
-    start = time.perf_counter()
-    if args.upstream == "master":
-        from .hub_cache import write_hub_cache
-        try:
-            rows = write_hub_cache(out, seed=args.seed, lengths=lengths, progress=print,
-                                   counts={s: getattr(args, s) for s in SPLITS})
-        except (OSError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(f"tasks: {rows['smoltalk/train']} training and {rows['smoltalk/test']} validation conversations in "
-              f"master's dataset cache {out / 'task_data'} (seed {args.seed}) in {time.perf_counter() - start:.2f} s")
-        return 0
-    try:
-        counts = write_task_dir(out, seed=args.seed, mid_train=args.mid_train, mid_val=args.mid_val,
-                                sft_train=args.sft_train, sft_val=args.sft_val, lengths=lengths, progress=print)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    size = sum((out / name).stat().st_size for name in counts)
-    print(f"tasks: {sum(counts.values())} conversations in {len(counts)} files, {size:,} bytes, in {out} "
-          f"(seed {args.seed}; {MIN_TOKENS}..{lengths.max_tokens} tokens each at ~{CHARS_PER_TOKEN:g} chars/token) "
-          f"in {time.perf_counter() - start:.2f} s")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    return run(parser.parse_args(argv), parser)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
