@@ -147,7 +147,9 @@ def test_on_master_the_recipe_trains_base_and_sft_and_writes_the_plugins_report(
                       "base (plain, window 256)", "base (MegaContext, window 512)", "sft", "base eval", "sft eval"]
     sft = proc.stdout.split("runcpu_quality: == sft\n")[1].split("runcpu_quality: sft:")[0]
     assert "Training mixture: " in sft and "GistNet and LensNet loaded from" in sft  # our conversations, base -> SFT
-    assert (run / "chatsft_checkpoints" / "d2" / "megacontext_000004.pt").is_file()  # MID + SFT steps, one stage
+    # MC_Q_MID_STEPS + MC_Q_SFT_STEPS = 4 steps in one stage (master saves it under its last step's index, 3)
+    sft_saves = sorted(p.name for p in (run / "chatsft_checkpoints" / "d2").glob("*_000003*"))
+    assert sft_saves == ["megacontext_000003.pt", "meta_000003.json", "model_000003.pt", "optim_000003_rank0.pt"]
     report = (run / "report" / "report.md").read_text()  # master writes none: the plugin's own
     assert report.startswith("# MegaContext report") and report.count("### MegaContext") == 2
     assert "## Base model evaluation" in report and "## Chat evaluation sft" in report
