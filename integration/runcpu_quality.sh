@@ -251,6 +251,9 @@ if [ "$UPSTREAM" = master ]; then
             --max-seq-len "$SEQ" --device-batch-size 4 --total-batch-size $((4 * SEQ)) \
             --num-iterations $((MID_STEPS + SFT_STEPS)) --init-lr-frac "$MID_LR_FRAC" --eval-every $((MID_STEPS + SFT_STEPS)) \
             --eval-tokens 16384 --chatcore-every -1 --mmlu-epochs 0 --gsm8k-epochs 0 ${MC_ARGS[@]+"${MC_ARGS[@]}"}
+    # master's CORE reads its own downloaded bundle: bits per byte, and with --mc the validation
+    mc_skip "base eval" || stage "base eval" "$PY" -m scripts.base_eval "${MODEL[@]}" \
+        --eval bpb --split-tokens 65536 --device-batch-size 4 ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 else
     mc_skip "mid" --checkpoint "$RUN_DIR/mid_checkpoints/d$DEPTH" \
         || stage "mid" "$PY" -m scripts.mid_train "${MODEL[@]}" --run "$RUN" --dtype float32 --max-seq-len "$SEQ" \
@@ -260,11 +263,7 @@ else
         || stage "sft" "$PY" -m scripts.chat_sft "${MODEL[@]}" --run "$RUN" --dtype float32 --device-batch-size 4 \
             --target-examples-per-step 8 --num-iterations "$SFT_STEPS" --eval-every "$SFT_STEPS" --eval-steps 4 \
             --eval-metrics-every -1 ${MC_ARGS[@]+"${MC_ARGS[@]}"}
-fi
-if [ "$UPSTREAM" = master ]; then  # master's CORE reads its own eval bundle: bits per byte, and with --mc the validation
-    mc_skip "base eval" || stage "base eval" "$PY" -m scripts.base_eval "${MODEL[@]}" \
-        --eval bpb --split-tokens 65536 --device-batch-size 4 ${MC_ARGS[@]+"${MC_ARGS[@]}"}
-else  # upstream's CORE on a local one-task bundle (its own downloads)
+    # upstream's CORE on a local one-task bundle (its own downloads)
     "$PY" -c "from megacontext_plugin.data.core_bundle import write_core_bundle; write_core_bundle('$RUN_DIR')"
     mc_skip "base eval" || stage "base eval" "$PY" -m scripts.base_eval ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 fi

@@ -15,7 +15,6 @@ starts from, and restored exactly on ``--resume-from-step``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -36,7 +35,7 @@ from megacontext_plugin.nets import AuxNets, model_device, model_dims
 from megacontext_plugin.telemetry import TelemetryConfigError
 from megacontext_plugin.training import MCBatch, MCController
 from megacontext_plugin.training.curriculum import adjusted_device_batch, adjusted_iterations, mid_loader_iterations
-from megacontext_plugin.training.monitor import TrainingMonitor
+from megacontext_plugin.training.monitor import TrainingMonitor, dist_info
 from megacontext_plugin.training.run import TrainingRun
 
 
@@ -329,7 +328,7 @@ class MegaContextPlugin:
         if self.run.training is None:  # base_eval: the aux nets saved beside the checkpoint it loaded
             self.setup_model(model, args, 0, "eval")
         assert self.run.training is not None
-        if report is None and self.run.source is not None and int(os.environ.get("RANK", "0")) == 0:
+        if report is None and self.run.source is not None and dist_info()[0] == 0:
             # nanochat without a report (master): the plugin's own, beside the checkpoints the script loaded
             report = report_beside(self.run.source[0])
             log_host_section(report, source, {"checkpoint": f"{self.run.source[0]} step {self.run.source[1]}",

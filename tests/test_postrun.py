@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -163,7 +165,16 @@ def test_read_curves_takes_losses_probe_and_timing_from_the_jsonl(tmp_path: Path
                       "lod2_loss": [(3, 3.0)], "swap_rate": [(3, 0.0)], "residency": [(3, 1.0)]}
 
 
-def test_evaluate_hook_validates_with_mc_and_does_nothing_without(tmp_path: Path, capsys) -> None:
+EVAL_KNOBS = ["--mc", "--block_size", "4", "--mc_horizon", "8", "--allocator_recent_tokens", "8",
+              "--gistnet_heads", "2", "--gistnet_layers", "1", "--lensnet_dim", "16", "--lensnet_heads", "2",
+              "--lensnet_layers", "1", "--mc_eval_lengths", "2", "--mc_eval_samples", "1"]
+"""An eval stage's --mc flags, small enough for the stand-in (``--mc_telemetry_dir`` added per test)."""
+
+
+@pytest.fixture
+def hooks() -> Iterator[tuple[Any, Any, Any]]:
+    """``(pm, plugin, parser)``: the plugin registered as nanochat's hosts register it, its flags on ``parser``;
+    reset and unregistered after the test."""
     import argparse
 
     import pluggy
@@ -177,59 +188,43 @@ def test_evaluate_hook_validates_with_mc_and_does_nothing_without(tmp_path: Path
     pm.register(plugin)
     parser = argparse.ArgumentParser()
     pm.hook.register_arguments(parser=parser)
-    report = Report(tmp_path / "report")
-    (tmp_path / "report" / "chat-evaluation-sft.md").write_text("## Chat evaluation sft\n\n")
     try:
-        off = parser.parse_args([])
-        pm.hook.adjust_arguments(args=off, stage="eval")
-        pm.hook.evaluate(model=GPTStandIn(), tokenizer=ByteTokenizer(), args=off, source="sft", report=report)
-        assert plugin.controller is None and "MegaContext" not in capsys.readouterr().out
-        on = parser.parse_args(["--mc", "--block_size", "4", "--mc_horizon", "8", "--allocator_recent_tokens", "8",
-                                "--gistnet_heads", "2", "--gistnet_layers", "1", "--lensnet_dim", "16",
-                                "--lensnet_heads", "2", "--lensnet_layers", "1", "--mc_eval_lengths", "2",
-                                "--mc_eval_samples", "1", "--mc_telemetry_dir", str(tmp_path / "none")])
-        pm.hook.adjust_arguments(args=on, stage="eval")
-        pm.hook.evaluate(model=GPTStandIn(), tokenizer=ByteTokenizer(), args=on, source="sft", report=report)
-        assert plugin.controller is not None and plugin.monitor is None  # an eval stage trains nothing
-        assert "MegaContext validation: budget W=" in capsys.readouterr().out
-        assert "### MegaContext" in (tmp_path / "report" / "chat-evaluation-sft.md").read_text()
+        yield pm, plugin, parser
     finally:
         plugin.reset()
         pm.unregister(plugin)
+
+
+def test_evaluate_hook_validates_with_mc_and_does_nothing_without(tmp_path: Path, capsys, hooks) -> None:
+    pm, plugin, parser = hooks
+    report = Report(tmp_path / "report")
+    (tmp_path / "report" / "chat-evaluation-sft.md").write_text("## Chat evaluation sft\n\n")
+    off = parser.parse_args([])
+    pm.hook.adjust_arguments(args=off, stage="eval")
+    pm.hook.evaluate(model=GPTStandIn(), tokenizer=ByteTokenizer(), args=off, source="sft", report=report)
+    assert plugin.controller is None and "MegaContext" not in capsys.readouterr().out
+    on = parser.parse_args([*EVAL_KNOBS, "--mc_telemetry_dir", str(tmp_path / "none")])
+    pm.hook.adjust_arguments(args=on, stage="eval")
+    pm.hook.evaluate(model=GPTStandIn(), tokenizer=ByteTokenizer(), args=on, source="sft", report=report)
+    assert plugin.controller is not None and plugin.monitor is None  # an eval stage trains nothing
+    assert "MegaContext validation: budget W=" in capsys.readouterr().out
+    assert "### MegaContext" in (tmp_path / "report" / "chat-evaluation-sft.md").read_text()
 
 
 def test_without_nanochats_report_the_evaluate_hook_writes_the_plugins_own_beside_the_checkpoints(
-        tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, hooks) -> None:
     """nanochat master's base_eval and chat_eval pass ``report=None``: the validation goes into the run's report
     directory, in a section of its own and a ``report.md`` rebuilt from the sections."""
-    import argparse
     import sys
 
-    import pluggy
-
-    from megacontext_plugin import hookspecs
-    from megacontext_plugin.plugin import MegaContextPlugin
-
+    pm, _, parser = hooks
     monkeypatch.setitem(sys.modules, "nanochat.report", None)  # master: no nanochat.report to import
     monkeypatch.delenv("RANK", raising=False)
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    plugin = MegaContextPlugin()
-    pm.register(plugin)
-    parser = argparse.ArgumentParser()
-    pm.hook.register_arguments(parser=parser)
     checkpoint = tmp_path / "base" / "base_checkpoints" / "d2"
-    try:
-        on = parser.parse_args(["--mc", "--block_size", "4", "--mc_horizon", "8", "--allocator_recent_tokens", "8",
-                                "--gistnet_heads", "2", "--gistnet_layers", "1", "--lensnet_dim", "16",
-                                "--lensnet_heads", "2", "--lensnet_layers", "1", "--mc_eval_lengths", "2",
-                                "--mc_eval_samples", "1", "--mc_telemetry_dir", str(tmp_path / "none")])
-        pm.hook.adjust_arguments(args=on, stage="eval")
-        pm.hook.load_state(checkpoint_dir=str(checkpoint), step=7)  # the script's load_model, before setup
-        pm.hook.evaluate(model=GPTStandIn(), tokenizer=ByteTokenizer(), args=on, source="base", report=None)
-    finally:
-        plugin.reset()
-        pm.unregister(plugin)
+    on = parser.parse_args([*EVAL_KNOBS, "--mc_telemetry_dir", str(tmp_path / "none")])
+    pm.hook.adjust_arguments(args=on, stage="eval")
+    pm.hook.load_state(checkpoint_dir=str(checkpoint), step=7)  # the script's load_model, before setup
+    pm.hook.evaluate(model=GPTStandIn(), tokenizer=ByteTokenizer(), args=on, source="base", report=None)
     report = tmp_path / "base" / "report"
     assert f"megacontext: report {report / 'report.md'}" in capsys.readouterr().out
     section = (report / "base-model-evaluation.md").read_text()

@@ -25,7 +25,7 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The task flags (shared by ``python -m ...conversations`` and ``megacontext tasks``)."""
+    """The task flags (shared by ``python -m ...tasks_cli`` and ``megacontext tasks``)."""
     p.add_argument("--out", required=True, help="output directory (created; our four files are overwritten); with "
                    "--upstream master the run's NANOCHAT_BASE_DIR, whose task_data/ gets the conversations")
     p.add_argument("--upstream", choices=("pin", "master"), default="pin",
@@ -59,28 +59,23 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     start = time.perf_counter()
-    if args.upstream == "master":
-        try:
-            rows = write_hub_cache(out, seed=args.seed, lengths=lengths, progress=print,
-                                   counts={s: getattr(args, s) for s in SPLITS})
-        except (OSError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(f"tasks: {rows['smoltalk/train']} training and {rows['smoltalk/test']} validation conversations in "
-              f"master's dataset cache {out / 'task_data'} (seed {args.seed}) in {time.perf_counter() - start:.2f} s")
-        return 0
+    per_split = {s: getattr(args, s) for s in SPLITS}
     try:
-        counts = write_task_dir(out, seed=args.seed, mid_train=args.mid_train, mid_val=args.mid_val,
-                                sft_train=args.sft_train, sft_val=args.sft_val, lengths=lengths, progress=print)
+        if args.upstream == "master":
+            rows = write_hub_cache(out, seed=args.seed, lengths=lengths, progress=print, counts=per_split)
+            summary = (f"{rows['smoltalk/train']} training and {rows['smoltalk/test']} validation conversations in "
+                       f"master's dataset cache {out / 'task_data'} (seed {args.seed})")
+        else:
+            counts = write_task_dir(out, seed=args.seed, lengths=lengths, progress=print, **per_split)
+            size = sum((out / name).stat().st_size for name in counts)
+            summary = (f"{sum(counts.values())} conversations in {len(counts)} files, {size:,} bytes, in {out} "
+                       f"(seed {args.seed}; {MIN_TOKENS}..{lengths.max_tokens} tokens each at ~{CHARS_PER_TOKEN:g} "
+                       "chars/token)")
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    size = sum((out / name).stat().st_size for name in counts)
-    print(f"tasks: {sum(counts.values())} conversations in {len(counts)} files, {size:,} bytes, in {out} "
-          f"(seed {args.seed}; {MIN_TOKENS}..{lengths.max_tokens} tokens each at ~{CHARS_PER_TOKEN:g} chars/token) "
-          f"in {time.perf_counter() - start:.2f} s")
+    print(f"tasks: {summary} in {time.perf_counter() - start:.2f} s")
     return 0
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()

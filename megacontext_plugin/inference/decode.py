@@ -78,9 +78,9 @@ class SpecialTokens:
         """Whether ``token`` completes a row (upstream's rule: ``<|assistant_end|>`` or ``<|bos|>``)."""
         return token in (self.assistant_end, self.bos)
 
-    def in_answer(self, token: int) -> int:
-        """``token`` as an answer holds it: a role token becomes ``<|assistant_end|>`` (D49)."""
-        return self.assistant_end if token in self.roles else token
+    def leaves_turn(self, token: int) -> bool:
+        """Whether ``token`` is a role token: sampled inside an answer, it becomes ``<|assistant_end|>`` (D49)."""
+        return token in self.roles
 
 
 @dataclass
@@ -141,8 +141,8 @@ def decode_stream(sessions: Sequence[MCSession], first_logits: Callable[[], Sequ
                 forced = len(row.forced) > 0
                 if forced:
                     token = row.forced.popleft()
-                elif specials.in_answer(token) != token:  # the model left its turn: the answer ends here (D49)
-                    token, forced = specials.in_answer(token), True
+                elif specials.leaves_turn(token):  # the model left its turn: the answer ends here (D49)
+                    token, forced = specials.assistant_end, True
                 column.append(token)
                 masks.append(0 if forced else 1)
                 if specials.ends_row(token):
@@ -173,8 +173,8 @@ def ending_at_role_tokens(stream: Iterator[tuple[list[int], list[int]]], special
         for i, token in enumerate(column):
             if completed[i]:
                 continue
-            if specials.in_answer(token) != token:
-                column[i], masks[i] = specials.in_answer(token), 0
+            if specials.leaves_turn(token):
+                column[i], masks[i] = specials.assistant_end, 0
             completed[i] = specials.ends_row(column[i])
         yield column, masks
         if all(completed):

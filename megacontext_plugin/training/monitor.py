@@ -113,7 +113,7 @@ class TrainingMonitor:
         alerts quiet for the first ``alert_warmup`` steps. Returns the monitor and a line saying
         where events go. Raises ``TelemetryConfigError`` for an OTLP configuration mistake."""
         cfg = controller.cfg
-        rank, world = _dist_info()
+        rank, world = dist_info()
         if rank == 0 and cfg.mc_telemetry_every > 0:
             provider, run_id, where = make_run_provider(cfg.mc_telemetry, stage,
                                                         telemetry_dir=cfg.mc_telemetry_dir or None)
@@ -405,7 +405,7 @@ def pref_debug(losses: MCLosses, adv_var_ema: torch.Tensor | None) -> dict[str, 
     return attrs
 
 
-def _dist_info() -> tuple[int, int]:
+def dist_info() -> tuple[int, int]:
     """``(rank, world_size)``: torch.distributed when initialised, else torchrun's variables, else (0, 1)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
