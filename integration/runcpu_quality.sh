@@ -29,8 +29,8 @@
 # MC_Q_FROM_PLAIN=DIR starts from another run's data, tokenizer and plain phase (the same sizes): the
 # second phase's ablations share one plain phase.
 # On nanochat master (a patched master tree in .mc/nanochat: integration/mc_setup --upstream master), which has no
-# mid_train and no report: one chat_sft stage of MC_Q_MID_STEPS + MC_Q_SFT_STEPS steps at mid's learning rate on
-# the same conversations (written into master's dataset cache), and the report is the plugin's own (--mc).
+# mid_train and no report: one chat_sft stage of MC_Q_CHAT_STEPS steps at mid's learning rate on the same
+# conversations (those that fit one row: master's dataset cache, D52), and the report is the plugin's own (--mc).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -54,6 +54,7 @@ VOCAB=${MC_Q_VOCAB:-2048}
 MID_STEPS=${MC_Q_MID_STEPS:-60}
 MID_LR_FRAC=${MC_Q_MID_LR_FRAC:-0.1}   # mid_train's --init-lr-frac: at upstream's 1.0 mid erases the base model's retrieval (D47)
 SFT_STEPS=${MC_Q_SFT_STEPS:-40}
+CHAT_STEPS=${MC_Q_CHAT_STEPS:-300}     # master's one chat_sft stage (for mid and SFT; docs/research-log.md, run f300)
 # short documents: about 216 tokens each (measured at vocabulary 2,048) plus BOS and what best-fit packing crops,
 # so that the plain phase never reaches the long documents; documents of exactly SEQ tokens for the second phase,
 # one per row, with room to spare (the dataloader never wraps around to the short ones)
@@ -110,7 +111,7 @@ fi
 SIZES=$(printf '%s\n' "seq_plain=$SEQ_PLAIN" "seq=$SEQ" "budget=$BUDGET" "plain_steps=$PLAIN_STEPS" \
     "long_plain_steps=$LONG_PLAIN" "steps=$STEPS" "plain_batch_tokens=$PLAIN_BATCH_TOKENS" "batch_tokens=$BATCH_TOKENS" \
     "depth=$DEPTH" "vocab=$VOCAB" "mid_steps=$MID_STEPS" "mid_lr_frac=$MID_LR_FRAC" "sft_steps=$SFT_STEPS" \
-    "warmup_docs=$WARMUP_DOCS" "long_docs=$LONG_DOCS" "mix=$MIX" "from_plain=$FROM_PLAIN" "upstream=$UPSTREAM")
+    "chat_steps=$CHAT_STEPS" "warmup_docs=$WARMUP_DOCS" "long_docs=$LONG_DOCS" "mix=$MIX" "from_plain=$FROM_PLAIN" "upstream=$UPSTREAM")
 
 other_sizes() {  # what the run in RUN_DIR was sized otherwise, from its recipe_sizes.txt: "key=old (now new), ..."
     local kv old
@@ -208,7 +209,8 @@ else
         || stage "data (documents of $SEQ tokens)" long_documents
     if [ "$UPSTREAM" = master ]; then  # master reads its chat data from its dataset cache
         mc_skip "tasks" "$RUN_DIR/task_data" \
-            || stage "tasks" "$PY" -m megacontext_plugin.cli tasks --upstream master --out "$RUN_DIR" --max-seq-len "$SEQ"
+            || stage "tasks" "$PY" -m megacontext_plugin.cli tasks --upstream master --out "$RUN_DIR" --max-seq-len "$SEQ" \
+                --tokenizer "$RUN_DIR/tokenizer"
     else
         mc_skip "tasks" "$NANOCHAT_TASK_DIR" \
             || stage "tasks" "$PY" -m megacontext_plugin.cli tasks --out "$NANOCHAT_TASK_DIR" --max-seq-len "$SEQ"
@@ -249,7 +251,7 @@ if [ "$UPSTREAM" = master ]; then
     mc_skip "sft" --checkpoint "$RUN_DIR/chatsft_checkpoints/d$DEPTH" \
         || stage "sft" "$PY" -m scripts.chat_sft "${MODEL[@]}" --run "$RUN" \
             --max-seq-len "$SEQ" --device-batch-size 4 --total-batch-size $((4 * SEQ)) \
-            --num-iterations $((MID_STEPS + SFT_STEPS)) --init-lr-frac "$MID_LR_FRAC" --eval-every $((MID_STEPS + SFT_STEPS)) \
+            --num-iterations "$CHAT_STEPS" --init-lr-frac "$MID_LR_FRAC" --eval-every "$CHAT_STEPS" \
             --eval-tokens 16384 --chatcore-every -1 --mmlu-epochs 0 --gsm8k-epochs 0 ${MC_ARGS[@]+"${MC_ARGS[@]}"}
     # master's CORE reads its own downloaded bundle: bits per byte, and with --mc the validation
     mc_skip "base eval" || stage "base eval" "$PY" -m scripts.base_eval "${MODEL[@]}" \

@@ -33,13 +33,24 @@ def _nanochat_upstream() -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the tests of the other upstream; then the ``slow`` tests first, longest first: under
+    ``--dist worksteal`` (pyproject's addopts) each long pole starts at once on a worker of its own while the
+    other workers take the rest, instead of starting last and running alone (the README-commands test is
+    most of the pin's integration time)."""
     name = _nanochat_upstream()
-    if name is None:
-        return
-    other = [item for item in items if (m := item.get_closest_marker("upstream")) is not None and m.args[0] != name]
-    if other:
-        config.hook.pytest_deselected(items=other)
-        items[:] = [item for item in items if item not in other]
+    if name is not None:
+        other = [item for item in items
+                 if (m := item.get_closest_marker("upstream")) is not None and m.args[0] != name]
+        if other:
+            config.hook.pytest_deselected(items=other)
+            items[:] = [item for item in items if item not in other]
+    items.sort(key=_expected_minutes, reverse=True)
+
+
+def _expected_minutes(item: pytest.Item) -> float:
+    """``slow(minutes=M)``'s M (1 for a bare ``slow``), 0 for the rest: the longest start first."""
+    marker = item.get_closest_marker("slow")
+    return 0.0 if marker is None else float(marker.kwargs.get("minutes", 1))
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from megacontext_plugin.evaluation.chat_conversations import (
     MIN_FILLER_TOKENS,
     ChatTokens,
     fact_found,
+    fact_span,
     make_conversations,
     prompt_ids,
     prompt_tokens,
@@ -72,6 +73,22 @@ def test_the_fact_counts_only_as_a_whole_word() -> None:
     assert fact_found("The pass key is 48213.", "48213") and fact_found("Your dog is called kel.", "kel")
     assert not fact_found("The pass key is 148213.", "48213") and not fact_found("a kelp", "kel")
     assert not fact_found("The pass key is 4821.", "48213")
+
+
+def test_the_fact_span_points_at_the_facts_tokens_in_the_prompt() -> None:
+    for c in make_conversations(4, 600, 9, _count, 1.0):  # one byte per token: the span is exact
+        lo, hi = fact_span(c.messages, c.fact, _bytes)
+        assert bytes(b - 10 for b in prompt_ids(c.messages, _bytes, CHAT)[lo:hi]).decode() == c.fact
+
+    def words(text: str) -> list[int]:  # a coarser tokenizer that glues a space to the word after it
+        return [sum(map(ord, w)) + 10 for w in text.replace(" ", "\0 ").split("\0") if w]
+
+    plant = ({"role": "user", "content": "Remember this. My dog is called kel."},)
+    lo, hi = fact_span(plant, "kel", words)
+    ids = prompt_ids(plant, words, CHAT)
+    assert (lo, hi) == (8, 9) and ids[lo] == words(" kel.")[0]  # " kel." is the fact's token, the space in it
+    with pytest.raises(ValueError, match="does not hold the fact"):
+        fact_span(plant, "dub", words)
 
 
 def test_prompt_ids_render_as_chat_cli_does() -> None:

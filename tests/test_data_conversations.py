@@ -219,34 +219,89 @@ def test_megacontext_tasks_writes_four_files(tmp_path: Path, capsys: pytest.Capt
     assert [conv.validate_jsonl(tmp_path / "t" / f) for f in FILES] == [6, 2, 4, 2]
 
 
-def test_megacontext_tasks_for_master_writes_the_same_conversations_into_its_dataset_cache(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+class CharCodec:
+    """A tokenizer of one token per character, as ``tokenizer.pkl`` (pickled; ``corpus.load_tokenizer`` reads it)."""
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(map(chr, ids))
+
+
+def _cache_rows(cache: Path, dataset: tuple[str, str], split: str) -> list[dict]:
     import pyarrow.parquet as pq
 
+    folder = cache / dataset[0].replace("/", "--") / dataset[1] / split
+    assert json.loads((folder / "manifest.json").read_text()) == ["00000.parquet"]  # what load_hub_dataset lists
+    return pq.read_table(folder / "00000.parquet").to_pylist()
+
+
+def _fitting(seed: int, split: str, count: int, max_seq_len: int, tokens) -> list[list[dict]]:
+    """The first ``count`` conversations of the pin's seeded stream that fit a row of ``max_seq_len + 1``."""
+    from megacontext_plugin.data.hub_cache import rendered_tokens
+
+    stream = conv.generate_conversations(seed, split, 50 * count, None, conv.Lengths(max_seq_len))
+    return [list(c.messages) for c in stream if rendered_tokens(c.messages, tokens) <= max_seq_len + 1][:count]
+
+
+def test_megacontext_tasks_for_master_writes_the_pins_conversations_that_fit_its_rows_into_its_dataset_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from megacontext_plugin.data import hub_cache
 
     counts = ["--mid-train", "6", "--mid-val", "2", "--sft-train", "4", "--sft-val", "2", "--max-seq-len", "128"]
     assert cli_main(["tasks", "--out", str(tmp_path / "base"), "--upstream", "master", "--seed", "2", *counts]) == 0
-    assert cli_main(["tasks", "--out", str(tmp_path / "t"), "--seed", "2", *counts]) == 0
     out = capsys.readouterr().out
     assert "tasks: 10 training and 4 validation conversations in master's dataset cache" in out
+    # master's best-fit loader never crops: a conversation longer than a row would clog its buffer for good
+    assert re.search(r"mid_train: 6 conversations that fit a row of 129 tokens, \d+ longer ones left out", out)
     cache = tmp_path / "base" / "task_data"
-
-    def rows(dataset: tuple[str, str], split: str) -> list[dict]:
-        folder = cache / dataset[0].replace("/", "--") / dataset[1] / split
-        assert json.loads((folder / "manifest.json").read_text()) == ["00000.parquet"]  # what load_hub_dataset lists
-        return pq.read_table(folder / "00000.parquet").to_pylist()
-
-    def jsonl(name: str) -> list[list[dict]]:
-        return [json.loads(line) for line in (tmp_path / "t" / f"{name}.jsonl").read_text().splitlines()]
-
-    # master has no mid-training: its SFT set is the mid and SFT conversations, the pin's files' very rows
-    assert [r["messages"] for r in rows(hub_cache.SMOLTALK, "train")] == jsonl("mid_train") + jsonl("sft_train")
-    assert [r["messages"] for r in rows(hub_cache.SMOLTALK, "test")] == jsonl("mid_val") + jsonl("sft_val")
+    train = [r["messages"] for r in _cache_rows(cache, hub_cache.SMOLTALK, "train")]
+    test = [r["messages"] for r in _cache_rows(cache, hub_cache.SMOLTALK, "test")]
+    # master has no mid-training: its SFT set is the mid and SFT conversations, the pin's stream's very rows
+    est = hub_cache.estimated_tokens
+    assert train == _fitting(2, "mid_train", 6, 128, est) + _fitting(2, "sft_train", 4, 128, est)
+    assert test == _fitting(2, "mid_val", 2, 128, est) + _fitting(2, "sft_val", 2, 128, est)
+    assert all(hub_cache.rendered_tokens(m, est) <= 129 for m in train + test)
     # chat_sft slices its validation mixture eagerly: the placeholders hold the rows it indexes
-    assert len(rows(hub_cache.MMLU, "test")) == 5200 and len(rows(hub_cache.GSM8K, "test")) == 420
-    assert {"question", "choices", "answer", "subject"} <= set(rows(hub_cache.MMLU, "auxiliary_train")[0])
+    assert len(_cache_rows(cache, hub_cache.MMLU, "test")) == 5200
+    assert len(_cache_rows(cache, hub_cache.GSM8K, "test")) == 420
+    assert {"question", "choices", "answer", "subject"} <= set(_cache_rows(cache, hub_cache.MMLU, "auxiliary_train")[0])
+
+
+def test_megacontext_tasks_for_master_counts_rows_with_the_runs_tokenizer(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import pickle
+
+    from megacontext_plugin.data import hub_cache
+
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.pkl").write_bytes(pickle.dumps(CharCodec()))
+    argv = ["tasks", "--out", str(tmp_path / "base"), "--upstream", "master", "--mid-train", "5", "--mid-val", "1",
+            "--sft-train", "3", "--sft-val", "1", "--max-seq-len", "512", "--tokenizer", str(tmp_path / "tok")]
+    assert cli_main(argv) == 0
+    train = [r["messages"] for r in _cache_rows(tmp_path / "base" / "task_data", hub_cache.SMOLTALK, "train")]
+    assert train == _fitting(0, "mid_train", 5, 512, len) + _fitting(0, "sft_train", 3, 512, len)
+    # one token per character counts more tokens than the estimate: fewer conversations fit
+    assert _fitting(0, "mid_train", 5, 512, len) != _fitting(0, "mid_train", 5, 512, hub_cache.estimated_tokens)
+    assert "left out" in capsys.readouterr().out
+
+
+def test_megacontext_tasks_refuses_what_master_cannot_hold_in_one_line(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from megacontext_plugin.data import hub_cache
+
+    with pytest.raises(ValueError, match=r"mid_train: only 0 of 20 conversations fit master's rows of 257 tokens"):
+        hub_cache.write_hub_cache(tmp_path / "a", counts={"mid_train": 1}, lengths=conv.Lengths(256),
+                                  count_tokens=lambda text: 10**6)
+    with pytest.raises(SystemExit) as e:
+        cli_main(["tasks", "--out", str(tmp_path / "b"), "--tokenizer", str(tmp_path)])
+    assert e.value.code == 2
+    assert "--tokenizer: only with --upstream master" in capsys.readouterr().err
+    assert cli_main(["tasks", "--out", str(tmp_path / "c"), "--upstream", "master", "--tokenizer",
+                     str(tmp_path / "none")]) == 1
+    assert "tokenizer.pkl not found" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

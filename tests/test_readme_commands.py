@@ -75,7 +75,7 @@ def _serve(command: str, cwd: Path, env: dict[str, str], question: str) -> str:
 
 
 @pytest.mark.integration
-@pytest.mark.slow
+@pytest.mark.slow(minutes=16)
 @pytest.mark.upstream("pin")  # runcpu.sh runs the pin's scripts (mid_train); master has none
 def test_every_readme_command_works_on_the_main_jobs_output(patched: Path, tmp_path: Path) -> None:  # noqa: F811
     for module in ("rustbpe", "tokenizers", "psutil", "pyarrow", "filelock", "fastapi", "uvicorn"):

@@ -635,7 +635,7 @@ def test_runcpu_quality_resumes_its_plain_phase_and_redoes_a_data_stage_lost_par
 
 def test_runcpu_quality_on_master_trains_one_sft_stage_and_writes_no_upstream_report(tmp_path: Path) -> None:
     script, run_dir, env = _quality(tmp_path)
-    env |= {"STUB_UPSTREAM": "master", "MC_Q_MID_STEPS": "6", "MC_Q_SFT_STEPS": "4"}
+    env |= {"STUB_UPSTREAM": "master", "MC_Q_MID_STEPS": "6", "MC_Q_SFT_STEPS": "4", "MC_Q_CHAT_STEPS": "10"}
     proc = _bash(script, "--mc", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ran = [line.split(" ", 4)[3:] for line in proc.stdout.splitlines() if line.startswith("stub ran: -m ")]
@@ -644,6 +644,7 @@ def test_runcpu_quality_on_master_trains_one_sft_stage_and_writes_no_upstream_re
                                    "scripts.chat_sft", "scripts.base_eval", "megacontext_plugin.cli"]
     tasks = ran[3][1]
     assert tasks.startswith(f"tasks --upstream master --out {run_dir} ")  # master's dataset cache, in the run
+    assert tasks.endswith(f" --tokenizer {run_dir}/tokenizer")  # rows counted as master's loader will (D52)
     sft = ran[6][1]
     assert " --num-iterations 10 " in sft and " --init-lr-frac 0.1 " in sft
     assert " --mmlu-epochs 0 --gsm8k-epochs 0 " in sft and (sft + " ").count(" --mc ") == 1

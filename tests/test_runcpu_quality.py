@@ -20,8 +20,8 @@ from test_nanochat_hooks import patched  # noqa: F401 (fixture)
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "integration" / "runcpu_quality.sh"
 TINY = {"MC_Q_PLAIN_STEPS": "4", "MC_Q_LONG_PLAIN_STEPS": "2", "MC_Q_STEPS": "3", "MC_Q_WARMUP_DOCS": "600",
-        "MC_Q_LONG_DOCS": "80",
-        "MC_Q_MID_STEPS": "2", "MC_Q_SFT_STEPS": "2", "MC_Q_SEQ_PLAIN": "256", "MC_Q_SEQ": "512",
+        "MC_Q_LONG_DOCS": "80", "MC_Q_MID_STEPS": "2", "MC_Q_SFT_STEPS": "2", "MC_Q_CHAT_STEPS": "4",
+        "MC_Q_SEQ_PLAIN": "256", "MC_Q_SEQ": "512",
         "MC_Q_BATCH_TOKENS": "2048", "MC_Q_PLAIN_BATCH_TOKENS": "1024", "MC_Q_VOCAB": "512", "OMP_NUM_THREADS": "1"}
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="the recipes are bash scripts")
@@ -37,7 +37,7 @@ def test_knobs_without_mc_are_refused_before_any_work(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.slow
+@pytest.mark.slow(minutes=4)
 @pytest.mark.upstream("pin")  # the recipe runs the pin's scripts (mid_train); master has none
 def test_the_recipe_runs_every_stage_continues_a_lost_run_and_ends_evaluable(patched: Path,  # noqa: F811
                                                                               tmp_path: Path) -> None:
@@ -131,7 +131,7 @@ def test_the_recipe_runs_every_stage_continues_a_lost_run_and_ends_evaluable(pat
 
 
 @pytest.mark.integration
-@pytest.mark.slow
+@pytest.mark.slow(minutes=3)
 @pytest.mark.upstream("master")
 def test_on_master_the_recipe_trains_base_and_sft_and_writes_the_plugins_report(patched: Path,  # noqa: F811
                                                                                 tmp_path: Path) -> None:
@@ -147,7 +147,7 @@ def test_on_master_the_recipe_trains_base_and_sft_and_writes_the_plugins_report(
                       "base (plain, window 256)", "base (MegaContext, window 512)", "sft", "base eval", "sft eval"]
     sft = proc.stdout.split("runcpu_quality: == sft\n")[1].split("runcpu_quality: sft:")[0]
     assert "Training mixture: " in sft and "GistNet and LensNet loaded from" in sft  # our conversations, base -> SFT
-    # MC_Q_MID_STEPS + MC_Q_SFT_STEPS = 4 steps in one stage (master saves it under its last step's index, 3)
+    # MC_Q_CHAT_STEPS = 4 steps in one stage (master saves it under its last step's index, 3)
     sft_saves = sorted(p.name for p in (run / "chatsft_checkpoints" / "d2").glob("*_000003*"))
     assert sft_saves == ["megacontext_000003.pt", "meta_000003.json", "model_000003.pt", "optim_000003_rank0.pt"]
     report = (run / "report" / "report.md").read_text()  # master writes none: the plugin's own

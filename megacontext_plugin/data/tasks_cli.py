@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .arguments import float_at_least, int_at_least
 from .conversations import CHARS_PER_TOKEN, DEFAULT_COUNTS, MIN_TOKENS, SPLITS, Lengths, write_task_dir
-from .hub_cache import write_hub_cache
+from .corpus import load_tokenizer
+from .hub_cache import estimated_tokens, write_hub_cache
 
 DESCRIPTION = (
     "Write seeded chat conversations (nanochat CustomJSON JSONL) for mid-training and chat SFT: "
@@ -38,6 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help=f"conversations in {split}.jsonl (default {DEFAULT_COUNTS[split]})")
     p.add_argument("--max-seq-len", type=int_at_least(MIN_TOKENS), default=Lengths.max_seq_len,
                    help=f"nanochat's --max-seq-len, a length hint in tokens (default {Lengths.max_seq_len})")
+    p.add_argument("--tokenizer", default=None,
+                   help="with --upstream master: the run's tokenizer directory (tok_train's, holding tokenizer.pkl), "
+                        "to keep exactly the conversations that fit one row of --max-seq-len + 1 tokens (master's "
+                        f"loader never crops); without it, lengths are estimated at {CHARS_PER_TOKEN:g} characters "
+                        "per token, which leaves out more")
     p.add_argument("--length-factor", type=float_at_least(1.0), default=Lengths.length_factor,
                    help="longest conversation = factor x max-seq-len tokens at ~3 characters per token "
                         f"(default {Lengths.length_factor:g})")
@@ -58,11 +64,18 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         lengths = Lengths(args.max_seq_len, args.length_factor)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.tokenizer is not None and args.upstream != "master":
+        parser.error("--tokenizer: only with --upstream master (the pin's loaders crop long conversations)")
     start = time.perf_counter()
     per_split = {s: getattr(args, s) for s in SPLITS}
     try:
         if args.upstream == "master":
-            rows = write_hub_cache(out, seed=args.seed, lengths=lengths, progress=print, counts=per_split)
+            count_tokens = estimated_tokens
+            if args.tokenizer is not None:
+                encode, _ = load_tokenizer(args.tokenizer)
+                count_tokens = lambda text: len(encode(text))  # noqa: E731
+            rows = write_hub_cache(out, seed=args.seed, lengths=lengths, progress=print, counts=per_split,
+                                   count_tokens=count_tokens)
             summary = (f"{rows['smoltalk/train']} training and {rows['smoltalk/test']} validation conversations in "
                        f"master's dataset cache {out / 'task_data'} (seed {args.seed})")
         else:

@@ -14,7 +14,9 @@ Per (arm, length): ``chat_acc`` (answers holding the planted fact as a whole wor
 ``chat_conversations.fact_found``), ``chat_correct`` of ``chat_docs``, the same per kind
 (``chat_acc_by_kind``), ``chat_tokens`` (the prompts' mean length) and, for ``mc``,
 ``mc_decoded`` (conversations the plugin decoded over MegaContext; the others fit the budget with
-their answer and went to upstream's decode, as in a chat). Every answer is in the JSON's
+their answer and went to upstream's decode, as in a chat), ``fact_raw`` (of those, the share whose
+session held the planted fact's tokens raw when the answer ended: the lens's part, as ``key_raw`` is
+for pass keys) and ``fact_raw_acc`` (the answers right where it did: the reader's part). Every answer is in the JSON's
 ``answers``. Nothing tells the plugin where the fact is: it gets the conversation's tokens only.
 
 A run trained without ``--mc`` has no GistNet/LensNet: ``truncation`` and ``full`` only. By
@@ -39,7 +41,7 @@ from ..checkpoint import CheckpointError
 from ..config import ConfigError, MCConfig, explicit_knobs, register_arguments
 from ..context import WorkingContext, WorkingContextError
 from . import nanochat_checkpoint
-from .chat_conversations import KINDS, ChatConversation, fact_found, make_conversations, prompt_ids
+from .chat_conversations import KINDS, ChatConversation, fact_found, fact_span, make_conversations, prompt_ids
 from .chat_engine import ANSWER_TOKENS, CHAT_ARMS, EVALUATION_FLAGS, ChatEngine, chat_cli_flags
 from .codec import tokenizer_codec
 from .report import format_cell
@@ -166,18 +168,25 @@ def evaluate_chat(engine: ChatEngine, conversations: dict[int, list[ChatConversa
                              "note": f"does not fit sequence_len {sequence_len}"})
                 continue
             right: dict[str, list[bool]] = {k: [] for k in KINDS}
-            decoded = 0
+            decoded, raw = 0, []
             for c, p, rec in zip(convs, ids, record, strict=True):
                 tokens, by_megacontext = engine.answer(arm, p)
                 text = engine.tokenizer.decode(tokens)
                 rec["answers"][arm] = text
                 right[c.kind].append(fact_found(text, c.fact))
                 decoded += by_megacontext
+                if arm == "mc" and by_megacontext:
+                    rec["fact_raw"] = engine.fact_raw(fact_span(c.messages, c.fact, encode))
+                    raw.append((rec["fact_raw"], right[c.kind][-1]))
             correct = sum(sum(v) for v in right.values())
             row = {"arm": arm, **base, "chat_acc": correct / len(convs), "chat_correct": correct,
                    "chat_acc_by_kind": {k: sum(v) / len(v) for k, v in right.items() if v}}
             if arm == "mc":
                 row["mc_decoded"] = decoded
+                if raw:
+                    row["fact_raw"] = sum(r for r, _ in raw) / len(raw)
+                    held = [ok for r, ok in raw if r]
+                    row["fact_raw_acc"] = sum(held) / len(held) if held else None
             rows.append(row)
         answers += record
     return rows, answers
@@ -185,7 +194,8 @@ def evaluate_chat(engine: ChatEngine, conversations: dict[int, list[ChatConversa
 
 def format_chat_table(result: dict[str, Any]) -> str:
     s = result["settings"]
-    cols = ["arm", "length_x", "chat_tokens", "chat_acc", "chat_correct", "chat_docs", *KINDS, "mc_decoded"]
+    cols = ["arm", "length_x", "chat_tokens", "chat_acc", "chat_correct", "chat_docs", *KINDS, "mc_decoded",
+            "fact_raw", "fact_raw_acc"]
     head = (f"chat eval: budget W={s['budget']}, model window {s['sequence_len']}, {s['tokens']}, greedy answers "
             f"of at most {s['answer_tokens']} tokens, {s['chat_docs']} conversations per length, seed {s['seed']}")
     cells = [[format_cell(r.get(c, r.get("chat_acc_by_kind", {}).get(c))) for c in cols] for r in result["rows"]]
@@ -195,7 +205,8 @@ def format_chat_table(result: dict[str, Any]) -> str:
     lines = [head, "", "  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True)),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    lines.append("chat_acc: the answer holds the planted fact as a whole word; passkey/name/number: chat_acc per kind")
+    lines.append("chat_acc: the answer holds the planted fact as a whole word; passkey/name/number: chat_acc per kind; "
+                 "fact_raw: the mc session held the fact raw; fact_raw_acc: right where it did")
     return "\n".join(lines)
 
 

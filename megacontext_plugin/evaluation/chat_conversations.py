@@ -155,3 +155,17 @@ def prompt_ids(messages: Sequence[Message], encode: Callable[[str], list[int]], 
                       else (chat.assistant_start, chat.assistant_end))
         ids += [start, *encode(m["content"]), end]
     return [*ids, chat.assistant_start]
+
+
+def fact_span(messages: Sequence[Message], fact: str, encode: Callable[[str], list[int]]) -> tuple[int, int]:
+    """Token span ``[lo, hi)`` in :func:`prompt_ids` of the planted fact (its first whole-word occurrence in
+    the planting turn, after BOS and the role token): the content before it and through it, encoded apart.
+    Where the text before the fact ends in a space that the fact's first token absorbs in context, ``lo``
+    lands on the fact's second token, so the span is inside the fact, never around it."""
+    content = messages[0]["content"]
+    match = re.search(rf"(?<![0-9A-Za-z]){re.escape(fact)}(?![0-9A-Za-z])", content)
+    if match is None:
+        raise ValueError(f"the planting turn does not hold the fact {fact!r}")
+    lo, hi = len(encode(content[:match.start()])), len(encode(content[:match.end()]))
+    return 2 + min(lo, hi - 1), 2 + hi
+

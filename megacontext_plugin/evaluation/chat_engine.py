@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..config import MCConfig, knob_fields
+from .arms import covering_gists
 from .chat_conversations import ChatTokens
 
 CHAT_ARMS = ("truncation", "mc", "full")
@@ -123,6 +124,14 @@ class ChatEngine:
             if arm == "full":
                 return self._generate(list(ids)), False
         raise ValueError(f"unknown chat arm {arm!r}; expected one of {CHAT_ARMS}")
+
+    def fact_raw(self, span: tuple[int, int]) -> bool:
+        """Whether the last MegaContext session's working context holds the tokens ``span = [lo, hi)`` of its
+        history raw (no gist covers any of them)."""
+        assert self._plugin is not None and self._plugin.inference is not None, "open_megacontext first"
+        session = self._plugin.inference.last_session
+        assert session is not None and session.wc is not None, "no MegaContext session answered yet"
+        return covering_gists(session.wc, span).size == 0
 
     def _generate(self, ids: list[int]) -> list[int]:
         out: list[int] = []
