@@ -7,7 +7,8 @@
 long-context`` on 40 passkey documents per length (5 depths x 8) and 16 recall documents, at 2x, 4x, 8x and
 16x W. Then NLL@H on held-out standard-library files (``--documents``: files of the library's held-out split
 that the run's ``corpus_train_files.txt`` does not list) at 4x and 8x, and, where the run has an SFT
-checkpoint, the chat arm (``--chat``: greedy answers to a fact planted in the first turn) at 8x. The baseline
+checkpoint, the chat arm (``--chat``: greedy answers to a fact planted in the first turn) at 8x: ``chat_acc``,
+and for ``mc`` ``fact_raw`` and ``fact_raw_acc`` (the lens's and the reader's parts of a miss). The baseline
 runs the arms a run without ``--mc`` has (truncation and full attention), at the ``--mc`` run's budget and H.
 The table is each arm's mean ± population std over the seeds; ``targets`` checks issue 27's. The PNG plots
 passkey exact by length.
@@ -42,7 +43,7 @@ TARGETS: tuple[tuple[str, str, str, int, str, str, float], ...] = (
 mean of ``key_raw_reachable`` minus that of ``key_raw``, ``documents`` the real-text rows, ``chat`` the chat
 arm's seeds' mean. A target whose cell is not reported is null, not met."""
 
-CHAT_METRICS = ("chat_acc",)
+CHAT_METRICS = ("chat_acc", "fact_raw", "fact_raw_acc")
 DOC_METRICS = ("nll_h", "delta_nll_h", "delta_nll_truncation", "gap_closed")
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # nanochat's own model learning to read a working context of gists, on CPU and offline, on 2 cores in about an
-# hour at the pin and 37 minutes on master (the goal is 45 minutes; docs/research-log.md): nanochat's scripts
+# hour at the pin and 39 minutes on master (the goal is 45 minutes; docs/research-log.md): nanochat's scripts
 # (tok_train, base_train, mid_train, chat_sft) on the long-context corpus, then the post-run validation and the report.
 #
 #   bash integration/runcpu_quality.sh [--mc] [MegaContext knobs...] [--fresh]
@@ -149,11 +149,18 @@ LONG_SHARDS=$(( (LONG_DOCS + 999) / 1000 ))
 # The multi-step stages are shell functions run by `stage`, which records them only once every step succeeded.
 # They redo their work whole, so a try lost part-way leaves nothing a re-run trips on. (Inside them errexit is
 # off: `stage` runs its command as an `if` condition, hence the explicit `|| return 1`.)
+master_tasks() {  # the conversations in master's dataset cache, those that fit its rows by the run's tokenizer (D52)
+    "$PY" -m megacontext_plugin.cli tasks --upstream master --out "$RUN_DIR" --max-seq-len "$SEQ" \
+        --tokenizer "$RUN_DIR/tokenizer"
+}
 copy_plain_phase() {  # MC_Q_FROM_PLAIN's data, tokenizer, tasks, train-file list and last plain checkpoint
-    local what
-    for what in base_data tokenizer "$TASKS"; do
+    local what copied=(base_data tokenizer)
+    # master's cache is written afresh (seconds): a source's from before D52 holds conversations its loader cannot row
+    [ "$UPSTREAM" = master ] || copied+=("$TASKS")
+    for what in "${copied[@]}"; do
         rm -rf "${RUN_DIR:?}/$what" && cp -r "$FROM_PLAIN/$what" "$RUN_DIR/" || return 1
     done
+    if [ "$UPSTREAM" = master ]; then master_tasks || return 1; fi
     cp "$FROM_PLAIN/corpus_train_files.txt" "$RUN_DIR/" && mkdir -p "$CK" \
         && cp "$FROM_PLAIN/base_checkpoints/d$DEPTH"/*_"$PLAIN_NAME"* "$CK/"
 }
@@ -208,9 +215,7 @@ else
     mc_skip "data (documents of $SEQ tokens)" "$DATA/$(printf 'shard_%05d.parquet' $((WARM_SHARDS + LONG_SHARDS)))" \
         || stage "data (documents of $SEQ tokens)" long_documents
     if [ "$UPSTREAM" = master ]; then  # master reads its chat data from its dataset cache
-        mc_skip "tasks" "$RUN_DIR/task_data" \
-            || stage "tasks" "$PY" -m megacontext_plugin.cli tasks --upstream master --out "$RUN_DIR" --max-seq-len "$SEQ" \
-                --tokenizer "$RUN_DIR/tokenizer"
+        mc_skip "tasks" "$RUN_DIR/task_data" || stage "tasks" master_tasks
     else
         mc_skip "tasks" "$NANOCHAT_TASK_DIR" \
             || stage "tasks" "$PY" -m megacontext_plugin.cli tasks --out "$NANOCHAT_TASK_DIR" --max-seq-len "$SEQ"

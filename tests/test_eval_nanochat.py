@@ -90,6 +90,11 @@ def test_eval_long_context_chat_answers_through_the_engine_on_an_sft_run(
             assert 0 <= row["chat_correct"] <= 3 and row["chat_acc"] == row["chat_correct"] / 3
     assert [r["mc_decoded"] for r in mc["rows"] if r["arm"] == "mc"] == [3, 3]  # prompt + answer > W: MegaContext
     assert len(mc["answers"]) == 6 and all(set(a["answers"]) >= {"truncation", "mc"} for a in mc["answers"])
+    for x in (2, 4):  # where the session held the fact, and the answers right where it did
+        row = next(r for r in mc["rows"] if (r["arm"], r["length_x"]) == ("mc", x))
+        raw = [a["fact_raw"] for a in mc["answers"] if a["length_x"] == x]
+        assert len(raw) == 3 and row["fact_raw"] == sum(raw) / 3
+        assert row["fact_raw_acc"] is None if not any(raw) else 0 <= row["fact_raw_acc"] <= 1
 
     proc = _eval(patched, "--checkpoint", str(sft), *chat, "--json", str(tmp_path / "again.json"))
     again = json.loads((tmp_path / "again.json").read_text())

@@ -656,6 +656,15 @@ def test_runcpu_quality_on_master_trains_one_sft_stage_and_writes_no_upstream_re
                       "base (plain, window 512)", "base (MegaContext, window 1024)", "sft", "base eval", "sft eval"]
     assert "upstream=master" in (run_dir / "recipe_sizes.txt").read_text().splitlines()
 
+    # from that plain phase, master's conversation cache is written afresh, not copied (a source's may predate D52)
+    again = _bash(script, "--mc", env=env | {"MC_Q_FROM_PLAIN": str(run_dir), "MC_RUNCPU_DIR": str(tmp_path / "abl"),
+                                             "MC_Q_STEPS": "5"}, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    rewritten = [line for line in again.stdout.splitlines()
+                 if line.startswith("stub ran: -m megacontext_plugin.cli tasks")]
+    assert len(rewritten) == 1 and f" --out {tmp_path / 'abl'} " in rewritten[0]
+    assert rewritten[0].endswith(f" --tokenizer {tmp_path / 'abl'}/tokenizer")
+
     # a plain phase trained on the other nanochat is refused, in one line, before anything is wiped
     other = _bash(script, env=env | {"STUB_UPSTREAM": "pin", "MC_Q_FROM_PLAIN": str(run_dir), "MC_Q_STEPS": "5",
                                      "MC_RUNCPU_DIR": str(tmp_path / "baseline")}, cwd=tmp_path)
