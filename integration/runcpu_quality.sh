@@ -111,7 +111,8 @@ fi
 SIZES=$(printf '%s\n' "seq_plain=$SEQ_PLAIN" "seq=$SEQ" "budget=$BUDGET" "plain_steps=$PLAIN_STEPS" \
     "long_plain_steps=$LONG_PLAIN" "steps=$STEPS" "plain_batch_tokens=$PLAIN_BATCH_TOKENS" "batch_tokens=$BATCH_TOKENS" \
     "depth=$DEPTH" "vocab=$VOCAB" "mid_steps=$MID_STEPS" "mid_lr_frac=$MID_LR_FRAC" "sft_steps=$SFT_STEPS" \
-    "chat_steps=$CHAT_STEPS" "warmup_docs=$WARMUP_DOCS" "long_docs=$LONG_DOCS" "mix=$MIX" "from_plain=$FROM_PLAIN" "upstream=$UPSTREAM")
+    "chat_steps=$CHAT_STEPS" "warmup_docs=$WARMUP_DOCS" "long_docs=$LONG_DOCS" "mix=$MIX" "from_plain=$FROM_PLAIN" \
+    "upstream=$UPSTREAM")
 
 other_sizes() {  # what the run in RUN_DIR was sized otherwise, from its recipe_sizes.txt: "key=old (now new), ..."
     local kv old

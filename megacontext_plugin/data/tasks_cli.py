@@ -90,6 +90,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"tasks: {summary} in {time.perf_counter() - start:.2f} s")
     return 0
 
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     return run(parser.parse_args(argv), parser)

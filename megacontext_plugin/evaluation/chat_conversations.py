@@ -59,9 +59,14 @@ class ChatConversation:
     """Prompt tokens as ``chat_cli`` renders the conversation."""
 
 
+def _whole_word(fact: str, text: str) -> re.Match[str] | None:
+    """The first occurrence of ``fact`` in ``text`` as a whole word (see the module docstring)."""
+    return re.search(rf"(?<![0-9A-Za-z]){re.escape(fact)}(?![0-9A-Za-z])", text)
+
+
 def fact_found(answer: str, fact: str) -> bool:
     """Whether ``fact`` appears in ``answer`` as a whole word (see the module docstring)."""
-    return re.search(rf"(?<![0-9A-Za-z]){re.escape(fact)}(?![0-9A-Za-z])", answer) is not None
+    return _whole_word(fact, answer) is not None
 
 
 def _exchange(user: str, assistant: str) -> list[Message]:
@@ -163,9 +168,8 @@ def fact_span(messages: Sequence[Message], fact: str, encode: Callable[[str], li
     Where the text before the fact ends in a space that the fact's first token absorbs in context, ``lo``
     lands on the fact's second token, so the span is inside the fact, never around it."""
     content = messages[0]["content"]
-    match = re.search(rf"(?<![0-9A-Za-z]){re.escape(fact)}(?![0-9A-Za-z])", content)
+    match = _whole_word(fact, content)
     if match is None:
         raise ValueError(f"the planting turn does not hold the fact {fact!r}")
     lo, hi = len(encode(content[:match.start()])), len(encode(content[:match.end()]))
     return 2 + min(lo, hi - 1), 2 + hi
-
