@@ -71,11 +71,11 @@ if ! mc_skip "base" --checkpoint "$RUN_DIR/base_checkpoints/d4"; then
 fi
 mc_skip "mid" --checkpoint "$RUN_DIR/mid_checkpoints/d4" \
     || stage "mid" "$PY" -m scripts.mid_train "${MODEL[@]}" --run "$RUN" --dtype float32 --max-seq-len $SEQ \
-        --device-batch-size 8 --total-batch-size 2048 --num-iterations 20 --eval-every -1 --eval-tokens 8192 \
+        --device-batch-size 8 --total-batch-size 2048 --num-iterations 8 --eval-every -1 --eval-tokens 8192 \
         ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 mc_skip "sft" --checkpoint "$RUN_DIR/chatsft_checkpoints/d4" \
     || stage "sft" "$PY" -m scripts.chat_sft "${MODEL[@]}" --run "$RUN" --dtype float32 --device-batch-size 4 \
-        --target-examples-per-step 8 --num-iterations 12 --eval-every 6 --eval-steps 4 --eval-metrics-every -1 \
+        --target-examples-per-step 8 --num-iterations 6 --eval-every 3 --eval-steps 4 --eval-metrics-every -1 \
         ${MC_ARGS[@]+"${MC_ARGS[@]}"}
 # after training, so the report's curves cover every stage: upstream's base_eval on a local one-task CORE
 # stand-in (offline), then with --mc the MegaContext validation

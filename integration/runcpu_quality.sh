@@ -67,14 +67,15 @@ SAVE_EVERY=${MC_SAVE_EVERY:-250}
 [[ $SAVE_EVERY =~ ^(-1|[1-9][0-9]*)$ ]] || die "MC_SAVE_EVERY=$SAVE_EVERY: expected a number of steps, or -1 (only the last)"
 MC_ARGS=()
 if [ ${#ARGS[@]} -gt 0 ]; then
-    # the stand-in's geometry (D25): blocks of 8, a 16-token protected tail, H = 16, W = BUDGET; light aux nets;
+    # the stand-in's geometry (D25): blocks of 8, a 16-token protected tail, H = 16, W = BUDGET; a one-layer
+    # GistNet, LensNet at its default size (D53: the stand-in's 1 x 64 lens missed keys nanochat's could hold);
     # the curriculum anneals over the first 10% of the MC steps; no auto-batch (the steps are the recipe's);
     # any gist LensNet ranks above the typical one is opened while the budget has room (D44: this model's
     # lens ranks the key's gist first by margins under 0.1); every second step of the MegaContext phase
     # trains plainly, so the run's full attention keeps reading the whole window (D45)
     MC_ARGS=(--block_size 8 --allocator_recent_tokens 16 --mc_horizon 16 --mc_plain_every 2
              --mc_train_wc_length "$(awk "BEGIN{print $BUDGET/$SEQ}")" --mc_anneal_fraction 0.1
-             --mc_auto_batch 0 --gistnet_layers 1 --lensnet_layers 1 --lensnet_dim 64
+             --mc_auto_batch 0 --gistnet_layers 1
              --allocator_expand_threshold 0 --allocator_collapse_threshold 0.3 --mc_telemetry_every 50
              --mc_eval_lengths 2,4,8 "${ARGS[@]}")
 fi
