@@ -125,10 +125,10 @@ def evaluate_run(run: Path, seeds: list[int], out: Path, *, quick: bool, chat: b
         result["documents_files"] = [str(f) for f in files]
     sft = sorted((run / "chatsft_checkpoints").glob("*"))
     if chat and sft:
-        # a refocus every 16 generated tokens leaves the session's headroom at 16 of W = 64 entries: the
-        # default 32 leaves too few for the history past 2x (README, the chat arm)
+        # the default refocus interval (0: W/8, at most 32; at W = 64 every 8 tokens, D54), also for a run whose
+        # checkpoint recorded the fixed 32 that was the default before
         chats = [_evaluate(["--checkpoint", str(sft[0]), "--chat", "--seed", str(seed), "--lengths", "8",
-                            "--chat-docs", "8" if quick else "40", "--chat-flags=--mc_refocus_every 16", *at[:2]],
+                            "--chat-docs", "8" if quick else "40", "--chat-flags=--mc_refocus_every 0", *at[:2]],
                            out.with_name(f"{out.stem}_chat{seed}.json"))
                  for seed in seeds]
         if all(c is not None for c in chats):

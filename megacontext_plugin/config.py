@@ -100,9 +100,9 @@ class MCConfig:
     mc_wc_budget: int = _knob(0, "W_max: working-context entries the base model attends to "
                               "(0 = the model's sequence length)", check=_nonneg, allowed="an integer >= 0")
     mc_seed: int = _knob(1337, "seed of the controller's and allocator's random choices")
-    mc_refocus_every: int = _knob(32, "inference: generated tokens between LensNet refocuses (the working context "
-                                  "keeps at least this many entries free for them)", check=_pos,
-                                  allowed="an integer >= 1")
+    mc_refocus_every: int = _knob(0, "inference: generated tokens between LensNet refocuses (the working context "
+                                  "keeps at least this many entries free for them; 0 = budget/8, at most 32)",
+                                  check=_nonneg, allowed="an integer >= 0")
     mc_inference_telemetry_every: int = _knob(1, "inference: refocuses between the shape events a chat session "
                                               "emits (mc_tree_snapshot, working_context_snapshot, "
                                               "focus_allocator; each prompt ends with a refocus); 0 = only "

@@ -71,8 +71,8 @@ def test_eval_long_context_chat_answers_through_the_engine_on_an_sft_run(
     _script(patched, base_dir, None, "scripts.mid_train", *MID, *MC)
     _script(patched, base_dir, None, "scripts.chat_sft", *SFT, *MC)
     sft = base_dir / "chatsft_checkpoints" / "d2"
-    # W = 67 here: the default headroom (--mc_refocus_every 32) would leave a session no room for older history
-    chat = ["--chat", "--lengths", "2,4", "--chat-docs", "3", "--seed", "5", "--chat-flags=--mc_refocus_every 8"]
+    # W = 67 here: the session's default refocus interval (W/8 = 8, D54) leaves older history room at 2x and 4x
+    chat = ["--chat", "--lengths", "2,4", "--chat-docs", "3", "--seed", "5"]
 
     proc = _eval(patched, "--checkpoint", str(sft), *chat, "--json", str(tmp_path / "mc.json"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

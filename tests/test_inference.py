@@ -383,6 +383,19 @@ def test_inference_settings_reject_a_budget_without_room() -> None:
     controller.close()
 
 
+@pytest.mark.parametrize(("budget", "flag", "every", "headroom"), [
+    (64, None, 8, 8), (67, None, 8, 8), (256, None, 32, 32), (2048, None, 32, 256), (64, "16", 16, 16)])
+def test_the_refocus_interval_defaults_to_an_eighth_of_the_budget_up_to_32(budget: int, flag: str | None,
+                                                                          every: int, headroom: int) -> None:
+    from megacontext_plugin.config import parse_config
+
+    argv = ["--mc", "--block_size", "8", "--allocator_recent_tokens", "16", "--mc_horizon", "16",
+            "--mc_wc_budget", str(budget), *(["--mc_refocus_every", flag] if flag else [])]
+    settings = SessionSettings.from_config(parse_config(argv), 2048)
+    assert (settings.refocus_every, settings.headroom) == (every, headroom)
+    assert settings.focus.budget == budget - every  # the allocator leaves the next interval's tokens room
+
+
 def test_a_named_disk_session_survives_sigkill_and_continues(tmp_path: Path) -> None:
     prompt_len = 2 * T
     child = subprocess.Popen([sys.executable, str(SUPPORT), str(tmp_path), "diary", str(prompt_len)],

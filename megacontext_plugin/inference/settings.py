@@ -8,6 +8,16 @@ from ..config import ConfigError, MCConfig
 from ..context import max_representable_level
 from ..focus import FocusConfig, focus_config, trained_level
 
+MAX_AUTO_REFOCUS_EVERY = 32
+"""``--mc_refocus_every 0`` (the default) is ``budget // 8`` up to this: a refocus every 32 tokens at the
+budgets of real models, and at small ones (W = 64) often enough that the lens re-reads the question with
+the answer's first tokens in its tail before the fact is written out (D54)."""
+
+
+def refocus_interval(budget: int) -> int:
+    """The default refocus interval for a working-context budget of ``budget`` entries (D54)."""
+    return max(1, min(MAX_AUTO_REFOCUS_EVERY, budget // 8))
+
 
 @dataclass(frozen=True)
 class SessionSettings:
@@ -39,7 +49,7 @@ class SessionSettings:
         the budget leaves no room for the raw tail, the headroom and the history's gists."""
         cfg = cfg.for_model(sequence_len)
         budget = cfg.wc_budget(sequence_len)
-        every = cfg.mc_refocus_every
+        every = cfg.mc_refocus_every or refocus_interval(budget)
         headroom = max(cfg.mc_wc_headroom or budget // 8, every)
         protected = cfg.prompt_tail(sequence_len)
         K = cfg.block_size
