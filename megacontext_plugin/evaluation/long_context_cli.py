@@ -81,7 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "greedy answers to conversations that plant a fact first and ask for it last (chat_arm.py)")
     p.add_argument("--chat-docs", type=int, default=None, help="--chat: conversations per length (default 40)")
     p.add_argument("--chat-flags", default=None, help="--chat: chat_cli --mc flags for the mc arm on top of the run's "
-                   "(e.g. --chat-flags='--mc_refocus_every 16'; default: the session's own knobs)")
+                   "(e.g. --chat-flags='--mc_refocus_every 16')")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--png", type=Path, default=None,
                    help="heatmap PNG (default: beside --json); the ΔNLL plot gets the suffix _nll")
