@@ -33,7 +33,7 @@ from megacontext_plugin.cli import main as megacontext
 from megacontext_plugin.evaluation.scoring import LENS_KEYS
 
 METRICS = ("passkey_acc", "passkey_digit", "recall_acc", "nll_h", "delta_nll_h", "swap_rate", "residency", "key_raw",
-           "key_raw_reachable", "key_raw_acc")
+           "key_raw_reachable", "key_raw_acc", "tail")
 
 TARGETS: tuple[tuple[str, str, int, str, str, float], ...] = (
     ("passkey exact, mc 8x", "mc", 8, "passkey_acc", ">=", 0.90),
@@ -49,6 +49,16 @@ means; arm ``mc-uniform`` is the difference of the two arms, ``mc-reach`` the MC
 ``key_raw_reachable`` minus its ``key_raw`` (the lens finds what the budget can hold). LensNet's rank
 correlation is reported beside its references, not a target (D32 shows it out of reach as defined). A
 target whose cell a run does not report is null, not met."""
+
+
+FURTHER_TARGETS: tuple[tuple[str, str, int, str, str, float], ...] = (
+    ("passkey exact, mc 8x (further)", "mc", 8, "passkey_acc", ">=", 0.97),
+    ("passkey exact, mc 16x (further)", "mc", 16, "passkey_acc", ">=", 0.90),
+    ("passkey exact, mc 32x", "mc", 32, "passkey_acc", ">=", 0.90),
+    ("passkey exact, mc 64x", "mc", 64, "passkey_acc", ">=", 0.75),
+)
+"""Issue 27's further targets for the stand-in (``--lengths 8,16,32,64``); ``key_raw_reachable`` is reported
+beside each length in the summary, since beyond 16x the budget, not the lens, bounds the MC arm."""
 
 
 TOLERANCE = 1e-9
@@ -103,10 +113,11 @@ def target_value(run: dict[str, Any], arm: str, x: int, metric: str) -> float | 
     return _run_mean(run["summary"], arm, x, metric)
 
 
-def check_targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per ``TARGETS`` entry: each run's value and whether it meets the threshold (null: not reported)."""
+def check_targets(runs: list[dict[str, Any]], targets: tuple[tuple[str, str, int, str, str, float], ...] = TARGETS
+                  ) -> list[dict[str, Any]]:
+    """Per ``targets`` entry: each run's value and whether it meets the threshold (null: not reported)."""
     out = []
-    for name, arm, x, metric, op, threshold in TARGETS:
+    for name, arm, x, metric, op, threshold in targets:
         values = [target_value(run, arm, x, metric) for run in runs]
         # the mean of 0.95, 0.85 and 0.9 is 0.8999999999999999 in floating point: at the target is met
         met = [v is not None and (v >= threshold - TOLERANCE if op == ">=" else v <= threshold + TOLERANCE)
@@ -228,9 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("targets, per run; x: missed")
     print(format_targets(targets, names))
+    evaluated = {r["length_x"] for run in runs for r in run["summary"]}
+    further = check_targets(runs, tuple(t for t in FURTHER_TARGETS if t[2] in evaluated))
+    if further:
+        print("further targets (issue 27), per run")
+        print(format_targets(further, names))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     if len(runs) == 1:
-        payload: dict[str, Any] = {"seeds": seeds, **runs[0], "targets": targets}
+        payload: dict[str, Any] = {"seeds": seeds, **runs[0], "targets": targets, "further_targets": further}
     else:
         across, lens_across = summarise_runs(runs)
         print()
@@ -240,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             if v is not None:
                 print(f"{key}: {v['mean']:.3f} ± {v['std']:.3f} over {v['runs']} runs")
         payload = {"seeds": seeds, "checkpoints": [r["checkpoint"] for r in runs], "runs": runs,
-                   "across_runs": across, "lens_across_runs": lens_across, "targets": targets}
+                   "across_runs": across, "lens_across_runs": lens_across, "targets": targets,
+                   "further_targets": further}
         base = args.png or args.json  # --png is the first seed's heatmap; the runs' plot goes beside it
         plot_runs(base.with_name(f"{base.stem}_runs.png"), runs, names)
     args.json.write_text(json.dumps(payload, indent=2) + "\n")

@@ -214,7 +214,8 @@ class MCConfig:
                                            "it (0 = the budget)", check=_nonneg,
                                            allowed="an integer >= 0", group=ALLOC)
     allocator_recent_tokens: int = _knob(0, "protected recent tail of a prompt, kept raw and never edited "
-                                         "(at least H: 0 = H)",
+                                         "(0 = H; shorter tails leave long histories room to open one more "
+                                         "island)",
                                          check=_nonneg, allowed="an integer >= 0", group=ALLOC)
     allocator_expand_threshold: float = _knob(0.1, "expand an entry when its utility exceeds this",
                                               check=_unit, allowed="a number in [0, 1]", group=ALLOC)
@@ -313,8 +314,9 @@ class MCConfig:
 
     def prompt_tail(self, sequence_len: int) -> int:
         """Raw tokens at the end of a prompt that the allocator never edits: ``--allocator_recent_tokens``,
-        at least H (LensNet's query is the prompt's last H tokens, raw at inference as in training)."""
-        return max(self.allocator_recent_tokens, self.horizon(sequence_len))
+        or H when it is 0. LensNet's query (the prompt's last H tokens) is read from the tree's raw tokens
+        whatever the layout holds, so a tail shorter than H is legal (D55)."""
+        return self.allocator_recent_tokens or self.horizon(sequence_len)
 
     def training_tail(self, sequence_len: int) -> int:
         """Raw tokens at the end of every training variant: the prompt's tail, then the horizon whose
@@ -346,7 +348,7 @@ class MCConfig:
             raise ConfigError(
                 f"--mc_train_wc_length ({self.mc_train_wc_length}) gives {final} entries at sequence length "
                 f"{sequence_len}, not more than the raw tail of a training variant ({tail}: the prompt's tail "
-                f"max(--allocator_recent_tokens {self.allocator_recent_tokens}, H) plus the horizon "
+                f"{self.prompt_tail(sequence_len)}, --allocator_recent_tokens or else H, plus the horizon "
                 f"H={self.horizon(sequence_len)}, --mc_horizon); raise the fraction or lower the tail")
 
     def as_dict(self) -> dict[str, Any]:

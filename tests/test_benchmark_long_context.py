@@ -67,6 +67,18 @@ def test_targets_read_each_runs_means_and_say_which_are_met(bench) -> None:
                                                                        [0.7999], raw8=0.8699, raw16=0.7699)]))
 
 
+def test_the_further_targets_read_the_long_lengths_a_run_reports(bench) -> None:
+    run = _run(bench, 0.975, 0.90, 0.0, 0.02, 0.05, [0.3])
+    run["summary"] += [{"arm": "mc", "length_x": x, **{m: None for m in bench.METRICS}, "passkey_acc": _cell(v)}
+                       for x, v in ((32, 0.85), (64, 0.75))]
+    further = {t["target"]: t for t in bench.check_targets([run], bench.FURTHER_TARGETS)}
+    assert [t[0] for t in bench.FURTHER_TARGETS] == list(further)
+    assert further["passkey exact, mc 8x (further)"]["met"] == [True]  # 0.975 >= 0.97
+    assert further["passkey exact, mc 16x (further)"]["met"] == [True]
+    assert further["passkey exact, mc 32x"]["values"] == [0.85] and further["passkey exact, mc 32x"]["met"] == [False]
+    assert further["passkey exact, mc 64x"]["met"] == [True]  # at the threshold
+
+
 def test_across_runs_is_the_spread_of_the_runs_means(bench) -> None:
     runs = [_run(bench, 0.90, 0.80, 0.0, 0.06, 0.135, [0.2, 0.4]),
             _run(bench, 0.80, None, 0.0, 0.02, 0.05, [0.1])]

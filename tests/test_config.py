@@ -120,6 +120,14 @@ def test_mc_alone_works_at_any_sequence_length(T: int, H: int) -> None:
     assert resolved.training_tail(T) == resolved.prompt_tail(T) + H == 2 * H
 
 
+def test_an_explicit_prompt_tail_wins_even_below_h() -> None:
+    # LensNet's query is read from the tree's raw tokens, so the protected tail need not cover H (D55)
+    assert MCConfig(mc_horizon=16).prompt_tail(512) == 16
+    assert MCConfig(mc_horizon=16, allocator_recent_tokens=8).prompt_tail(512) == 8
+    assert MCConfig(mc_horizon=16, allocator_recent_tokens=32).prompt_tail(512) == 32
+    assert MCConfig(mc_horizon=16, allocator_recent_tokens=8).training_tail(512) == 8 + 16
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
@@ -170,7 +178,7 @@ def test_validate_for_model_catches_contradictions() -> None:
     with pytest.raises(ConfigError, match="sequence length"):
         MCConfig(mc_wc_budget=4096).validate_for_model(sequence_len=2048)
     with pytest.raises(ConfigError, match="--mc_horizon"):  # the training tail 2 x 256 leaves no room at 0.2
-        MCConfig(mc_horizon=256, allocator_recent_tokens=64).validate_for_model(sequence_len=2048)
+        MCConfig(mc_horizon=256).validate_for_model(sequence_len=2048)
     with pytest.raises(ConfigError, match="--mc_train_wc_length"):
         MCConfig(mc_train_wc_length=0.01).validate_for_model(sequence_len=2048)
     with pytest.raises(ConfigError, match="--block_size"):

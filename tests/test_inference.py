@@ -368,6 +368,32 @@ def test_a_prompt_refocuses_from_the_coarsest_layout_as_training_and_the_evaluat
     assert logits.shape == (VOCAB,)
 
 
+def test_a_long_prompt_starts_with_a_shorter_tail_where_the_budget_leaves_no_room(monkeypatch) -> None:
+    """At budget 56 a history of 8 windows keeps its protected 16 tokens only at the cost of all the room
+    to open anything; its start protects 8 (``focus.fitted_tail``), the allocator edits the rest, and decoding
+    goes on; a shorter history keeps all 16."""
+    model, controller, cfg = build(["--mc_wc_budget", "56"])
+    try:
+        session = _session(model, controller, cfg)
+        s = session.settings
+        starts: list[WorkingContext] = []
+        refocus = Refocuser.refocus
+        monkeypatch.setattr(Refocuser, "refocus",
+                            lambda self, wc, *a, **k: starts.append(wc) or refocus(self, wc, *a, **k))
+        session.ingest(prompt(4 * T))
+        assert starts[0] == start_layout(4 * T, s.block_size, s.protected)
+        n = 8 * T
+        logits = session.ingest(prompt(n - 4 * T, seed=2))
+        start = starts[PROMPT_ROUNDS]
+        assert start == start_layout(n, s.block_size, 8) and start.levels[start.ends > n - s.protected].any()
+        for _ in range(2 * s.refocus_every):
+            logits = session.step(int(logits.argmax()))
+        assert session.wc is not None and session.wc.num_tokens == n + 2 * s.refocus_every
+        assert len(session.wc) <= s.budget
+    finally:
+        controller.close()
+
+
 def test_a_prompt_that_fits_raw_with_headroom_for_the_answer_stays_raw(tiny) -> None:
     model, controller, cfg = tiny
     session = _session(model, controller, cfg)
@@ -443,6 +469,32 @@ def test_a_disk_session_refuses_a_model_whose_gistnet_would_make_other_gists(tmp
     with pytest.raises(SessionError, match=r"session 's' cannot be opened: .*GistNet version"):
         InferenceRuntime(other.nets).open_named(model, "s")
     other.close()
+
+
+def test_a_protected_tail_shorter_than_h_still_queries_lensnet_with_the_last_h_raw_tokens() -> None:
+    # --allocator_recent_tokens 4 with H = 8: the last 8 tokens need not be raw in the working context,
+    # and LensNet's query is still their raw embeddings, read from the tree (D55)
+    model, controller, cfg = build(["--allocator_recent_tokens", "4"])
+    try:
+        settings = SessionSettings.from_config(cfg, T, max_level=controller.lensnet.max_level)
+        assert settings.protected == 4 and settings.horizon == 8
+        tails: list[torch.Tensor] = []
+        forward = controller.lensnet.forward
+
+        def recording_forward(entries, levels, spans, tail, mask=None):  # type: ignore[no-untyped-def]
+            tails.append(tail.detach().clone())
+            return forward(entries, levels, spans, tail, mask)
+
+        controller.lensnet.forward = recording_forward  # type: ignore[method-assign]
+        session = MCSession(model, controller.gistnet, controller.lensnet, settings)
+        ids = prompt(6 * T + 4)  # the 8 tokens before the protected 4 fill one block: a gist at the start
+        session.ingest(ids)
+        assert session.wc is not None and session.wc.levels[-4:].max() == 0
+        with torch.no_grad():
+            want = model.wte(torch.tensor(ids[-8:]))
+        assert tails and torch.allclose(tails[0][0].float(), want.float(), atol=1e-3)
+    finally:
+        controller.close()
 
 
 def test_lensnet_scores_a_session_through_its_trained_levels(tiny) -> None:

@@ -246,3 +246,26 @@ def test_the_coarsest_layout_is_legal_and_is_where_refocus_starts(K: int, n: int
     coarsest = WorkingContext.coarsest(n, K, recent)
     coarsest.validate(recent_tokens=min(recent, n))
     assert start_layout(n, K, recent) == coarsest
+
+
+def _leaves_room_to_drill(n: int, K: int, tail: int, room: int) -> bool:
+    wc = WorkingContext.coarsest(n, K, tail)
+    return len(wc) + int(wc.levels.max(initial=0)) * (K - 1) <= room
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.sampled_from([2, 4, 8]), st.integers(0, 5000), st.sampled_from([0, 3, 8, 16, 32, 64]), st.integers(1, 128))
+def test_a_fitted_tail_halves_only_while_the_coarsest_layout_leaves_no_room_to_drill(
+        K: int, n: int, tail: int, room: int) -> None:
+    from megacontext_plugin.focus import fitted_tail
+
+    got = fitted_tail(n, K, tail, room)
+    halvings = 0
+    while tail >> halvings > got:
+        halvings += 1
+    assert got == tail >> halvings  # the run's tail, halved some number of times
+    assert got >= min(tail, K)  # never below one block (a shorter tail than a block is kept as it is)
+    for k in range(halvings):  # every tail it gave up left no room for one island from the top level
+        assert not _leaves_room_to_drill(n, K, tail >> k, room)
+    if got // 2 >= K:  # it could have halved again: it stopped because this one leaves the room
+        assert _leaves_room_to_drill(n, K, got, room)

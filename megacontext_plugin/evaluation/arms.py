@@ -36,6 +36,7 @@ from ..context.working_context import WorkingContext
 from ..focus import (
     PROMPT_ROUNDS,
     FocusAllocator,
+    fitted_tail,
     focus_config,
     residency,
     score_through_view,
@@ -110,7 +111,7 @@ class ArmRunner:
         source = self.source(levels, prefix, cont)
         wc, info = self._compressed(arm, source, prefix, room, num_levels)
         if arm == "mc" and answer_span is not None:
-            coarsest = WorkingContext.coarsest(n, self.nets.cfg.block_size, self.nets.prompt_recent)
+            coarsest = WorkingContext.coarsest(n, self.nets.cfg.block_size, self.tail(n, room))
             info |= answer_focus(wc, coarsest, answer_span, room)
         return self.predict_wc(wc, source, cont, info)
 
@@ -133,12 +134,18 @@ class ArmRunner:
         ids = torch.cat([prefix, cont[:-1]])[None]
         return LevelTable([self.model.wte(ids)], ids)
 
+    def tail(self, n: int, room: int) -> int:
+        """The ``mc`` arm's protected tail for a prefix of ``n`` tokens within ``room`` entries
+        (``focus.fitted_tail``, as a chat session's prompt)."""
+        return fitted_tail(n, self.nets.cfg.block_size, self.nets.prompt_recent, room)
+
     def _compressed(self, arm: str, source: LevelTable, prefix: torch.Tensor, room: int, num_levels: int
                     ) -> tuple[WorkingContext, dict[str, float]]:
         nets = self.nets
-        K, n, recent = nets.cfg.block_size, int(prefix.numel()), nets.prompt_recent
+        K, n = nets.cfg.block_size, int(prefix.numel())
         if arm == "uniform":
-            return uniform_layout(n, room, K, recent, num_levels - 1), {}
+            return uniform_layout(n, room, K, nets.prompt_recent, num_levels - 1), {}
+        recent = self.tail(n, room)
         wc = self.start_layout(n, room, num_levels)
         scorer = self.scorer(source, prefix)
         allocator = FocusAllocator(focus_config(nets.cfg, room, recent_tokens=recent, max_level=max(1, num_levels - 1)))
@@ -149,11 +156,12 @@ class ArmRunner:
             swaps.append(report.swap_rate)
             resid.append(residency(before, wc))
         return wc, {"swap_rate": float(np.mean(swaps)), "residency": float(np.mean(resid)),
-                    "gist_entries": float((wc.levels > 0).sum())}
+                    "gist_entries": float((wc.levels > 0).sum()), "tail": float(recent)}
 
     def start_layout(self, n: int, room: int, num_levels: int) -> WorkingContext:
-        """The working context the ``mc`` arm's refocus calls start from (``start``)."""
-        K, recent = self.nets.cfg.block_size, self.nets.prompt_recent
+        """The working context the ``mc`` arm's refocus calls start from (``start``), its protected tail
+        (``tail``) raw."""
+        K, recent = self.nets.cfg.block_size, self.tail(n, room)
         if self.start == "recency":
             return WorkingContext.recency(n, room, K, recent, max_level=num_levels - 1)
         return start_layout(n, K, recent)

@@ -14,6 +14,8 @@ the sequence fits the model's window). Metrics per (arm, length):
   minus the full-attention NLL on the same tokens (None where full attention does not fit);
 - ``swap_rate``, ``residency`` (MC arm only): of the allocator's refocus calls (``FocusReport``
   swap rate; share of entries kept), averaged over the calls and documents;
+- ``tail`` (MC arm only): the mean protected raw tail its refocus started from, the run's tail halved where
+  a long history's coarsest layout leaves no room to open anything (``focus.fitted_tail``);
 - ``key_raw``, ``key_raw_reachable`` (MC arm only, passkey documents): the share of documents whose
   key digits are raw after the refocus calls, and the share in which the budget could hold them raw
   at all (the cheapest legal layout, ``arms.answer_focus``): focus misses against layout limits. The
@@ -134,7 +136,7 @@ def evaluate(model: torch.nn.Module, nets: AuxNets, *, budget: int, lengths: Seq
             row["delta_nll_h"] = (mean([a - b for a, b in zip(nll, full_nll, strict=True)])
                                   if full_nll is not None else None)
             if arm == "mc":
-                for key in ("swap_rate", "residency", "key_raw", "key_raw_reachable"):
+                for key in ("swap_rate", "residency", "key_raw", "key_raw_reachable", "tail"):
                     row[key] = mean([i[key] for i in infos if key in i])
             rows.append(row)
         if "mc" in arms and lens_docs > 0 and pk:

@@ -20,7 +20,7 @@ def format_cell(value: Any) -> str:
 def format_table(result: dict[str, Any]) -> str:
     cols = [c for c in ("arm", "length_x", "passkey_acc", "passkey_digit", "recall_acc", "chat_acc", "documents",
                         "nll_h", "delta_nll_h", "delta_nll_truncation", "gap_closed", "swap_rate", "residency",
-                        "key_raw", "key_raw_reachable", "key_raw_acc")
+                        "key_raw", "key_raw_reachable", "key_raw_acc", "tail")
             if any(c in r for r in result["rows"])]
 
     s = result["settings"]

@@ -11,6 +11,7 @@ from .knobs import focus_config
 from .selection import EditPlan, select_edits
 from .start import (
     PROMPT_ROUNDS,
+    fitted_tail,
     lens_view,
     pool_view,
     score_batch_through_view,
@@ -33,6 +34,7 @@ __all__ = [
     "Utilities",
     "as_utilities",
     "curriculum_budget",
+    "fitted_tail",
     "focus_config",
     "lens_view",
     "minimal_length",

@@ -48,6 +48,20 @@ def start_layout(num_tokens: int, block_size: int, recent_tokens: int) -> Workin
     return WorkingContext.coarsest(num_tokens, block_size, recent_tokens)
 
 
+def fitted_tail(num_tokens: int, block_size: int, tail: int, room: int) -> int:
+    """The protected tail of a prompt of ``num_tokens`` refocused within ``room`` entries: ``tail``, halved
+    (never below one block) while its coarsest layout leaves less room than one island drilled from that
+    layout's top level down to raw tokens, ``block_size - 1`` entries per level. A long history's coarsest
+    layout grows by a block's worth of gists per level, and a fixed tail then leaves LensNet no room to open
+    anything (D55); where the room suffices the tail is the run's own. Only the tree's geometry decides it."""
+    while tail // 2 >= block_size:
+        wc = WorkingContext.coarsest(num_tokens, block_size, tail)
+        if len(wc) + int(wc.levels.max(initial=0)) * (block_size - 1) <= room:
+            break
+        tail //= 2
+    return tail
+
+
 def lens_view(wc: WorkingContext, level: int | None) -> WorkingContext:
     """``wc`` with every gist above ``level`` expanded down to ``level`` (None: none is), and a lone
     gist (the view's only one, above level 1) opened until the view holds two or more: the allocator

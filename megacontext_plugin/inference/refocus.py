@@ -13,6 +13,7 @@ At a refocus LensNet scores every WC entry against the last ``horizon`` tokens, 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,11 @@ class Refocuser:
         self.aux_dtype = aux_dtype
         self.allocator = FocusAllocator(settings.focus)
 
+    def restart(self, tail: int) -> None:
+        """A fresh allocator (no cooldowns, its seed's randomness) that protects the last ``tail`` tokens:
+        a prompt's start layout may protect fewer than the session's tail (``focus.fitted_tail``)."""
+        self.allocator = FocusAllocator(dataclasses.replace(self.settings.focus, recent_tokens=tail))
+
     def score(self, wc: WorkingContext, tail_HD: torch.Tensor,
               embeddings_of: Callable[[WorkingContext], torch.Tensor], x_WD: torch.Tensor | None = None
               ) -> np.ndarray:
@@ -68,14 +74,15 @@ class Refocuser:
         return score_through_view(utilities, self.settings.lens_level)(wc)
 
     def refocus(self, wc: WorkingContext, x_WD: torch.Tensor,
-                embeddings_of: Callable[[WorkingContext], torch.Tensor], answer_from: int | None) -> Refocused:
+                embeddings_of: Callable[[WorkingContext], torch.Tensor], answer_from: int | None,
+                tail_HD: torch.Tensor) -> Refocused:
         """Refocus ``wc`` (entries ``x[W, D]``); ``embeddings_of`` gives the entries of a candidate
         the allocator proposes; ``answer_from`` is the first token of the answer being generated
-        (None at a prompt), which making room collapses first."""
+        (None at a prompt), which making room collapses first; ``tail_HD``: the raw embeddings of the
+        history's last H tokens, LensNet's query (from the tree: the protected tail may be shorter)."""
         s = self.settings
         t0 = time.perf_counter()
         W = len(wc)
-        tail_HD = x_WD[W - min(s.horizon, W):W]  # the protected tail is raw: these are the last H tokens
         scores = self.score(wc, tail_HD, embeddings_of, x_WD)
         lens_s = time.perf_counter() - t0
         start, start_scores, forced = wc, scores, 0  # what the allocator starts from

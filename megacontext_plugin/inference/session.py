@@ -35,7 +35,7 @@ from torch import nn
 
 from ..context import WorkingContext, WorkingContextError
 from ..context.positions import rope_base
-from ..focus import PROMPT_ROUNDS, start_layout
+from ..focus import PROMPT_ROUNDS, fitted_tail, start_layout
 from ..nets import model_device, model_wte
 from ..tree import MCTree, TreeError, open_tree
 from .conversation import Conversation
@@ -220,7 +220,8 @@ class MCSession:
 
     def _start_prompt(self) -> bool:
         """Lay a prompt's history out as refocus starts from it in training and in the evaluation
-        (``focus.start_layout``: the coarsest tiling, the protected tail raw), with a fresh allocator
+        (``focus.start_layout``: the coarsest tiling, the protected tail raw, shortened where a long
+        history leaves no room to open anything: ``focus.fitted_tail``), with a fresh allocator
         plan, so that LensNet has the whole budget to open what the prompt needs. False, changing
         nothing, where the history fits raw in the room kept free for the answer (nothing to choose) or its
         coarsest tiling does not fit (the recency layout and room-making handle it)."""
@@ -228,10 +229,11 @@ class MCSession:
         n = self.tree.num_tokens
         if n <= s.budget - s.headroom:
             return False
-        wc = start_layout(n, s.block_size, s.protected)
+        tail = fitted_tail(n, s.block_size, s.protected, s.budget - s.headroom)
+        wc = start_layout(n, s.block_size, tail)
         if len(wc) > s.budget - s.headroom or int(wc.levels.max(initial=0)) > s.max_level:
             return False
-        self.refocuser.allocator.reset()
+        self.refocuser.restart(tail)
         self._install(wc)
         return True
 
@@ -259,8 +261,10 @@ class MCSession:
         t0 = time.perf_counter()
         wc0 = self.wc
         answer_from = None if reason == "prompt" else self.turn_start
+        n = self.tree.num_tokens
+        tail_HD = self.tree.level_slice(0, max(0, n - self.settings.horizon), n).to(self.device)
         done = self.refocuser.refocus(wc0, self.entries.x_CD[:len(wc0)],
-                                      lambda wc: self.entries.embeddings_of(wc0, wc), answer_from)
+                                      lambda wc: self.entries.embeddings_of(wc0, wc), answer_from, tail_HD)
         if done.wc is not wc0:
             self._install(done.wc)
         self.since_refocus = 0
