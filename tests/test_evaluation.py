@@ -272,6 +272,32 @@ def test_mc_arm_starts_coarsest_and_lensnet_never_sees_a_level_it_did_not_train_
     ctrl.close()
 
 
+def test_the_mc_arm_starts_a_history_too_long_for_its_tail_with_a_shorter_one() -> None:
+    # W = 64, K = 8, tail 16: this 64x prompt's coarsest layout (37 entries) leaves too little of the 57 for an
+    # island from level 3 (21 entries), so the arm protects 8 tokens there and says so (``tail``, D55); an 8x
+    # prompt keeps the run's 16; the reachable ceiling is measured from the same start
+    from megacontext_plugin.config import MCConfig
+    from megacontext_plugin.evaluation.arms import ArmRunner
+    from megacontext_plugin.focus import fitted_tail
+    from megacontext_plugin.nets.tiny_gpt import TinyGPTConfig
+    from megacontext_plugin.training.tiny_recipe import build
+
+    cfg = MCConfig(mc=True, block_size=8, mc_horizon=16, gistnet_layers=1, lensnet_layers=1, lensnet_dim=64)
+    model, ctrl = build(TinyGPTConfig(vocab_size=256, sequence_len=512, n_layer=1, n_head=4, n_embd=64), cfg)
+    runner = ArmRunner(model, ctrl.nets, budget=64)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, tail in ((8 * 64 - 8, 16), (64 * 64 - 6, 8)):
+            prefix, cont = torch.randint(0, 256, (n,)), torch.randint(0, 256, (8,))
+            room = 64 - 7
+            assert fitted_tail(n, 8, 16, room) == tail
+            assert runner.start_layout(n, room, 5) == WorkingContext.coarsest(n, 8, tail)
+            pred = runner.predict("mc", prefix, cont, answer_span=(n // 2, n // 2 + 5))
+            assert pred.info["tail"] == tail and pred.entries <= 64
+            assert {"key_raw", "key_raw_reachable"} <= set(pred.info)
+    ctrl.close()
+
+
 @pytest.mark.parametrize("start", ["coarsest", "recency"])
 def test_lens_ranking_scores_the_layout_the_mc_arm_starts_from(start: str) -> None:
     from megacontext_plugin.config import MCConfig
