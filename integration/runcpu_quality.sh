@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# nanochat's own model learning to read a working context of gists, on CPU and offline, on 2 cores in about an
-# hour at the pin and 42 minutes on master (the goal is 45 minutes; docs/research-log.md): nanochat's scripts
+# nanochat's own model learning to read a working context of gists, on CPU and offline, on 2 cores in 27 minutes
+# at the pin and 32 on master where the CPU computes bf16 natively (an hour and 42 minutes on an earlier, slower
+# machine; the goal is 45 minutes; docs/research-log.md): nanochat's scripts
 # (tok_train, base_train, mid_train, chat_sft) on the long-context corpus, then the post-run validation and the report.
 #
 #   bash integration/runcpu_quality.sh [--mc] [MegaContext knobs...] [--fresh]
