@@ -111,7 +111,7 @@ class ArmRunner:
         source = self.source(levels, prefix, cont)
         wc, info = self._compressed(arm, source, prefix, room, num_levels)
         if arm == "mc" and answer_span is not None:
-            coarsest = WorkingContext.coarsest(n, self.nets.cfg.block_size, self.tail(n, room))
+            coarsest = WorkingContext.coarsest(n, self.nets.cfg.block_size, int(info["tail"]))  # the same start
             info |= answer_focus(wc, coarsest, answer_span, room)
         return self.predict_wc(wc, source, cont, info)
 
@@ -146,7 +146,7 @@ class ArmRunner:
         if arm == "uniform":
             return uniform_layout(n, room, K, nets.prompt_recent, num_levels - 1), {}
         recent = self.tail(n, room)
-        wc = self.start_layout(n, room, num_levels)
+        wc = self._start(n, room, num_levels, recent)
         scorer = self.scorer(source, prefix)
         allocator = FocusAllocator(focus_config(nets.cfg, room, recent_tokens=recent, max_level=max(1, num_levels - 1)))
         swaps, resid = [], []
@@ -161,7 +161,10 @@ class ArmRunner:
     def start_layout(self, n: int, room: int, num_levels: int) -> WorkingContext:
         """The working context the ``mc`` arm's refocus calls start from (``start``), its protected tail
         (``tail``) raw."""
-        K, recent = self.nets.cfg.block_size, self.tail(n, room)
+        return self._start(n, room, num_levels, self.tail(n, room))
+
+    def _start(self, n: int, room: int, num_levels: int, recent: int) -> WorkingContext:
+        K = self.nets.cfg.block_size
         if self.start == "recency":
             return WorkingContext.recency(n, room, K, recent, max_level=num_levels - 1)
         return start_layout(n, K, recent)
