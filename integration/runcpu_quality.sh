@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# nanochat's own model learning to read a working context of gists, on CPU and offline, on 2 cores in 27 minutes
-# at the pin and 32 on master where the CPU computes bf16 natively (an hour and 42 minutes on an earlier, slower
-# machine; the goal is 45 minutes; docs/research-log.md): nanochat's scripts
+# nanochat's own model learning to read a working context of gists, on CPU and offline, on 2 cores in about 30
+# minutes at the pin and 34 on master where the CPU computes bf16 natively (an hour and 42 minutes on an earlier,
+# slower machine, before D56's longer chat stages; the goal is 45 minutes; docs/research-log.md): nanochat's scripts
 # (tok_train, base_train, mid_train, chat_sft) on the long-context corpus, then the post-run validation and the report.
 #
 #   bash integration/runcpu_quality.sh [--mc] [MegaContext knobs...] [--fresh]
@@ -17,7 +17,9 @@
 #      stretches, the curriculum anneals over the rest).
 # Without --mc the same two invocations train the same model plainly: the baseline.
 # Then mid_train (at a tenth of upstream's learning rate, MC_Q_MID_LR_FRAC, which keeps the base model's
-# retrieval) and chat_sft on `megacontext tasks` conversations longer than the window, base_eval (with
+# retrieval) and chat_sft on `megacontext tasks` conversations longer than the window (with --mc every second
+# step of both plain too, as in base_train: the reader learns the chat formats with the whole conversation in
+# view, D56), base_eval (with
 # --mc: the MegaContext validation), with --mc the SFT checkpoint's validation, and the report.
 # Everything lands in $MC_RUNCPU_DIR (default .mc/runcpu_quality); what it prints also in its
 # report/log.txt. Sizes come from the MC_Q_* variables below (the defaults are the recipe; the tests
@@ -52,10 +54,10 @@ BATCH_TOKENS=${MC_Q_BATCH_TOKENS:-8192}  # tokens per optimizer step of the seco
 PLAIN_BATCH_TOKENS=${MC_Q_PLAIN_BATCH_TOKENS:-8192}  # and of the plain phase (4096: 48 minutes, but a weaker reader; docs/research-log.md r3)
 DEPTH=${MC_Q_DEPTH:-2}
 VOCAB=${MC_Q_VOCAB:-2048}
-MID_STEPS=${MC_Q_MID_STEPS:-60}
+MID_STEPS=${MC_Q_MID_STEPS:-300}      # the pin's mid_train (20 conversations a step; D56)
 MID_LR_FRAC=${MC_Q_MID_LR_FRAC:-0.1}   # mid_train's --init-lr-frac: at upstream's 1.0 mid erases the base model's retrieval (D47)
 SFT_STEPS=${MC_Q_SFT_STEPS:-40}
-CHAT_STEPS=${MC_Q_CHAT_STEPS:-300}     # master's one chat_sft stage (for mid and SFT; docs/research-log.md, run f300)
+CHAT_STEPS=${MC_Q_CHAT_STEPS:-600}     # master's one chat_sft stage, for mid and SFT (15 conversations a step; D56)
 # short documents: about 216 tokens each (measured at vocabulary 2,048) plus BOS and what best-fit packing crops,
 # so that the plain phase never reaches the long documents; documents of exactly SEQ tokens for the second phase,
 # one per row, with room to spare (the dataloader never wraps around to the short ones)
@@ -152,18 +154,24 @@ LONG_SHARDS=$(( (LONG_DOCS + 999) / 1000 ))
 # The multi-step stages are shell functions run by `stage`, which records them only once every step succeeded.
 # They redo their work whole, so a try lost part-way leaves nothing a re-run trips on. (Inside them errexit is
 # off: `stage` runs its command as an `if` condition, hence the explicit `|| return 1`.)
-master_tasks() {  # the conversations in master's dataset cache, those that fit its rows by the run's tokenizer (D52)
-    "$PY" -m megacontext_plugin.cli tasks --upstream master --out "$RUN_DIR" --max-seq-len "$SEQ" \
-        --tokenizer "$RUN_DIR/tokenizer"
+write_tasks() {  # the chat conversations, as many as the chat stages read (both upstreams end a stage with its
+    # data's epoch): on master in its dataset cache, those that fit its rows by the run's tokenizer (D52), 15 a step
+    # (a row of 1,024 tokens packs about 3.5); on the pin NANOCHAT_TASK_DIR's files, 20 a mid step beside its mixture
+    if [ "$UPSTREAM" = master ]; then
+        "$PY" -m megacontext_plugin.cli tasks --upstream master --out "$RUN_DIR" --max-seq-len "$SEQ" \
+            --mid-train $((CHAT_STEPS * 10)) --sft-train $((CHAT_STEPS * 5)) --tokenizer "$RUN_DIR/tokenizer"
+    else
+        "$PY" -m megacontext_plugin.cli tasks --out "$NANOCHAT_TASK_DIR" --max-seq-len "$SEQ" --mid-train $((MID_STEPS * 20))
+    fi
 }
-copy_plain_phase() {  # MC_Q_FROM_PLAIN's data, tokenizer, tasks, train-file list and last plain checkpoint
-    local what copied=(base_data tokenizer)
-    # master's cache is written afresh (seconds): a source's from before D52 holds conversations its loader cannot row
-    [ "$UPSTREAM" = master ] || copied+=("$TASKS")
-    for what in "${copied[@]}"; do
+copy_plain_phase() {  # MC_Q_FROM_PLAIN's data, tokenizer, train-file list and last plain checkpoint; the conversations
+    # are written afresh (seconds): their number follows this run's chat stages, and a source's cache from before D52
+    # holds conversations master's loader cannot row
+    local what
+    for what in base_data tokenizer; do
         rm -rf "${RUN_DIR:?}/$what" && cp -r "$FROM_PLAIN/$what" "$RUN_DIR/" || return 1
     done
-    if [ "$UPSTREAM" = master ]; then master_tasks || return 1; fi
+    write_tasks || return 1
     cp "$FROM_PLAIN/corpus_train_files.txt" "$RUN_DIR/" && mkdir -p "$CK" \
         && cp "$FROM_PLAIN/base_checkpoints/d$DEPTH"/*_"$PLAIN_NAME"* "$CK/"
 }
@@ -217,12 +225,7 @@ else
         || stage "tokenizer" "$PY" -m scripts.tok_train --max-chars 4000000 --vocab-size "$VOCAB"
     mc_skip "data (documents of $SEQ tokens)" "$DATA/$(printf 'shard_%05d.parquet' $((WARM_SHARDS + LONG_SHARDS)))" \
         || stage "data (documents of $SEQ tokens)" long_documents
-    if [ "$UPSTREAM" = master ]; then  # master reads its chat data from its dataset cache
-        mc_skip "tasks" "$RUN_DIR/task_data" || stage "tasks" master_tasks
-    else
-        mc_skip "tasks" "$NANOCHAT_TASK_DIR" \
-            || stage "tasks" "$PY" -m megacontext_plugin.cli tasks --out "$NANOCHAT_TASK_DIR" --max-seq-len "$SEQ"
-    fi
+    mc_skip "tasks" "$RUN_DIR/$TASKS" || stage "tasks" write_tasks
     NAME="base (plain, window $SEQ_PLAIN)"
     if ! mc_skip "$NAME" "$CK/model_$PLAIN_NAME.pt"; then
         FROM=()

@@ -157,10 +157,11 @@ class MCConfig:
                                 "attention, no controller), so it learns to read its own context before it "
                                 "reads gists; the curriculum anneals over the steps after them",
                                 check=_nonneg, allowed="an integer >= 0")
-    mc_plain_every: int = _knob(0, "base_train: after the plain steps, every N-th step trains plainly too (full "
-                                "attention over the whole row; 0 = none), so that full attention, which the "
-                                "teacher's pass reads with, keeps reading its whole window while the model learns "
-                                "to read gists", check=lambda v: v == 0 or v >= 2,
+    mc_plain_every: int = _knob(0, "every training stage (base_train after the plain steps, mid and SFT from "
+                                "their first step): every N-th step trains plainly too (full attention over the "
+                                "whole row; 0 = none), so that full attention, which the teacher's pass reads "
+                                "with, keeps reading its whole window, and learns each stage's formats, while the "
+                                "model learns to read gists", check=lambda v: v == 0 or v >= 2,
                                 allowed="0 or an integer >= 2 (1 would leave no MegaContext step)")
     mc_anneal_fraction: float = _knob(1.0, "base_train and eval train-tiny: share of the MC steps over which the "
                                       "budget anneals to --mc_train_wc_length (it stays there for the rest)",

@@ -576,6 +576,8 @@ def test_runcpu_quality_continues_its_second_phase_from_its_own_latest_save(tmp_
     assert ledger[0].startswith("runcpu_quality.sh --mc; sizes: seq_plain=512 seq=1024 budget=64 plain_steps=20 ")
     assert ledger[1:] == ["data (short documents)", "report reset", "tokenizer", "data (documents of 1024 tokens)",
                           "tasks", "base (plain, window 512)"]
+    (tasks,) = [ln for ln in lost.stdout.splitlines() if ln.startswith("stub ran: -m megacontext_plugin.cli tasks")]
+    assert tasks.endswith(f" --out {run_dir}/tasks --max-seq-len 1024 --mid-train 6000")  # 20 a step of MC_Q_MID_STEPS
     # the plain phase kept its last save only; the second phase saved step 24 (and its aux nets) before it was lost
     assert sorted(p.name for p in ckpt.iterdir()) == [
         "megacontext_000024.pt", "meta_000020.json", "meta_000024.json", "model_000020.pt", "model_000024.pt",
@@ -645,6 +647,7 @@ def test_runcpu_quality_on_master_trains_one_sft_stage_and_writes_no_upstream_re
     tasks = ran[3][1]
     assert tasks.startswith(f"tasks --upstream master --out {run_dir} ")  # master's dataset cache, in the run
     assert tasks.endswith(f" --tokenizer {run_dir}/tokenizer")  # rows counted as master's loader will (D52)
+    assert " --mid-train 100 --sft-train 50 " in tasks  # 15 a step: master's chat_sft ends with its data's epoch
     sft = ran[6][1]
     assert " --num-iterations 10 " in sft and " --init-lr-frac 0.1 " in sft
     assert " --mmlu-epochs 0 --gsm8k-epochs 0 " in sft and (sft + " ").count(" --mc ") == 1

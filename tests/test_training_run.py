@@ -72,8 +72,24 @@ def test_plain_every_trains_every_nth_step_after_the_plain_phase_plainly_and_the
         run.close()
 
 
-def test_plain_every_leaves_later_stages_alone() -> None:
-    run = TrainingRun(dataclasses.replace(CFG, mc_plain_every=2), _model(), num_iterations=2, stage="sft")
+@pytest.mark.parametrize("stage", ["mid", "sft"])
+def test_plain_every_trains_every_nth_step_of_a_later_stage_plainly_from_its_first_step(stage: str) -> None:
+    model = _model()
+    run = TrainingRun(dataclasses.replace(CFG, mc_plain_every=2), model, num_iterations=6, stage=stage)
+    try:
+        x = torch.randint(0, 64, (2, 128))
+        plain = []
+        for step in range(6):
+            plain.append(run.forward_batch(model, x, x) is None)
+            run.after_optimizer_step(step)
+        assert plain == [False, True] * 3  # base_train's --mc_plain_steps mean nothing here
+        assert run.budget_step == run.controller.total_steps  # the curriculum sits at its final budget
+    finally:
+        run.close()
+
+
+def test_without_plain_every_a_later_stage_trains_every_step_through_megacontext() -> None:
+    run = TrainingRun(CFG, _model(), num_iterations=2, stage="sft")
     try:
         assert not run.plain
     finally:

@@ -75,9 +75,8 @@ class TrainingRun:
     @property
     def plain(self) -> bool:
         """Whether this step trains plainly: one of base_train's first steps (``--mc_plain_steps``) or, after
-        them, one of every ``--mc_plain_every`` (the last of each N)."""
-        if not self.anneal:
-            return False
+        them and in every later stage from its first step, one of every ``--mc_plain_every`` (the last of each
+        N): mid and SFT teach the reader new formats, and its full attention must learn them too (D56)."""
         every = self.controller.cfg.mc_plain_every
         return self.step < self.plain_steps or (every > 0 and (self.step - self.plain_steps) % every == every - 1)
 
