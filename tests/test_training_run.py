@@ -89,9 +89,14 @@ def test_plain_every_trains_every_nth_step_of_a_later_stage_plainly_from_its_fir
 
 
 def test_without_plain_every_a_later_stage_trains_every_step_through_megacontext() -> None:
-    run = TrainingRun(CFG, _model(), num_iterations=2, stage="sft")
+    model = _model()
+    run = TrainingRun(CFG, model, num_iterations=4, stage="sft")  # CFG's 3 plain steps are base_train's only
     try:
-        assert not run.plain
+        x = torch.randint(0, 64, (2, 128))
+        for step in range(4):
+            assert not run.plain
+            assert run.forward_batch(model, x, x) is not None
+            run.after_optimizer_step(step)
     finally:
         run.close()
 
